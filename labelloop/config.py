@@ -1,0 +1,236 @@
+"""Typed configuration: one strict pydantic model per `params.yaml` section.
+
+Each section is named like the stage that reads it. The same models are the parameter types of the
+Prefect flows, so a per-run override from the UI is validated exactly like the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProductionParams(Section):
+    """The simulated production traffic the champion scores each cycle."""
+
+    rows_per_cycle: int = Field(1500, gt=0, description="Traffic rows scored by the champion per cycle.")
+
+
+class CaptureParams(Section):
+    confidence_threshold: float = Field(
+        0.9, gt=0, le=1, description="Predictions with confidence below this become candidates."
+    )
+    max_rows_per_run: int = Field(1_000_000, gt=0, description="Cap on new log rows read per capture run.")
+
+
+class SelectParams(Section):
+    strategy: str = Field("margin", description="Acquisition strategy (see `labelloop strategies`).")
+    selector: str = Field("topk", description="How utilities become a batch.")
+    batch_size: int = Field(100, gt=0)
+    seed: int = Field(0, ge=0, description="Random seed; the batch records it.")
+    chunk_size: int = Field(200_000, gt=0, description="Rows scored per chunk (bounds memory).")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from labelloop.acquisition import strategy_names
+
+        allowed = strategy_names()
+        if value not in allowed:
+            raise ValueError(f"unknown strategy {value!r}; allowed: {', '.join(allowed)}")
+        return value
+
+    @field_validator("selector")
+    @classmethod
+    def _known_selector(cls, value: str) -> str:
+        from labelloop.acquisition import selector_names
+
+        allowed = selector_names()
+        if value not in allowed:
+            raise ValueError(f"unknown selector {value!r}; allowed: {', '.join(allowed)}")
+        return value
+
+
+class SimulatedVendorParams(Section):
+    annotators: int = Field(1, ge=1, le=20, description="Simulated annotators.")
+    error_rate: float = Field(0.0, ge=0, lt=1, description="Chance an annotator answers a wrong class.")
+    seed: int = Field(0, ge=0)
+
+
+class ExportParams(Section):
+    vendor: Literal["simulated", "filedrop", "label-studio"] = "simulated"
+    columns: list[str] | None = Field(
+        None, description="Feature columns allowed to leave for the vendor; null = all feature columns."
+    )
+    max_batch_size: int = Field(500, gt=0, description="Guard against annotator fatigue.")
+    price_per_label: float = Field(0.0, ge=0)
+    simulated: SimulatedVendorParams = SimulatedVendorParams()
+    filedrop_url: str | None = Field(None, description="fsspec URL of the drop; default <workspace>/filedrop.")
+    label_studio_url: str = Field("http://127.0.0.1:8080", description="Token comes from LABEL_STUDIO_API_KEY.")
+
+
+class ImportParams(Section):
+    aggregation: Literal["majority", "dawid_skene"] = "majority"
+    min_agreement: float = Field(0.5, ge=0, le=1, description="Share of votes the winning label needs.")
+
+
+class DatasetParams(Section):
+    source: str | None = Field(
+        None, description="Labelled parquet/CSV the demo draws seed, holdout and traffic from; null = shipped satellite set."
+    )
+    label_column: str = "label"
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    seed_size: int = Field(50, gt=0, description="Labelled rows the first model is trained on.")
+    split_seed: int = Field(0, ge=0)
+
+
+class TrainParams(Section):
+    model_name: str = Field("labelloop-classifier", min_length=1)
+    n_estimators: int = Field(200, gt=0)
+    max_depth: int = Field(6, gt=0)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    subsample: float = Field(1.0, gt=0, le=1)
+    n_jobs: int = Field(2, description="XGBoost threads (-1 = all cores).")
+    random_state: int = Field(0, ge=0)
+
+
+class GateParams(Section):
+    primary_metric: Literal["accuracy", "macro_f1", "neg_log_loss"] = "accuracy"
+    min_delta: float = Field(0.0, description="Challenger must beat champion by at least this on the primary metric.")
+    min_new_labels: int = Field(0, ge=0, description="Refuse a challenger trained on fewer new labels than this.")
+    max_class_recall_drop: float = Field(1.0, ge=0, le=1, description="Guardrail: largest per-class recall drop allowed.")
+    max_ece_increase: float = Field(1.0, ge=0, description="Guardrail: largest calibration-error increase allowed.")
+
+
+SECTION_MODELS: dict[str, type[Section]] = {
+    "production": ProductionParams,
+    "capture": CaptureParams,
+    "select": SelectParams,
+    "export": ExportParams,
+    "import": ImportParams,
+    "dataset": DatasetParams,
+    "train": TrainParams,
+    "gate": GateParams,
+}
+
+
+class Params(BaseModel):
+    """The whole `params.yaml`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    production: ProductionParams = ProductionParams()
+    capture: CaptureParams = CaptureParams()
+    select: SelectParams = SelectParams()
+    export: ExportParams = ExportParams()
+    import_: ImportParams = Field(ImportParams(), alias="import")
+    dataset: DatasetParams = DatasetParams()
+    train: TrainParams = TrainParams()
+    gate: GateParams = GateParams()
+
+    @model_validator(mode="after")
+    def _batch_fits_guard(self) -> Params:
+        if self.select.batch_size > self.export.max_batch_size:
+            raise ValueError(
+                f"select.batch_size={self.select.batch_size} exceeds export.max_batch_size="
+                f"{self.export.max_batch_size}; lower the batch or raise the guard"
+            )
+        return self
+
+    def section(self, name: str) -> Section:
+        if name not in SECTION_MODELS:
+            raise ConfigError(f"unknown section {name!r}; allowed: {', '.join(SECTION_MODELS)}")
+        return getattr(self, "import_" if name == "import" else name)
+
+    def with_overrides(self, **sections: Section | dict[str, Any] | None) -> Params:
+        """A copy where each given section (model or dict of keys) replaces or updates the file's."""
+        data = self.to_dict()
+        for name, value in sections.items():
+            if value is None:
+                continue
+            key = "import" if name in ("import_", "import") else name
+            if key not in SECTION_MODELS:
+                raise ConfigError(f"unknown section {key!r}; allowed: {', '.join(SECTION_MODELS)}")
+            if isinstance(value, BaseModel):
+                data[key] = value.model_dump(mode="json")
+            else:
+                data[key] = _deep_update(data[key], value)
+        return parse_params(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            parent = item["loc"][:-1]
+            allowed = _allowed_keys(parent)
+            message = f"unknown key; allowed: {', '.join(allowed)}"
+        elif item["type"] == "literal_error":
+            message = f"{message} (got {item.get('input')!r})"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(path: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in path:
+        field = model.model_fields.get(str(part)) or model.model_fields.get(f"{part}_")
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    """Read `params.yaml`; a missing file means the embedded defaults."""
+    if path is None:
+        return Params()
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_params(data, source=str(path))
+
+
+def dump_params(params: Params) -> str:
+    return yaml.safe_dump(params.to_dict(), sort_keys=False)

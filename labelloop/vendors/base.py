@@ -1,0 +1,94 @@
+"""The vendor contract every annotation backend implements.
+
+Export is idempotent per `batch_id` (exporting twice creates nothing new); `fetch_labels` returns
+every completed annotation so far together with the raw payload exactly as received, which the
+import stage archives unchanged before it validates anything.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from labelloop.config import ExportParams
+
+# Columns of `FetchedLabels.annotations`: one row per (item, annotator) answer.
+ANNOTATION_COLUMNS = ["item_id", "annotator_id", "label", "annotation_id"]
+
+
+class VendorError(RuntimeError):
+    """The vendor is unreachable or answered something unusable; durable state is unchanged."""
+
+
+@dataclass(frozen=True)
+class ExportBatch:
+    batch_id: str
+    # One row per item: `item_id`, the allow-listed feature columns, `predicted`, `confidence`,
+    # `utility` (acquisition score), `is_gold`, `annotators_wanted` (1, or 2–3 for overlap items).
+    items: pd.DataFrame
+    label_set: list[str]
+    feature_columns: list[str]
+
+
+@dataclass(frozen=True)
+class ExportReceipt:
+    batch_id: str
+    vendor: str
+    n_items: int
+    created: bool  # False when the batch had already been exported (idempotent rerun)
+    vendor_ref: str = ""  # the vendor's own id for the batch (project id, drop folder, ...)
+
+
+@dataclass(frozen=True)
+class FetchedLabels:
+    batch_id: str
+    annotations: pd.DataFrame  # ANNOTATION_COLUMNS (+ vendor extras)
+    raw_payload: bytes  # exactly as received, archived before validation
+    payload_name: str  # file name for the archive, e.g. "labels.jsonl"
+
+
+@dataclass(frozen=True)
+class VendorStatus:
+    batch_id: str
+    n_items: int
+    n_completed: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.n_items > 0 and self.n_completed >= self.n_items
+
+
+class Vendor(abc.ABC):
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def export_batch(self, batch: ExportBatch) -> ExportReceipt: ...
+
+    @abc.abstractmethod
+    def fetch_labels(self, batch_id: str) -> FetchedLabels: ...
+
+    @abc.abstractmethod
+    def status(self, batch_id: str) -> VendorStatus: ...
+
+
+def make_vendor(params: ExportParams, workspace_root: Path) -> Vendor:
+    """The vendor named by `export.vendor`, configured for one workspace."""
+    if params.vendor == "simulated":
+        from labelloop.vendors.simulated import SimulatedVendor
+
+        return SimulatedVendor(workspace_root / "vendor" / "simulated", workspace_root / "simulator" / "oracle.parquet", params.simulated)
+    if params.vendor == "filedrop":
+        from labelloop.vendors.filedrop import FileDropVendor
+
+        return FileDropVendor(params.filedrop_url or str(workspace_root / "filedrop"))
+    if params.vendor == "label-studio":
+        from labelloop.vendors.labelstudio import LabelStudioVendor
+
+        return LabelStudioVendor.from_env(params.label_studio_url, workspace_root / "vendor" / "label-studio")
+    raise ValueError(f"unknown vendor {params.vendor!r}; allowed: simulated, filedrop, label-studio")
