@@ -24,7 +24,7 @@ class Section(BaseModel):
 class ProductionParams(Section):
     """The simulated production traffic the champion scores each cycle."""
 
-    rows_per_cycle: int = Field(1500, gt=0, description="Traffic rows scored by the champion per cycle.")
+    rows_per_cycle: int = Field(800, gt=0, description="Traffic rows scored by the champion per cycle.")
 
 
 class CaptureParams(Section):
@@ -65,7 +65,30 @@ class SelectParams(Section):
 class SimulatedVendorParams(Section):
     annotators: int = Field(1, ge=1, le=20, description="Simulated annotators.")
     error_rate: float = Field(0.0, ge=0, lt=1, description="Chance an annotator answers a wrong class.")
+    error_rates: list[float] | None = Field(
+        None, description="Per-annotator error rates (one per annotator); null = error_rate for everyone."
+    )
+    noise: Literal["uniform", "confusion"] = Field(
+        "uniform",
+        description="uniform: a wrong answer is any other class; confusion: each annotator confuses each "
+        "class with a few others (a fixed random confusion matrix per annotator).",
+    )
+    delay_imports: int = Field(
+        0, ge=0, le=20, description="Answers come back spread over this many later imports (0 = all at once)."
+    )
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _rates_match_annotators(self) -> SimulatedVendorParams:
+        if self.error_rates is not None:
+            if len(self.error_rates) != self.annotators:
+                raise ValueError(
+                    f"error_rates has {len(self.error_rates)} entries but annotators={self.annotators}; give one per annotator"
+                )
+            bad = [r for r in self.error_rates if not 0 <= r < 1]
+            if bad:
+                raise ValueError(f"error_rates must be in [0, 1), got {bad}")
+        return self
 
 
 class ExportParams(Section):

@@ -12,9 +12,10 @@ import numpy as np
 class StrategySpec:
     name: str
     fn: Callable[..., np.ndarray]
-    needs: frozenset[str] = field(default_factory=frozenset)  # subset of {"features", "committee"}
+    needs: frozenset[str] = field(default_factory=frozenset)  # subset of {"features", "committee", "labelled"}
     cost: str = ""  # one line for the docs: time and memory per candidate
     chunkable: bool = True  # utilities of a row depend only on that row (so the pool can stream)
+    selector: str | None = None  # a preset: the selector this strategy name implies
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,23 @@ STRATEGIES: dict[str, StrategySpec] = {}
 SELECTORS: dict[str, SelectorSpec] = {}
 
 
-def register_strategy(name: str, *, needs: tuple[str, ...] = (), cost: str = "", chunkable: bool = True):
+KNOWN_NEEDS = frozenset({"features", "committee", "labelled"})
+
+
+def register_strategy(
+    name: str,
+    *,
+    needs: tuple[str, ...] = (),
+    cost: str = "",
+    chunkable: bool = True,
+    selector: str | None = None,
+):
+    unknown = set(needs) - KNOWN_NEEDS
+    if unknown:
+        raise ValueError(f"strategy {name!r}: unknown needs {sorted(unknown)}; allowed: {sorted(KNOWN_NEEDS)}")
+
     def decorate(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        STRATEGIES[name] = StrategySpec(name, fn, frozenset(needs), cost, chunkable)
+        STRATEGIES[name] = StrategySpec(name, fn, frozenset(needs), cost, chunkable, selector)
         return fn
 
     return decorate
@@ -65,6 +80,14 @@ def get_strategy(name: str) -> StrategySpec:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]
+
+
+def resolve_selector(strategy: str, selector: str | None) -> str:
+    """The selector to use: a preset strategy's own selector unless another non-default one is named."""
+    spec = get_strategy(strategy)
+    if spec.selector is not None and selector in (None, "topk"):
+        return spec.selector
+    return selector or "topk"
 
 
 def get_selector(name: str) -> SelectorSpec:

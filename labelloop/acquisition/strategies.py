@@ -68,3 +68,241 @@ def random(probas: np.ndarray, *, rng: np.random.Generator | None = None, **_: o
         raise ValueError("the random strategy needs a seeded rng")
     probas, ok = _valid_probas(probas)
     return _masked(rng.random(len(probas)), ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Committee strategies (query-by-committee). `committee` is (members, rows, classes) of member
+# probabilities; the committee itself is built by labelloop.acquisition.committee from the
+# labelled set (bootstrap resamples, one seed per member).
+# ---------------------------------------------------------------------------------------------
+
+
+def _committee(committee: np.ndarray | None, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    if committee is None:
+        raise ValueError("this strategy needs a committee (members × rows × classes); pass committee=")
+    committee = np.asarray(committee, dtype=np.float64)
+    if committee.ndim != 3 or committee.shape[1] != n_rows:
+        raise ValueError(f"committee must be (members, {n_rows}, classes), got shape {committee.shape}")
+    if committee.shape[0] < 2:
+        raise ValueError(f"a committee needs at least 2 members, got {committee.shape[0]}")
+    ok = np.isfinite(committee).all(axis=(0, 2))
+    return np.where(ok[None, :, None], committee, 0.0), ok
+
+
+def _row_entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    clipped = np.clip(p, 1e-12, 1.0)
+    return -(p * np.log(clipped)).sum(axis=axis)
+
+
+@register_strategy(
+    "vote_entropy",
+    needs=("committee",),
+    cost="O(m·n·k) time, O(n·k) memory; plus training m committee members once per selection",
+)
+def vote_entropy(probas: np.ndarray, *, committee: np.ndarray | None = None, **_: object) -> np.ndarray:
+    """Entropy of the members' hard votes (Dagan & Engelson)."""
+    probas, ok_p = _valid_probas(probas)
+    members, ok_c = _committee(committee, len(probas))
+    m, n, k = members.shape
+    votes = members.argmax(axis=2)  # (m, n)
+    flat = (np.arange(n)[None, :] * k + votes).ravel()
+    counts = np.bincount(flat, minlength=n * k).reshape(n, k) / m
+    return _masked(_row_entropy(counts), ok_p & ok_c)
+
+
+@register_strategy(
+    "kl_consensus",
+    needs=("committee",),
+    cost="O(m·n·k) time, O(n·k) memory; plus training m committee members once per selection",
+)
+def kl_consensus(probas: np.ndarray, *, committee: np.ndarray | None = None, **_: object) -> np.ndarray:
+    """Mean KL divergence of each member from the consensus (McCallum & Nigam)."""
+    probas, ok_p = _valid_probas(probas)
+    members, ok_c = _committee(committee, len(probas))
+    consensus = members.mean(axis=0)
+    clipped_m = np.clip(members, 1e-12, 1.0)
+    clipped_c = np.clip(consensus, 1e-12, 1.0)
+    kl = (members * (np.log(clipped_m) - np.log(clipped_c)[None])).sum(axis=2).mean(axis=0)
+    return _masked(kl, ok_p & ok_c)
+
+
+@register_strategy(
+    "bald",
+    needs=("committee",),
+    cost="O(m·n·k) time, O(n·k) memory; plus training m committee members once per selection",
+)
+def bald(probas: np.ndarray, *, committee: np.ndarray | None = None, **_: object) -> np.ndarray:
+    """Mutual information between the prediction and the member: H(mean) − mean H(member)."""
+    probas, ok_p = _valid_probas(probas)
+    members, ok_c = _committee(committee, len(probas))
+    value = _row_entropy(members.mean(axis=0)) - _row_entropy(members, axis=2).mean(axis=0)
+    return _masked(np.maximum(value, 0.0), ok_p & ok_c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Information density: uncertainty × (mean similarity to the pool)^β. The mean similarity is
+# approximated through k-means centroids fitted on a capped sample, so it costs O(n·c·d) with
+# c centroids instead of an N×N matrix.
+# ---------------------------------------------------------------------------------------------
+
+
+def pool_density(
+    features: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    n_centroids: int = 64,
+    sample_size: int = 20_000,
+    chunk_size: int = 100_000,
+) -> np.ndarray:
+    """Approximate mean RBF similarity of each row to the pool, in (0, 1].
+
+    mean_j exp(−‖x−x_j‖²/h) ≈ Σ_c w_c exp(−‖x−μ_c‖²/h), with centroids μ_c and weights w_c from
+    k-means on a sample and h the median squared distance between random sample pairs.
+    """
+    from sklearn.cluster import KMeans
+
+    features = np.asarray(features, dtype=np.float64)
+    n = len(features)
+    ok = np.isfinite(features).all(axis=1)
+    usable = np.flatnonzero(ok)
+    out = np.full(n, np.nan)
+    if len(usable) == 0:
+        return out
+    sample = usable if len(usable) <= sample_size else rng.choice(usable, sample_size, replace=False)
+    mean = features[sample].mean(axis=0)
+    std = features[sample].std(axis=0)
+    std[std == 0] = 1.0
+    scaled_sample = (features[sample] - mean) / std
+    c = int(min(n_centroids, len(sample)))
+    km = KMeans(n_clusters=c, n_init=1, max_iter=50, random_state=int(rng.integers(2**31 - 1)))
+    labels = km.fit_predict(scaled_sample)
+    centroids = km.cluster_centers_
+    weights = np.bincount(labels, minlength=c) / len(labels)
+    pairs = rng.integers(0, len(sample), size=(2, min(4096, len(sample) * 4)))
+    h = float(np.median(((scaled_sample[pairs[0]] - scaled_sample[pairs[1]]) ** 2).sum(axis=1)))
+    h = h if h > 0 else 1.0
+    c_sq = (centroids**2).sum(axis=1)
+    for start in range(0, len(usable), chunk_size):
+        rows = usable[start : start + chunk_size]
+        x = (features[rows] - mean) / std
+        d2 = np.maximum((x**2).sum(axis=1)[:, None] - 2.0 * x @ centroids.T + c_sq[None, :], 0.0)
+        out[rows] = np.exp(-d2 / h) @ weights
+    return out
+
+
+@register_strategy(
+    "information_density",
+    needs=("features",),
+    chunkable=False,
+    cost="O(n·c·d) time for c=64 centroids (k-means on a 20k sample), O(chunk·c) memory; needs the whole pool",
+)
+def information_density(
+    probas: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    features: np.ndarray | None = None,
+    beta: float = 1.0,
+    **_: object,
+) -> np.ndarray:
+    """(1 − margin) × density^β (Settles & Craven); β=0 is plain margin uncertainty."""
+    if features is None:
+        raise ValueError("information_density needs features=")
+    probas, ok = _valid_probas(probas)
+    first, second = _top_two(np.where(ok[:, None], probas, 0.0))
+    uncertainty = 1.0 - (first - second)
+    density = pool_density(features, rng=rng)
+    value = uncertainty * np.power(density, beta)
+    return _masked(value, ok & np.isfinite(density))
+
+
+# ---------------------------------------------------------------------------------------------
+# Expected error reduction (Roy & McCallum) on a capped candidate subsample.
+# ---------------------------------------------------------------------------------------------
+
+EER_CANDIDATE_CAP = 64  # candidates scored (the most uncertain by margin); the rest are NaN
+EER_TOP_CLASSES = 2  # hypothetical labels tried per candidate (the most probable ones)
+EER_EVAL_SIZE = 500  # pool rows the expected error is measured on
+EER_TREES = 30  # trees of each hypothetical retrain (same depth / learning rate as `train`)
+
+
+@register_strategy(
+    "expected_error_reduction",
+    needs=("labelled", "features"),
+    chunkable=False,
+    cost=(
+        f"{EER_CANDIDATE_CAP} candidates × {EER_TOP_CLASSES} labels = {EER_CANDIDATE_CAP * EER_TOP_CLASSES} "
+        f"XGBoost refits ({EER_TREES} trees) + predictions on {EER_EVAL_SIZE} rows; seconds to minutes, "
+        "independent of n beyond one margin pass"
+    ),
+)
+def expected_error_reduction(
+    probas: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    features: np.ndarray | None = None,
+    labelled_features: np.ndarray | None = None,
+    labelled_labels: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+    train_params: object | None = None,
+    candidate_cap: int = EER_CANDIDATE_CAP,
+    top_classes: int = EER_TOP_CLASSES,
+    eval_size: int = EER_EVAL_SIZE,
+    **_: object,
+) -> np.ndarray:
+    """Utility = −(expected 0/1 risk on a pool sample after adding the candidate with each likely label).
+
+    Only the `candidate_cap` most uncertain rows (by margin) are scored; the others are NaN.
+    """
+    from labelloop.model import LabelloopClassifier
+
+    if features is None or labelled_features is None or labelled_labels is None or class_names is None:
+        raise ValueError("expected_error_reduction needs features, labelled_features, labelled_labels and class_names")
+    probas, ok = _valid_probas(probas)
+    features = np.asarray(features, dtype=np.float64)
+    out = np.full(len(probas), np.nan)
+    usable = np.flatnonzero(ok)
+    if len(usable) == 0:
+        return out
+    m = margin(probas[usable])
+    cap = min(candidate_cap, len(usable))
+    candidates = usable[np.argsort(-m, kind="stable")[:cap]]
+    eval_rows = usable if len(usable) <= eval_size else rng.choice(usable, eval_size, replace=False)
+    x_eval = features[eval_rows]
+    settings: dict[str, object] = {}
+    if train_params is not None:
+        settings = {
+            "max_depth": getattr(train_params, "max_depth", 6),
+            "learning_rate": getattr(train_params, "learning_rate", 0.1),
+            "n_jobs": getattr(train_params, "n_jobs", 2),
+            "random_state": getattr(train_params, "random_state", 0),
+        }
+    settings["n_estimators"] = EER_TREES
+    x_lab = np.asarray(labelled_features, dtype=np.float64)
+    y_lab = np.asarray(labelled_labels).astype(str)
+    names = list(class_names)
+    for row in candidates:
+        p = probas[row]
+        labels = np.argsort(-p, kind="stable")[: max(1, min(top_classes, len(names)))]
+        weights = p[labels] / max(p[labels].sum(), 1e-12)
+        risk = 0.0
+        for label, weight in zip(labels, weights):
+            model = LabelloopClassifier(class_names=names, **settings)
+            model.fit(np.vstack([x_lab, features[row : row + 1]]), np.append(y_lab, names[label]))
+            risk += weight * float((1.0 - model.predict_proba(x_eval).max(axis=1)).mean())
+        out[row] = -risk
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: a strategy name that also implies a selector (and its parameters).
+# ---------------------------------------------------------------------------------------------
+
+
+@register_strategy(
+    "hybrid",
+    selector="hybrid",
+    cost="margin utilities (O(n·k)) + the hybrid selector: k-means over the top 10·b, a random/representative share and per-class quotas",
+)
+def hybrid(probas: np.ndarray, **kwargs: object) -> np.ndarray:
+    """Preset: margin uncertainty scored per row, selected by the `hybrid` selector (see selectors.hybrid)."""
+    return margin(probas, **kwargs)

@@ -1,0 +1,203 @@
+"""Batches: select from the candidate pool, export to the vendor, track each batch's status.
+
+A batch's id is derived from what it was selected from (pool content + selection params), so a
+rerun of select after a crash finds the batch it already wrote instead of making a second one.
+Status moves selected → exported → partial → imported; `versioned_in` records the data tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from labelloop.config import ExportParams, SelectParams
+from labelloop.io import read_json, read_parquet, write_json, write_parquet
+from labelloop.workspace import Workspace
+
+ITEM_ID = "item_id"
+STATUSES = ("selected", "exported", "partial", "imported")
+
+
+@dataclass
+class BatchMeta:
+    batch_id: str
+    key: str
+    status: str
+    strategy: str
+    selector: str
+    seed: int
+    params: dict
+    n_items: int
+    created_at: str
+    champion_version: str | None = None
+    vendor: str | None = None
+    vendor_ref: str | None = None
+    n_labelled: int = 0
+    n_quarantined: int = 0
+    cost: float = 0.0
+    versioned_in: str | None = None
+    seconds: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+
+class BatchStore:
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+
+    def _meta_path(self, batch_id: str):
+        return self.workspace.batch_dir(batch_id) / "meta.json"
+
+    def exists(self, batch_id: str) -> bool:
+        return self._meta_path(batch_id).exists()
+
+    def get(self, batch_id: str) -> BatchMeta:
+        data = read_json(self._meta_path(batch_id))
+        if data is None:
+            raise KeyError(f"no batch {batch_id!r} in {self.workspace.batches_dir}")
+        return BatchMeta(**data)
+
+    def list(self) -> list[BatchMeta]:
+        if not self.workspace.batches_dir.exists():
+            return []
+        metas = [self.get(p.name) for p in sorted(self.workspace.batches_dir.iterdir()) if (p / "meta.json").exists()]
+        return sorted(metas, key=lambda m: m.batch_id)
+
+    def put(self, meta: BatchMeta) -> None:
+        write_json(self._meta_path(meta.batch_id), asdict(meta))
+
+    def mark(self, batch_id: str, **changes: object) -> BatchMeta:
+        meta = self.get(batch_id)
+        for key, value in changes.items():
+            setattr(meta, key, value)
+        meta.history.append({"at": _now(), **{k: v for k, v in changes.items() if k in ("status", "versioned_in")}})
+        self.put(meta)
+        return meta
+
+    def items(self, batch_id: str) -> pd.DataFrame:
+        return read_parquet(self.workspace.batch_dir(batch_id) / "batch.parquet")
+
+    def final_labels(self, batch_id: str) -> pd.DataFrame:
+        path = self.workspace.final_labels_dir / f"{batch_id}.parquet"
+        if not path.exists():
+            return pd.DataFrame(columns=[ITEM_ID, "label"])
+        return read_parquet(path)
+
+    def queued_ids(self) -> set[str]:
+        """Items in batches whose labels are not yet final."""
+        ids: set[str] = set()
+        for meta in self.list():
+            ids.update(self.items(meta.batch_id)[ITEM_ID].astype(str))
+        return ids
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _selection_key(pool_ids: pd.Series, params: SelectParams, champion_version: str | None) -> str:
+    digest = hashlib.sha256()
+    digest.update("\n".join(sorted(pool_ids.astype(str))).encode())
+    digest.update(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
+    digest.update(str(champion_version).encode())
+    return digest.hexdigest()[:12]
+
+
+def load_pool(workspace: Workspace) -> pd.DataFrame:
+    if not workspace.pool_path.exists():
+        return pd.DataFrame(columns=[ITEM_ID])
+    return read_parquet(workspace.pool_path)
+
+
+def select_batch(
+    workspace: Workspace,
+    params: SelectParams,
+    *,
+    rescore=None,
+    champion_version: str | None = None,
+    context=None,
+) -> BatchMeta | None:
+    """Score the pool, write the batch, then drop its items from the pool. None if the pool is empty.
+
+    `rescore(frame) -> probas` lets the caller refresh stale pool probabilities with the current champion.
+    """
+    from labelloop.acquisition.pool import select_from_frame
+
+    schema = workspace.schema()
+    pool = load_pool(workspace)
+    store = BatchStore(workspace)
+    if pool.empty:
+        return None
+    key = _selection_key(pool[ITEM_ID], params, champion_version)
+    for meta in store.list():
+        if meta.key == key:
+            _drop_from_pool(workspace, pool, store.items(meta.batch_id)[ITEM_ID])
+            return meta
+    scored = pool.copy()
+    if rescore is not None:
+        probas = np.asarray(rescore(scored[schema.feature_columns]))
+        scored[schema.proba_columns] = probas
+        scored["predicted"] = np.asarray(schema.class_names, dtype=object)[probas.argmax(axis=1)]
+        scored["confidence"] = probas.max(axis=1)
+    selection = select_from_frame(
+        scored,
+        strategy=params.strategy,
+        selector=params.selector,
+        batch_size=params.batch_size,
+        seed=params.seed,
+        feature_columns=schema.feature_columns,
+        id_column=ITEM_ID,
+        **({"context": context} if context is not None else {}),
+    )
+    if not selection.item_ids:
+        return None
+    ordinal = len(store.list()) + 1
+    batch_id = f"batch-{ordinal:04d}-{key[:6]}"
+    rows = selection.rows.copy()
+    rows["utility"] = selection.utilities
+    rows["rank"] = np.arange(1, len(rows) + 1)
+    rows["is_gold"] = False
+    rows["annotators_wanted"] = 1
+    write_parquet(workspace.batch_dir(batch_id) / "batch.parquet", rows)
+    meta = BatchMeta(
+        batch_id=batch_id, key=key, status="selected", strategy=params.strategy, selector=params.selector,
+        seed=params.seed, params=params.model_dump(mode="json"), n_items=len(rows), created_at=_now(),
+        champion_version=champion_version, seconds=selection.seconds,
+    )
+    store.put(meta)
+    _drop_from_pool(workspace, pool, rows[ITEM_ID])
+    return meta
+
+
+def _drop_from_pool(workspace: Workspace, pool: pd.DataFrame, item_ids: pd.Series) -> None:
+    remaining = pool[~pool[ITEM_ID].isin(set(item_ids.astype(str)))]
+    if len(remaining) != len(pool):
+        write_parquet(workspace.pool_path, remaining.reset_index(drop=True))
+
+
+def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[str]:
+    """Export every selected-but-not-exported batch; idempotent per batch id."""
+    from labelloop.vendors import ExportBatch
+
+    schema = workspace.schema()
+    columns = params.columns if params.columns is not None else schema.feature_columns
+    unknown = sorted(set(columns) - set(schema.feature_columns))
+    if unknown:
+        raise ValueError(f"export.columns names unknown feature columns {unknown}; allowed: {schema.feature_columns}")
+    store = BatchStore(workspace)
+    exported = []
+    for meta in store.list():
+        if meta.status != "selected":
+            continue
+        items = store.items(meta.batch_id)
+        if len(items) > params.max_batch_size:
+            raise ValueError(f"batch {meta.batch_id} has {len(items)} items, above export.max_batch_size={params.max_batch_size}")
+        payload = items[[ITEM_ID, *columns, "predicted", "confidence", "utility", "is_gold", "annotators_wanted"]].copy()
+        receipt = vendor.export_batch(ExportBatch(meta.batch_id, payload, schema.class_names, list(columns)))
+        store.mark(meta.batch_id, status="exported", vendor=receipt.vendor, vendor_ref=receipt.vendor_ref)
+        exported.append(meta.batch_id)
+    return exported

@@ -1,0 +1,135 @@
+"""The labelled set: grow it from imported batches and version it (git + DVC tag per version)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from labelloop import versioning
+from labelloop.batches import BatchStore
+from labelloop.io import read_parquet, write_json, write_parquet
+from labelloop.workspace import Workspace
+
+ITEM_ID = "item_id"
+
+
+class HoldoutLeakError(ValueError):
+    """A labelled item is in the fixed holdout set."""
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    tag: str
+    created: bool
+    n_rows: int
+    n_new: int
+    batches: list[str]
+
+
+def write_card(workspace: Workspace, labeled: pd.DataFrame) -> None:
+    """The dataset card versioned with each data version: rows per class, batch, source, vendor."""
+    card = {
+        "rows": len(labeled),
+        "per_class": labeled["label"].value_counts().sort_index().to_dict(),
+        "per_batch": labeled["batch_id"].value_counts().sort_index().to_dict(),
+        "per_source": labeled["source"].value_counts().sort_index().to_dict(),
+    }
+    write_json(workspace.card_path, card)
+
+
+def load_labeled(workspace: Workspace) -> pd.DataFrame:
+    return read_parquet(workspace.labeled_path)
+
+
+def load_holdout(workspace: Workspace) -> pd.DataFrame:
+    return read_parquet(workspace.holdout_path)
+
+
+def check_no_holdout_leak(workspace: Workspace, item_ids: pd.Series) -> None:
+    holdout_ids = set(read_parquet(workspace.holdout_path, columns=[ITEM_ID])[ITEM_ID])
+    leaked = sorted(set(item_ids) & holdout_ids)
+    if leaked:
+        raise HoldoutLeakError(f"{len(leaked)} labelled items are in the holdout set (e.g. {leaked[:5]}); refusing to version them")
+
+
+def update_dataset(workspace: Workspace) -> DatasetVersion:
+    """Append every imported, not yet versioned batch to the labelled set and make a new version.
+
+    Idempotent: batches already in the labelled set are not appended again, and a rerun after a
+    crash between `dvc add`, commit, tag and push completes the same version instead of making another.
+    """
+    schema = workspace.schema()
+    store = BatchStore(workspace)
+    labeled = load_labeled(workspace)
+    present = set(labeled["batch_id"].unique())
+    ready = [b for b in store.list() if b.status in ("imported", "partial") and b.batch_id not in present]
+    new_rows = []
+    for meta in ready:
+        final = store.final_labels(meta.batch_id)
+        if final.empty:
+            continue
+        items = store.items(meta.batch_id)
+        joined = items[[ITEM_ID, *schema.feature_columns]].merge(final[[ITEM_ID, "label"]], on=ITEM_ID, how="inner")
+        joined["batch_id"] = meta.batch_id
+        joined["source"] = meta.vendor or "unknown"
+        new_rows.append(joined)
+    added_batches = [m.batch_id for m in ready]
+    if new_rows:
+        addition = pd.concat(new_rows, ignore_index=True)
+        addition = addition[~addition[ITEM_ID].isin(labeled[ITEM_ID])]
+        check_no_holdout_leak(workspace, addition[ITEM_ID])
+        labeled = pd.concat([labeled, addition[labeled.columns]], ignore_index=True)
+        write_parquet(workspace.labeled_path, labeled)
+        write_card(workspace, labeled)
+    batches_in_version = sorted(set(labeled["batch_id"]) - present) if new_rows else []
+    head_tag = versioning.tag_of_head(workspace.registry_dir)
+    registry_dirty = bool(versioning.git(workspace.registry_dir, "status", "--porcelain"))
+    if not new_rows and head_tag is not None and not registry_dirty and not _dvc_changed(workspace):
+        for meta in ready:
+            store.mark(meta.batch_id, versioned_in=head_tag)
+        return DatasetVersion(head_tag, False, len(labeled), 0, [])
+    if not batches_in_version:
+        # A crash after writing the set but before the tag: name the batches the set holds beyond the last tag.
+        batches_in_version = _batches_since_last_tag(workspace, labeled)
+    message = f"Add labelled batches {', '.join(batches_in_version) or '(none)'} ({len(labeled)} rows)"
+    tag, created = versioning.commit_version(workspace.registry_dir, [workspace.labeled_path], message)
+    for batch_id in batches_in_version:
+        if store.exists(batch_id):
+            store.mark(batch_id, versioned_in=tag)
+    n_new = int(sum(len(r) for r in new_rows))
+    return DatasetVersion(tag, created, len(labeled), n_new, batches_in_version)
+
+
+def _dvc_changed(workspace: Workspace) -> bool:
+    from dvc.repo import Repo
+
+    with Repo(str(workspace.registry_dir)) as repo:
+        return bool(repo.status(targets=[str(workspace.labeled_path) + ".dvc"]))
+
+
+def _batches_since_last_tag(workspace: Workspace, labeled: pd.DataFrame) -> list[str]:
+    tags = versioning.data_tags(workspace.registry_dir)
+    if not tags:
+        return sorted(set(labeled["batch_id"]))
+    previous = pd.read_parquet(_bytes_io(versioning.read_at(workspace.registry_dir, workspace.labeled_path, tags[-1])))
+    return sorted(set(labeled["batch_id"]) - set(previous["batch_id"]))
+
+
+def _bytes_io(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+def rollback(workspace: Workspace, tag: str) -> DatasetVersion:
+    """The labelled set becomes the version at `tag` again, as a new commit and tag (history kept)."""
+    if tag not in versioning.data_tags(workspace.registry_dir):
+        raise ValueError(f"unknown data tag {tag!r}; known: {', '.join(versioning.data_tags(workspace.registry_dir))}")
+    versioning.checkout(workspace.registry_dir, tag, workspace.labeled_path)
+    versioning.git(workspace.registry_dir, "checkout", tag, "--", "dataset_card.json")
+    labeled = load_labeled(workspace)
+    new_tag, created = versioning.commit_version(
+        workspace.registry_dir, [workspace.labeled_path], f"Roll the labelled set back to {tag} ({len(labeled)} rows)", tag=versioning.next_data_tag(workspace.registry_dir)
+    )
+    return DatasetVersion(new_tag, created, len(labeled), 0, [])

@@ -1,0 +1,150 @@
+"""A workspace: every durable piece of state of one deployment of the loop, under one directory.
+
+    <root>/
+      params.yaml                 this workspace's knobs (validated on every read)
+      schema.json                 feature columns, label set, label column
+      predictions/date=YYYY-MM-DD/part-*.parquet   the prediction log
+      pool/candidates.parquet     captured rows not yet queued or labelled
+      batches/<batch_id>/         batch.parquet + meta.json (strategy, seed, status, receipts)
+      labels/raw/<batch_id>/      vendor payloads exactly as received
+      labels/final/<batch_id>.parquet  aggregated labels
+      quarantine/                 rejected rows with their reasons
+      registry/                   git + DVC repo: data/labeled.parquet, data/holdout.parquet, dataset_card.json
+      dvc-remote/                 the default DVC remote (a local directory)
+      mlflow.db, mlartifacts/     MLflow tracking + registry (SQLite) and artifacts
+      simulator/                  demo only: traffic.parquet (unlabelled stream) and oracle.parquet (its truth)
+      state/                      watermarks and cursors
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from labelloop.config import Params, load_params
+
+ENV_WORKSPACE = "LABELLOOP_WORKSPACE"
+
+
+class WorkspaceError(RuntimeError):
+    """The workspace is missing or not in the state a command needs."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    feature_columns: list[str]
+    class_names: list[str]
+    label_column: str = "label"
+
+    def to_json(self) -> dict:
+        return {"feature_columns": self.feature_columns, "class_names": self.class_names, "label_column": self.label_column}
+
+    @property
+    def proba_columns(self) -> list[str]:
+        return [f"proba_{c}" for c in self.class_names]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path | None = None) -> Workspace:
+        if path is None:
+            path = os.environ.get(ENV_WORKSPACE) or "./workspace"
+        return cls(Path(path).expanduser().resolve())
+
+    # -- layout -----------------------------------------------------------------------------
+    @property
+    def params_path(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def schema_path(self) -> Path:
+        return self.root / "schema.json"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def pool_path(self) -> Path:
+        return self.root / "pool" / "candidates.parquet"
+
+    @property
+    def batches_dir(self) -> Path:
+        return self.root / "batches"
+
+    @property
+    def raw_labels_dir(self) -> Path:
+        return self.root / "labels" / "raw"
+
+    @property
+    def final_labels_dir(self) -> Path:
+        return self.root / "labels" / "final"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def labeled_path(self) -> Path:
+        return self.registry_dir / "data" / "labeled.parquet"
+
+    @property
+    def holdout_path(self) -> Path:
+        return self.registry_dir / "data" / "holdout.parquet"
+
+    @property
+    def card_path(self) -> Path:
+        return self.registry_dir / "dataset_card.json"
+
+    @property
+    def dvc_remote_dir(self) -> Path:
+        return self.root / "dvc-remote"
+
+    @property
+    def simulator_dir(self) -> Path:
+        return self.root / "simulator"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def batch_dir(self, batch_id: str) -> Path:
+        return self.batches_dir / batch_id
+
+    # -- state ------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.schema_path.exists() and (self.registry_dir / ".git").exists()
+
+    def require(self) -> Workspace:
+        if not self.exists():
+            raise WorkspaceError(f"no labelloop workspace at {self.root}; create one with `labelloop init {self.root}`")
+        return self
+
+    def params(self) -> Params:
+        return load_params(self.params_path)
+
+    def schema(self) -> Schema:
+        self.require()
+        data = json.loads(self.schema_path.read_text())
+        return Schema(**data)
