@@ -1,0 +1,297 @@
+"""File-drop vendor: batches go out as files in a directory or bucket, labels come back as files.
+
+Layout under the drop URL (any fsspec URL: a local path, `file://`, `s3://bucket/prefix`, ...)::
+
+    <batch_id>/tasks.jsonl            written by labelloop: one task per line
+    <batch_id>/manifest.json          written by labelloop last: row count + sha256 of tasks.jsonl
+    <batch_id>/labels.jsonl           written by the vendor (or labels.csv): one answer per line
+    <batch_id>/labels.manifest.json   optional, written by the vendor after the labels file
+    <batch_id>/archive/labels-<sha256[:16]>.<ext>   every labels file read, archived unchanged
+
+The formats are documented for vendors in docs/vendors.md. Export is idempotent (same batch and same
+content: nothing is rewritten; same batch id with other content: VendorError). Fetching reads the
+whole labels file each time, so a vendor may append to it or replace it as work progresses; lines
+that cannot be parsed come back with a `parse_error` and end in the import's quarantine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labelloop.io import write_bytes
+from labelloop.vendors.base import ANNOTATION_COLUMNS, ExportBatch, ExportReceipt, FetchedLabels, Vendor, VendorError, VendorStatus
+
+FORMAT = "labelloop-filedrop/1"
+LABEL_FIELDS = ("item_id", "annotator_id", "label")
+FETCHED_COLUMNS = [*ANNOTATION_COLUMNS, "line", "parse_error"]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+class FileDropVendor(Vendor):
+    name = "filedrop"
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.url = str(url)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    # ----------------------------------------------------------------------------------- file access
+    def _path(self, batch_id: str, *parts: str) -> str:
+        if not batch_id or "/" in batch_id or batch_id in (".", ".."):
+            raise VendorError(f"batch id {batch_id!r} cannot name a drop folder")
+        return "/".join([self.root.rstrip("/"), batch_id, *parts])
+
+    def _exists(self, path: str) -> bool:
+        try:
+            return bool(self.fs.exists(path))
+        except OSError as error:
+            raise VendorError(f"file drop {self.url} is unreachable: {error}") from error
+
+    def _read(self, path: str) -> bytes:
+        try:
+            return self.fs.cat_file(path)
+        except OSError as error:
+            raise VendorError(f"cannot read {path} from the file drop: {error}") from error
+
+    def _write(self, path: str, data: bytes) -> None:
+        try:
+            if self._local:
+                write_bytes(path, data)  # temp file + rename
+            else:
+                self.fs.pipe_file(path, data)  # object stores replace an object in one put
+        except OSError as error:
+            raise VendorError(f"cannot write {path} to the file drop: {error}") from error
+
+    def _manifest(self, batch_id: str) -> dict[str, Any]:
+        path = self._path(batch_id, "manifest.json")
+        if not self._exists(path):
+            raise VendorError(f"batch {batch_id} was never exported to the file drop {self.url} (no {path})")
+        try:
+            manifest = json.loads(self._read(path))
+        except json.JSONDecodeError as error:
+            raise VendorError(f"{path} is not valid JSON: {error}") from error
+        if manifest.get("format") != FORMAT or manifest.get("batch_id") != batch_id:
+            raise VendorError(f"{path} is not a {FORMAT} manifest for batch {batch_id}")
+        return manifest
+
+    # ---------------------------------------------------------------------------------------- export
+    @staticmethod
+    def render_tasks(batch: ExportBatch) -> bytes:
+        items = batch.items
+        if "item_id" not in items.columns:
+            raise VendorError("export batch has no item_id column")
+        ids = items["item_id"].astype(str)
+        if ids.duplicated().any():
+            raise VendorError(f"batch {batch.batch_id} lists item ids more than once: {ids[ids.duplicated()].tolist()[:5]}")
+        missing = [c for c in batch.feature_columns if c not in items.columns]
+        if missing:
+            raise VendorError(f"export batch lacks feature columns {missing}")
+        lines = []
+        for position, (_, row) in enumerate(items.iterrows()):
+            task: dict[str, Any] = {
+                "batch_id": batch.batch_id,
+                "item_id": ids.iloc[position],
+                "features": {c: _json_value(row[c]) for c in batch.feature_columns},
+                "annotators_wanted": int(row["annotators_wanted"]) if "annotators_wanted" in items.columns else 1,
+            }
+            if "predicted" in items.columns:
+                task["model_guess"] = {"label": _json_value(row["predicted"]),
+                                       "score": _json_value(row["confidence"]) if "confidence" in items.columns else None}
+            if "utility" in items.columns:
+                task["utility"] = _json_value(row["utility"])
+            lines.append(json.dumps(task, sort_keys=True, default=str))
+        return "".join(line + "\n" for line in lines).encode()
+
+    def export_batch(self, batch: ExportBatch) -> ExportReceipt:
+        tasks = self.render_tasks(batch)
+        digest = _sha256(tasks)
+        n_rows = tasks.count(b"\n")
+        manifest_path = self._path(batch.batch_id, "manifest.json")
+        ref = self._path(batch.batch_id)
+        if self._exists(manifest_path):
+            manifest = self._manifest(batch.batch_id)
+            if manifest.get("sha256") != digest:
+                raise VendorError(
+                    f"batch {batch.batch_id} was already exported to {ref} with other content "
+                    f"(sha256 {manifest.get('sha256', '')[:12]} != {digest[:12]}); a batch id is never reused"
+                )
+            return ExportReceipt(batch.batch_id, self.name, int(manifest["row_count"]), created=False, vendor_ref=ref)
+        # tasks first, manifest last: a manifest only exists next to a complete tasks.jsonl.
+        self._write(self._path(batch.batch_id, "tasks.jsonl"), tasks)
+        manifest = {
+            "format": FORMAT,
+            "batch_id": batch.batch_id,
+            "tasks_file": "tasks.jsonl",
+            "row_count": n_rows,
+            "sha256": digest,
+            "label_set": list(batch.label_set),
+            "feature_columns": list(batch.feature_columns),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self._write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        return ExportReceipt(batch.batch_id, self.name, n_rows, created=True, vendor_ref=ref)
+
+    def tasks(self, batch_id: str) -> pd.DataFrame:
+        """The exported tasks (checked against the manifest's checksum)."""
+        manifest = self._manifest(batch_id)
+        data = self._read(self._path(batch_id, manifest.get("tasks_file", "tasks.jsonl")))
+        if _sha256(data) != manifest["sha256"] or data.count(b"\n") != manifest["row_count"]:
+            raise VendorError(f"tasks.jsonl of batch {batch_id} no longer matches its manifest (changed after export)")
+        return pd.DataFrame([json.loads(line) for line in data.splitlines() if line.strip()])
+
+    # ----------------------------------------------------------------------------------------- fetch
+    def _labels_file(self, batch_id: str) -> tuple[str, str] | None:
+        found = [(self._path(batch_id, f"labels.{ext}"), ext) for ext in ("jsonl", "csv")
+                 if self._exists(self._path(batch_id, f"labels.{ext}"))]
+        if len(found) > 1:
+            raise VendorError(f"batch {batch_id} has both labels.jsonl and labels.csv in the drop; keep one")
+        return found[0] if found else None
+
+    def _check_return_manifest(self, batch_id: str, manifest: dict[str, Any], raw: bytes, n_rows: int) -> None:
+        path = self._path(batch_id, "labels.manifest.json")
+        if not self._exists(path):
+            return
+        try:
+            returned = json.loads(self._read(path))
+        except json.JSONDecodeError as error:
+            raise VendorError(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(returned, dict):
+            raise VendorError(f"{path} must hold a JSON object")
+        if returned.get("batch_id", batch_id) != batch_id:
+            raise VendorError(f"{path} is for batch {returned.get('batch_id')!r}, not {batch_id!r}")
+        if returned.get("tasks_sha256", manifest["sha256"]) != manifest["sha256"]:
+            raise VendorError(f"the labels of batch {batch_id} answer another version of tasks.jsonl (tasks_sha256 differs)")
+        if "sha256" in returned and returned["sha256"] != _sha256(raw):
+            raise VendorError(f"the labels file of batch {batch_id} does not match labels.manifest.json "
+                              "(sha256 differs: upload incomplete or file changed after the manifest)")
+        if "row_count" in returned and int(returned["row_count"]) != n_rows:
+            raise VendorError(f"the labels file of batch {batch_id} has {n_rows} rows, labels.manifest.json says {returned['row_count']}")
+
+    def fetch_labels(self, batch_id: str) -> FetchedLabels:
+        manifest = self._manifest(batch_id)
+        found = self._labels_file(batch_id)
+        if found is None:  # nothing returned yet
+            return FetchedLabels(batch_id, pd.DataFrame(columns=FETCHED_COLUMNS), b"", "labels.jsonl")
+        path, ext = found
+        raw = self._read(path)
+        annotations, n_rows = (parse_labels_jsonl if ext == "jsonl" else parse_labels_csv)(raw, batch_id)
+        self._check_return_manifest(batch_id, manifest, raw, n_rows)
+        archive = self._path(batch_id, "archive", f"labels-{_sha256(raw)[:16]}.{ext}")
+        if not self._exists(archive):
+            self._write(archive, raw)
+        return FetchedLabels(batch_id, annotations, raw, f"labels.{ext}")
+
+    def status(self, batch_id: str) -> VendorStatus:
+        tasks = self.tasks(batch_id)
+        fetched = self.fetch_labels(batch_id).annotations
+        ok = fetched[fetched["parse_error"].isna()] if len(fetched) else fetched
+        answers = ok.groupby("item_id")["annotator_id"].nunique() if len(ok) else pd.Series(dtype=int)
+        wanted = tasks.set_index("item_id")["annotators_wanted"] if len(tasks) else pd.Series(dtype=int)
+        done = int((answers.reindex(wanted.index, fill_value=0) >= wanted).sum()) if len(wanted) else 0
+        return VendorStatus(batch_id, len(tasks), done, extra={"answers": int(len(ok))})
+
+
+def _record(line_no: int, values: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    row = {k: values.get(k) for k in ANNOTATION_COLUMNS}
+    row["line"] = line_no
+    row["parse_error"] = None
+    other_batch = values.get("batch_id")
+    if other_batch not in (None, "", batch_id):
+        row["parse_error"] = f"line {line_no}: batch_id {other_batch!r} is not this batch ({batch_id!r})"
+    for key in LABEL_FIELDS:
+        value = row[key]
+        if isinstance(value, (dict, list)):
+            row["parse_error"] = f"line {line_no}: {key} must be a string, got {type(value).__name__}"
+        elif value is not None:
+            row[key] = str(value)
+    if row["annotation_id"] in (None, ""):
+        row["annotation_id"] = f"{row['item_id']}:{row['annotator_id']}"
+    return row
+
+
+def parse_labels_jsonl(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
+    """One answer per non-empty line; unparseable lines are kept with a `parse_error`."""
+    rows = []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise VendorError(f"labels.jsonl of batch {batch_id} is not UTF-8 text: {error}") from error
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError as error:
+            rows.append({**dict.fromkeys(ANNOTATION_COLUMNS), "line": line_no,
+                         "parse_error": f"line {line_no}: not valid JSON ({error.msg}): {line[:200]!r}"})
+            continue
+        if not isinstance(values, dict):
+            rows.append({**dict.fromkeys(ANNOTATION_COLUMNS), "line": line_no,
+                         "parse_error": f"line {line_no}: expected a JSON object, got {type(values).__name__}"})
+            continue
+        rows.append(_record(line_no, values, batch_id))
+    return pd.DataFrame(rows, columns=FETCHED_COLUMNS), len(rows)
+
+
+def parse_labels_csv(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
+    """A header row with at least item_id, annotator_id, label; ragged rows get a `parse_error`."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise VendorError(f"labels.csv of batch {batch_id} is not UTF-8 text: {error}") from error
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return pd.DataFrame(columns=FETCHED_COLUMNS), 0
+    except csv.Error as error:
+        raise VendorError(f"labels.csv of batch {batch_id} has an unreadable header: {error}") from error
+    missing = [f for f in LABEL_FIELDS if f not in header]
+    if missing:
+        raise VendorError(f"labels.csv of batch {batch_id} lacks columns {missing}; the header must name "
+                          f"{', '.join(LABEL_FIELDS)} (got {header})")
+    rows = []
+    line_no = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            line_no = reader.line_num
+            rows.append({**dict.fromkeys(ANNOTATION_COLUMNS), "line": line_no, "parse_error": f"line {line_no}: {error}"})
+            continue
+        line_no = reader.line_num
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            rows.append({**dict.fromkeys(ANNOTATION_COLUMNS), "line": line_no,
+                         "parse_error": f"line {line_no}: {len(fields)} fields, header has {len(header)}: {','.join(fields)[:200]!r}"})
+            continue
+        values = {h: (v.strip() or None) for h, v in zip(header, fields, strict=True)}
+        rows.append(_record(line_no, values, batch_id))
+    return pd.DataFrame(rows, columns=FETCHED_COLUMNS), len(rows)
