@@ -637,3 +637,87 @@ def run_quality_control(
         "percent_agreement": report.agreement["percent_agreement"],
     }
     return report
+
+
+# ------------------------------------------------------------------------------ the import QC pass
+@dataclass(frozen=True)
+class QualityParams:
+    """The `import` section's quality knobs (defaults = QC off except majority vote)."""
+
+    aggregation: Literal["majority", "dawid_skene"] = "majority"
+    min_agreement: float = 0.5
+    min_gold_accuracy: float = 0.0  # 0 = never exclude
+    min_gold_answers: int = 5
+    contradiction_confidence: float = 0.0  # 0 = no confident-learning flags
+
+    @classmethod
+    def from_params(cls, params: Any) -> QualityParams:
+        """From an ImportParams-like object; knobs it does not have keep their defaults."""
+        values = {name: getattr(params, name) for name in cls.__dataclass_fields__ if hasattr(params, name)}
+        return cls(**values)
+
+
+@dataclass
+class ImportOutcome:
+    answers: pd.DataFrame  # validated answers (one per item x annotator)
+    quarantined: pd.DataFrame  # rejected answers and final labels, with `expectation`, `reason`, `stage`
+    final: pd.DataFrame  # every aggregated item (AGGREGATION_COLUMNS + is_gold, model_flagged)
+    labels: pd.DataFrame  # the labels to add to the dataset: item_id, label, n_votes, agreement, method
+    review: pd.DataFrame  # item_id, reason: sent again by the next export
+    pending: list[str]  # batch items with no answer yet (left for a later import)
+    report: QualityReport
+
+
+def process_import(
+    annotations: pd.DataFrame,
+    batch_items: pd.DataFrame,
+    label_set: Sequence[str],
+    *,
+    batch_id: str,
+    params: QualityParams,
+    state_dir: str | Path | None = None,
+    probas: pd.DataFrame | None = None,
+) -> ImportOutcome:
+    """Validate -> gold tracking / exclusion -> aggregation -> model-contradiction flags -> final checks.
+
+    `batch_items` has `item_id` and optionally `is_gold` + `gold_label` (see `plan_quality_items`).
+    With `state_dir`, the gold tracker (`gold_tracker.json`) and the review queue (`review_queue.json`)
+    are updated there, both keyed by batch id: running the same import twice changes nothing more.
+    The caller archives the raw payload first and writes `outcome.labels` / `outcome.quarantined`.
+    """
+    from labelloop.label_validation import validate_annotations, validate_final_labels
+
+    _check_columns(batch_items, ["item_id"], "batch items")
+    item_ids = batch_items["item_id"].astype(str).tolist()
+    gold = pd.Series(dtype=str)
+    if "is_gold" in batch_items.columns and "gold_label" in batch_items.columns:
+        marked = batch_items[batch_items["is_gold"].fillna(False).astype(bool)]
+        gold = pd.Series(marked["gold_label"].astype(str).to_numpy(), index=marked["item_id"].astype(str).to_numpy())
+    answers, bad_answers = validate_annotations(annotations, item_ids, label_set)
+    tracker = GoldTracker(Path(state_dir) / "gold_tracker.json") if state_dir is not None else None
+    report = run_quality_control(
+        answers,
+        batch_id=batch_id,
+        classes=label_set,
+        gold=gold,
+        tracker=tracker,
+        method=params.aggregation,
+        min_agreement=params.min_agreement,
+        min_gold_accuracy=params.min_gold_accuracy,
+        min_gold_answers=params.min_gold_answers,
+        probas=probas if params.contradiction_confidence > 0 else None,
+        contradiction_confidence=params.contradiction_confidence,
+    )
+    labels, bad_final = validate_final_labels(report.accepted, item_ids, label_set)
+    quarantined = pd.concat(
+        [bad_answers.assign(stage="answer"), bad_final.assign(stage="final_label")], ignore_index=True
+    ) if len(bad_answers) or len(bad_final) else bad_answers.assign(stage=pd.Series(dtype=object))
+    answered = set(answers["item_id"]) | set(report.dropped_annotations["item_id"].astype(str))
+    pending = [i for i in item_ids if i not in answered]
+    if state_dir is not None:
+        queue = ReviewQueue(Path(state_dir) / "review_queue.json")
+        queue.add(batch_id, report.review)
+        queue.resolve(labels["item_id"])
+    keep = ["item_id", "label", "n_votes", "agreement", "method"]
+    return ImportOutcome(answers, quarantined, report.final, labels[keep].reset_index(drop=True),
+                         report.review, pending, report)
