@@ -44,9 +44,22 @@ def class_names_from_columns(columns: list[str]) -> list[str]:
     return [c[len(PROBA_PREFIX):] for c in proba_columns(columns)]
 
 
-def default_feature_columns(columns: list[str], extra_excluded: tuple[str, ...] = ()) -> list[str]:
+def default_feature_columns(
+    columns: list[str], extra_excluded: tuple[str, ...] = (), numeric: set[str] | None = None
+) -> list[str]:
+    """Feature columns of a prediction log: everything but ids, probas and bookkeeping (numeric only if told which are)."""
     excluded = set(proba_columns(columns)) | NON_FEATURE_COLUMNS | set(extra_excluded)
-    return [c for c in columns if c not in excluded and not c.startswith("_")]
+    return [c for c in columns if c not in excluded and not c.startswith("_") and (numeric is None or c in numeric)]
+
+
+def _numeric_frame_columns(frame: pd.DataFrame) -> set[str]:
+    return {c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
+
+
+def _numeric_schema_columns(schema) -> set[str]:
+    import pyarrow as pa
+
+    return {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)}
 
 
 @dataclass
@@ -276,7 +289,9 @@ def select_from_frame(
     if id_column not in columns:
         raise ValueError(f"a pool needs a {id_column!r} column; found {columns[:10]}")
     if feature_columns is None:
-        feature_columns = default_feature_columns(columns, (context.group_column,) if context and context.group_column else ())
+        feature_columns = default_feature_columns(
+            columns, (context.group_column,) if context and context.group_column else (), _numeric_frame_columns(pool)
+        )
     resolved = resolve_selector(strategy, selector)
     probas = pool[proba_columns(columns)].to_numpy(dtype=np.float64)
     spec, sel_spec = get_strategy(strategy), get_selector(resolved)
@@ -344,7 +359,9 @@ def select_from_parquet(
     if group_column is not None and group_column not in columns:
         raise ValueError(f"{path}: group column {group_column!r} is not in the pool")
     if feature_columns is None:
-        feature_columns = default_feature_columns(columns, (group_column,) if group_column else ())
+        feature_columns = default_feature_columns(
+            columns, (group_column,) if group_column else (), _numeric_schema_columns(parquet.schema_arrow)
+        )
     spec = get_strategy(strategy)
     resolved = resolve_selector(strategy, selector)
     if not spec.chunkable:

@@ -219,7 +219,7 @@ def information_density(
 # Expected error reduction (Roy & McCallum) on a capped candidate subsample.
 # ---------------------------------------------------------------------------------------------
 
-EER_CANDIDATE_CAP = 64  # candidates scored (the most uncertain by margin); the rest are NaN
+EER_CANDIDATE_CAP = 64  # candidates scored (the most uncertain by margin); the rest rank below, by margin
 EER_TOP_CLASSES = 2  # hypothetical labels tried per candidate (the most probable ones)
 EER_EVAL_SIZE = 500  # pool rows the expected error is measured on
 EER_TREES = 30  # trees of each hypothetical retrain (same depth / learning rate as `train`)
@@ -251,7 +251,8 @@ def expected_error_reduction(
 ) -> np.ndarray:
     """Utility = −(expected 0/1 risk on a pool sample after adding the candidate with each likely label).
 
-    Only the `candidate_cap` most uncertain rows (by margin) are scored; the others are NaN.
+    Only the `candidate_cap` most uncertain rows (by margin) are scored; the other eligible rows rank
+    below them, by margin (so a batch larger than the cap is still filled).
     """
     from labelloop.model import LabelloopClassifier
 
@@ -290,6 +291,9 @@ def expected_error_reduction(
             model.fit(np.vstack([x_lab, features[row : row + 1]]), np.append(y_lab, names[label]))
             risk += weight * float((1.0 - model.predict_proba(x_eval).max(axis=1)).mean())
         out[row] = -risk
+    rest = np.setdiff1d(usable, candidates)
+    if len(rest):
+        out[rest] = np.nanmin(out[candidates]) - 2.0 + margin(probas[rest])  # margin ∈ [−1, 0]
     return out
 
 

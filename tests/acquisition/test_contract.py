@@ -1,0 +1,216 @@
+"""One contract every registered strategy and selector must honour."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from labelloop.acquisition import BatchShrunkWarning, get_selector, get_strategy, selector_names, strategy_names
+from labelloop.acquisition.pool import SelectionContext, select_indices
+from labelloop.config import TrainParams
+from labelloop.model import LabelloopClassifier
+
+CLASSES = ["a", "b", "c", "d"]
+FAST = TrainParams(n_estimators=8, max_depth=3)
+# Keep expected error reduction small in tests: it refits a model per candidate and label.
+STRATEGY_PARAMS = {"expected_error_reduction": {"candidate_cap": 6, "eval_size": 50}}
+
+
+def make_problem(seed: int = 0, n: int = 240, d: int = 5):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(len(CLASSES), d))
+    y_idx = rng.integers(0, len(CLASSES), size=n)
+    X = centers[y_idx] + rng.normal(size=(n, d))
+    return X, np.array(CLASSES, dtype=object)[y_idx].astype(str)
+
+
+def make_context(strategy: str, X_lab, y_lab, **extra) -> SelectionContext:
+    return SelectionContext(
+        labelled_features=X_lab, labelled_labels=y_lab, class_names=CLASSES, train_params=FAST,
+        committee_size=3, strategy_params=STRATEGY_PARAMS.get(strategy, {}), **extra,
+    )
+
+
+def fitted_probas(X_lab, y_lab, X_pool):
+    model = LabelloopClassifier.from_params(FAST, CLASSES).fit(X_lab, y_lab)
+    return model.predict_proba(X_pool)
+
+
+def select(strategy, selector, probas, X, X_lab, y_lab, batch, seed=0):
+    return select_indices(
+        probas, batch, strategy=strategy, selector=selector, seed=seed, features=X,
+        context=make_context(strategy, X_lab, y_lab), class_names=CLASSES,
+    )
+
+
+@pytest.fixture(scope="module")
+def problem():
+    X, y = make_problem()
+    lab = np.arange(30)
+    pool = np.arange(30, len(X))
+    probas = fitted_probas(X[lab], y[lab], X[pool])
+    return X, y, lab, pool, probas
+
+
+STRATEGIES = strategy_names()
+SELECTORS = selector_names()
+
+
+def test_registries_hold_the_issue_names():
+    for name in ["least_confidence", "margin", "entropy", "ratio", "vote_entropy", "kl_consensus", "bald",
+                 "information_density", "expected_error_reduction", "random", "hybrid"]:
+        assert name in STRATEGIES
+    for name in ["topk", "cluster", "coreset", "hybrid"]:
+        assert name in SELECTORS
+    for name in STRATEGIES:
+        assert get_strategy(name).cost, f"strategy {name} documents no cost"
+    for name in SELECTORS:
+        assert get_selector(name).cost, f"selector {name} documents no cost"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_shape_nan_and_reproducible(strategy, problem):
+    X, y, lab, pool, probas = problem
+    probas = probas.copy()
+    bad = np.array([0, 5, 17])
+    probas[bad] = np.nan
+    chosen, utilities, seconds = select(strategy, "topk", probas, X[pool], X[lab], y[lab], 10, seed=3)
+    assert utilities.shape == (len(pool),)
+    assert np.isnan(utilities[bad]).all()
+    assert np.isfinite(utilities).sum() >= 1
+    assert len(chosen) == min(10, int(np.isfinite(utilities).sum()))
+    assert len(set(chosen.tolist())) == len(chosen)
+    assert not set(chosen.tolist()) & set(bad.tolist())
+    assert {"score", "select"} <= set(seconds)
+    again, utilities2, _ = select(strategy, "topk", probas, X[pool], X[lab], y[lab], 10, seed=3)
+    np.testing.assert_array_equal(chosen, again)
+    np.testing.assert_allclose(utilities, utilities2, equal_nan=True)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_batch_larger_than_candidates_shrinks(strategy, problem):
+    X, y, lab, pool, probas = problem
+    sub = pool[:12]
+    p = probas[:12].copy()
+    p[:4] = np.nan
+    with pytest.warns(BatchShrunkWarning):
+        chosen, utilities, _ = select(strategy, None, p, X[sub], X[lab], y[lab], 50, seed=1)
+    eligible = set(np.flatnonzero(np.isfinite(utilities)).tolist())
+    assert set(chosen.tolist()) <= eligible
+    assert len(chosen) == len(eligible)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_cold_start_and_several_cycles(strategy):
+    """The labelled set lacks class 'd'; three cycles grow it without ever picking a row twice."""
+    X, y = make_problem(seed=1, n=200)
+    lab = list(np.flatnonzero(y != "d")[:12])
+    picked: set[int] = set()
+    for cycle in range(3):
+        pool = np.setdiff1d(np.arange(len(X)), lab)
+        probas = fitted_probas(X[lab], y[lab], X[pool])
+        assert probas[:, CLASSES.index("d")].max() == 0.0 if cycle == 0 else True
+        chosen, utilities, _ = select(strategy, None, probas, X[pool], X[lab], y[lab], 8, seed=cycle)
+        assert len(chosen) == 8
+        rows = pool[chosen]
+        assert not set(rows.tolist()) & picked
+        assert not set(rows.tolist()) & set(lab)
+        picked |= set(rows.tolist())
+        lab.extend(rows.tolist())
+    assert len(lab) == 12 + 3 * 8
+
+
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_selector_contract(selector):
+    rng = np.random.default_rng(0)
+    n = 500
+    utilities = rng.random(n)
+    utilities[::7] = np.nan
+    features = rng.normal(size=(n, 4))
+    groups = rng.integers(0, 3, size=n)
+    fn = get_selector(selector).fn
+    chosen = fn(utilities, 40, rng=np.random.default_rng(5), features=features, groups=groups)
+    assert chosen.dtype.kind == "i" and chosen.shape == (40,)
+    assert len(set(chosen.tolist())) == 40
+    assert np.isfinite(utilities[chosen]).all()
+    again = fn(utilities, 40, rng=np.random.default_rng(5), features=features, groups=groups)
+    np.testing.assert_array_equal(chosen, again)
+    other = fn(utilities, 40, rng=np.random.default_rng(6), features=features, groups=groups)
+    assert other.shape == (40,)
+    with pytest.warns(BatchShrunkWarning):
+        small = fn(utilities[:14], 40, rng=np.random.default_rng(5), features=features[:14], groups=groups[:14])
+    assert sorted(small.tolist()) == sorted(np.flatnonzero(np.isfinite(utilities[:14])).tolist())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BatchShrunkWarning)
+        none = fn(np.full(5, np.nan), 3, rng=np.random.default_rng(0), features=features[:5], groups=groups[:5])
+    assert len(none) == 0
+    with pytest.raises(ValueError):
+        fn(utilities, 0, rng=np.random.default_rng(0), features=features, groups=groups)
+
+
+@pytest.mark.parametrize("selector", ["cluster", "coreset"])
+def test_diversity_selectors_spread_the_batch(selector):
+    """Two tight blobs, the best utilities all in blob A: a diverse batch still reaches blob B."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.01, size=(200, 2))
+    b = rng.normal(10, 0.01, size=(200, 2))
+    features = np.vstack([a, b])
+    utilities = np.r_[np.full(200, 1.0) + rng.random(200) * 0.01, np.full(200, 0.9)]
+    top = get_selector("topk").fn(utilities, 10, rng=np.random.default_rng(0))
+    assert (top < 200).all()
+    chosen = get_selector(selector).fn(utilities, 10, rng=np.random.default_rng(0), features=features, top_m_factor=40)
+    assert (chosen >= 200).any()
+
+
+def test_hybrid_quota_feeds_a_starved_group():
+    rng = np.random.default_rng(0)
+    n = 1000
+    groups = np.where(np.arange(n) < 20, 1, 0)  # group 1 is rare and has the lowest utilities
+    utilities = np.where(groups == 1, 0.0, 1.0) + rng.random(n) * 0.1
+    features = rng.normal(size=(n, 3))
+    chosen = get_selector("hybrid").fn(
+        utilities, 50, rng=np.random.default_rng(1), features=features, groups=groups, explore_fraction=0.0,
+    )
+    assert (groups[chosen] == 1).sum() >= 5
+    topk = get_selector("topk").fn(utilities, 50, rng=np.random.default_rng(1))
+    assert (groups[topk] == 1).sum() == 0
+
+
+def test_hybrid_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="exploit_fraction"):
+        get_selector("hybrid").fn(np.ones(10), 2, rng=np.random.default_rng(0), exploit_fraction=1.5)
+    with pytest.raises(ValueError, match="diversity"):
+        get_selector("hybrid").fn(np.ones(10), 2, rng=np.random.default_rng(0), diversity="nope")
+
+
+def test_committee_strategies_measure_disagreement():
+    agree = np.tile(np.array([[0.9, 0.1], [0.6, 0.4]])[None], (4, 1, 1))
+    split = np.stack([np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([[0.1, 0.9], [0.1, 0.9]])] * 2)
+    probas = agree.mean(axis=0)
+    for name in ["vote_entropy", "kl_consensus", "bald"]:
+        fn = get_strategy(name).fn
+        np.testing.assert_allclose(fn(probas, rng=None, committee=agree), 0.0, atol=1e-9)
+        assert (fn(probas, rng=None, committee=split) > 0.1).all()
+    with pytest.raises(ValueError, match="committee"):
+        get_strategy("bald").fn(probas, rng=None)
+
+
+def test_hybrid_preset_implies_the_hybrid_selector(problem):
+    from labelloop.acquisition.registry import resolve_selector
+
+    assert resolve_selector("hybrid", "topk") == "hybrid"
+    assert resolve_selector("hybrid", None) == "hybrid"
+    assert resolve_selector("hybrid", "coreset") == "coreset"
+    assert resolve_selector("margin", None) == "topk"
+
+
+def test_information_density_prefers_dense_rows():
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0, 0.1, size=(300, 2))
+    outliers = rng.normal(0, 0.1, size=(5, 2)) + 8
+    features = np.vstack([dense, outliers])
+    probas = np.full((len(features), 2), 0.5)
+    u = get_strategy("information_density").fn(probas, rng=np.random.default_rng(0), features=features)
+    assert u[:300].min() > u[300:].max()
