@@ -2,8 +2,9 @@
 
 `params.annotators` annotators; annotator `a` errs with probability `error_rates[a]` (or the shared
 `error_rate`). A wrong answer is either any other class, uniformly (`noise: uniform`), or drawn from
-a fixed per-annotator confusion matrix (`noise: confusion`: each annotator mixes each class up with a
-few others, as real annotators do). Each item gets `annotators_wanted` distinct annotators.
+a fixed per-annotator confusion matrix (`noise: confusion`: for each true class, 70% of the
+annotator's mistakes go to one favourite wrong class, the rest spread at random, as real annotators
+mix up similar classes). Each item gets `annotators_wanted` distinct annotators.
 
 With `delay_imports: d`, every answer becomes visible on one of the next d+1 fetches (drawn per
 answer), so labels come back over several imports; fetches are counted per batch in
@@ -28,6 +29,9 @@ from labelloop.io import read_json, read_parquet, write_json, write_parquet
 from labelloop.vendors.base import ANNOTATION_COLUMNS, ExportBatch, ExportReceipt, FetchedLabels, Vendor, VendorError, VendorStatus
 
 
+FAVOURITE_SHARE = 0.7  # `noise: confusion`: share of an annotator's mistakes on a class that go to one class
+
+
 def _stable_seed(*parts: object) -> int:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little")
@@ -49,8 +53,9 @@ def _confusion_rows(seed: int, annotator: int, label_set: tuple[str, ...]) -> di
         if k < 2:
             rows[truth] = np.zeros(0)
             continue
-        # Sparse Dirichlet: most of the mass on one or two "neighbour" classes.
-        weights = rng.dirichlet(np.full(k - 1, 0.3))
+        # A favourite mistake takes FAVOURITE_SHARE of the errors; the rest is spread at random.
+        weights = (1 - FAVOURITE_SHARE) * rng.dirichlet(np.ones(k - 1))
+        weights[int(rng.integers(k - 1))] += FAVOURITE_SHARE
         rows[truth] = weights
     return rows
 
