@@ -7,7 +7,9 @@ MLflow is imported lazily (it costs seconds), only by the functions that need it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import re
 import time
@@ -140,7 +142,8 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
             # skops, not pickle: loading runs no arbitrary code; these are the only non-builtin types.
             serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES,
         )
-        version = mlflow.register_model(info.model_uri, params.model_name, tags={"data_tag": data_tag, "params_hash": phash})
+        with contextlib.redirect_stderr(io.StringIO()):  # register_model eprints a banner per call
+            version = mlflow.register_model(info.model_uri, params.model_name, tags={"data_tag": data_tag, "params_hash": phash})
         mlflow.set_tag("model_version", version.version)
     mlflow_client.set_registered_model_alias(params.model_name, CHALLENGER, version.version)
     return TrainResult(run.info.run_id, str(version.version), data_tag, metrics, created=True)

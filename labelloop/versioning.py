@@ -52,9 +52,18 @@ def init_registry(repo: Path, remote_dir: Path) -> None:
     if not (repo / ".git").exists():
         git(repo, "init", "-q", "-b", "main")
     if not (repo / ".dvc").exists():
+        import logging
+
         from dvc.repo import Repo
 
-        Repo.init(str(repo))
+        init_logger = logging.getLogger("dvc.repo.init")
+        level = init_logger.level
+        init_logger.setLevel(logging.WARNING)  # "Initialized DVC repository" + git advice, meant for a shell user
+        try:
+            with _quiet_stdout():
+                Repo.init(str(repo))
+        finally:
+            init_logger.setLevel(level)
     remote_dir.mkdir(parents=True, exist_ok=True)
     with _dvc_repo(repo) as dvc_repo:
         with dvc_repo.config.edit() as conf:
@@ -66,6 +75,13 @@ def init_registry(repo: Path, remote_dir: Path) -> None:
     git(repo, "add", "-A")
     if git(repo, "status", "--porcelain"):
         git(repo, "commit", "-q", "-m", "Initialise the data registry")
+
+
+def _quiet_stdout():
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def set_remote(repo: Path, url: str, name: str = "local") -> None:

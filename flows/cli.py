@@ -1,0 +1,389 @@
+"""The `labelloop` command line. Stage and cycle commands run the Prefect flows; the rest call `labelloop`.
+
+Prefect, MLflow and Great Expectations are imported inside the commands that need them, so
+`labelloop --help` and pure commands start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+app = typer.Typer(help="labelloop: a production active-learning loop (capture → select → label → version → retrain → gate).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Versions of the labelled set (git tags + DVC).", no_args_is_help=True)
+model_app = typer.Typer(help="Registered models and the champion alias.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace directory [default: $LABELLOOP_WORKSPACE, else ./workspace]."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a param for this run: SECTION.KEY=VALUE (repeatable), e.g. select.batch_size=50."),
+]
+
+
+def _workspace(path: Path | None):
+    from labelloop.workspace import Workspace
+
+    return Workspace.at(path)
+
+
+def _quiet_environment(workspace_root: Path, verbose: bool = False) -> None:
+    """Offline, quiet defaults; Prefect runs kept in the workspace unless a Prefect API is configured."""
+    for key, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "PYTHONWARNINGS": "ignore",
+    }.items():
+        os.environ.setdefault(key, value)
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(workspace_root / ".prefect"))
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "true")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    if not verbose:
+        for name in ("mlflow", "great_expectations", "great_expectations.data_context.types.base", "dvc", "alembic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`section.key=value` pairs → {section: {key: value}} (values parsed as YAML; nested keys with dots)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for pair in pairs or []:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise typer.BadParameter(f"{pair!r}: expected SECTION.KEY=VALUE, e.g. select.batch_size=50")
+        dotted, raw = pair.split("=", 1)
+        section, *keys = dotted.split(".")
+        target = overrides.setdefault("import_" if section == "import" else section, {})
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = yaml.safe_load(raw)
+    return overrides
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _checked_params(ws, overrides: dict[str, dict[str, Any]]):
+    """Validate overrides against the workspace's params before any flow starts (clear error, nothing run)."""
+    from labelloop.config import ConfigError
+
+    try:
+        return ws.require().params().with_overrides(**overrides)
+    except ConfigError as error:
+        _fail(error)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Directory of the new workspace.")],
+    source: Annotated[Path | None, typer.Option(help="Labelled parquet/CSV to split into seed, holdout and traffic [default: the shipped satellite set].")] = None,
+    label_col: Annotated[str, typer.Option(help="Label column of --source.")] = "label",
+    params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml to start from [default: embedded defaults].")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Create a workspace: data registry (git + DVC + local remote), fixed holdout, seed set `data-v1`, MLflow store."""
+    from labelloop.config import ConfigError, load_params
+    from labelloop.init import init_workspace
+    from labelloop.workspace import WorkspaceError
+
+    _quiet_environment(Path(path).resolve())
+    try:
+        params = load_params(params_file).with_overrides(**parse_overrides(set_))
+        if source is not None:
+            params = params.with_overrides(dataset={"source": str(source.resolve()), "label_column": label_col})
+        ws = init_workspace(path, params)
+    except (ConfigError, WorkspaceError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"workspace ready at {ws.root} (data-v1: {params.dataset.seed_size} seed labels)")
+
+
+def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_lines: bool = True) -> list:
+    from flows.cycle import active_learning_cycle
+
+    sections = {k: v for k, v in _section_models(ws, overrides).items()}
+    records = []
+    for _ in range(cycles):
+        started = time.perf_counter()
+        record = active_learning_cycle(str(ws.root), **sections)
+        records.append(record)
+        if echo_lines:
+            typer.echo(f"{record.line()} | {time.perf_counter() - started:4.1f} s")
+    return records
+
+
+def _section_models(ws, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    params = _checked_params(ws, overrides)
+    allowed = {"production", "capture", "select", "export", "import_", "train", "gate"}
+    unknown = set(overrides) - allowed
+    if unknown:
+        _fail(ValueError(f"--set cannot override {sorted(unknown)} per cycle; allowed sections: {sorted(allowed)}"))
+    return {name: (params.import_ if name == "import_" else getattr(params, name)) for name in overrides}
+
+
+@app.command()
+def demo(
+    workspace: WorkspaceOption = None,
+    cycles: Annotated[int, typer.Option(min=1, help="Active-learning cycles to run.")] = 6,
+    vendor: Annotated[str, typer.Option(help="Annotation vendor: simulated or label-studio (needs LABEL_STUDIO_API_KEY).")] = "simulated",
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
+) -> None:
+    """A fresh workspace, a seed model, then CYCLES turns of the loop; prints one line per cycle and a learning curve."""
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root, verbose)
+    if ws.root.exists() and any(ws.root.iterdir()):
+        if not ws.exists():
+            _fail(ValueError(f"{ws.root} exists and is not a labelloop workspace; choose another --workspace"))
+        typer.echo(f"replacing the previous demo workspace at {ws.root}")
+        shutil.rmtree(ws.root)
+    from labelloop.config import Params
+    from labelloop.init import init_workspace
+
+    started = time.perf_counter()
+    params = Params().with_overrides(export={"vendor": vendor})
+    init_workspace(ws.root, params)
+    typer.echo(f"workspace {ws.root}: seed set of {params.dataset.seed_size} labels, holdout {params.dataset.holdout_fraction:.0%} "
+               f"of the shipped satellite dataset; strategy {params.select.strategy}, batch {params.select.batch_size}")
+    _run_cycles(ws, cycles, {})
+    from labelloop.reports import load_history, plot_learning_curve
+
+    png = plot_learning_curve(ws)
+    history = load_history(ws)
+    first, last = history[0], history[-1]
+    typer.echo(f"\nlearning curve: {png}")
+    typer.echo(f"champion accuracy {first.champion_accuracy:.4f} → {last.champion_accuracy:.4f} "
+               f"with {last.labels} labels, in {time.perf_counter() - started:.0f} s")
+    typer.echo("\nNext:")
+    typer.echo(f"  Prefect UI:    PREFECT_HOME={ws.root / '.prefect'} .venv/bin/prefect server start   # then http://127.0.0.1:4200")
+    typer.echo(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri} --port 5000   # then http://127.0.0.1:5000")
+    typer.echo(f"  data versions: .venv/bin/labelloop data versions --workspace {ws.root}   (or git -C {ws.registry_dir} tag -n1)")
+
+
+@app.command()
+def cycle(
+    workspace: WorkspaceOption = None,
+    cycles: Annotated[int, typer.Option(min=1, help="How many cycles to run back to back.")] = 1,
+    set_: SetOption = None,
+    verbose: bool = False,
+) -> None:
+    """Run the full `active_learning_cycle` flow on a workspace."""
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root, verbose)
+    overrides = parse_overrides(set_)
+    _run_cycles(ws, cycles, overrides)
+
+
+def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, verbose: bool, section: str | None):
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root, verbose)
+    overrides = parse_overrides(set_)
+    params = _checked_params(ws, overrides)
+    import flows.stages as stages
+
+    flow = getattr(stages, f"{flow_name}_flow")
+    kwargs: dict[str, Any] = {}
+    if section is not None:
+        key = "import_" if section == "import" else section
+        kwargs["params"] = params.import_ if key == "import_" else getattr(params, key)
+    try:
+        result = flow(str(ws.root), **kwargs)
+    except Exception as error:  # a stage's user-facing failure: one clear line, non-zero exit
+        _fail(error)
+    typer.echo(_describe(result))
+
+
+def _describe(result: Any) -> str:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(result):
+        return yaml.safe_dump(asdict(result), sort_keys=False).rstrip()
+    if isinstance(result, list):
+        return "\n".join(_describe(r) for r in result) or "(nothing to do)"
+    return str(result)
+
+
+def _stage_command(flow_name: str, section: str | None, doc: str):
+    def command(workspace: WorkspaceOption = None, set_: SetOption = None, verbose: bool = False) -> None:
+        _run_stage(flow_name, workspace, set_, verbose, section)
+
+    command.__doc__ = doc
+    return command
+
+
+app.command("production")(_stage_command("production", "production", "Champion scores the next slice of traffic into the prediction log."))
+app.command("capture")(_stage_command("capture", "capture", "Read new prediction-log rows, validate (GX), keep low-confidence ones in the pool."))
+app.command("export")(_stage_command("export", "export", "Send selected batches to the annotation vendor."))
+app.command("import")(_stage_command("import", "import", "Fetch, validate and aggregate the vendor's labels."))
+app.command("dataset")(_stage_command("dataset", None, "Add imported labels to the labelled set as a new DVC version (tag data-vN)."))
+app.command("train")(_stage_command("train", "train", "Train a challenger on the current data version (MLflow run + registered version)."))
+app.command("gate")(_stage_command("gate", "gate", "Compare challenger with champion; promote only if the rules pass."))
+
+
+@app.command("select")
+def select_command(
+    workspace: WorkspaceOption = None,
+    pool: Annotated[Path | None, typer.Option(help="Select from this parquet pool (prediction-log format) instead of a workspace.")] = None,
+    out: Annotated[Path | None, typer.Option(help="With --pool: where to write the batch parquet.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Acquisition strategy (see `labelloop strategies`).")] = None,
+    selector: Annotated[str | None, typer.Option(help="Batch selector: topk, ...")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int | None, typer.Option(min=0)] = None,
+    set_: SetOption = None,
+    verbose: bool = False,
+) -> None:
+    """Score candidates and write the next batch: the workspace's pool, or any pool file with --pool/--out."""
+    overrides = parse_overrides(set_)
+    chosen = {k: v for k, v in {"strategy": strategy, "selector": selector, "batch_size": batch_size, "seed": seed}.items() if v is not None}
+    if pool is not None:
+        _select_pool_file(pool, out, chosen)
+        return
+    overrides.setdefault("select", {}).update(chosen)
+    _run_stage("select", workspace, [f"select.{k}={v}" for k, v in overrides["select"].items()] +
+               [p for p in (set_ or []) if not p.startswith("select.")], verbose, "select")
+
+
+def _select_pool_file(pool: Path, out: Path | None, chosen: dict[str, Any]) -> None:
+    from labelloop.config import ConfigError, SelectParams
+
+    if out is None:
+        _fail(ValueError("--pool needs --out FILE for the selected batch"))
+    try:
+        params = SelectParams(**chosen)
+    except Exception as error:  # pydantic ValidationError: name the key
+        _fail(ConfigError(str(error)))
+    import resource
+
+    from labelloop.acquisition.pool import select_from_parquet
+    from labelloop.io import write_parquet
+
+    if not pool.exists():
+        _fail(FileNotFoundError(f"pool file {pool} does not exist"))
+    started = time.perf_counter()
+    try:
+        selection = select_from_parquet(pool, strategy=params.strategy, selector=params.selector, batch_size=params.batch_size,
+                                        seed=params.seed, chunk_size=params.chunk_size)
+    except ValueError as error:
+        _fail(error)
+    rows = selection.rows.copy()
+    rows["utility"] = selection.utilities
+    rows["rank"] = range(1, len(rows) + 1)
+    write_parquet(out, rows)
+    seconds = time.perf_counter() - started
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    typer.echo(f"selected {len(rows)} of {selection.n_candidates} candidates with {params.strategy}/{params.selector} "
+               f"(seed {params.seed}) → {out}")
+    typer.echo(f"seconds: {seconds:.3f} (score {selection.seconds.get('score', 0):.3f}, select {selection.seconds.get('select', 0):.3f}); "
+               f"peak memory: {peak_mib:.0f} MiB")
+
+
+@app.command()
+def strategies() -> None:
+    """List acquisition strategies and selectors with their cost."""
+    from labelloop.acquisition import get_selector, get_strategy, selector_names, strategy_names
+
+    typer.echo("strategies:")
+    for name in strategy_names():
+        spec = get_strategy(name)
+        needs = f" (needs {', '.join(sorted(spec.needs))})" if spec.needs else ""
+        typer.echo(f"  {name:<26} {spec.cost}{needs}")
+    typer.echo("selectors:")
+    for name in selector_names():
+        typer.echo(f"  {name:<26} {get_selector(name).cost}")
+
+
+@app.command()
+def status(workspace: WorkspaceOption = None) -> None:
+    """Champion, data versions, pool and batches of a workspace."""
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root)
+    from labelloop import tracking, versioning
+    from labelloop.batches import BatchStore, load_pool
+    from labelloop.workspace import WorkspaceError
+
+    try:
+        ws.require()
+    except WorkspaceError as error:
+        _fail(error)
+    params = ws.params()
+    typer.echo(f"workspace: {ws.root}")
+    typer.echo(f"data version: {versioning.current_data_tag(ws.registry_dir)} (all: {', '.join(versioning.data_tags(ws.registry_dir))})")
+    for alias in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS):
+        typer.echo(f"{alias}: {tracking.alias_version(ws, params.train.model_name, alias)}")
+    typer.echo(f"pool: {len(load_pool(ws))} candidates")
+    for meta in BatchStore(ws).list():
+        typer.echo(f"  {meta.batch_id}: {meta.status}, {meta.n_items} items, {meta.strategy}, labelled {meta.n_labelled}, in {meta.versioned_in}")
+
+
+@data_app.command("versions")
+def data_versions(workspace: WorkspaceOption = None) -> None:
+    """List data versions (tags) with their messages."""
+    from labelloop import versioning
+
+    ws = _workspace(workspace)
+    try:
+        ws.require()
+    except RuntimeError as error:
+        _fail(error)
+    current = versioning.current_data_tag(ws.registry_dir)
+    for tag in versioning.data_tags(ws.registry_dir):
+        marker = "*" if tag == current else " "
+        typer.echo(f"{marker} {tag:<10} {versioning.tag_message(ws.registry_dir, tag).strip()}")
+
+
+@data_app.command("rollback")
+def data_rollback(tag: Annotated[str, typer.Argument(help="Data tag to restore, e.g. data-v2.")], workspace: WorkspaceOption = None) -> None:
+    """Make the labelled set the version at TAG again (a new commit and tag; history kept)."""
+    from labelloop import dataset
+
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root)
+    try:
+        version = dataset.rollback(ws.require(), tag)
+    except (ValueError, RuntimeError) as error:
+        _fail(error)
+    typer.echo(f"labelled set restored from {tag} as {version.tag} ({version.n_rows} rows)")
+
+
+@model_app.command("rollback")
+def model_rollback(
+    version: Annotated[str | None, typer.Argument(help="Version to make champion [default: previous-champion].")] = None,
+    reason: Annotated[str, typer.Option(help="Why; recorded on the model version.")] = "manual rollback",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Move the champion alias back to the previous (or the given) model version."""
+    from labelloop import tracking
+
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root)
+    ws.require()
+    name = ws.params().train.model_name
+    target = version or tracking.alias_version(ws, name, tracking.PREVIOUS)
+    if target is None:
+        _fail(ValueError("no previous-champion to roll back to; name a VERSION"))
+    left = tracking.promote(ws, name, target, f"rollback: {reason}")
+    typer.echo(f"champion is now version {target} (was {left})")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

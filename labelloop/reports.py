@@ -1,0 +1,114 @@
+"""Markdown run reports (published as Prefect artifacts by the flows) and the cycle history."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from labelloop.io import read_json, write_json
+from labelloop.workspace import Workspace
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def batch_markdown(meta, items: pd.DataFrame, price_per_label: float) -> str:
+    mix = Counter(items["predicted"].astype(str)) if "predicted" in items else Counter()
+    rows = [
+        ("batch", meta.batch_id), ("items", meta.n_items), ("strategy", meta.strategy), ("selector", meta.selector),
+        ("seed", meta.seed), ("champion that scored it", meta.champion_version),
+        ("estimated cost", f"{price_per_label * meta.n_items:.2f}"),
+        ("predicted-class mix", ", ".join(f"{k}: {v}" for k, v in sorted(mix.items()))),
+        ("mean utility", f"{items['utility'].mean():.4f}" if "utility" in items else "-"),
+    ]
+    return f"## Batch {meta.batch_id}\n\n" + _table(rows)
+
+
+def import_markdown(reports: list) -> str:
+    if not reports:
+        return "## Import\n\nNo exported batch was waiting for labels."
+    lines = ["## Import", "", "| batch | items | answers | labelled | quarantined | status | agreement |", "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        agreement = f"{r.agreement:.3f}" if r.agreement is not None else "-"
+        lines.append(f"| {r.batch_id} | {r.n_items} | {r.n_answers} | {r.n_labelled} | {r.n_quarantined} | {r.status} | {agreement} |")
+    return "\n".join(lines)
+
+
+def gate_markdown(decision, tracking_uri: str, run_links: dict[str, str] | None = None) -> str:
+    rows = [
+        ("decision", f"**{decision.label}**"), ("challenger version", decision.challenger_version),
+        ("champion version", decision.champion_version), ("primary metric", decision.primary_metric),
+        ("challenger value", f"{decision.challenger_value:.4f}"),
+        ("champion value", "-" if decision.champion_value is None else f"{decision.champion_value:.4f}"),
+        ("tracking", tracking_uri),
+    ]
+    for name, link in (run_links or {}).items():
+        rows.append((name, link))
+    reasons = "\n".join(f"- {r}" for r in decision.reasons)
+    return f"## Gate\n\n{_table(rows)}\n\n### Reasons\n{reasons}"
+
+
+@dataclass
+class CycleRecord:
+    cycle: int
+    labels: int
+    data_tag: str | None
+    champion_version: str | None
+    champion_accuracy: float | None
+    champion_macro_f1: float | None
+    decision: str
+    batch_id: str | None
+    new_labels: int
+    cost: float = 0.0
+
+    def line(self) -> str:
+        acc = "-" if self.champion_accuracy is None else f"{self.champion_accuracy:.4f}"
+        f1 = "-" if self.champion_macro_f1 is None else f"{self.champion_macro_f1:.4f}"
+        return (f"cycle {self.cycle:>2} | labels {self.labels:>5} | champion v{self.champion_version} "
+                f"acc {acc} macro-F1 {f1} | gate {self.decision:<8} | data {self.data_tag}")
+
+
+def history_path(workspace: Workspace) -> Path:
+    return workspace.reports_dir / "cycles.json"
+
+
+def load_history(workspace: Workspace) -> list[CycleRecord]:
+    return [CycleRecord(**r) for r in read_json(history_path(workspace), [])]
+
+
+def append_history(workspace: Workspace, record: CycleRecord) -> None:
+    history = [asdict(r) for r in load_history(workspace)]
+    write_json(history_path(workspace), [*history, asdict(record)])
+
+
+def plot_learning_curve(workspace: Workspace, out: Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = load_history(workspace)
+    out = out or workspace.reports_dir / "learning_curve.png"
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    labels = [r.labels for r in history]
+    ax.plot(labels, [r.champion_accuracy for r in history], marker="o", label="champion accuracy")
+    ax.plot(labels, [r.champion_macro_f1 for r in history], marker="s", label="champion macro-F1")
+    for r in history:
+        if r.decision == "promote":
+            ax.annotate(f"v{r.champion_version}", (r.labels, r.champion_accuracy), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    ax.set_xlabel("labelled examples")
+    ax.set_ylabel("holdout score")
+    ax.set_title("labelloop: champion on the fixed holdout, per cycle")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
