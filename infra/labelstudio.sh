@@ -74,12 +74,13 @@ cmd_install() {
   local uv=""
   if [ -x "$ROOT/.venv/bin/uv" ]; then uv="$ROOT/.venv/bin/uv"; elif command -v uv >/dev/null 2>&1; then uv="$(command -v uv)"; fi
   log "installing label-studio==$LS_VERSION into $LS_VENV (takes minutes the first time)"
-  ignore_dir "$LS_VENV"
   if [ -n "$uv" ]; then
     [ -x "$LS_VENV/bin/python" ] || "$uv" venv --quiet --python "$py" "$LS_VENV"
+    ignore_dir "$LS_VENV"
     "$uv" pip install --quiet --python "$LS_VENV/bin/python" "label-studio==$LS_VERSION"
   else
     [ -x "$LS_VENV/bin/python" ] || "$py" -m venv "$LS_VENV"
+    ignore_dir "$LS_VENV"
     "$LS_VENV/bin/python" -m pip install --quiet --upgrade pip
     "$LS_VENV/bin/python" -m pip install --quiet "label-studio==$LS_VERSION"
   fi
