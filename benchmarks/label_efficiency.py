@@ -1,0 +1,51 @@
+"""Label efficiency: the simulator on a labelled dataset, strategies vs random (benchmark, not a test).
+
+    .venv/bin/python benchmarks/label_efficiency.py --data /work/shared/datasets/spam.parquet \
+        --strategies random,margin,hybrid --seed-size 50 --batch-size 100 --rounds 20 --repeats 3 \
+        --out benchmarks/results/spam
+
+Prints labels-to-target, savings vs random and minority recall per strategy, and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from labelloop.simulate import SimulationConfig, run_simulation
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--label-col", default="label")
+    parser.add_argument("--strategies", default="random,margin,hybrid")
+    parser.add_argument("--selector", default=None)
+    parser.add_argument("--seed-size", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--test-size", type=float, default=0.2)
+    parser.add_argument("--metric", default="accuracy")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args(argv)
+    summary = run_simulation(SimulationConfig(
+        data=args.data, label_col=args.label_col, strategies=args.strategies.split(","), selector=args.selector,
+        seed_size=args.seed_size, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
+        test_size=args.test_size, metric=args.metric, out=args.out, log_mlflow=not args.no_mlflow,
+    ))
+    print(f"\n{args.data}: full-pool {summary['metric']} {summary['full_pool_value']:.4f}, target {summary['target']:.4f}, budget {summary['budget']} labels")
+    print(f"{'strategy':<24}{'labels→target':>14}{'per repeat':>22}{'savings %':>11}{'AULC':>8}{'final':>8}{'min.recall':>11}{'select s':>10}")
+    for name, s in summary["strategies"].items():
+        savings = s.get("savings_vs_random_pct")
+        sv = "—" if savings is None else f"{'≥' if s.get('savings_is_lower_bound') else ''}{savings:.0f}"
+        print(f"{name:<24}{str(s['labels_to_target']):>14}{str(s['labels_to_target_per_repeat']):>22}{sv:>11}"
+              f"{s['aulc']:>8.4f}{s['final_value']:>8.4f}{s['mean_minority_recall']:>11.3f}{s['seconds_selecting']:>10.2f}")
+    print("\nreproduce: .venv/bin/python benchmarks/label_efficiency.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

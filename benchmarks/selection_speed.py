@@ -1,0 +1,94 @@
+"""Selection speed and peak memory (benchmark, not a test).
+
+In memory (probas given, 1M candidates): margin/entropy top-k, cluster, coreset, hybrid at batch 1,000.
+Streamed from parquet (`select_pool_to_file`, each in a fresh process so peak RSS is its own): 1M and 10M rows.
+
+    .venv/bin/python benchmarks/selection_speed.py --rows 1000000 --mode memory
+    .venv/bin/python benchmarks/selection_speed.py --rows 10000000 --mode file --pool benchmarks/results/pool_10m.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CASES = [("margin", "topk"), ("entropy", "topk"), ("margin", "cluster"), ("margin", "coreset"), ("hybrid", None)]
+
+
+def memory_mode(rows: int, batch: int) -> list[dict]:
+    from synthetic_pool import arrays
+
+    from labelloop.acquisition import get_strategy
+    from labelloop.acquisition.pool import PeakMemory, resolve_selector, run_selector
+
+    probas, features = arrays(rows)
+    groups = probas.argmax(axis=1)
+    # Warm up imports (sklearn.cluster) so the timings are the selection's, not the import's.
+    run_selector("cluster", np.random.default_rng(0).random(5000), 10, rng=np.random.default_rng(0), features=features[:5000])
+    results = []
+    for strategy, selector in CASES:
+        selector = resolve_selector(strategy, selector)
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            utilities = get_strategy(strategy).fn(probas, rng=np.random.default_rng(0))
+            scored = time.perf_counter()
+            chosen = run_selector(selector, utilities, batch, rng=np.random.default_rng(0), features=features, groups=groups)
+            done = time.perf_counter()
+        results.append({"mode": "memory", "rows": rows, "strategy": strategy, "selector": selector, "batch": batch,
+                        "score_s": scored - started, "select_s": done - scored, "total_s": done - started,
+                        "peak_rss_mib": memory.peak_mib, "n_selected": int(len(chosen))})
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def file_mode(rows: int, batch: int, pool: Path) -> list[dict]:
+    from synthetic_pool import write_pool
+
+    if not pool.exists():
+        started = time.perf_counter()
+        write_pool(pool, rows)
+        print(f"wrote {pool} ({rows:,} rows) in {time.perf_counter() - started:.0f} s", flush=True)
+    results = []
+    for strategy, selector in CASES:
+        code = (
+            "import json,sys; from labelloop.acquisition.pool import select_pool_to_file;"
+            f"r=select_pool_to_file({str(pool)!r}, {str(pool.with_suffix('.batch.parquet'))!r}, {strategy!r}, {batch}, selector={selector!r}, seed=0);"
+            "print(json.dumps(r))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append({"mode": "file", "rows": rows, "strategy": strategy, "selector": report["selector"], "batch": batch,
+                        "total_s": report["seconds"], "peak_rss_mib": report["peak_memory_mib"],
+                        "score_s": report["timings"]["score"], "select_s": report["timings"]["select"], "n_selected": report["n_selected"]})
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--mode", choices=["memory", "file"], default="memory")
+    parser.add_argument("--pool", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.mode == "memory":
+        results = memory_mode(args.rows, args.batch)
+    else:
+        results = file_mode(args.rows, args.batch, Path(args.pool or f"benchmarks/results/pool_{args.rows}.parquet"))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    print("reproduce: .venv/bin/python benchmarks/selection_speed.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
