@@ -493,6 +493,8 @@ def plan_quality_items(
     overlap_share: float = 0.0,
     overlap_annotators: int = 3,
     max_batch_size: int | None = None,
+    easy_pool: pd.DataFrame | None = None,
+    easy_share: float = 0.0,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Mark a batch for quality control before export.
@@ -502,8 +504,12 @@ def plan_quality_items(
     `overlap_annotators` annotators for a share `overlap_share` of the items (gold items always get
     overlap so every annotator meets them). The total is capped at `max_batch_size` (annotator fatigue
     guard) by dropping the lowest-utility non-gold items.
+
+    With `easy_share`, that share of the batch is replaced by the most confident rows of `easy_pool`
+    (`item_id`, `confidence`, not already in the batch), marked `is_easy`: easy items keep annotators
+    motivated and check that confident predictions are right.
     """
-    for name, share in (("gold_share", gold_share), ("overlap_share", overlap_share)):
+    for name, share in (("gold_share", gold_share), ("overlap_share", overlap_share), ("easy_share", easy_share)):
         if not 0 <= share <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {share}")
     if overlap_annotators < 1:
@@ -513,6 +519,18 @@ def plan_quality_items(
     out["item_id"] = out["item_id"].astype(str)
     out["is_gold"] = False
     out["gold_label"] = None
+    out["is_easy"] = False
+    n_easy = int(round(easy_share * len(out)))
+    if n_easy and easy_pool is not None and len(easy_pool):
+        _check_columns(easy_pool, ["item_id", "confidence"], "easy pool")
+        if "utility" in out.columns:
+            out = out.sort_values("utility", ascending=False, kind="stable")
+        easy = easy_pool[~easy_pool["item_id"].astype(str).isin(out["item_id"])]
+        easy = easy.sort_values("confidence", ascending=False, kind="stable").head(n_easy).copy()
+        easy["item_id"] = easy["item_id"].astype(str)
+        easy["is_easy"], easy["is_gold"], easy["gold_label"] = True, False, None
+        out = pd.concat([out.head(len(out) - len(easy)), easy[[c for c in easy.columns if c in out.columns]]],
+                        ignore_index=True)
     n_gold = int(round(gold_share * len(out)))
     if max_batch_size is not None and len(out) + n_gold > max_batch_size:
         keep = max(max_batch_size - n_gold, 0)

@@ -254,3 +254,12 @@ def test_process_import_end_to_end_is_idempotent(tmp_path):
     queue = q.ReviewQueue(tmp_path / "review_queue.json")
     assert queue.pending() == ["a"] and len(queue.frame()) == 1
     assert q.GoldTracker(tmp_path / "gold_tracker.json").summary()["n_gold"].tolist() == [1, 1]
+
+
+def test_plan_quality_items_easy_share_replaces_lowest_utility_items():
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(10)], "utility": np.linspace(1, 0, 10), "confidence": 0.4})
+    easy_pool = pd.DataFrame({"item_id": ["e1", "e2", "e3", "i0"], "confidence": [0.99, 0.97, 0.6, 1.0]})
+    plan = q.plan_quality_items(items, easy_pool=easy_pool, easy_share=0.2, seed=0)
+    assert len(plan) == 10
+    assert sorted(plan.loc[plan["is_easy"], "item_id"]) == ["e1", "e2"]
+    assert not {"i8", "i9"} & set(plan["item_id"])
