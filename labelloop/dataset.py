@@ -83,12 +83,11 @@ def update_dataset(workspace: Workspace) -> DatasetVersion:
         write_parquet(workspace.labeled_path, labeled)
         write_card(workspace, labeled)
     batches_in_version = sorted(set(labeled["batch_id"]) - present) if new_rows else []
-    head_tag = versioning.tag_of_head(workspace.registry_dir)
-    registry_dirty = bool(versioning.git(workspace.registry_dir, "status", "--porcelain"))
-    if not new_rows and head_tag is not None and not registry_dirty and not _dvc_changed(workspace):
+    current = versioning.version_of(workspace.registry_dir, workspace.labeled_path)
+    if not new_rows and current is not None:
         for meta in ready:
-            store.mark(meta.batch_id, versioned_in=head_tag)
-        return DatasetVersion(head_tag, False, len(labeled), 0, [])
+            store.mark(meta.batch_id, versioned_in=current)
+        return DatasetVersion(current, False, len(labeled), 0, [])
     if not batches_in_version:
         # A crash after writing the set but before the tag: name the batches the set holds beyond the last tag.
         batches_in_version = _batches_since_last_tag(workspace, labeled)
@@ -99,13 +98,6 @@ def update_dataset(workspace: Workspace) -> DatasetVersion:
             store.mark(batch_id, versioned_in=tag)
     n_new = int(sum(len(r) for r in new_rows))
     return DatasetVersion(tag, created, len(labeled), n_new, batches_in_version)
-
-
-def _dvc_changed(workspace: Workspace) -> bool:
-    from dvc.repo import Repo
-
-    with Repo(str(workspace.registry_dir)) as repo:
-        return bool(repo.status(targets=[str(workspace.labeled_path) + ".dvc"]))
 
 
 def _batches_since_last_tag(workspace: Workspace, labeled: pd.DataFrame) -> list[str]:

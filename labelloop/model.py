@@ -55,7 +55,7 @@ class LabelloopClassifier(ClassifierMixin, BaseEstimator):
 
         y = np.asarray(y).astype(str)
         classes = list(self.class_names) if self.class_names is not None else sorted(set(y))
-        unknown = sorted(set(y) - set(classes))
+        unknown = sorted(str(v) for v in set(y) - set(classes))
         if unknown:
             raise ValueError(f"labels {unknown[:5]} are not in the label set {classes}")
         self.classes_ = np.array(classes, dtype=object)

@@ -93,9 +93,9 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
     import mlflow
 
     registry = workspace.registry_dir
-    data_tag = versioning.tag_of_head(registry)
+    data_tag = versioning.version_of(registry, workspace.labeled_path)
     if data_tag is None:
-        raise RuntimeError("the labelled set at HEAD is not a tagged data version; run the dataset stage first")
+        raise RuntimeError("the labelled set is not a tagged data version (changed since its last tag); run the dataset stage first")
     schema = workspace.schema()
     phash = params_hash(params)
     existing = find_version(workspace, params.model_name, data_tag, phash)
@@ -103,7 +103,7 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
     if existing is not None:
         run = mlflow_client.get_run(existing.run_id)
         mlflow_client.set_registered_model_alias(params.model_name, CHALLENGER, existing.version)
-        return TrainResult(existing.run_id, existing.version, data_tag, dict(run.data.metrics), created=False)
+        return TrainResult(existing.run_id, str(existing.version), data_tag, dict(run.data.metrics), created=False)
 
     labeled = pd.read_parquet(workspace.labeled_path)
     holdout = pd.read_parquet(workspace.holdout_path)

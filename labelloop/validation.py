@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +84,10 @@ def validate_rows(frame: pd.DataFrame, rules: list[Rule], name: str = "suite") -
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": None},
     )
     failures: list[tuple[int, str]] = []
-    for rule, outcome in zip(rules, result.results, strict=True):
+    for outcome in result.results:
         if outcome.success:
             continue
+        rule = _rule_of(outcome.expectation_config, rules)
         indices = outcome.result.get("unexpected_index_list")
         if indices is None:
             # Table-level expectation (no per-row indices): every row carries the reason.
@@ -95,6 +97,20 @@ def validate_rows(frame: pd.DataFrame, rules: list[Rule], name: str = "suite") -
             position = entry if isinstance(entry, (int, np.integer)) else next(iter(entry.values())) if isinstance(entry, dict) else entry
             failures.append((int(position), rule.reason))
     return pd.DataFrame(failures, columns=["row", "reason"]).astype({"row": "int64", "reason": "str"})
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _rule_of(config, rules: list[Rule]) -> Rule:
+    """The rule a GX result belongs to (GX does not keep the suite's order in its results)."""
+    for rule in rules:
+        if _snake(rule.expectation) != config.type:
+            continue
+        if all(config.kwargs.get(key) == value for key, value in rule.kwargs.items()):
+            return rule
+    raise LookupError(f"GX returned a result for an expectation not in the suite: {config.type} {config.kwargs}")
 
 
 def prediction_log_rules(feature_columns: list[str], proba_columns: list[str]) -> list[Rule]:

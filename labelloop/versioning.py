@@ -121,6 +121,22 @@ def current_data_tag(repo: Path) -> str | None:
     return out or None
 
 
+def version_of(repo: Path, path: Path) -> str | None:
+    """The data tag whose content `path` has now: the newest tag reachable from HEAD, provided the
+    file's `.dvc` pointer has not changed since that tag, neither in later commits nor uncommitted."""
+    tag = current_data_tag(repo)
+    if tag is None:
+        return None
+    pointer = str(Path(str(path.resolve()) + ".dvc").relative_to(repo.resolve()))
+    changed_since = git(repo, "diff", "--name-only", tag, "--", pointer)
+    if changed_since:
+        return None
+    with _dvc_repo(repo) as dvc_repo:
+        if dvc_repo.status(targets=[str(repo / pointer)]):
+            return None
+    return tag
+
+
 def commit_version(repo: Path, paths: list[Path], message: str, tag: str | None = None) -> tuple[str, bool]:
     """`dvc add` the data files, commit them (and the plain-git files), tag, push.
 

@@ -1,0 +1,102 @@
+"""Two full cycles through a real Prefect API, real MLflow (SQLite), a real git + DVC repo and real GX."""
+
+import hashlib
+
+import pandas as pd
+import pytest
+
+from labelloop import tracking, versioning
+from labelloop.batches import BatchStore
+from labelloop.config import SelectParams
+from labelloop.lock import WorkspaceBusyError, workspace_lock
+from labelloop.reports import load_history
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_cycles(prefect_api, workspace_template, tmp_path_factory):
+    from flows.cycle import active_learning_cycle
+    from tests.conftest import clone_workspace
+
+    workspace = clone_workspace(workspace_template, tmp_path_factory.mktemp("cycles") / "ws")
+    first_labeled_sha = hashlib.sha256(workspace.labeled_path.read_bytes()).hexdigest()
+    records = [active_learning_cycle(str(workspace.root)) for _ in range(2)]
+    return workspace, records, first_labeled_sha
+
+
+def test_two_cycles_make_two_data_versions_runs_and_a_consistent_champion(two_cycles, tmp_path):
+    ws, records, seed_sha = two_cycles
+    tags = versioning.data_tags(ws.registry_dir)
+    assert tags == ["data-v1", "data-v2", "data-v3"]
+    assert [r.data_tag for r in records] == ["data-v2", "data-v3"]
+    labeled = pd.read_parquet(ws.labeled_path)
+    assert len(labeled) == 50 + 2 * 40 and labeled.item_id.is_unique
+
+    # dvc checkout of the first tag restores the first labelled set byte for byte.
+    versioning.checkout(ws.registry_dir, "data-v1", ws.labeled_path)
+    assert hashlib.sha256(ws.labeled_path.read_bytes()).hexdigest() == seed_sha
+    versioning.checkout(ws.registry_dir, "data-v3", ws.labeled_path)
+    assert len(pd.read_parquet(ws.labeled_path)) == len(labeled)
+
+    # Every MLflow run carries its data tag; one run per data version.
+    client = tracking.client(ws)
+    runs = client.search_runs([tracking.experiment_id(ws)])
+    assert sorted(r.data.tags["data_tag"] for r in runs) == tags
+
+    # The champion alias points where the gate decisions say.
+    name = ws.params().train.model_name
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    promoted = [str(v.version) for v in versions if v.tags.get("gate.decision") == "promote"]
+    assert promoted, "the first model must have been promoted"
+    assert tracking.alias_version(ws, name, tracking.CHAMPION) == promoted[-1]
+    for v in versions:
+        assert v.tags.get("gate.decision") in ("promote", "reject")
+    history = load_history(ws)
+    assert [h.cycle for h in history] == [0, 1, 2]
+    assert history[-1].champion_version == promoted[-1]
+
+
+def test_batches_record_strategy_seed_and_move_to_versioned(two_cycles):
+    ws, records, _ = two_cycles
+    metas = BatchStore(ws).list()
+    assert len(metas) == 2
+    for meta, tag in zip(metas, ["data-v2", "data-v3"], strict=True):
+        assert (meta.status, meta.strategy, meta.seed, meta.versioned_in) == ("imported", "margin", 0, tag)
+        items = BatchStore(ws).items(meta.batch_id)
+        assert items.utility.notna().all() and len(items) == 40
+
+
+def test_per_run_override_applies_to_that_run_only(prefect_api, workspace):
+    from flows.cycle import active_learning_cycle
+
+    active_learning_cycle(str(workspace.root), select=SelectParams(strategy="entropy", batch_size=15, seed=7))
+    meta = BatchStore(workspace).list()[-1]
+    assert (meta.strategy, meta.n_items, meta.seed) == ("entropy", 15, 7)
+    assert workspace.params().select.strategy == "margin"  # the file is untouched
+
+
+def test_a_second_cycle_on_a_locked_workspace_fails_fast_and_writes_nothing(prefect_api, workspace):
+    from flows.cycle import active_learning_cycle
+
+    with workspace_lock(workspace):
+        with pytest.raises(WorkspaceBusyError, match="another cycle"):
+            active_learning_cycle(str(workspace.root))
+    assert BatchStore(workspace).list() == []
+    assert versioning.data_tags(workspace.registry_dir) == ["data-v1"]
+
+
+def test_every_stage_flow_runs_alone(prefect_api, workspace):
+    from flows import stages
+
+    root = str(workspace.root)
+    stages.train_flow(root)
+    assert stages.gate_flow(root).promote
+    assert stages.production_flow(root)["rows"] == 400
+    assert stages.capture_flow(root).rows_added > 0
+    batch_id = stages.select_flow(root)
+    assert stages.export_flow(root) == [batch_id]
+    assert stages.import_flow(root)[0].status == "imported"
+    assert stages.dataset_flow(root).tag == "data-v2"
+    assert stages.train_flow(root).data_tag == "data-v2"
+    assert stages.gate_flow(root).challenger_version == "2"

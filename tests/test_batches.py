@@ -1,0 +1,83 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelloop.batches import BatchStore, export_batches, load_pool, select_batch
+from labelloop.capture import capture
+from labelloop.config import CaptureParams, ExportParams, SelectParams
+from labelloop.production import append_predictions, predictions_frame
+from labelloop.vendors import make_vendor
+
+
+def _pool(ws, n=30, seed=0):
+    schema = ws.schema()
+    traffic = pd.read_parquet(ws.simulator_dir / "traffic.parquet").head(n)
+    rng = np.random.default_rng(seed)
+    probas = rng.dirichlet(np.ones(len(schema.class_names)), size=n)
+    append_predictions(ws, predictions_frame(traffic, probas, schema, "1", traffic.item_id.tolist()))
+    capture(ws, CaptureParams(confidence_threshold=1.0))
+    return load_pool(ws)
+
+
+def test_select_writes_a_batch_with_strategy_seed_scores_and_empties_the_pool_of_it(workspace):
+    pool = _pool(workspace)
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=10, seed=3))
+    items = BatchStore(workspace).items(meta.batch_id)
+    assert (meta.strategy, meta.seed, meta.n_items, meta.status) == ("margin", 3, 10, "selected")
+    assert items["utility"].is_monotonic_decreasing
+    remaining = load_pool(workspace)
+    assert len(remaining) == len(pool) - 10
+    assert not set(items.item_id) & set(remaining.item_id)
+
+
+def test_select_picks_the_least_certain_rows_for_margin(workspace):
+    pool = _pool(workspace)
+    schema = workspace.schema()
+    probas = pool[schema.proba_columns].to_numpy()
+    part = np.sort(probas, axis=1)
+    expected = set(pool.item_id.to_numpy()[np.argsort(part[:, -1] - part[:, -2])[:5]])
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=5))
+    assert set(BatchStore(workspace).items(meta.batch_id).item_id) == expected
+
+
+def test_rerun_after_crash_before_pool_update_reuses_the_batch(workspace, monkeypatch):
+    _pool(workspace)
+    import labelloop.batches as batches
+
+    monkeypatch.setattr(batches, "_drop_from_pool", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        select_batch(workspace, SelectParams(batch_size=10))
+    monkeypatch.undo()
+    meta = select_batch(workspace, SelectParams(batch_size=10))
+    assert [m.batch_id for m in BatchStore(workspace).list()] == [meta.batch_id]
+    assert len(load_pool(workspace)) == 20
+
+
+def test_empty_pool_selects_nothing(workspace):
+    assert select_batch(workspace, SelectParams()) is None
+
+
+def test_oversized_batch_shrinks_with_a_warning(workspace):
+    _pool(workspace, n=6)
+    with pytest.warns(UserWarning, match="shrinks|only"):
+        meta = select_batch(workspace, SelectParams(batch_size=50))
+    assert meta.n_items == 6
+
+
+def test_export_is_idempotent_and_sends_only_allow_listed_columns(workspace):
+    _pool(workspace)
+    meta = select_batch(workspace, SelectParams(batch_size=5))
+    schema = workspace.schema()
+    params = ExportParams(columns=schema.feature_columns[:2])
+    vendor = make_vendor(params, workspace.root)
+    assert export_batches(workspace, params, vendor) == [meta.batch_id]
+    assert export_batches(workspace, params, vendor) == []
+    assert BatchStore(workspace).get(meta.batch_id).status == "exported"
+
+
+def test_export_refuses_unknown_columns_naming_the_allowed_ones(workspace):
+    _pool(workspace)
+    select_batch(workspace, SelectParams(batch_size=5))
+    params = ExportParams(columns=["ssn"])
+    with pytest.raises(ValueError, match="ssn"):
+        export_batches(workspace, params, make_vendor(params, workspace.root))

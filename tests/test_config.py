@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labelloop.config import ConfigError, Params, SelectParams, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_yaml_equals_embedded_defaults():
+    # The shipped params.yaml and the models' defaults must never drift apart.
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert on_disk == Params().to_dict()
+
+
+def test_every_stage_has_a_section():
+    assert set(Params().to_dict()) >= {"capture", "select", "export", "import", "dataset", "train", "gate"}
+
+
+def test_unknown_section_names_the_key_and_allowed_sections():
+    with pytest.raises(ConfigError) as error:
+        parse_params({"selct": {}})
+    message = str(error.value)
+    assert "selct" in message and "select" in message and "capture" in message
+
+
+def test_unknown_key_in_section_lists_allowed_keys():
+    with pytest.raises(ConfigError) as error:
+        parse_params({"train": {"max_depht": 3}})
+    assert "train.max_depht" in str(error.value)
+    assert "max_depth" in str(error.value)
+
+
+def test_bad_strategy_lists_allowed_strategies():
+    with pytest.raises(ConfigError) as error:
+        parse_params({"select": {"strategy": "confusion"}})
+    assert "select.strategy" in str(error.value)
+    assert "margin" in str(error.value) and "entropy" in str(error.value)
+
+
+def test_bad_vendor_lists_allowed_vendors():
+    with pytest.raises(ConfigError) as error:
+        parse_params({"export": {"vendor": "mturk"}})
+    assert "export.vendor" in str(error.value) and "label-studio" in str(error.value)
+
+
+@pytest.mark.parametrize("section, key, value", [("select", "batch_size", 0), ("capture", "confidence_threshold", 1.5),
+                                                   ("gate", "primary_metric", "auc"), ("dataset", "holdout_fraction", 1.0)])
+def test_out_of_range_values_are_refused_with_the_key(section, key, value):
+    with pytest.raises(ConfigError) as error:
+        parse_params({section: {key: value}})
+    assert f"{section}.{key}" in str(error.value)
+
+
+def test_batch_larger_than_fatigue_guard_is_refused():
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        parse_params({"select": {"batch_size": 900}, "export": {"max_batch_size": 500}})
+
+
+def test_overrides_update_one_key_and_keep_the_rest():
+    params = Params().with_overrides(select={"batch_size": 7}, import_={"min_agreement": 0.7})
+    assert params.select.batch_size == 7
+    assert params.select.strategy == Params().select.strategy
+    assert params.import_.min_agreement == 0.7
+
+
+def test_override_with_a_model_replaces_the_section():
+    params = Params().with_overrides(select=SelectParams(strategy="entropy", batch_size=5))
+    assert (params.select.strategy, params.select.batch_size) == ("entropy", 5)
+
+
+def test_overrides_are_validated_like_the_file():
+    with pytest.raises(ConfigError, match="select.batch_size"):
+        Params().with_overrides(select={"batch_size": -1})
+
+
+def test_missing_file_means_defaults_and_bad_yaml_is_a_clear_error(tmp_path):
+    assert load_params(tmp_path / "absent.yaml") == Params()
+    broken = tmp_path / "params.yaml"
+    broken.write_text("select: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(broken)
+
+
+def test_a_list_instead_of_sections_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_params(path)
