@@ -127,7 +127,8 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        """MLflow store: `$MLFLOW_TRACKING_URI` (a tracking server) if set, else SQLite in the workspace."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     def batch_dir(self, batch_id: str) -> Path:
         return self.batches_dir / batch_id
