@@ -1,0 +1,68 @@
+"""The `labelloop` CLI, through Typer's runner (same process, real workspace)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app, parse_overrides
+
+runner = CliRunner()
+COMMANDS = [[], ["init"], ["demo"], ["cycle"], ["production"], ["capture"], ["select"], ["export"], ["import"],
+            ["dataset"], ["train"], ["gate"], ["status"], ["strategies"], ["data", "versions"], ["data", "rollback"],
+            ["model", "rollback"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    if command and command[0] not in ("init", "strategies", "data", "model") or command == ["data", "versions"]:
+        assert "--workspace" in result.output
+
+
+def test_overrides_parse_nested_keys_and_yaml_values():
+    assert parse_overrides(["select.batch_size=50", "export.simulated.error_rate=0.1", "import.min_agreement=0.6"]) == {
+        "select": {"batch_size": 50}, "export": {"simulated": {"error_rate": 0.1}}, "import_": {"min_agreement": 0.6}}
+
+
+def test_init_with_a_bad_override_names_the_key_and_creates_nothing(tmp_path):
+    result = runner.invoke(app, ["init", str(tmp_path / "ws"), "--set", "select.strategy=best"])
+    assert result.exit_code == 2
+    assert "select.strategy" in result.output and "margin" in result.output
+    assert not (tmp_path / "ws").exists()
+
+
+def test_stage_on_a_missing_workspace_says_how_to_create_one(tmp_path):
+    result = runner.invoke(app, ["capture", "--workspace", str(tmp_path / "nowhere")])
+    assert result.exit_code != 0
+    assert "labelloop init" in str(result.output) + str(result.exception)
+
+
+def test_select_from_any_pool_file_prints_seconds_and_peak_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 500
+    probas = rng.dirichlet(np.ones(3), size=n)
+    pool = pd.DataFrame({"prediction_id": [f"p{i}" for i in range(n)], "f1": rng.normal(size=n), "f2": rng.normal(size=n)})
+    for i, c in enumerate("abc"):
+        pool[f"proba_{c}"] = probas[:, i]
+    pool.to_parquet(tmp_path / "pool.parquet")
+    out = tmp_path / "batch.parquet"
+    result = runner.invoke(app, ["select", "--pool", str(tmp_path / "pool.parquet"), "--strategy", "entropy",
+                                 "--batch-size", "20", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "seconds:" in result.output and "peak memory:" in result.output
+    batch = pd.read_parquet(out)
+    entropy = -(probas * np.log(probas)).sum(axis=1)
+    assert set(batch.prediction_id) == {f"p{i}" for i in np.argsort(-entropy)[:20]}
+
+
+def test_select_pool_with_an_unknown_strategy_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["select", "--pool", str(tmp_path / "x.parquet"), "--strategy", "best", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "unknown strategy 'best'" in result.output
+
+
+def test_data_versions_lists_tags(workspace):
+    result = runner.invoke(app, ["data", "versions", "--workspace", str(workspace.root)])
+    assert result.exit_code == 0 and "data-v1" in result.output
