@@ -1,0 +1,27 @@
+"""Operational flows for scheduled deployments (the stage flows themselves live in flows/stages.py)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.stages import DEFAULT_WORKSPACE, dataset_flow, gate_flow, train_flow
+from labelloop.config import GateParams, TrainParams
+
+
+@flow(name="retrain")
+def retrain_flow(workspace: str = DEFAULT_WORKSPACE, train: TrainParams | None = None,
+                 gate: GateParams | None = None) -> dict:
+    """dataset → retrain → gate, only when new labels arrived.
+
+    Scheduled hourly after import: when the dataset stage makes no new version and a challenger for
+    the current data version already exists, nothing is trained and nothing is gated.
+    """
+    logger = get_run_logger()
+    version = dataset_flow(workspace)
+    result = train_flow(workspace, train)
+    if not version.created and not result.created:
+        logger.info(f"no new labels since {version.tag}: model v{result.version} already trained on it, gate skipped")
+        return {"data_tag": version.tag, "retrained": False, "decision": None, "version": result.version}
+    decision = gate_flow(workspace, gate)
+    logger.info(f"{version.tag}: challenger v{result.version} → {decision.label}")
+    return {"data_tag": version.tag, "retrained": True, "decision": decision.label, "version": result.version}
