@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -35,10 +36,12 @@ class Rule:
 @functools.lru_cache(maxsize=1)
 def _context():
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
+    # GX pins this module's logger to INFO (when the module first loads, inside get_context) and
+    # announces a temp docs dir on every context: not news for a pipeline log.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     datasource = context.data_sources.add_pandas("labelloop")
     asset = datasource.add_dataframe_asset("frames")
