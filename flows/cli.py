@@ -260,37 +260,68 @@ def select_command(
 
 
 def _select_pool_file(pool: Path, out: Path | None, chosen: dict[str, Any]) -> None:
-    from labelloop.config import ConfigError, SelectParams
+    from pydantic import ValidationError
+
+    from labelloop.acquisition.pool import select_pool_to_file
+    from labelloop.config import SelectParams
 
     if out is None:
         _fail(ValueError("--pool needs --out FILE for the selected batch"))
     try:
         params = SelectParams(**chosen)
-    except Exception as error:  # pydantic ValidationError: name the key
-        _fail(ConfigError(str(error)))
-    import resource
-
-    from labelloop.acquisition.pool import select_from_parquet
-    from labelloop.io import write_parquet
-
+    except ValidationError as error:
+        _fail(ValueError("; ".join(f"select.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())))
     if not pool.exists():
         _fail(FileNotFoundError(f"pool file {pool} does not exist"))
-    started = time.perf_counter()
     try:
-        selection = select_from_parquet(pool, strategy=params.strategy, selector=params.selector, batch_size=params.batch_size,
-                                        seed=params.seed, chunk_size=params.chunk_size)
-    except ValueError as error:
+        result = select_pool_to_file(pool, out, params.strategy, params.batch_size, params.selector, params.seed,
+                                     chunk_size=params.chunk_size)
+    except (ValueError, OSError) as error:
         _fail(error)
-    rows = selection.rows.copy()
-    rows["utility"] = selection.utilities
-    rows["rank"] = range(1, len(rows) + 1)
-    write_parquet(out, rows)
-    seconds = time.perf_counter() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    typer.echo(f"selected {len(rows)} of {selection.n_candidates} candidates with {params.strategy}/{params.selector} "
+    typer.echo(f"selected {result['n_selected']} of {result['n_candidates']} candidates with {params.strategy} "
                f"(seed {params.seed}) → {out}")
-    typer.echo(f"seconds: {seconds:.3f} (score {selection.seconds.get('score', 0):.3f}, select {selection.seconds.get('select', 0):.3f}); "
-               f"peak memory: {peak_mib:.0f} MiB")
+    typer.echo(f"seconds: {result['seconds']:.3f}; peak memory: {result['peak_memory_mib']:.0f} MiB")
+
+
+@app.command()
+def simulate(
+    data: Annotated[Path, typer.Option(help="Labelled parquet/CSV.")],
+    label_col: Annotated[str, typer.Option(help="Label column.")] = "label",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies, e.g. random,margin,hybrid.")] = "random,margin,hybrid",
+    seed_size: Annotated[int, typer.Option(min=1)] = 50,
+    batch_size: Annotated[int, typer.Option(min=1)] = 100,
+    rounds: Annotated[int, typer.Option(min=0)] = 10,
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    test_size: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.2,
+    metric: Annotated[str, typer.Option(help="accuracy, macro_f1 or balanced_accuracy.")] = "accuracy",
+    out: Annotated[Path, typer.Option(help="Output directory (curves.csv, summary.json, learning_curves.png).")] = Path("simulation"),
+    selector: Annotated[str | None, typer.Option(help="Override the selector for every strategy.")] = None,
+    params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml whose `train` section sets the model.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [default: sqlite in OUT].")] = None,
+) -> None:
+    """Pool-based active-learning simulation on any labelled table: how many labels does each strategy save?"""
+    _quiet_environment(out.resolve())
+    from labelloop.config import ConfigError, load_params
+    from labelloop.simulate import SimulationConfig, run_simulation
+
+    try:
+        params = load_params(params_file)
+        config = SimulationConfig(
+            data=str(data), label_col=label_col, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+            seed_size=seed_size, batch_size=batch_size, rounds=rounds, repeats=repeats, test_size=test_size,
+            metric=metric, out=str(out), selector=selector, train_params=params.train, tracking_uri=tracking_uri,
+        )
+        config.validate()
+        summary = run_simulation(config)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"{'strategy':<22} {'labels_to_target':>16} {'savings_vs_random':>18} {'final':>7} {'aulc':>7}")
+    for name, row in summary["strategies"].items():
+        savings = row.get("savings_vs_random_pct")
+        savings_text = "-" if savings is None else f"{savings:.0f}%{' (≥)' if row.get('savings_is_lower_bound') else ''}"
+        typer.echo(f"{name:<22} {str(row.get('labels_to_target')):>16} {savings_text:>18} "
+                   f"{row['final_value']:>7.4f} {row['aulc']:>7.4f}")
+    typer.echo(f"wrote {out}/curves.csv, {out}/summary.json, {out}/learning_curves.png")
 
 
 @app.command()

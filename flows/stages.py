@@ -23,7 +23,7 @@ from labelloop.config import (
 )
 from labelloop.dataset import DatasetVersion
 from labelloop.gate import GateDecision
-from labelloop.reports import batch_markdown, gate_markdown, import_markdown
+from labelloop.reports import batch_markdown, gate_markdown, gate_run_links, import_markdown
 from labelloop.tracking import TrainResult
 from labelloop.workspace import Workspace
 from tasks.capture import capture_predictions
@@ -61,7 +61,7 @@ def select_flow(workspace: str = DEFAULT_WORKSPACE, params: SelectParams | None 
     from labelloop.batches import BatchStore
 
     ws, p = resolve(workspace, select=params)
-    meta = select_batch(str(ws.root), p.select, p.train.model_name)
+    meta = select_batch(str(ws.root), p.select, p.train)
     if meta is None:
         return None
     items = BatchStore(ws).items(meta.batch_id)
@@ -105,5 +105,6 @@ def gate_flow(workspace: str = DEFAULT_WORKSPACE, params: GateParams | None = No
     record(str(ws.root), p.train.model_name, decision)
     if decision.promote:
         promote(str(ws.root), p.train.model_name, decision)
-    create_markdown_artifact(key="gate", markdown=gate_markdown(decision, ws.tracking_uri), description=f"gate: {decision.label}")
+    links = gate_run_links(ws, p.train.model_name, decision)
+    create_markdown_artifact(key="gate", markdown=gate_markdown(decision, ws.tracking_uri, links), description=f"gate: {decision.label}")
     return decision

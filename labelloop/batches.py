@@ -42,6 +42,8 @@ class BatchMeta:
     cost: float = 0.0
     versioned_in: str | None = None
     seconds: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # e.g. ece_before / ece_after when calibrated
+    selector_used: str | None = None  # a preset strategy (hybrid) brings its own selector
     history: list = field(default_factory=list)
 
 
@@ -113,6 +115,33 @@ def load_pool(workspace: Workspace) -> pd.DataFrame:
     return read_parquet(workspace.pool_path)
 
 
+def selection_context(workspace: Workspace, params: SelectParams, train_params, predict_proba=None):
+    """What the engine needs beyond the pool: the labelled set (committees, coreset centres),
+    the label set, `train` settings, and a calibration split (the fixed holdout, scored by the
+    champion; it only reorders candidates, the gate still evaluates on untouched predictions)."""
+    from labelloop.acquisition.pool import SelectionContext
+
+    schema = workspace.schema()
+    labeled = read_parquet(workspace.labeled_path)
+    validation_probas = validation_labels = None
+    if params.calibration is not None and predict_proba is not None:
+        holdout = read_parquet(workspace.holdout_path)
+        validation_probas = np.asarray(predict_proba(holdout[schema.feature_columns]))
+        validation_labels = holdout["label"].astype(str).to_numpy()
+    return SelectionContext(
+        labelled_features=labeled[schema.feature_columns].to_numpy(dtype=np.float64),
+        labelled_labels=labeled["label"].astype(str).to_numpy(),
+        class_names=schema.class_names,
+        train_params=train_params,
+        committee_size=params.committee_size,
+        committee_seed=params.seed,
+        calibration=params.calibration,
+        validation_probas=validation_probas,
+        validation_labels=validation_labels,
+        group_column=params.group_column,
+    )
+
+
 def select_batch(
     workspace: Workspace,
     params: SelectParams,
@@ -151,7 +180,7 @@ def select_batch(
         seed=params.seed,
         feature_columns=schema.feature_columns,
         id_column=ITEM_ID,
-        **({"context": context} if context is not None else {}),
+        context=context,
     )
     if not selection.item_ids:
         return None
@@ -166,7 +195,8 @@ def select_batch(
     meta = BatchMeta(
         batch_id=batch_id, key=key, status="selected", strategy=params.strategy, selector=params.selector,
         seed=params.seed, params=params.model_dump(mode="json"), n_items=len(rows), created_at=_now(),
-        champion_version=champion_version, seconds=selection.seconds,
+        champion_version=champion_version, seconds=selection.seconds, metrics=dict(selection.metrics),
+        selector_used=selection.selector,
     )
     store.put(meta)
     _drop_from_pool(workspace, pool, rows[ITEM_ID])

@@ -40,6 +40,11 @@ class SelectParams(Section):
     batch_size: int = Field(100, gt=0)
     seed: int = Field(0, ge=0, description="Random seed; the batch records it.")
     chunk_size: int = Field(200_000, gt=0, description="Rows scored per chunk (bounds memory).")
+    committee_size: int = Field(5, ge=2, le=50, description="Members of the XGBoost committee (vote_entropy, kl_consensus, bald).")
+    calibration: Literal["temperature", "isotonic"] | None = Field(
+        None, description="Calibrate the champion's probabilities before scoring (fitted on the holdout); ECE is reported."
+    )
+    group_column: str | None = Field(None, description="Hybrid quotas per value of this pool column; null = predicted class.")
 
     @field_validator("strategy")
     @classmethod

@@ -81,3 +81,32 @@ def test_export_refuses_unknown_columns_naming_the_allowed_ones(workspace):
     params = ExportParams(columns=["ssn"])
     with pytest.raises(ValueError, match="ssn"):
         export_batches(workspace, params, make_vendor(params, workspace.root))
+
+
+@pytest.mark.parametrize("strategy", ["vote_entropy", "bald", "hybrid", "information_density"])
+def test_select_stage_runs_engine_strategies_with_the_workspace_context(workspace, strategy):
+    from labelloop.batches import selection_context
+    from labelloop.config import TrainParams
+
+    _pool(workspace, n=40)
+    params = SelectParams(strategy=strategy, batch_size=8, committee_size=3)
+    context = selection_context(workspace, params, TrainParams(n_estimators=10, max_depth=3))
+    meta = select_batch(workspace, params, context=context)
+    items = BatchStore(workspace).items(meta.batch_id)
+    assert meta.n_items == 8 and items.item_id.is_unique and meta.strategy == strategy
+    assert len(load_pool(workspace)) == 32
+
+
+def test_calibrated_selection_reports_ece_before_and_after(workspace):
+    from labelloop.batches import selection_context
+    from labelloop.config import TrainParams
+    from labelloop.model import LabelloopClassifier
+
+    schema = workspace.schema()
+    labeled = pd.read_parquet(workspace.labeled_path)
+    model = LabelloopClassifier.from_params(TrainParams(n_estimators=10), schema.class_names).fit(labeled[schema.feature_columns], labeled.label)
+    _pool(workspace, n=40)
+    params = SelectParams(strategy="margin", batch_size=5, calibration="temperature")
+    context = selection_context(workspace, params, TrainParams(), model.predict_proba)
+    meta = select_batch(workspace, params, rescore=model.predict_proba, context=context)
+    assert {"ece_before", "ece_after"} <= set(meta.metrics)

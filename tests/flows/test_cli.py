@@ -66,3 +66,24 @@ def test_select_pool_with_an_unknown_strategy_is_a_clear_error(tmp_path):
 def test_data_versions_lists_tags(workspace):
     result = runner.invoke(app, ["data", "versions", "--workspace", str(workspace.root)])
     assert result.exit_code == 0 and "data-v1" in result.output
+
+
+def test_simulate_writes_curves_summary_and_plot(tmp_path):
+    from labelloop.init import shipped_dataset_path
+
+    data = tmp_path / "small.csv"
+    pd.read_parquet(shipped_dataset_path()).sample(700, random_state=0).to_csv(data, index=False)
+    out = tmp_path / "sim"
+    result = runner.invoke(app, ["simulate", "--data", str(data), "--strategies", "random,margin", "--seed-size", "30",
+                                 "--batch-size", "40", "--rounds", "2", "--repeats", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    curves = pd.read_csv(out / "curves.csv")
+    assert sorted(curves.strategy.unique()) == ["margin", "random"]
+    assert sorted(curves.n_labels.unique()) == [30, 70, 110]
+    assert (out / "summary.json").exists() and (out / "learning_curves.png").exists()
+    assert "margin" in result.output
+
+
+def test_simulate_with_an_unknown_metric_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["simulate", "--data", str(tmp_path / "x.csv"), "--metric", "auc", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--metric" in result.output
