@@ -1,0 +1,525 @@
+"""Online serving: the champion behind an HTTP API, every prediction appended to the prediction log.
+
+    POST /predict   {"rows": [{<feature>: number, ..., "prediction_id": "optional"}, ...]}
+    GET  /health    model version, buffered rows, rows logged, last error
+    GET  /schema    feature columns, label set, request limits, an example request
+
+One `PredictionService` does the work for both the HTTP app and `predict_log_in_process`:
+validate the features against the workspace schema, score with the model `models:/NAME@champion`
+points at, build rows in the prediction-log format (`labelloop.production.predictions_frame`) and
+buffer them. The buffer is written as one new log part (`append_predictions`: temp name + rename)
+when it holds `flush_rows` rows, when its oldest row is `flush_seconds` old, and on shutdown.
+A graceful shutdown (SIGINT/SIGTERM to uvicorn, or leaving the app's lifespan) loses nothing; a
+hard kill loses at most the unflushed buffer (bounded by `flush_rows` / `flush_seconds`).
+
+The champion alias is re-read every `alias_ttl_seconds` (a background thread while the app runs,
+inline on the next call otherwise); a version whose signature or label set does not match the
+workspace schema is refused and the running version keeps serving. Loading a version is cached
+per process (`labelloop.tracking.load_model`).
+
+FastAPI, uvicorn and MLflow are imported lazily; importing this module has no side effects. No
+`from __future__ import annotations` here: FastAPI reads the endpoint annotations, which refer to
+request models built at run time inside `create_app`.
+"""
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labelloop.production import append_predictions, predictions_frame
+from labelloop.workspace import Schema, Workspace
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_ROWS = 1_000
+DEFAULT_FLUSH_SECONDS = 5.0
+DEFAULT_ALIAS_TTL_SECONDS = 5.0
+DEFAULT_MAX_ROWS_PER_REQUEST = 10_000
+MAX_PREDICTION_ID_LENGTH = 128
+PREDICTION_ID = "prediction_id"
+MAX_ERRORS_REPORTED = 50
+
+
+class InvalidRequest(ValueError):
+    """Features that cannot be scored; `errors` name each bad field: [{"loc": [...], "msg": ..., "type": ...}]."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors[:MAX_ERRORS_REPORTED]
+        shown = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in self.errors[:5])
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"invalid prediction request: {shown}{more}")
+
+
+class NoChampion(RuntimeError):
+    """The model has no usable `champion` version (yet)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    model: Any
+
+
+# -- validation --------------------------------------------------------------------------------
+
+def validate_features(features: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The schema's feature columns as finite float64, or InvalidRequest naming every bad field.
+
+    Columns not in the schema are ignored here (a frame may carry ids); the HTTP layer is stricter.
+    """
+    if not isinstance(features, pd.DataFrame):
+        raise InvalidRequest([{"loc": ["rows"], "msg": f"expected a DataFrame, got {type(features).__name__}", "type": "type_error"}])
+    if len(features) == 0:
+        raise InvalidRequest([{"loc": ["rows"], "msg": "no rows to score: send at least one row", "type": "too_short"}])
+    errors: list[dict[str, Any]] = []
+    missing = [c for c in schema.feature_columns if c not in features.columns]
+    errors.extend({"loc": ["rows", c], "msg": "missing feature column", "type": "missing"} for c in missing)
+    out: dict[str, np.ndarray] = {}
+    for column in schema.feature_columns:
+        if column in missing:
+            continue
+        series = features[column]
+        if pd.api.types.is_bool_dtype(series):
+            errors.append({"loc": ["rows", column], "msg": "booleans are not numbers", "type": "float_type"})
+            continue
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(values))
+        for position in bad[:MAX_ERRORS_REPORTED]:
+            raw = series.iloc[position]
+            numeric = isinstance(raw, (int, float, np.number)) and not isinstance(raw, bool)
+            errors.append({
+                "loc": ["rows", int(position), column],
+                "msg": "Input should be a finite number" if numeric else "Input should be a valid number",
+                "type": "finite_number" if numeric else "float_type",
+            })
+        out[column] = values
+    if errors:
+        raise InvalidRequest(errors)
+    return pd.DataFrame(out, index=pd.RangeIndex(len(features)))
+
+
+def _prediction_ids(ids: Sequence[str | None] | None, n_rows: int) -> list[str]:
+    """Client ids passed through as given (uniqueness is capture's business); uuid4 hex for the rest."""
+    if ids is None:
+        return [uuid.uuid4().hex for _ in range(n_rows)]
+    ids = list(ids)
+    if len(ids) != n_rows:
+        raise InvalidRequest([{"loc": [PREDICTION_ID], "msg": f"{len(ids)} prediction ids for {n_rows} rows", "type": "value_error"}])
+    out: list[str] = []
+    errors: list[dict[str, Any]] = []
+    for position, value in enumerate(ids):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            out.append(uuid.uuid4().hex)
+        elif not isinstance(value, str) or not value or len(value) > MAX_PREDICTION_ID_LENGTH:
+            errors.append({"loc": ["rows", position, PREDICTION_ID],
+                           "msg": f"prediction_id must be a non-empty string of at most {MAX_PREDICTION_ID_LENGTH} characters",
+                           "type": "string_type"})
+        else:
+            out.append(value)
+    if errors:
+        raise InvalidRequest(errors)
+    return out
+
+
+# -- the service -------------------------------------------------------------------------------
+
+class PredictionService:
+    """Score with the champion and log every prediction; thread-safe; one per process and model."""
+
+    def __init__(self, workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_FLUSH_ROWS,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS, alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS) -> None:
+        if int(flush_rows) < 1:
+            raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
+        if not flush_seconds > 0:
+            raise ValueError(f"flush_seconds must be > 0, got {flush_seconds}")
+        if not alias_ttl_seconds > 0:
+            raise ValueError(f"alias_ttl_seconds must be > 0, got {alias_ttl_seconds}")
+        self.workspace = workspace.require()
+        self.model_name = model_name
+        self.schema = workspace.schema()
+        self.flush_rows = int(flush_rows)
+        self.flush_seconds = float(flush_seconds)
+        self.alias_ttl_seconds = float(alias_ttl_seconds)
+        self._model: LoadedModel | None = None
+        self._refused: dict[str, str] = {}  # version -> why it may not serve
+        self._checked_at = -math.inf
+        self._buffer: list[pd.DataFrame] = []
+        self._buffered_rows = 0
+        self._oldest: float | None = None
+        self._lock = threading.Lock()          # the buffer
+        self._flush_lock = threading.Lock()    # one writer at a time
+        self._refresh_lock = threading.Lock()  # one alias lookup at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.rows_logged = 0
+        self.parts_written: list[Path] = []
+        self.last_error: str | None = None
+
+    # context manager: start/close
+    def __enter__(self) -> "PredictionService":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- model --------------------------------------------------------------------------------
+    def refresh_model(self) -> LoadedModel | None:
+        """Read the champion alias now; load and switch to its version if it is new and usable."""
+        with self._refresh_lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> LoadedModel | None:
+        from labelloop import tracking
+
+        version = tracking.alias_version(self.workspace, self.model_name, tracking.CHAMPION)
+        self._checked_at = time.monotonic()
+        current = self._model
+        if version is None or (current is not None and current.version == version) or version in self._refused:
+            return current
+        model = tracking.load_model(self.workspace, self.model_name, version)
+        problem = self._incompatibility(version, model)
+        if problem:
+            self._refused[version] = problem
+            self.last_error = f"version {version} refused: {problem}"
+            logger.error("champion %s version %s not served: %s", self.model_name, version, problem)
+            return current
+        self._model = LoadedModel(version, model)
+        logger.info("serving %s version %s (was %s)", self.model_name, version, current.version if current else None)
+        return self._model
+
+    def _incompatibility(self, version: str, model: Any) -> str | None:
+        classes = [str(c) for c in getattr(model, "classes_", [])]
+        if classes != list(self.schema.class_names):
+            return f"its label set {classes[:10]} differs from the workspace's {self.schema.class_names[:10]}"
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None and list(names) != list(self.schema.feature_columns):
+            return "its feature columns differ from the workspace schema's"
+        import mlflow
+
+        signature = mlflow.models.get_model_info(f"models:/{self.model_name}/{version}").signature
+        if signature is not None and signature.inputs is not None:
+            inputs = signature.inputs.input_names()
+            if sorted(inputs) != sorted(self.schema.feature_columns):
+                extra = sorted(set(inputs) - set(self.schema.feature_columns))[:5]
+                lacking = sorted(set(self.schema.feature_columns) - set(inputs))[:5]
+                return f"its signature inputs differ from the schema (signature only: {extra}, schema only: {lacking})"
+        return None
+
+    def current_model(self) -> LoadedModel:
+        """The version to score with; re-reads the alias inline when stale and no poller runs."""
+        stale = time.monotonic() - self._checked_at >= self.alias_ttl_seconds
+        if stale and (self._model is None or not self._poller_running()):
+            # Blocking only while there is nothing to serve; otherwise one caller looks up, the rest go on.
+            if self._refresh_lock.acquire(blocking=self._model is None):
+                try:
+                    if time.monotonic() - self._checked_at >= self.alias_ttl_seconds:
+                        self._refresh_guarded()
+                finally:
+                    self._refresh_lock.release()
+        model = self._model
+        if model is None:
+            raise NoChampion(f"model {self.model_name!r} has no usable 'champion' version; train and promote one first"
+                             + (f" ({self.last_error})" if self.last_error else ""))
+        return model
+
+    def _refresh_safely(self) -> None:
+        with self._refresh_lock:
+            self._refresh_guarded()
+
+    def _refresh_guarded(self) -> None:
+        try:
+            self._refresh_locked()
+        except Exception as error:  # noqa: BLE001 — MLflow/SQL/network errors of any kind; the running model keeps serving
+            self._checked_at = time.monotonic()
+            self.last_error = f"alias lookup failed: {type(error).__name__}: {error}"
+            logger.warning("could not re-read the champion alias of %s: %s", self.model_name, error)
+
+    # -- scoring + log --------------------------------------------------------------------------
+    def predict(self, features: pd.DataFrame, prediction_ids: Sequence[str | None] | None = None) -> pd.DataFrame:
+        """Validate, score with the champion, buffer for the log; the rows in the prediction-log format."""
+        X = validate_features(features, self.schema)
+        ids = _prediction_ids(prediction_ids, len(X))
+        loaded = self.current_model()
+        probas = loaded.model.predict_proba(X)
+        frame = predictions_frame(X, probas, self.schema, loaded.version, ids)
+        self._append(frame)
+        return frame
+
+    def _append(self, frame: pd.DataFrame) -> None:
+        with self._lock:
+            self._buffer.append(frame)
+            self._buffered_rows += len(frame)
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            full = self._buffered_rows >= self.flush_rows
+            closed = self._closed
+        if closed or (full and not self._poller_running()):
+            self.flush()
+        elif full:
+            self._wake.set()
+
+    def _poller_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered_rows
+
+    def flush(self) -> int:
+        """Write the buffered rows as new log part(s), one per day; rows stay buffered if a write fails."""
+        with self._flush_lock:
+            with self._lock:
+                chunks, self._buffer = self._buffer, []
+                self._buffered_rows = 0
+                self._oldest = None
+            if not chunks:
+                return 0
+            frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+            days = frame["ts"].dt.strftime("%Y-%m-%d")
+            done: list[str] = []
+            try:
+                for day in sorted(days.unique()):
+                    part = frame.loc[days == day].reset_index(drop=True)
+                    self.parts_written.append(append_predictions(self.workspace, part))
+                    done.append(day)
+                    self.rows_logged += len(part)
+            except OSError as error:
+                unwritten = frame.loc[~days.isin(done)].reset_index(drop=True)
+                with self._lock:
+                    self._buffer.insert(0, unwritten)
+                    self._buffered_rows += len(unwritten)
+                    self._oldest = self._oldest if self._oldest is not None else time.monotonic()
+                self.last_error = f"log write failed, {len(unwritten)} rows kept buffered: {error}"
+                raise
+            return len(frame)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "PredictionService":
+        """Load the champion (if any) and start the thread that polls the alias and flushes on time."""
+        if self._thread is not None:
+            return self
+        self._refresh_safely()
+        if self._model is None:
+            logger.warning("model %s has no usable champion yet; /predict answers 503 until one is promoted", self.model_name)
+        self._thread = threading.Thread(target=self._loop, name=f"labelloop-serving-{self.model_name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        tick = min(self.flush_seconds, self.alias_ttl_seconds, 1.0) / 2
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            if now - self._checked_at >= self.alias_ttl_seconds:
+                self._refresh_safely()
+            oldest = self._oldest
+            if self._buffered_rows >= self.flush_rows or (oldest is not None and now - oldest >= self.flush_seconds):
+                try:
+                    self.flush()
+                except OSError as error:  # kept buffered; retried on the next tick and at shutdown
+                    logger.error("prediction log write failed (rows kept buffered): %s", error)
+
+    def close(self) -> int:
+        """Stop the poller and write everything buffered; later predictions are written at once."""
+        with self._lock:
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        return self.flush()
+
+    def health(self) -> dict[str, Any]:
+        model = self._model
+        return {
+            "status": "ok" if model is not None else "no_model",
+            "model_name": self.model_name,
+            "model_version": model.version if model else None,
+            "buffered_rows": self._buffered_rows,
+            "rows_logged": self.rows_logged,
+            "parts_written": len(self.parts_written),
+            "alias_checked_seconds_ago": None if math.isinf(self._checked_at) else round(time.monotonic() - self._checked_at, 3),
+            "refused_versions": dict(self._refused),
+            "last_error": self.last_error,
+        }
+
+
+def predict_log_in_process(workspace: Workspace, model_name: str, features_df: pd.DataFrame,
+                           prediction_ids: Sequence[str | None] | None = None) -> pd.DataFrame:
+    """Score `features_df` with the champion and append it to the log, exactly as POST /predict does.
+
+    Returns the logged rows (prediction-log format). The part is written before this returns.
+    Raises InvalidRequest (a ValueError naming the bad fields) or NoChampion.
+    """
+    service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1))
+    try:
+        return service.predict(features_df, prediction_ids)
+    finally:
+        service.close()
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+
+def _error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    detail = []
+    for error in errors[:MAX_ERRORS_REPORTED]:
+        loc = [p for p in error.get("loc", []) if p != "body"]
+        row = next((p for p in loc[1:2] if isinstance(p, int)), None) if loc[:1] == ["rows"] else None
+        field = next((p for p in reversed(loc) if isinstance(p, str)), "body")
+        detail.append({"loc": loc, "field": field, "row": row, "msg": error.get("msg", ""), "type": error.get("type", "")})
+    first = detail[0] if detail else {"field": None, "msg": "invalid request"}
+    where = f"{first['field']}" + (f" (row {first['row']})" if first.get("row") is not None else "")
+    return {"error": f"invalid request: {where}: {first['msg']}", "detail": detail,
+            "errors_total": len(errors)}
+
+
+def _request_models(schema: Schema, max_rows: int):
+    from typing import Annotated
+
+    from pydantic import AllowInfNan, ConfigDict, Field, Strict, StringConstraints, create_model
+    from typing_extensions import NotRequired, TypedDict
+
+    number = Annotated[float, Strict(), AllowInfNan(False)]
+    fields: dict[str, Any] = {c: number for c in schema.feature_columns}
+    if PREDICTION_ID in fields:
+        raise ValueError(f"a feature column may not be called {PREDICTION_ID!r}")
+    fields[PREDICTION_ID] = NotRequired[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_PREDICTION_ID_LENGTH)]]
+    Row = TypedDict("Row", fields)  # noqa: UP013 — feature names need not be identifiers
+    Row.__pydantic_config__ = ConfigDict(extra="forbid")
+    PredictRequest = create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        rows=(Annotated[list[Row], Field(min_length=1, max_length=max_rows,
+                                         description="Rows to score: every feature column, numbers only; optional prediction_id.")], ...),
+    )
+    return PredictRequest
+
+
+def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_FLUSH_ROWS,
+               flush_seconds: float = DEFAULT_FLUSH_SECONDS, alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS,
+               max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST):
+    """The FastAPI app; its lifespan loads the champion, runs the poller and flushes the log on shutdown."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    service = PredictionService(workspace, model_name, flush_rows, flush_seconds, alias_ttl_seconds)
+    schema = service.schema
+    PredictRequest = _request_models(schema, max_rows_per_request)
+    class_names = list(schema.class_names)
+    proba_columns = schema.proba_columns
+    features = list(schema.feature_columns)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            rows = service.buffered_rows
+            await run_in_threadpool(service.close)
+            logger.info("prediction log flushed on shutdown (%d rows); %d rows logged in all", rows, service.rows_logged)
+
+    app = FastAPI(title="labelloop serving", version="1", lifespan=lifespan,
+                  description=f"Model `{model_name}@champion` of workspace {workspace.root}; every prediction is logged.")
+    app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        return JSONResponse(_error_body(list(exc.errors())), status_code=422)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid_frame(request, exc: InvalidRequest):
+        return JSONResponse(_error_body(exc.errors), status_code=422)
+
+    @app.exception_handler(NoChampion)
+    async def _no_model(request, exc: NoChampion):
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.post("/predict", summary="Score rows with the champion; each row is logged")
+    def predict(body: PredictRequest):  # sync: runs in the thread pool
+        rows = body.rows
+        X = pd.DataFrame(np.array([[row[c] for c in features] for row in rows], dtype=np.float64), columns=features)
+        ids = [row.get(PREDICTION_ID) for row in rows]
+        frame = service.predict(X, ids if any(i is not None for i in ids) else None)
+        probas = frame[proba_columns].to_numpy().tolist()
+        version = str(frame["model_version"].iloc[0])
+        predictions = [
+            {"prediction_id": pid, "label": label, "probabilities": dict(zip(class_names, p, strict=True)),
+             "confidence": conf, "model_version": version}
+            for pid, label, p, conf in zip(frame["prediction_id"].tolist(), frame["predicted"].tolist(), probas,
+                                           frame["confidence"].tolist(), strict=True)
+        ]
+        return JSONResponse({"model_name": model_name, "model_version": version, "predictions": predictions})
+
+    @app.get("/health", summary="Serving version, buffered and logged rows")
+    def health():
+        body = service.health()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.get("/schema", summary="What /predict accepts")
+    def schema_endpoint():
+        example = {c: 0.0 for c in features}
+        return {**schema.to_json(), "model_name": model_name, "model_version": service.health()["model_version"],
+                "max_rows_per_request": max_rows_per_request, "prediction_id": "optional string per row, at most "
+                f"{MAX_PREDICTION_ID_LENGTH} characters; uuid4 hex when absent",
+                "request_example": {"rows": [example]}}
+
+    return app
+
+
+def run(workspace_path: str | Path, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
+        flush_rows: int = DEFAULT_FLUSH_ROWS, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS, max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST,
+        log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM; then finish in-flight requests and flush the log. One process only."""
+    import uvicorn
+
+    workspace = Workspace.at(workspace_path).require()
+    name = model_name or workspace.params().train.model_name
+    app = create_app(workspace, name, flush_rows=flush_rows, flush_seconds=flush_seconds,
+                     alias_ttl_seconds=alias_ttl_seconds, max_rows_per_request=max_rows_per_request)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=30)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m labelloop.serving", description=run.__doc__)
+    parser.add_argument("workspace")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model-name", default=None)
+    parser.add_argument("--flush-rows", type=int, default=DEFAULT_FLUSH_ROWS)
+    parser.add_argument("--flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS)
+    parser.add_argument("--alias-ttl-seconds", type=float, default=DEFAULT_ALIAS_TTL_SECONDS)
+    parser.add_argument("--max-rows-per-request", type=int, default=DEFAULT_MAX_ROWS_PER_REQUEST)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(args.workspace, host=args.host, port=args.port, model_name=args.model_name, flush_rows=args.flush_rows,
+        flush_seconds=args.flush_seconds, alias_ttl_seconds=args.alias_ttl_seconds,
+        max_rows_per_request=args.max_rows_per_request, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    _main()
