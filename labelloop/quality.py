@@ -118,12 +118,17 @@ def dawid_skene(
     max_iter: int = 100,
     tol: float = 1e-6,
     smoothing: float = 0.01,
+    diagonal_prior: float = 1.0,
 ) -> DawidSkeneResult:
     """Dawid–Skene: EM over per-annotator confusion matrices and class priors.
 
     Starts from the majority-vote soft labels; `gold` (item_id -> true label) pins those items'
-    posteriors, which anchors each annotator's confusion matrix on known answers. `smoothing` is a
-    Dirichlet pseudo-count that keeps matrices of annotators with few answers from collapsing to 0/1.
+    posteriors, which anchors each annotator's confusion matrix on known answers. Priors and confusion
+    matrices are fitted on overlap and gold items only; single-answer items get a posterior from them. `smoothing` is a
+    Dirichlet pseudo-count that keeps matrices of annotators with few answers from collapsing to 0/1;
+    `diagonal_prior` adds pseudo-counts on the diagonal (annotators are assumed mostly right until their
+    answers say otherwise), which keeps EM from drifting to a permuted solution when many classes
+    share few answers.
     An item needs review when its top posterior is below `min_posterior` (reason `no_agreement`).
     `agreement` stays the vote share of the chosen label, as in `majority_vote`.
     """
@@ -164,14 +169,18 @@ def dawid_skene(
                 pinned_rows[idx, class_index[truth]] = 1.0
         posterior[pinned] = pinned_rows[pinned]
 
+    # Parameters are fitted on items that can tell annotators apart: several answers, or gold. Items with
+    # a single answer only get a posterior (fitting on them lets EM explain everything with one class).
+    informative = (counts.sum(axis=1) >= 2) | pinned
+    fit_rows = informative[ii]
     converged = False
     n_iter = 0
     log_like_old = -np.inf
     for n_iter in range(1, max_iter + 1):
         # M-step: priors and confusion matrices from the soft labels.
-        priors = (posterior.sum(axis=0) + smoothing) / (n_items + smoothing * k)
-        confusion = np.full((n_annot, k, k), smoothing)
-        np.add.at(confusion, (aa, slice(None), ll), posterior[ii])
+        priors = (posterior[informative].sum(axis=0) + 1.0) / (informative.sum() + k)
+        confusion = np.full((n_annot, k, k), smoothing) + diagonal_prior * np.eye(k)
+        np.add.at(confusion, (aa[fit_rows], slice(None), ll[fit_rows]), posterior[ii[fit_rows]])
         confusion /= confusion.sum(axis=2, keepdims=True)
         # E-step: posterior over true classes for every item.
         log_post = np.tile(np.log(priors), (n_items, 1))

@@ -263,3 +263,11 @@ def test_plan_quality_items_easy_share_replaces_lowest_utility_items():
     assert len(plan) == 10
     assert sorted(plan.loc[plan["is_easy"], "item_id"]) == ["e1", "e2"]
     assert not {"i8", "i9"} & set(plan["item_id"])
+
+
+def test_dawid_skene_stays_sane_with_many_classes_and_few_answers():
+    # 26 classes, ~2 answers per item: without a diagonal prior EM can drift to a permuted solution.
+    data, truth, classes = noisy_crowd(60, [0.9, 0.85, 0.8, 0.8, 0.5], per_item=1, k=26, seed=4, systematic=False)
+    ds = q.dawid_skene(data, classes)
+    mv = q.majority_vote(data)
+    assert accuracy(ds.labels, truth) >= accuracy(mv, truth) - 0.02
