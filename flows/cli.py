@@ -412,6 +412,43 @@ def model_rollback(
     typer.echo(f"champion is now version {target} (was {left})")
 
 
+pipeline_app = typer.Typer(help="DVC pipeline stages over a registry (dvc.yaml runs these).", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+RegistryOption = Annotated[Path, typer.Option("--registry", help="The workspace's registry directory (dvc.yaml's folder).")]
+
+
+@pipeline_app.command("validate")
+def pipeline_validate(registry: RegistryOption = Path(".")) -> None:
+    """Great Expectations suite on the labelled set (+ no holdout overlap) → reports/validation.json."""
+    _quiet_environment(registry.resolve().parent)
+    from labelloop import pipeline
+
+    try:
+        report = pipeline.stage_validate(registry.resolve())
+    except (pipeline.DataValidationError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"labelled set valid: {report['rows']} rows")
+
+
+@pipeline_app.command("train")
+def pipeline_train(registry: RegistryOption = Path(".")) -> None:
+    """Fit the model on data/labeled.parquet with params.yaml `train` → model/."""
+    _quiet_environment(registry.resolve().parent)
+    from labelloop import pipeline
+
+    typer.echo(f"model written to {pipeline.stage_train(registry.resolve())}")
+
+
+@pipeline_app.command("evaluate")
+def pipeline_evaluate(registry: RegistryOption = Path(".")) -> None:
+    """Holdout metrics → metrics.json, plots/confusion.csv, plots/calibration.csv."""
+    _quiet_environment(registry.resolve().parent)
+    from labelloop import pipeline
+
+    metrics = pipeline.stage_evaluate(registry.resolve())
+    typer.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith("recall.")))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

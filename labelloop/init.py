@@ -71,7 +71,6 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
     for directory in (workspace.predictions_dir, workspace.batches_dir, workspace.state_dir, workspace.quarantine_dir,
                       workspace.reports_dir, workspace.artifacts_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    write_text(workspace.params_path, dump_params(params))
     write_text(workspace.root / ".gitignore", "*\n")  # a workspace never lands in the user's checkout
 
     rest, holdout = train_test_split(
@@ -81,6 +80,9 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
     stream, seed = train_test_split(rest, test_size=seed_size, stratify=None, random_state=params.dataset.split_seed)
 
     versioning.init_registry(workspace.registry_dir, workspace.dvc_remote_dir)
+    write_text(workspace.params_path, dump_params(params))
+    write_json(workspace.schema_path, schema.to_json())
+    write_text(workspace.registry_dir / "dvc.yaml", pipeline_template())
     write_parquet(workspace.holdout_path, holdout.sort_values(ITEM_ID).reset_index(drop=True))
     versioning.commit_version(workspace.registry_dir, [workspace.holdout_path], "Fixed holdout set", tag=versioning.HOLDOUT_TAG)
 
@@ -97,6 +99,11 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
         shuffled = stream.sample(frac=1.0, random_state=np.random.RandomState(params.dataset.split_seed)).reset_index(drop=True)
         write_parquet(workspace.simulator_dir / "traffic.parquet", shuffled.drop(columns=["label"]))
         write_parquet(workspace.simulator_dir / "oracle.parquet", shuffled[[ITEM_ID, "label"]])
-    # schema.json last: its presence marks a complete workspace.
-    write_json(workspace.schema_path, schema.to_json())
+    # The marker last: its presence means a complete workspace.
+    write_json(workspace.ready_marker, {"created_from": str(source_path), "classes": schema.class_names})
     return workspace
+
+
+def pipeline_template() -> str:
+    """The DVC pipeline every workspace registry carries (the repo's top-level dvc.yaml)."""
+    return resources.files("labelloop.resources").joinpath("dvc.yaml").read_text()

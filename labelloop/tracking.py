@@ -22,12 +22,12 @@ import pandas as pd
 from labelloop import versioning
 from labelloop.config import GateParams, TrainParams
 from labelloop.gate import GateDecision, ModelMetrics, decide
-from labelloop.metrics import holdout_metrics
 from labelloop.model import LabelloopClassifier
+from labelloop.pipeline import TRUSTED_TYPES
 from labelloop.workspace import Workspace
 
 EXPERIMENT = "labelloop"
-SKOPS_TRUSTED_TYPES = ["labelloop.model.LabelloopClassifier", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
+SKOPS_TRUSTED_TYPES = TRUSTED_TYPES
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 
 
@@ -105,14 +105,16 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
         mlflow_client.set_registered_model_alias(params.model_name, CHALLENGER, existing.version)
         return TrainResult(existing.run_id, str(existing.version), data_tag, dict(run.data.metrics), created=False)
 
+    from labelloop import pipeline
+
     labeled = pd.read_parquet(workspace.labeled_path)
     holdout = pd.read_parquet(workspace.holdout_path)
     features = labeled[schema.feature_columns]
     started = time.perf_counter()
-    model = LabelloopClassifier.from_params(params, schema.class_names).fit(features, labeled["label"])
+    model = pipeline.fit(labeled, schema, params)
     fit_seconds = time.perf_counter() - started
-    probas = model.predict_proba(holdout[schema.feature_columns])
-    metrics, recall = holdout_metrics(probas, holdout["label"].to_numpy(), schema.class_names)
+    evaluation = pipeline.evaluate(model, holdout, schema)
+    metrics, recall = evaluation.metrics, evaluation.class_recall
 
     from mlflow.models import infer_signature
 
@@ -145,8 +147,46 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
         with contextlib.redirect_stderr(io.StringIO()):  # register_model eprints a banner per call
             version = mlflow.register_model(info.model_uri, params.model_name, tags={"data_tag": data_tag, "params_hash": phash})
         mlflow.set_tag("model_version", version.version)
+        _log_plots(workspace, evaluation, schema, run.info.run_id, len(labeled), metrics)
     mlflow_client.set_registered_model_alias(params.model_name, CHALLENGER, version.version)
     return TrainResult(run.info.run_id, str(version.version), data_tag, metrics, created=True)
+
+
+def _log_plots(workspace: Workspace, evaluation, schema, run_id: str, n_labels: int, metrics: dict[str, float]) -> None:
+    """Confusion matrix, reliability diagram, and the learning curve of all runs so far."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from labelloop import pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for png in pipeline.write_plots(evaluation, schema, Path(tmp)):
+            mlflow.log_artifact(str(png), artifact_path="plots")
+        mlflow.log_table(evaluation.calibration, artifact_file="plots/calibration.json")
+        history = [(int(r.data.metrics.get("n_labels", 0)), r.data.metrics.get("accuracy"), r.data.metrics.get("macro_f1"))
+                   for r in client(workspace).search_runs([experiment_id(workspace)]) if r.info.run_id != run_id
+                   and "accuracy" in r.data.metrics]
+        history.append((n_labels, metrics["accuracy"], metrics["macro_f1"]))
+        history.sort()
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([h[0] for h in history], [h[1] for h in history], marker="o", label="accuracy")
+        ax.plot([h[0] for h in history], [h[2] for h in history], marker="s", label="macro-F1")
+        ax.set_xlabel("labelled examples")
+        ax.set_ylabel("holdout")
+        ax.set_title("learning curve (all retrains so far)")
+        ax.legend()
+        fig.tight_layout()
+        curve = Path(tmp) / "learning_curve.png"
+        fig.savefig(curve, dpi=100)
+        plt.close(fig)
+        mlflow.log_artifact(str(curve), artifact_path="plots")
 
 
 def alias_version(workspace: Workspace, model_name: str, alias: str) -> str | None:

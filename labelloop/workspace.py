@@ -1,15 +1,15 @@
 """A workspace: every durable piece of state of one deployment of the loop, under one directory.
 
     <root>/
-      params.yaml                 this workspace's knobs (validated on every read)
-      schema.json                 feature columns, label set, label column
       predictions/date=YYYY-MM-DD/part-*.parquet   the prediction log
       pool/candidates.parquet     captured rows not yet queued or labelled
       batches/<batch_id>/         batch.parquet + meta.json (strategy, seed, status, receipts)
       labels/raw/<batch_id>/      vendor payloads exactly as received
       labels/final/<batch_id>.parquet  aggregated labels
       quarantine/                 rejected rows with their reasons
-      registry/                   git + DVC repo: data/labeled.parquet, data/holdout.parquet, dataset_card.json
+      registry/                   git + DVC repo: data/labeled.parquet, data/holdout.parquet, dataset_card.json,
+                                  params.yaml (this workspace's knobs), schema.json (features, label set),
+                                  dvc.yaml (validate → train → evaluate)
       dvc-remote/                 the default DVC remote (a local directory)
       mlflow.db, mlartifacts/     MLflow tracking + registry (SQLite) and artifacts
       simulator/                  demo only: traffic.parquet (unlabelled stream) and oracle.parquet (its truth)
@@ -26,6 +26,7 @@ from pathlib import Path
 from labelloop.config import Params, load_params
 
 ENV_WORKSPACE = "LABELLOOP_WORKSPACE"
+ENV_TRACKING_URI = "LABELLOOP_TRACKING_URI"
 
 
 class WorkspaceError(RuntimeError):
@@ -57,13 +58,19 @@ class Workspace:
         return cls(Path(path).expanduser().resolve())
 
     # -- layout -----------------------------------------------------------------------------
+    # params.yaml and schema.json live in the registry: versioned with every data version, and
+    # where `dvc repro` / `dvc exp run -S train.max_depth=8` expect them.
     @property
     def params_path(self) -> Path:
-        return self.root / "params.yaml"
+        return self.registry_dir / "params.yaml"
 
     @property
     def schema_path(self) -> Path:
-        return self.root / "schema.json"
+        return self.registry_dir / "schema.json"
+
+    @property
+    def ready_marker(self) -> Path:
+        return self.state_dir / "initialized.json"
 
     @property
     def predictions_dir(self) -> Path:
@@ -127,15 +134,19 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        """MLflow store: `$MLFLOW_TRACKING_URI` (a tracking server) if set, else SQLite in the workspace."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+        """MLflow store: `$LABELLOOP_TRACKING_URI` (a tracking server) if set, else SQLite in the workspace.
+
+        Not `$MLFLOW_TRACKING_URI`: `mlflow.set_tracking_uri` exports that variable, so it would leak
+        one workspace's store into the next workspace opened in the same process.
+        """
+        return os.environ.get(ENV_TRACKING_URI) or f"sqlite:///{self.root / 'mlflow.db'}"
 
     def batch_dir(self, batch_id: str) -> Path:
         return self.batches_dir / batch_id
 
     # -- state ------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.schema_path.exists() and (self.registry_dir / ".git").exists()
+        return self.ready_marker.exists() and self.schema_path.exists() and (self.registry_dir / ".git").exists()
 
     def require(self) -> Workspace:
         if not self.exists():
