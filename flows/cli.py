@@ -412,6 +412,24 @@ def model_rollback(
     typer.echo(f"champion is now version {target} (was {left})")
 
 
+@app.command()
+def lineage(
+    version: Annotated[str | None, typer.Argument(help="Model version number or alias [default: champion].")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Where a model version comes from: data tag, batches (strategy, seed, vendor, agreement), params, gate decision."""
+    from labelloop.lineage import lineage as model_lineage
+
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root)
+    try:
+        ws.require()
+        info = model_lineage(ws, ws.params().train.model_name, version)
+    except (ValueError, RuntimeError) as error:
+        _fail(error)
+    typer.echo(yaml.safe_dump(info, sort_keys=False, allow_unicode=True).rstrip())
+
+
 pipeline_app = typer.Typer(help="DVC pipeline stages over a registry (dvc.yaml runs these).", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 RegistryOption = Annotated[Path, typer.Option("--registry", help="The workspace's registry directory (dvc.yaml's folder).")]

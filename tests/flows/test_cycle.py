@@ -100,3 +100,22 @@ def test_every_stage_flow_runs_alone(prefect_api, workspace):
     assert stages.dataset_flow(root).tag == "data-v2"
     assert stages.train_flow(root).data_tag == "data-v2"
     assert stages.gate_flow(root).challenger_version == "2"
+
+
+def test_lineage_of_the_champion_traces_data_batches_params_and_gate(two_cycles):
+    from labelloop.lineage import lineage
+
+    ws, records, _ = two_cycles
+    name = ws.params().train.model_name
+    info = lineage(ws, name)  # the champion
+    assert info["aliases"][0] == "champion"
+    assert info["data"]["tag"] in versioning.data_tags(ws.registry_dir)
+    assert info["train_params"]["n_estimators"] == "40"
+    assert info["gate"]["decision"] == "promote" and info["gate"]["reasons"]
+    batch_ids = {b["batch_id"] for b in info["batches"]}
+    assert batch_ids <= {m.batch_id for m in BatchStore(ws).list()}
+    for batch in info["batches"]:
+        assert (batch["strategy"], batch["seed"], batch["vendor"]) == ("margin", 0, "simulated")
+        assert batch["annotator_agreement"] == 1.0
+    with pytest.raises(ValueError, match="no version with alias"):
+        lineage(ws, name, "no-such-alias")
