@@ -379,7 +379,11 @@ def data_versions(workspace: WorkspaceOption = None) -> None:
 
 
 @data_app.command("rollback")
-def data_rollback(tag: Annotated[str, typer.Argument(help="Data tag to restore, e.g. data-v2.")], workspace: WorkspaceOption = None) -> None:
+def data_rollback(
+    tag: Annotated[str, typer.Argument(help="Data tag to restore, e.g. data-v2.")],
+    workspace: WorkspaceOption = None,
+    retrain: Annotated[bool, typer.Option(help="Then train a challenger on it and run the gate.")] = False,
+) -> None:
     """Make the labelled set the version at TAG again (a new commit and tag; history kept)."""
     from labelloop import dataset
 
@@ -390,6 +394,12 @@ def data_rollback(tag: Annotated[str, typer.Argument(help="Data tag to restore, 
     except (ValueError, RuntimeError) as error:
         _fail(error)
     typer.echo(f"labelled set restored from {tag} as {version.tag} ({version.n_rows} rows)")
+    if retrain:
+        from flows.stages import gate_flow, train_flow
+
+        result = train_flow(str(ws.root))
+        decision = gate_flow(str(ws.root))
+        typer.echo(f"challenger v{result.version} on {result.data_tag}: gate {decision.label} — {'; '.join(decision.reasons)}")
 
 
 @model_app.command("rollback")

@@ -121,6 +121,9 @@ class DatasetParams(Section):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     seed_size: int = Field(50, gt=0, description="Labelled rows the first model is trained on.")
     split_seed: int = Field(0, ge=0)
+    remote_url: str | None = Field(
+        None, description="DVC remote for data versions (e.g. s3://bucket/labelloop with the dvc-s3 extra); null = <workspace>/dvc-remote."
+    )
 
 
 class TrainParams(Section):

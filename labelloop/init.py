@@ -80,6 +80,8 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
     stream, seed = train_test_split(rest, test_size=seed_size, stratify=None, random_state=params.dataset.split_seed)
 
     versioning.init_registry(workspace.registry_dir, workspace.dvc_remote_dir)
+    if params.dataset.remote_url:
+        versioning.set_remote(workspace.registry_dir, params.dataset.remote_url)
     write_text(workspace.params_path, dump_params(params))
     write_json(workspace.schema_path, schema.to_json())
     write_text(workspace.registry_dir / "dvc.yaml", pipeline_template())
