@@ -154,7 +154,8 @@ class PredictionService:
         self._refused: dict[str, str] = {}  # version -> why it may not serve
         self._checked_at = -math.inf
         self._buffer: list[pd.DataFrame] = []
-        self._buffered_rows = 0
+        self._buffered_rows = 0   # rows in the buffer list (what triggers a flush)
+        self._unwritten_rows = 0  # rows scored but not yet in a written part (buffer + a flush in progress)
         self._oldest: float | None = None
         self._lock = threading.Lock()          # the buffer
         self._flush_lock = threading.Lock()    # one writer at a time
@@ -262,6 +263,7 @@ class PredictionService:
         with self._lock:
             self._buffer.append(frame)
             self._buffered_rows += len(frame)
+            self._unwritten_rows += len(frame)
             if self._oldest is None:
                 self._oldest = time.monotonic()
             full = self._buffered_rows >= self.flush_rows
@@ -276,7 +278,8 @@ class PredictionService:
 
     @property
     def buffered_rows(self) -> int:
-        return self._buffered_rows
+        """Rows answered but not yet durable in a log part."""
+        return self._unwritten_rows
 
     def flush(self) -> int:
         """Write the buffered rows as new log part(s), one per day; rows stay buffered if a write fails."""
@@ -295,6 +298,8 @@ class PredictionService:
                     part = frame.loc[days == day].reset_index(drop=True)
                     self.parts_written.append(append_predictions(self.workspace, part))
                     done.append(day)
+                    with self._lock:
+                        self._unwritten_rows -= len(part)
                     self.rows_logged += len(part)
             except OSError as error:
                 unwritten = frame.loc[~days.isin(done)].reset_index(drop=True)
@@ -351,7 +356,7 @@ class PredictionService:
             "status": "ok" if model is not None else "no_model",
             "model_name": self.model_name,
             "model_version": model.version if model else None,
-            "buffered_rows": self._buffered_rows,
+            "buffered_rows": self._unwritten_rows,
             "rows_logged": self.rows_logged,
             "parts_written": len(self.parts_written),
             "alias_checked_seconds_ago": None if math.isinf(self._checked_at) else round(time.monotonic() - self._checked_at, 3),
