@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from labelloop.faults import crash_point
 from labelloop.config import ExportParams, SelectParams
 from labelloop.io import read_json, read_parquet, write_json, write_parquet
 from labelloop.workspace import Workspace
@@ -199,6 +200,7 @@ def select_batch(
         selector_used=selection.selector,
     )
     store.put(meta)
+    crash_point("select.after_batch")
     _drop_from_pool(workspace, pool, rows[ITEM_ID])
     return meta
 
@@ -228,6 +230,7 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
             raise ValueError(f"batch {meta.batch_id} has {len(items)} items, above export.max_batch_size={params.max_batch_size}")
         payload = items[[ITEM_ID, *columns, "predicted", "confidence", "utility", "is_gold", "annotators_wanted"]].copy()
         receipt = vendor.export_batch(ExportBatch(meta.batch_id, payload, schema.class_names, list(columns)))
+        crash_point("export.after_vendor")
         store.mark(meta.batch_id, status="exported", vendor=receipt.vendor, vendor_ref=receipt.vendor_ref)
         exported.append(meta.batch_id)
     return exported

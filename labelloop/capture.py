@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from labelloop.faults import crash_point
 from labelloop.batches import BatchStore, load_pool
 from labelloop.config import CaptureParams
 from labelloop.io import read_json, read_parquet, write_json, write_parquet
@@ -106,6 +107,7 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
         combined = pd.concat([pool, fresh[keep_columns]], ignore_index=True) if len(pool) else fresh[keep_columns].reset_index(drop=True)
         write_parquet(workspace.pool_path, combined)
         pool_size = len(combined)
+        crash_point("capture.after_pool")
     else:
         pool_size = len(pool)
     write_json(_state_path(workspace), {"parts": sorted(seen_parts | set(taken))})

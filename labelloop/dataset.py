@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from labelloop.faults import crash_point
 from labelloop import versioning
 from labelloop.batches import BatchStore
 from labelloop.io import read_parquet, write_json, write_parquet
@@ -82,6 +83,7 @@ def update_dataset(workspace: Workspace) -> DatasetVersion:
         labeled = pd.concat([labeled, addition[labeled.columns]], ignore_index=True)
         write_parquet(workspace.labeled_path, labeled)
         write_card(workspace, labeled)
+        crash_point("dataset.after_write")
     batches_in_version = sorted(set(labeled["batch_id"]) - present) if new_rows else []
     current = versioning.version_of(workspace.registry_dir, workspace.labeled_path)
     if not new_rows and current is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from labelloop.faults import crash_point
 from labelloop.batches import BatchStore
 from labelloop.config import ImportParams
 from labelloop.io import write_bytes, write_parquet
@@ -86,12 +87,14 @@ def import_batch(workspace: Workspace, batch_id: str, vendor, params: ImportPara
     items = store.items(batch_id)
     fetched = vendor.fetch_labels(batch_id)
     archive_payload(workspace, batch_id, fetched.raw_payload, fetched.payload_name)
+    crash_point("import.after_raw")
     accepted, quarantined = validate_answers(fetched.annotations, set(items[ITEM_ID].astype(str)), schema.class_names)
     if not quarantined.empty:
         digest = hashlib.sha256(fetched.raw_payload).hexdigest()[:16]
         write_parquet(workspace.quarantine_dir / f"labels-{batch_id}-{digest}.parquet", quarantined.astype(str))
     final = majority_vote(accepted, params.min_agreement)
     write_parquet(workspace.final_labels_dir / f"{batch_id}.parquet", final)
+    crash_point("import.after_final")
     complete = len(final) >= len(items)
     status = "imported" if complete else ("partial" if len(final) else meta.status)
     price = workspace.params().export.price_per_label

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labelloop.faults import crash_point
 from labelloop.io import read_json, read_parquet, write_json, write_parquet
 from labelloop.workspace import Schema, Workspace
 
@@ -76,5 +77,6 @@ def serve_traffic(workspace: Workspace, rows: int, predict_proba, model_version:
         probas = predict_proba(chunk[schema.feature_columns])
         frame = predictions_frame(chunk, probas, schema, model_version, chunk[ITEM_ID].astype(str).tolist())
         part = append_predictions(workspace, frame, part_name=f"part-traffic-{start:09d}-{start + len(chunk):09d}.parquet")
+        crash_point("production.after_part")
     write_json(cursor_path, {"next_row": start + len(chunk)})
     return {"rows": len(chunk), "start": start, "exhausted": start + len(chunk) >= len(traffic), "part": str(part)}

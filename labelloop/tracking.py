@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from labelloop.faults import crash_point
 from labelloop import versioning
 from labelloop.config import GateParams, TrainParams
 from labelloop.gate import GateDecision, ModelMetrics, decide
@@ -146,6 +147,7 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
         )
         with contextlib.redirect_stderr(io.StringIO()):  # register_model eprints a banner per call
             version = mlflow.register_model(info.model_uri, params.model_name, tags={"data_tag": data_tag, "params_hash": phash})
+        crash_point("train.after_register")
         mlflow.set_tag("model_version", version.version)
         _log_plots(workspace, evaluation, schema, run.info.run_id, len(labeled), metrics)
     mlflow_client.set_registered_model_alias(params.model_name, CHALLENGER, version.version)
@@ -244,6 +246,7 @@ def record_decision(workspace: Workspace, model_name: str, decision: GateDecisio
     for key, value in tags.items():
         mlflow_client.set_tag(model_version.run_id, key, value)
         mlflow_client.set_model_version_tag(model_name, decision.challenger_version, key, value)
+    crash_point("gate.after_record")
 
 
 def promote(workspace: Workspace, model_name: str, version: str, reason: str = "") -> str | None:
@@ -254,6 +257,7 @@ def promote(workspace: Workspace, model_name: str, version: str, reason: str = "
         return current
     if current is not None:
         mlflow_client.set_registered_model_alias(model_name, PREVIOUS, current)
+        crash_point("gate.after_previous")
     mlflow_client.set_registered_model_alias(model_name, CHAMPION, str(version))
     if reason:
         mlflow_client.set_model_version_tag(model_name, str(version), "promoted_because", reason[:5000])

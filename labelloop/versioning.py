@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from labelloop.faults import crash_point
 
 DATA_TAG_PREFIX = "data-v"
 HOLDOUT_TAG = "holdout-v1"
@@ -154,11 +155,13 @@ def commit_version(repo: Path, paths: list[Path], message: str, tag: str | None 
         return existing, False
     if dirty:
         git(repo, "commit", "-q", "-m", message)
+        crash_point("dataset.after_commit")
     if tag is None:
         existing = tag_of_head(repo)
         tag = existing or next_data_tag(repo)
     if tag not in git(repo, "tag", "--points-at", "HEAD").split():
         git(repo, "tag", "-a", tag, "-m", message)
+    crash_point("dataset.after_tag")
     push(repo)
     return tag, True
 
