@@ -39,3 +39,27 @@ test-fast: install-test
 
 clean:
 	rm -rf $(VENV) $(WORKSPACE)
+
+# --- production stack ---
+# Prefect server + MLflow server on Postgres, a process worker (infra/stack.sh; docs/production.md).
+# Knobs (environment): PREFECT_PORT MLFLOW_PORT PG_HOST PG_PORT PG_USER WORK_POOL STACK_DIR WITH_LABELSTUDIO=1.
+DEPLOY_NAME ?= production
+DEPLOY_MODE ?= stages
+.PHONY: stack-up stack-down stack-status deploy worker
+
+stack-up: install
+	infra/stack.sh up
+
+stack-down:
+	infra/stack.sh down
+
+stack-status:
+	infra/stack.sh status
+
+# Registers every deployment for $(WORKSPACE) (created from params.yaml if missing), then starts the worker.
+deploy: install
+	LABELLOOP_WORKSPACE=$(abspath $(WORKSPACE)) infra/stack.sh deploy --name $(DEPLOY_NAME) --mode $(DEPLOY_MODE)
+
+worker: install
+	infra/stack.sh worker
+# --- production stack ---

@@ -137,7 +137,10 @@ def register(workspace: Path, name: str, pool: str, mode: str = "stages", timezo
     params = ws.params()
     queue = queue_name(ws.root)
     ensure_pool_and_queue(pool, queue)
-    env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "LABEL_STUDIO_API_KEY") if os.environ.get(k)}
+    from labelloop.workspace import ENV_TRACKING_URI
+
+    # The tracking server the flows must use (labelloop reads $LABELLOOP_TRACKING_URI; else the workspace's SQLite).
+    env = {k: os.environ[k] for k in (ENV_TRACKING_URI, "MLFLOW_TRACKING_URI", "LABEL_STUDIO_API_KEY") if os.environ.get(k)}
     env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
             "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "PYTHONWARNINGS": "ignore"}
     has_simulator = (ws.simulator_dir / "traffic.parquet").exists()

@@ -63,7 +63,8 @@ prepare_dir() {
 client_env() {
   export PREFECT_API_URL="${PREFECT_URL}/api"
   export PREFECT_HOME="$STACK_DIR/prefect-home"
-  export MLFLOW_TRACKING_URI="$MLFLOW_URL"
+  export LABELLOOP_TRACKING_URI="$MLFLOW_URL"   # what labelloop's flows read (labelloop/workspace.py)
+  export MLFLOW_TRACKING_URI="$MLFLOW_URL"      # for the mlflow CLI / client in a shell
 }
 
 need_postgres() {
@@ -185,9 +186,20 @@ status_one() {
 print_env() {
   cat <<EOF
 export PREFECT_API_URL=${PREFECT_URL}/api
+export LABELLOOP_TRACKING_URI=${MLFLOW_URL}
 export MLFLOW_TRACKING_URI=${MLFLOW_URL}
 export PREFECT_HOME=${STACK_DIR}/prefect-home
 EOF
+}
+
+# The servers' Python needs a Postgres driver for MLflow (Prefect uses asyncpg, a Prefect dependency).
+ensure_python_deps() {
+  [ -x "$PYTHON_BIN/prefect" ] && [ -x "$PYTHON_BIN/mlflow" ] || die "no Prefect/MLflow in $PYTHON_BIN: run 'make install' first (or set PYTHON_BIN)"
+  if ! "$PYTHON_BIN/python" -c "import psycopg2" 2>/dev/null; then
+    log "installing psycopg2-binary (MLflow's Postgres driver) into $PYTHON_BIN"
+    if [ -x "$PYTHON_BIN/uv" ]; then "$PYTHON_BIN/uv" pip install --quiet --python "$PYTHON_BIN/python" psycopg2-binary
+    else "$PYTHON_BIN/python" -m pip install --quiet psycopg2-binary; fi
+  fi
 }
 
 cmd="${1:-}"
@@ -196,6 +208,7 @@ case "$cmd" in
     started=$SECONDS
     prepare_dir
     need_postgres
+    ensure_python_deps
     start_prefect   # both servers start in parallel (~20 s each on 2 idle cores)
     start_mlflow
     wait_http prefect "${PREFECT_URL}/api/health"

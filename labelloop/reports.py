@@ -54,6 +54,34 @@ def gate_markdown(decision, tracking_uri: str, run_links: dict[str, str] | None 
     return f"## Gate\n\n{_table(rows)}\n\n### Reasons\n{reasons}"
 
 
+def gate_run_links(workspace: Workspace, model_name: str, decision) -> dict[str, str]:
+    """Links to the MLflow runs and model versions the gate compared (for the gate artifact).
+
+    With a tracking server (http/https) these are clickable UI links; with a local store, `runs:/` URIs.
+    Never raises: a report must not fail the gate.
+    """
+    from labelloop import tracking
+
+    links: dict[str, str] = {}
+    base = workspace.tracking_uri.rstrip("/")
+    web = base.startswith(("http://", "https://"))
+    try:
+        mlflow_client = tracking.client(workspace)
+        for role, version in (("challenger", decision.challenger_version), ("champion", decision.champion_version)):
+            if version is None:
+                continue
+            model_version = mlflow_client.get_model_version(model_name, str(version))
+            run = mlflow_client.get_run(model_version.run_id)
+            if web:
+                links[f"{role} run"] = f"[{run.info.run_name or run.info.run_id}]({base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+                links[f"{role} model"] = f"[{model_name} v{version}]({base}/#/models/{model_name}/versions/{version})"
+            else:
+                links[f"{role} run"] = f"runs:/{run.info.run_id} ({run.info.run_name})"
+    except Exception as error:  # noqa: BLE001 - reporting is best effort
+        links["links"] = f"unavailable: {error}"[:300]
+    return links
+
+
 @dataclass
 class CycleRecord:
     cycle: int
