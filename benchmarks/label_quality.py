@@ -6,8 +6,10 @@ For each dataset and noise level, the same margin active-learning loop runs with
   raw            every selected item is labelled once; the answer goes straight into training.
   raw-same-cost  as raw, but each round buys as many labels as the `qc-majority` arm did that round
                  (more items, single labels): the comparison at equal annotation cost.
-  qc-majority    gold questions + overlap + majority vote + review queue + model-contradiction flags
-                 (labelloop.quality.process_import, as the import stage runs it).
+  qc-majority    the same selected items per round as raw, plus 10% gold questions, 30% of items
+                 labelled by 3 annotators, majority vote, review queue (re-sent with overlap, counted in
+                 the next round's batch) and model-contradiction flags (labelloop.quality.process_import,
+                 as the import stage runs it). It buys more labels than raw: see raw-same-cost.
   qc-dawid-skene the same with Dawid-Skene aggregation.
 
 The crowd: 5 simulated annotators whose error rates average the noise level p but differ
@@ -119,9 +121,7 @@ def run_arm(setup: Setup, arm: str, noise: float, *, rounds: int, batch_size: in
         candidates = sorted(pool - set(resend))
         probas = model.predict_proba(setup.X.loc[candidates])
         utilities = strategy(probas, rng=rng)
-        n_new = max(size - len(resend), 0)
-        if qc:  # leave room for gold and overlap so the batch costs about `size` items' worth of work
-            n_new = max(int(round(size / 1.7)) - len(resend), 1)
+        n_new = max(size - len(resend), 1)  # the same number of selected items per round in every arm
         order = np.argsort(-np.nan_to_num(utilities, nan=-np.inf), kind="stable")[:n_new]
         picked = [candidates[i] for i in order] + resend
         items = pd.DataFrame({"item_id": picked, "utility": 0.0})
