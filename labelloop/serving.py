@@ -6,8 +6,8 @@
 
 One `PredictionService` does the work for both the HTTP app and `predict_log_in_process`:
 validate the features against the workspace schema, score with the model `models:/NAME@champion`
-points at, build rows in the prediction-log format (`labelloop.production.predictions_frame`) and
-buffer them. The buffer is written as one new log part (`append_predictions`: temp name + rename)
+points at, and buffer what was scored; at flush time the buffer becomes rows in the prediction-log
+format (`labelloop.production.predictions_frame`, each row with its own ts and model version). The buffer is written as one new log part (`append_predictions`: temp name + rename)
 when it holds `flush_rows` rows, when its oldest row is `flush_seconds` old, and on shutdown.
 A graceful shutdown (SIGINT/SIGTERM to uvicorn, or leaving the app's lifespan) loses nothing; a
 hard kill loses at most the unflushed buffer (bounded by `flush_rows` / `flush_seconds`).
@@ -64,10 +64,70 @@ class NoChampion(RuntimeError):
     """The model has no usable `champion` version (yet)."""
 
 
+SINGLE_THREAD_MAX_ROWS = 2_000
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     version: str
-    model: Any
+    model: Any   # the cached registry model (its own n_jobs): for large batches
+    single: Any  # a copy predicting on one thread: small requests, run side by side by the server's threads
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        # XGBoost's OpenMP start-up dominates a one-row prediction (20x on a busy 2-core box).
+        return (self.single if len(X) <= SINGLE_THREAD_MAX_ROWS else self.model).predict_proba(X)
+
+
+def _single_threaded(model: Any) -> Any:
+    import copy
+
+    single = copy.deepcopy(model)
+    booster = getattr(single, "booster_", None)
+    if booster is not None and hasattr(booster, "set_params"):
+        booster.set_params(n_jobs=1)
+    return single
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One scored request: what the log part and the response are built from."""
+
+    schema: Schema
+    features: np.ndarray  # float64, the schema's feature columns in order
+    probas: np.ndarray    # one column per class, the schema's class order
+    prediction_ids: list[str]
+    model_version: str
+    ts: datetime
+
+    def __len__(self) -> int:
+        return len(self.prediction_ids)
+
+    @property
+    def labels(self) -> list[str]:
+        return np.asarray(self.schema.class_names, dtype=object)[self.probas.argmax(axis=1)].tolist()
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probas.max(axis=1)
+
+    def frame(self) -> pd.DataFrame:
+        return log_frame([self])
+
+
+def log_frame(chunks: Sequence[Scored]) -> pd.DataFrame:
+    """Scored chunks as prediction-log rows (`predictions_frame`), each row with its own ts and version."""
+    schema = chunks[0].schema
+    features = pd.DataFrame(np.vstack([c.features for c in chunks]), columns=schema.feature_columns)
+    ids = [i for c in chunks for i in c.prediction_ids]
+    frame = predictions_frame(features, np.vstack([c.probas for c in chunks]), schema, chunks[0].model_version, ids,
+                              ts=chunks[0].ts)
+    if len(chunks) > 1:
+        sizes = [len(c) for c in chunks]
+        nanos = np.repeat(np.array([pd.Timestamp(c.ts).value for c in chunks], dtype=np.int64), sizes)
+        frame["ts"] = pd.to_datetime(nanos, unit="ns", utc=True).astype(frame["ts"].dtype)
+        versions = np.repeat(np.array([c.model_version for c in chunks], dtype=object), sizes)
+        frame["model_version"] = pd.array(versions, dtype=frame["model_version"].dtype)
+    return frame
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -81,6 +141,13 @@ def validate_features(features: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         raise InvalidRequest([{"loc": ["rows"], "msg": f"expected a DataFrame, got {type(features).__name__}", "type": "type_error"}])
     if len(features) == 0:
         raise InvalidRequest([{"loc": ["rows"], "msg": "no rows to score: send at least one row", "type": "too_short"}])
+    columns = schema.feature_columns
+    if all(c in features.columns for c in columns):
+        subset = features[columns]
+        if all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in subset.dtypes):
+            values = subset.to_numpy(dtype="float64", na_value=np.nan)
+            if np.isfinite(values).all():  # the common case: one vectorised check
+                return pd.DataFrame(values, columns=columns, index=pd.RangeIndex(len(features)))
     errors: list[dict[str, Any]] = []
     missing = [c for c in schema.feature_columns if c not in features.columns]
     errors.extend({"loc": ["rows", c], "msg": "missing feature column", "type": "missing"} for c in missing)
@@ -197,7 +264,7 @@ class PredictionService:
             self.last_error = f"version {version} refused: {problem}"
             logger.error("champion %s version %s not served: %s", self.model_name, version, problem)
             return current
-        self._model = LoadedModel(version, model)
+        self._model = LoadedModel(version, model, _single_threaded(model))
         logger.info("serving %s version %s (was %s)", self.model_name, version, current.version if current else None)
         return self._model
 
@@ -249,21 +316,21 @@ class PredictionService:
             logger.warning("could not re-read the champion alias of %s: %s", self.model_name, error)
 
     # -- scoring + log --------------------------------------------------------------------------
-    def predict(self, features: pd.DataFrame, prediction_ids: Sequence[str | None] | None = None) -> pd.DataFrame:
-        """Validate, score with the champion, buffer for the log; the rows in the prediction-log format."""
+    def predict(self, features: pd.DataFrame, prediction_ids: Sequence[str | None] | None = None) -> "Scored":
+        """Validate, score with the champion, buffer the rows for the log; what was scored."""
         X = validate_features(features, self.schema)
         ids = _prediction_ids(prediction_ids, len(X))
         loaded = self.current_model()
-        probas = loaded.model.predict_proba(X)
-        frame = predictions_frame(X, probas, self.schema, loaded.version, ids)
-        self._append(frame)
-        return frame
+        probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
+        scored = Scored(self.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC))
+        self._append(scored)
+        return scored
 
-    def _append(self, frame: pd.DataFrame) -> None:
+    def _append(self, scored: "Scored") -> None:
         with self._lock:
-            self._buffer.append(frame)
-            self._buffered_rows += len(frame)
-            self._unwritten_rows += len(frame)
+            self._buffer.append(scored)
+            self._buffered_rows += len(scored)
+            self._unwritten_rows += len(scored)
             if self._oldest is None:
                 self._oldest = time.monotonic()
             full = self._buffered_rows >= self.flush_rows
@@ -282,7 +349,7 @@ class PredictionService:
         return self._unwritten_rows
 
     def flush(self) -> int:
-        """Write the buffered rows as new log part(s), one per day; rows stay buffered if a write fails."""
+        """Write the buffered rows as new log part(s), one per UTC day; rows stay buffered if a write fails."""
         with self._flush_lock:
             with self._lock:
                 chunks, self._buffer = self._buffer, []
@@ -290,26 +357,29 @@ class PredictionService:
                 self._oldest = None
             if not chunks:
                 return 0
-            frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
-            days = frame["ts"].dt.strftime("%Y-%m-%d")
-            done: list[str] = []
-            try:
-                for day in sorted(days.unique()):
-                    part = frame.loc[days == day].reset_index(drop=True)
-                    self.parts_written.append(append_predictions(self.workspace, part))
-                    done.append(day)
+            by_day: dict[str, list[Scored]] = {}
+            for chunk in chunks:
+                by_day.setdefault(chunk.ts.strftime("%Y-%m-%d"), []).append(chunk)
+            written = 0
+            for day in sorted(by_day):
+                group = by_day[day]
+                try:
+                    self.parts_written.append(append_predictions(self.workspace, log_frame(group)))
+                except OSError as error:
+                    unwritten = [c for d in sorted(by_day) if d >= day for c in by_day[d]]
+                    n_unwritten = sum(len(c) for c in unwritten)
                     with self._lock:
-                        self._unwritten_rows -= len(part)
-                    self.rows_logged += len(part)
-            except OSError as error:
-                unwritten = frame.loc[~days.isin(done)].reset_index(drop=True)
+                        self._buffer[:0] = unwritten
+                        self._buffered_rows += n_unwritten
+                        self._oldest = self._oldest if self._oldest is not None else time.monotonic()
+                    self.last_error = f"log write failed, {n_unwritten} rows kept buffered: {error}"
+                    raise
+                rows = sum(len(c) for c in group)
                 with self._lock:
-                    self._buffer.insert(0, unwritten)
-                    self._buffered_rows += len(unwritten)
-                    self._oldest = self._oldest if self._oldest is not None else time.monotonic()
-                self.last_error = f"log write failed, {len(unwritten)} rows kept buffered: {error}"
-                raise
-            return len(frame)
+                    self._unwritten_rows -= rows
+                self.rows_logged += rows
+                written += rows
+            return written
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "PredictionService":
@@ -374,9 +444,10 @@ def predict_log_in_process(workspace: Workspace, model_name: str, features_df: p
     """
     service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1))
     try:
-        return service.predict(features_df, prediction_ids)
+        scored = service.predict(features_df, prediction_ids)
     finally:
         service.close()
+    return scored.frame()
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -431,7 +502,6 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
     schema = service.schema
     PredictRequest = _request_models(schema, max_rows_per_request)
     class_names = list(schema.class_names)
-    proba_columns = schema.proba_columns
     features = list(schema.feature_columns)
 
     @asynccontextmanager
@@ -465,14 +535,13 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
         rows = body.rows
         X = pd.DataFrame(np.array([[row[c] for c in features] for row in rows], dtype=np.float64), columns=features)
         ids = [row.get(PREDICTION_ID) for row in rows]
-        frame = service.predict(X, ids if any(i is not None for i in ids) else None)
-        probas = frame[proba_columns].to_numpy().tolist()
-        version = str(frame["model_version"].iloc[0])
+        scored = service.predict(X, ids if any(i is not None for i in ids) else None)
+        version = scored.model_version
         predictions = [
             {"prediction_id": pid, "label": label, "probabilities": dict(zip(class_names, p, strict=True)),
              "confidence": conf, "model_version": version}
-            for pid, label, p, conf in zip(frame["prediction_id"].tolist(), frame["predicted"].tolist(), probas,
-                                           frame["confidence"].tolist(), strict=True)
+            for pid, label, p, conf in zip(scored.prediction_ids, scored.labels, scored.probas.tolist(),
+                                           scored.confidence.tolist(), strict=True)
         ]
         return JSONResponse({"model_name": model_name, "model_version": version, "predictions": predictions})
 

@@ -16,7 +16,7 @@ import pytest
 from labelloop import tracking
 from labelloop.capture import capture
 from labelloop.config import CaptureParams, TrainParams
-from labelloop.production import list_log_parts
+from labelloop.production import list_log_parts, predictions_frame
 from labelloop.serving import InvalidRequest, NoChampion, PredictionService, create_app, predict_log_in_process
 from tests.conftest import clone_workspace
 
@@ -51,6 +51,12 @@ def traffic_rows(ws, n, offset=0):
 def read_log(ws) -> pd.DataFrame:
     parts = list_log_parts(ws)
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame(columns=["prediction_id"])
+
+
+def _roundtrip(frame, directory):
+    path = directory / "reference.parquet"  # outside date=*/: not a log part
+    frame.to_parquet(path, index=False)
+    return path
 
 
 def client_for(ws, **kwargs):
@@ -207,6 +213,12 @@ def test_every_prediction_is_in_the_log_after_shutdown_and_capture_reads_it(serv
     schema = served.schema()
     assert {"ts", "predicted", "confidence", "item_id", *schema.feature_columns, *schema.proba_columns} <= set(log.columns)
 
+    # Parts built from many requests have the same column types as the canonical predictions_frame.
+    reference = predictions_frame(pd.DataFrame(traffic_rows(served, 1)), np.full((1, len(schema.class_names)), 1 / len(schema.class_names)),
+                                  schema, "2", ["x"])
+    for part in list_log_parts(served):
+        assert pd.read_parquet(part).dtypes.to_dict() == pd.read_parquet(_roundtrip(reference, part.parent.parent)).dtypes.to_dict()
+
     report = capture(served, CaptureParams(confidence_threshold=1.0))
     assert (report.parts_read, report.rows_read, report.rows_quarantined) == (3, 26, 0)
 
@@ -234,14 +246,14 @@ def test_a_failed_log_write_keeps_the_rows_and_the_next_flush_writes_them(served
 
     monkeypatch.setattr(serving, "append_predictions", flaky)
     service = PredictionService(served, NAME, flush_rows=10_000)
-    frame = service.predict(pd.DataFrame(traffic_rows(served, 5)))
+    scored = service.predict(pd.DataFrame(traffic_rows(served, 5)))
     with pytest.raises(OSError, match="disk full"):
         service.flush()
     assert service.buffered_rows == 5 and "disk full" in service.last_error
     service.predict(pd.DataFrame(traffic_rows(served, 2, offset=5)))
     assert service.close() == 7
     log = read_log(served)
-    assert len(log) == 7 and set(frame["prediction_id"]) <= set(log["prediction_id"])
+    assert len(log) == 7 and set(scored.prediction_ids) <= set(log["prediction_id"])
 
 
 def test_in_process_helper_writes_the_same_log_rows_as_http(served):
