@@ -102,7 +102,7 @@ def parameters_for(spec: Spec, workspace: str, params) -> dict[str, Any]:
 
 def ensure_pool_and_queue(pool: str, queue: str) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkQueueUpdate
+    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
@@ -122,7 +122,6 @@ def ensure_pool_and_queue(pool: str, queue: str) -> None:
             client.create_work_queue(queue, work_pool_name=pool, concurrency_limit=1,
                                      description="All runs on one labelloop workspace: one at a time.")
             print(f"work queue {queue!r} (concurrency 1) created in pool {pool!r}")
-    _ = WorkQueueUpdate  # imported to fail early on an incompatible Prefect
 
 
 def register(workspace: Path, name: str, pool: str, mode: str = "stages", timezone: str = "UTC", paused: bool = False,

@@ -8,6 +8,7 @@ On failure a screenshot is saved under a temp dir and its path printed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,27 @@ def screenshot_on_failure(browser_page, request):
             print(f"\nno screenshot: {error}")
 
 
+def _deployment_run_ids(deployment_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])))
+    return [r.id for r in runs if not r.auto_scheduled]  # not the scheduler's runs
+
+
+def form_field(page, title: str):
+    """The input of the schema form property whose label reads exactly `title` (not "Max Batch Size")."""
+    span = page.locator("span.schema-form-property__label", has_text=re.compile(rf"^{re.escape(title)}$"))
+    span.first.wait_for(state="visible", timeout=90_000)
+    assert span.count() == 1, f"{span.count()} form properties titled {title!r}"
+    # The label's `for` names no element: take the input in the body of the property the title belongs to.
+    field = span.locator("xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' p-label ')][1]"
+                         "/div[contains(@class, 'p-label__body')]//input").first
+    field.wait_for(state="visible", timeout=30_000)
+    return field
+
+
 def test_custom_run_from_the_ui_with_one_changed_parameter(stack_client, screenshot_on_failure):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
@@ -95,13 +117,18 @@ def test_custom_run_from_the_ui_with_one_changed_parameter(stack_client, screens
     assert deployment.parameters["select"]["batch_size"] != NEW_BATCH_SIZE
 
     page.goto(f"{stack_client.prefect_url}/deployments/deployment/{deployment.id}/run", wait_until="networkidle", timeout=90_000)
-    field = page.get_by_label("Batch Size (Optional)")
-    field.wait_for(state="visible", timeout=60_000)
+    field = form_field(page, "Batch Size (Optional)")
     assert field.input_value() == str(deployment.parameters["select"]["batch_size"])  # the form shows params.yaml's value
     field.fill(str(NEW_BATCH_SIZE))
+    before = set(_deployment_run_ids(deployment.id))
     page.get_by_role("button", name="Submit").click()
-    page.wait_for_url("**/runs/flow-run/**", timeout=60_000)
-    run_id = page.url.split("/runs/flow-run/")[1].split("?")[0].split("/")[0]
+    # The UI goes back to the deployment page (Runs tab); the new run is the one that was not there before.
+    deadline = time.monotonic() + 60
+    while not (new := set(_deployment_run_ids(deployment.id)) - before):
+        assert time.monotonic() < deadline, "no flow run was created within 60 s of clicking Submit"
+        time.sleep(1)
+    assert len(new) == 1, new
+    run_id = new.pop()
 
     deadline = time.monotonic() + 600
     with get_client(sync_client=True) as client:
@@ -116,7 +143,7 @@ def test_custom_run_from_the_ui_with_one_changed_parameter(stack_client, screens
     assert run.parameters["select"]["batch_size"] == NEW_BATCH_SIZE
     assert run.parameters["train"] == deployment.parameters["train"]  # the other fields went through untouched
 
-    page.reload(wait_until="networkidle")
+    page.goto(f"{stack_client.prefect_url}/runs/flow-run/{run_id}", wait_until="networkidle", timeout=90_000)
     page.get_by_text("Completed").first.wait_for(state="visible", timeout=60_000)
     newest = BatchStore(Workspace.at(stack_client.workspace)).list()[-1]
     assert newest.n_items == NEW_BATCH_SIZE and newest.params["batch_size"] == NEW_BATCH_SIZE
