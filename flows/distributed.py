@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -51,7 +51,7 @@ def _columns(pool: str, workspace: str | None) -> tuple[list[str], list[str]]:
 @flow(name="scale-out-scan-parts")
 def _scan_parts(parts: list[str], feature_columns: list[str], proba_columns: list[str], threshold: float, strategy: str,
                 top_k: int, workspace: str | None, model_name: str | None) -> list[distributed.PartScan]:
-    futures = scan_part_task.map(parts, feature_columns=feature_columns, proba_columns=proba_columns, threshold=threshold,
+    futures = scan_part_task.map(parts, feature_columns=unmapped(feature_columns), proba_columns=unmapped(proba_columns), threshold=threshold,
                                  strategy=strategy, top_k=top_k, workspace=workspace, model_name=model_name)
     return [f.result() for f in futures]
 
