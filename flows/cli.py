@@ -418,6 +418,9 @@ def model_rollback(
     target = version or tracking.alias_version(ws, name, tracking.PREVIOUS)
     if target is None:
         _fail(ValueError("no previous-champion to roll back to; name a VERSION"))
+    current = tracking.alias_version(ws, name, tracking.CHAMPION)
+    if current is not None and current != target:
+        tracking.mark_rolled_back(ws, name, current, reason)
     left = tracking.promote(ws, name, target, f"rollback: {reason}")
     typer.echo(f"champion is now version {target} (was {left})")
 

@@ -62,6 +62,10 @@ def active_learning_cycle(
                 champion_version=seeded.version, champion_accuracy=seed_metrics.get("accuracy"),
                 champion_macro_f1=seed_metrics.get("macro_f1"), decision="promote", batch_id=None, new_labels=0,
             ))
+        else:
+            resumed = tracking.resume_gate(ws, model_name)
+            if resumed:
+                logger.warning(f"finished an interrupted gate: version {resumed} is champion as its recorded decision says")
         production_flow(root, p.production)
         capture_flow(root, p.capture)
         batch_id = select_flow(root, p.select)
@@ -69,7 +73,7 @@ def active_learning_cycle(
         import_flow(root, p.import_)
         version = dataset_flow(root)
         decision_label = "no-new-data"
-        if version.created:
+        if version.created or tracking.needs_retrain(ws, p.train, version.tag):
             train_flow(root, p.train)
             decision_label = gate_flow(root, p.gate).label
         champion = tracking.alias_version(ws, model_name, tracking.CHAMPION)

@@ -167,6 +167,13 @@ def select_batch(
         if meta.key == key:
             _drop_from_pool(workspace, pool, store.items(meta.batch_id)[ITEM_ID])
             return meta
+    # An item already in a batch is never offered again, even if a crash left it in the pool file.
+    batched = store.queued_ids()
+    if pool[ITEM_ID].astype(str).isin(batched).any():
+        _drop_from_pool(workspace, pool, pd.Series(sorted(batched)))
+        pool = load_pool(workspace)
+        if pool.empty:
+            return None
     scored = pool.copy()
     if rescore is not None:
         probas = np.asarray(rescore(scored[schema.feature_columns]))

@@ -55,19 +55,22 @@ def check_no_holdout_leak(workspace: Workspace, item_ids: pd.Series) -> None:
 
 
 def update_dataset(workspace: Workspace) -> DatasetVersion:
-    """Append every imported, not yet versioned batch to the labelled set and make a new version.
+    """Append every final label not yet in the labelled set and make a new version.
 
-    Idempotent: batches already in the labelled set are not appended again, and a rerun after a
-    crash between `dvc add`, commit, tag and push completes the same version instead of making another.
+    Works per item, not per batch, so labels that arrive late (a partial import) join a later
+    version. Idempotent: an item is never appended twice, and a rerun after a crash anywhere
+    between writing the set, `dvc add`, commit, tag and push completes the same version.
     """
     schema = workspace.schema()
     store = BatchStore(workspace)
     labeled = load_labeled(workspace)
-    present = set(labeled["batch_id"].unique())
-    ready = [b for b in store.list() if b.status in ("imported", "partial") and b.batch_id not in present]
+    known = set(labeled[ITEM_ID].astype(str))
     new_rows = []
-    for meta in ready:
+    for meta in store.list():
+        if meta.status not in ("imported", "partial"):
+            continue
         final = store.final_labels(meta.batch_id)
+        final = final[~final[ITEM_ID].astype(str).isin(known)]
         if final.empty:
             continue
         items = store.items(meta.batch_id)
@@ -75,31 +78,31 @@ def update_dataset(workspace: Workspace) -> DatasetVersion:
         joined["batch_id"] = meta.batch_id
         joined["source"] = meta.vendor or "unknown"
         new_rows.append(joined)
-    added_batches = [m.batch_id for m in ready]
+    n_new = int(sum(len(r) for r in new_rows))
     if new_rows:
         addition = pd.concat(new_rows, ignore_index=True)
-        addition = addition[~addition[ITEM_ID].isin(labeled[ITEM_ID])]
         check_no_holdout_leak(workspace, addition[ITEM_ID])
         labeled = pd.concat([labeled, addition[labeled.columns]], ignore_index=True)
         write_parquet(workspace.labeled_path, labeled)
         write_card(workspace, labeled)
         crash_point("dataset.after_write")
-    batches_in_version = sorted(set(labeled["batch_id"]) - present) if new_rows else []
     current = versioning.version_of(workspace.registry_dir, workspace.labeled_path)
     if not new_rows and current is not None:
-        for meta in ready:
-            store.mark(meta.batch_id, versioned_in=current)
+        _mark_versioned(store, labeled, current)
         return DatasetVersion(current, False, len(labeled), 0, [])
-    if not batches_in_version:
-        # A crash after writing the set but before the tag: name the batches the set holds beyond the last tag.
-        batches_in_version = _batches_since_last_tag(workspace, labeled)
+    # The batches this version adds: all in the set beyond the last tag (covers a crashed earlier run).
+    batches_in_version = _batches_since_last_tag(workspace, labeled)
     message = f"Add labelled batches {', '.join(batches_in_version) or '(none)'} ({len(labeled)} rows)"
     tag, created = versioning.commit_version(workspace.registry_dir, [workspace.labeled_path], message)
-    for batch_id in batches_in_version:
-        if store.exists(batch_id):
-            store.mark(batch_id, versioned_in=tag)
-    n_new = int(sum(len(r) for r in new_rows))
+    _mark_versioned(store, labeled, tag)
     return DatasetVersion(tag, created, len(labeled), n_new, batches_in_version)
+
+
+def _mark_versioned(store: BatchStore, labeled: pd.DataFrame, tag: str) -> None:
+    """Record the data version on every batch whose labels are in the set and not yet marked."""
+    for batch_id in sorted(set(labeled["batch_id"]) - {"seed"}):
+        if store.exists(batch_id) and store.get(batch_id).versioned_in is None:
+            store.mark(batch_id, versioned_in=tag)
 
 
 def _batches_since_last_tag(workspace: Workspace, labeled: pd.DataFrame) -> list[str]:

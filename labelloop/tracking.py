@@ -264,6 +264,29 @@ def promote(workspace: Workspace, model_name: str, version: str, reason: str = "
     return current
 
 
+def resume_gate(workspace: Workspace, model_name: str) -> str | None:
+    """Finish a gate a crash interrupted: the challenger's recorded decision is `promote` but it is
+    not champion. A version demoted by a manual rollback is left alone. Returns the version promoted."""
+    challenger = alias_version(workspace, model_name, CHALLENGER)
+    if challenger is None or challenger == alias_version(workspace, model_name, CHAMPION):
+        return None
+    tags = client(workspace).get_model_version(model_name, challenger).tags
+    if tags.get("gate.decision") != "promote" or tags.get("rolled_back"):
+        return None
+    promote(workspace, model_name, challenger, tags.get("gate.reasons", "resumed after an interrupted gate"))
+    return challenger
+
+
+def needs_retrain(workspace: Workspace, params: TrainParams, data_tag: str) -> bool:
+    """True unless a model for this data version and these params has already been gated."""
+    version = find_version(workspace, params.model_name, data_tag, params_hash(params))
+    return version is None or "gate.decision" not in version.tags
+
+
+def mark_rolled_back(workspace: Workspace, model_name: str, version: str, reason: str) -> None:
+    client(workspace).set_model_version_tag(model_name, str(version), "rolled_back", reason[:5000])
+
+
 _MODEL_CACHE: dict[tuple[str, str, str], LabelloopClassifier] = {}
 
 

@@ -25,14 +25,14 @@ def run_cycle_stages(root: str) -> None:
 
     ws = Workspace.at(root)
     p = ws.params()
+    tracking.resume_gate(ws, p.train.model_name)  # as the cycle flow does first
     serve_traffic.fn(root, p.production, p.train.model_name)
     capture_predictions.fn(root, p.capture)
     select_batch.fn(root, p.select, p.train)
     export_batches.fn(root, p.export)
     import_labels.fn(root, p.import_, p.export)
     version = update_dataset.fn(root)
-    if version.created or tracking.alias_version(ws, p.train.model_name, tracking.CHALLENGER) != \
-            tracking.alias_version(ws, p.train.model_name, tracking.CHAMPION):
+    if version.created or tracking.needs_retrain(ws, p.train, version.tag):
         train_challenger.fn(root, p.train)
         decision = decide.fn(root, p.train.model_name, p.gate)
         if decision.challenger_version != decision.champion_version:
