@@ -426,6 +426,29 @@ def model_rollback(
 
 
 @app.command()
+def serve(
+    workspace: WorkspaceOption = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    flush_rows: Annotated[int, typer.Option(min=1, help="Write a log part every N predictions...")] = 1000,
+    flush_seconds: Annotated[float, typer.Option(min=0.01, help="...or when the oldest buffered one is this old.")] = 5.0,
+    alias_ttl_seconds: Annotated[float, typer.Option(min=0.01, help="How often to look for a new champion.")] = 5.0,
+) -> None:
+    """HTTP prediction service for models:/NAME@champion; every prediction is appended to the prediction log."""
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root, verbose=True)
+    from labelloop import serving
+    from labelloop.workspace import WorkspaceError
+
+    try:
+        ws.require()
+    except WorkspaceError as error:
+        _fail(error)
+    serving.run(ws.root, host=host, port=port, flush_rows=flush_rows, flush_seconds=flush_seconds,
+                alias_ttl_seconds=alias_ttl_seconds)
+
+
+@app.command()
 def lineage(
     version: Annotated[str | None, typer.Argument(help="Model version number or alias [default: champion].")] = None,
     workspace: WorkspaceOption = None,

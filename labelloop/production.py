@@ -53,11 +53,12 @@ def list_log_parts(workspace: Workspace) -> list[Path]:
     return sorted(workspace.predictions_dir.glob("date=*/part-*.parquet"))
 
 
-def serve_traffic(workspace: Workspace, rows: int, predict_proba, model_version: str) -> dict:
+def serve_traffic(workspace: Workspace, rows: int, score_for_log) -> dict:
     """Score the next `rows` of the simulated traffic stream and log the predictions.
 
-    The stream cursor moves only after the part is written; the part's name is the row range, so a
-    rerun after a crash writes the same part once.
+    `score_for_log(features, prediction_ids) -> log rows` is the serving endpoint's own validation
+    and scoring path (`labelloop.serving.score_for_log`). The stream cursor moves only after the
+    part is written; the part's name is the row range, so a rerun after a crash writes it once.
     """
     traffic_path = workspace.simulator_dir / "traffic.parquet"
     if not traffic_path.exists():
@@ -74,8 +75,7 @@ def serve_traffic(workspace: Workspace, rows: int, predict_proba, model_version:
     if existing:
         part = existing[0]
     else:
-        probas = predict_proba(chunk[schema.feature_columns])
-        frame = predictions_frame(chunk, probas, schema, model_version, chunk[ITEM_ID].astype(str).tolist())
+        frame = score_for_log(chunk[schema.feature_columns].reset_index(drop=True), chunk[ITEM_ID].astype(str).tolist())
         part = append_predictions(workspace, frame, part_name=f"part-traffic-{start:09d}-{start + len(chunk):09d}.parquet")
         crash_point("production.after_part")
     write_json(cursor_path, {"next_row": start + len(chunk)})

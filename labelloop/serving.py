@@ -450,6 +450,21 @@ def predict_log_in_process(workspace: Workspace, model_name: str, features_df: p
     return scored.frame()
 
 
+def score_for_log(workspace: Workspace, model_name: str, features_df: pd.DataFrame,
+                  prediction_ids: Sequence[str | None] | None = None) -> pd.DataFrame:
+    """POST /predict's validation and champion scoring, returning the log rows without writing them.
+
+    For callers that write the part themselves under a name of their own (the simulated production
+    traffic names parts by row range, so a rerun writes each part once).
+    """
+    service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1))
+    X = validate_features(features_df, service.schema)
+    loaded = service.current_model()
+    probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
+    ids = _prediction_ids(prediction_ids, len(X))
+    return Scored(service.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC)).frame()
+
+
 # -- HTTP ------------------------------------------------------------------------------------------
 
 def _error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:

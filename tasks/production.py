@@ -1,16 +1,12 @@
 from prefect import task
 
-from labelloop import production, tracking
+from labelloop import production, serving
 from labelloop.config import ProductionParams
 from labelloop.workspace import Workspace
 
 
 @task(name="serve-traffic")
 def serve_traffic(workspace: str, params: ProductionParams, model_name: str) -> dict:
-    """The champion scores the next slice of traffic; its predictions go to the prediction log."""
+    """The champion scores the next slice of traffic through the serving code path; predictions go to the log."""
     ws = Workspace.at(workspace)
-    champion = tracking.champion_model(ws, model_name)
-    if champion is None:
-        raise RuntimeError(f"model {model_name!r} has no champion yet; run the train and gate stages first")
-    version, model = champion
-    return production.serve_traffic(ws, params.rows_per_cycle, model.predict_proba, version)
+    return production.serve_traffic(ws, params.rows_per_cycle, lambda X, ids: serving.score_for_log(ws, model_name, X, ids))

@@ -10,7 +10,8 @@ from flows.cli import app, parse_overrides
 runner = CliRunner()
 COMMANDS = [[], ["init"], ["demo"], ["cycle"], ["production"], ["capture"], ["select"], ["export"], ["import"],
             ["dataset"], ["train"], ["gate"], ["status"], ["strategies"], ["data", "versions"], ["data", "rollback"],
-            ["model", "rollback"]]
+            ["model", "rollback"], ["serve"], ["lineage"], ["simulate"], ["pipeline", "validate"],
+            ["pipeline", "train"], ["pipeline", "evaluate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -18,7 +19,7 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
-    if command and command[0] not in ("init", "strategies", "data", "model") or command == ["data", "versions"]:
+    if command and command[0] not in ("init", "strategies", "data", "model", "simulate", "pipeline") or command == ["data", "versions"]:
         assert "--workspace" in result.output
 
 
