@@ -62,3 +62,33 @@ def test_train_refuses_an_untagged_dataset(workspace):
     labeled.head(10).to_parquet(workspace.labeled_path)  # edited by hand, never versioned
     with pytest.raises(RuntimeError, match="not a tagged data version"):
         tracking.train_challenger(workspace, FAST)
+
+
+def test_challenger_with_better_accuracy_but_a_collapsed_class_recall_is_refused(workspace):
+    """Real MLflow, real registry: a model that never saw one class beats a tiny-data champion on
+    accuracy, yet the recall guardrail refuses it and says which class."""
+    from labelloop import versioning
+
+    champion = tracking.train_challenger(workspace, FAST)
+    tracking.promote(workspace, FAST.model_name, champion.version)
+    holdout = pd.read_parquet(workspace.holdout_path)
+    oracle = pd.read_parquet(workspace.simulator_dir / "oracle.parquet")
+    traffic = pd.read_parquet(workspace.simulator_dir / "traffic.parquet").merge(oracle, on="item_id")
+    recalls = tracking.model_metrics(workspace, FAST.model_name, champion.version).class_recall
+    share = holdout.label.value_counts(normalize=True)
+    # A small class the champion already recognises: dropping it costs little accuracy, much recall.
+    dropped_class = min((c for c in recalls if recalls[c] >= 0.5), key=lambda c: share[c])
+    more = traffic[traffic.label != dropped_class].head(1500).assign(batch_id="batch-x", source="simulated")
+    labeled = pd.read_parquet(workspace.labeled_path)
+    labeled = labeled[labeled.label != dropped_class]
+    pd.concat([labeled, more[labeled.columns]], ignore_index=True).to_parquet(workspace.labeled_path)
+    versioning.commit_version(workspace.registry_dir, [workspace.labeled_path], "data without one class")
+    challenger = tracking.train_challenger(workspace, FAST)
+    assert challenger.metrics["accuracy"] > champion.metrics["accuracy"]
+    decision = tracking.evaluate_gate(workspace, FAST.model_name, GateParams(max_class_recall_drop=0.2))
+    assert not decision.promote
+    assert any(repr(dropped_class) in r and "max_class_recall_drop" in r for r in decision.reasons)
+    tracking.record_decision(workspace, FAST.model_name, decision)
+    assert tracking.alias_version(workspace, FAST.model_name, tracking.CHAMPION) == champion.version
+    tags = tracking.client(workspace).get_run(challenger.run_id).data.tags
+    assert tags["gate.decision"] == "reject" and dropped_class in tags["gate.reasons"]
