@@ -110,7 +110,12 @@ class ExportParams(Section):
 
 class ImportParams(Section):
     aggregation: Literal["majority", "dawid_skene"] = "majority"
-    min_agreement: float = Field(0.5, ge=0, le=1, description="Share of votes the winning label needs.")
+    min_agreement: float = Field(0.5, ge=0, le=1, description="Share of votes the winning label needs; below it, the item goes to review.")
+    min_gold_accuracy: float = Field(0.0, ge=0, le=1, description="Exclude annotators below this accuracy on gold questions (0 = off).")
+    min_gold_answers: int = Field(5, ge=1, description="Gold answers an annotator needs before the threshold applies.")
+    contradiction_confidence: float = Field(
+        0.0, ge=0, le=1, description="Flag labels the model contradicts with at least this confidence for review (0 = off)."
+    )
 
 
 class DatasetParams(Section):
