@@ -88,3 +88,27 @@ def test_simulate_writes_curves_summary_and_plot(tmp_path):
 def test_simulate_with_an_unknown_metric_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["simulate", "--data", str(tmp_path / "x.csv"), "--metric", "auc", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--metric" in result.output
+
+
+def test_model_rollback_moves_champion_back_and_is_not_undone_by_resume_gate(workspace):
+    from labelloop import dataset, tracking
+    from labelloop.config import GateParams, TrainParams
+    from tests.test_dataset import _fake_imported_batch
+
+    fast = TrainParams(n_estimators=20, max_depth=3)
+    first = tracking.train_challenger(workspace, fast)
+    tracking.promote(workspace, fast.model_name, first.version)
+    _fake_imported_batch(workspace, "batch-0001-aaaaaa", n=40)
+    dataset.update_dataset(workspace)
+    second = tracking.train_challenger(workspace, fast)
+    decision = tracking.evaluate_gate(workspace, fast.model_name, GateParams(min_delta=-1.0))
+    tracking.record_decision(workspace, fast.model_name, decision)
+    tracking.promote(workspace, fast.model_name, second.version)
+
+    result = runner.invoke(app, ["model", "rollback", "--reason", "bad labels in batch-0001", "--workspace", str(workspace.root)])
+    assert result.exit_code == 0, result.output
+    assert tracking.alias_version(workspace, fast.model_name, tracking.CHAMPION) == first.version
+    tags = tracking.client(workspace).get_model_version(fast.model_name, second.version).tags
+    assert tags["rolled_back"] == "bad labels in batch-0001"
+    assert tracking.resume_gate(workspace, fast.model_name) is None  # the next cycle leaves the rollback alone
+    assert tracking.alias_version(workspace, fast.model_name, tracking.CHAMPION) == first.version
