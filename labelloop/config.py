@@ -46,24 +46,14 @@ class SelectParams(Section):
     )
     group_column: str | None = Field(None, description="Hybrid quotas per value of this pool column; null = predicted class.")
 
-    @field_validator("strategy")
+    @field_validator("strategy", "selector")
     @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        from labelloop.acquisition import strategy_names
+    def _registered(cls, value: str, info) -> str:
+        from labelloop.acquisition import selector_names, strategy_names
 
-        allowed = strategy_names()
+        allowed = strategy_names() if info.field_name == "strategy" else selector_names()
         if value not in allowed:
-            raise ValueError(f"unknown strategy {value!r}; allowed: {', '.join(allowed)}")
-        return value
-
-    @field_validator("selector")
-    @classmethod
-    def _known_selector(cls, value: str) -> str:
-        from labelloop.acquisition import selector_names
-
-        allowed = selector_names()
-        if value not in allowed:
-            raise ValueError(f"unknown selector {value!r}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"unknown {info.field_name} {value!r}; allowed: {', '.join(allowed)}")
         return value
 
 

@@ -34,6 +34,18 @@ class ExportBatch:
     label_set: list[str]
     feature_columns: list[str]
 
+    def checked_ids(self) -> pd.Series:
+        """The item ids as strings, after checking what every vendor relies on."""
+        if "item_id" not in self.items.columns:
+            raise VendorError("export batch has no item_id column")
+        ids = self.items["item_id"].astype(str)
+        if ids.duplicated().any():
+            raise VendorError(f"batch {self.batch_id} lists item ids more than once: {ids[ids.duplicated()].tolist()[:5]}")
+        missing = [c for c in self.feature_columns if c not in self.items.columns]
+        if missing:
+            raise VendorError(f"export batch lacks feature columns {missing}")
+        return ids
+
 
 @dataclass(frozen=True)
 class ExportReceipt:

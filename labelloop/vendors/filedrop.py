@@ -102,14 +102,7 @@ class FileDropVendor(Vendor):
     @staticmethod
     def render_tasks(batch: ExportBatch) -> bytes:
         items = batch.items
-        if "item_id" not in items.columns:
-            raise VendorError("export batch has no item_id column")
-        ids = items["item_id"].astype(str)
-        if ids.duplicated().any():
-            raise VendorError(f"batch {batch.batch_id} lists item ids more than once: {ids[ids.duplicated()].tolist()[:5]}")
-        missing = [c for c in batch.feature_columns if c not in items.columns]
-        if missing:
-            raise VendorError(f"export batch lacks feature columns {missing}")
+        ids = batch.checked_ids()
         lines = []
         for position, (_, row) in enumerate(items.iterrows()):
             task: dict[str, Any] = {

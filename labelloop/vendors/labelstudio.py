@@ -143,14 +143,7 @@ class LabelStudioVendor(Vendor):
     # ---------------------------------------------------------------------------------------- export
     def task_payloads(self, batch: ExportBatch) -> list[dict[str, Any]]:
         items = batch.items
-        if "item_id" not in items.columns:
-            raise VendorError("export batch has no item_id column")
-        ids = items["item_id"].astype(str)
-        if ids.duplicated().any():
-            raise VendorError(f"batch {batch.batch_id} lists item ids more than once: {ids[ids.duplicated()].tolist()[:5]}")
-        missing = [c for c in batch.feature_columns if c not in items.columns]
-        if missing:
-            raise VendorError(f"export batch lacks feature columns {missing}")
+        ids = batch.checked_ids()
         payloads = []
         for position, (_, row) in enumerate(items.iterrows()):
             data = {
