@@ -32,7 +32,7 @@ demo: install
 	$(VENV)/bin/labelloop demo --workspace $(WORKSPACE)
 
 test: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: install-test
 	$(PY) -m pytest -q -m "not slow"
