@@ -45,17 +45,11 @@ _MAX_DEFINITIONS = 64
 
 
 def _batch_definition():
-    if "batch_definition" not in _STATE:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+    """The process's one GX context and whole-dataframe batch definition (shared with labelloop.validation)."""
+    from labelloop.validation import _context
 
-        context = gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        asset = context.data_sources.add_pandas("labelloop-labels").add_dataframe_asset("labels")
-        _STATE["context"] = context
-        _STATE["batch_definition"] = asset.add_batch_definition_whole_dataframe("whole")
-        _STATE["definitions"] = {}
-    return _STATE["context"], _STATE["batch_definition"]
+    _STATE.setdefault("definitions", {})
+    return _context()
 
 
 def _definition(name: str, checks: Sequence[Check]):

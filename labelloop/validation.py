@@ -38,10 +38,10 @@ def _context():
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
-    # GX pins this module's logger to INFO (when the module first loads, inside get_context) and
-    # announces a temp docs dir on every context: not news for a pipeline log.
+    # That module pins its logger to INFO when it loads (just above) and announces a temp docs
+    # directory for every ephemeral context: not news for a pipeline log.
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     datasource = context.data_sources.add_pandas("labelloop")
     asset = datasource.add_dataframe_asset("frames")
