@@ -8,10 +8,12 @@ import stage archives unchanged before it validates anything.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -19,6 +21,17 @@ if TYPE_CHECKING:
 
 # Columns of `FetchedLabels.annotations`: one row per (item, annotator) answer.
 ANNOTATION_COLUMNS = ["item_id", "annotator_id", "label", "annotation_id"]
+
+
+def json_value(value: Any) -> Any:
+    """A pandas/numpy cell as plain JSON: numpy scalars unwrapped, NaN/inf/NA/NaT as null."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
 
 
 class VendorError(RuntimeError):

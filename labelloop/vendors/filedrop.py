@@ -20,14 +20,13 @@ import csv
 import hashlib
 import io
 import json
-import math
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from labelloop.io import write_bytes
+from labelloop.vendors.base import json_value as _json_value
 from labelloop.vendors.base import ANNOTATION_COLUMNS, ExportBatch, ExportReceipt, FetchedLabels, Vendor, VendorError, VendorStatus
 
 FORMAT = "labelloop-filedrop/1"
@@ -37,16 +36,6 @@ FETCHED_COLUMNS = [*ANNOTATION_COLUMNS, "line", "parse_error"]
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return value
 
 
 class FileDropVendor(Vendor):

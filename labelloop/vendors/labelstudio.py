@@ -22,16 +22,15 @@ never from params.yaml, and is never logged.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-import numpy as np
 import pandas as pd
 
 from labelloop.io import read_json, write_json
+from labelloop.vendors.base import json_value as _json_value
 from labelloop.vendors.base import ANNOTATION_COLUMNS, ExportBatch, ExportReceipt, FetchedLabels, Vendor, VendorError, VendorStatus
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
@@ -56,16 +55,6 @@ def label_config(label_set: list[str]) -> str:
         "  </Choices>\n"
         "</View>\n"
     )
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return value
 
 
 def project_title(batch_id: str) -> str:
