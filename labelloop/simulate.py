@@ -314,6 +314,8 @@ def run_simulation(config: SimulationConfig) -> dict[str, Any]:
             all_rows.extend(rows)
             all_stops.extend(stops)
             select_seconds[strategy] += seconds / config.repeats
+            # Curves so far, rewritten after every strategy: a long run that is stopped still leaves its data.
+            write_text(out / "curves.partial.csv", pd.DataFrame(all_rows).assign(full_pool_value=_full_for(all_rows, full_values)).to_csv(index=False))
     bar.close()
     curves = pd.DataFrame(all_rows)
     summary = summarize(curves, full_values, config.metric, select_seconds)
@@ -334,6 +336,11 @@ def run_simulation(config: SimulationConfig) -> dict[str, Any]:
     if config.log_mlflow:
         log_to_mlflow(config, curves, summary, out)
     return summary
+
+
+def _full_for(rows: list[dict[str, Any]], full_values: list[float]) -> list[float]:
+    """The full-pool value of each row's repeat (for the partial curves file)."""
+    return [full_values[row["repeat"]] for row in rows]
 
 
 def _config_dict(config: SimulationConfig) -> dict[str, Any]:

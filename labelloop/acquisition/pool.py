@@ -148,8 +148,9 @@ class _Prepared:
             self.seconds["committee_train"] = time.perf_counter() - started
 
     def probas(self, probas: np.ndarray) -> np.ndarray:
-        probas = np.asarray(probas, dtype=np.float64)
-        return self.calibrator.transform(probas) if self.calibrator is not None and len(probas) else probas
+        if self.calibrator is not None and len(probas):
+            return self.calibrator.transform(np.asarray(probas, dtype=np.float64))
+        return _float_probas(probas)
 
     def utilities(self, probas: np.ndarray, features: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
         kwargs: dict[str, object] = {"rng": rng, **self.context.strategy_params}
@@ -171,6 +172,12 @@ class _Prepared:
                 train_params=self.context.train_params,
             )
         return self.spec.fn(self.probas(probas), **kwargs)
+
+
+def _float_probas(probas: np.ndarray) -> np.ndarray:
+    """Probas as a float array; float32 stays float32 (the strategies upcast block by block, no n×k copy)."""
+    probas = np.asarray(probas)
+    return probas if probas.dtype.kind == "f" else probas.astype(np.float64)
 
 
 def _label_indices(labels: np.ndarray, class_names: list[str]) -> np.ndarray:
@@ -225,15 +232,15 @@ def select_indices(
     `metrics`, if given, receives the calibration report (ece_before / ece_after).
     """
     rng = np.random.default_rng(seed)
-    probas = np.asarray(probas, dtype=np.float64)
+    probas = _float_probas(probas)
     names = class_names or [str(i) for i in range(probas.shape[1])]
     started = time.perf_counter()
     prepared = _Prepared(strategy, context, names)
     utilities = prepared.utilities(probas, features, rng) if len(probas) else np.empty(0)
     scored = time.perf_counter()
     selector = resolve_selector(strategy, selector)
-    if groups is None and len(probas):
-        groups = np.argmax(probas, axis=1)
+    if groups is None and len(probas) and "groups" in get_selector(selector).needs:
+        groups = np.argmax(probas, axis=1)  # only the quota selector reads groups: skip the O(n·k) pass otherwise
     ctx = prepared.context
     chosen = run_selector(
         selector, utilities, batch_size, rng=rng, features=features, groups=groups,
@@ -293,7 +300,7 @@ def select_from_frame(
             columns, (context.group_column,) if context and context.group_column else (), _numeric_frame_columns(pool)
         )
     resolved = resolve_selector(strategy, selector)
-    probas = pool[proba_columns(columns)].to_numpy(dtype=np.float64)
+    probas = _float_probas(pool[proba_columns(columns)].to_numpy())
     spec, sel_spec = get_strategy(strategy), get_selector(resolved)
     needs_features = "features" in spec.needs or "committee" in spec.needs or "labelled" in spec.needs or "features" in sel_spec.needs
     features = _features_of(pool, feature_columns) if needs_features and feature_columns else None
@@ -386,7 +393,7 @@ def select_from_parquet(
     for record_batch in parquet.iter_batches(batch_size=chunk_size):
         chunk = record_batch.to_pandas()
         n_rows += len(chunk)
-        probas = chunk[pcols].to_numpy(dtype=np.float64)
+        probas = _float_probas(chunk[pcols].to_numpy())
         feats = _features_of(chunk, feature_columns) if needs_features else None
         utilities = prepared.utilities(probas, feats, rng)
         finite = np.isfinite(utilities)
