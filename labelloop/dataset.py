@@ -88,6 +88,8 @@ def update_dataset(workspace: Workspace) -> DatasetVersion:
         crash_point("dataset.after_write")
     current = versioning.version_of(workspace.registry_dir, workspace.labeled_path)
     if not new_rows and current is not None:
+        # A version tagged by a run whose push failed is pushed now; the batches are marked only after.
+        versioning.ensure_pushed(workspace.registry_dir)
         _mark_versioned(store, labeled, current)
         return DatasetVersion(current, False, len(labeled), 0, [])
     # The batches this version adds: all in the set beyond the last tag (covers a crashed earlier run).

@@ -2,14 +2,22 @@
 
 Every operation is safe to rerun: a crash between `dvc add`, the commit, the tag and the push is
 repaired by running the same call again (it finds what was already done and does the rest).
+
+A push that fails (remote unreachable, 5xx, full disk) leaves a tagged version that is only local;
+`ensure_pushed` — called by every later dataset run, even one with no new labels — pushes it once the
+remote answers. What was pushed last, and where, is remembered in `.dvc/tmp/` (not versioned).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import subprocess
 from pathlib import Path
+
 from labelloop.faults import crash_point
+from labelloop.retry import TransientError, with_retries
 
 DATA_TAG_PREFIX = "data-v"
 HOLDOUT_TAG = "holdout-v1"
@@ -17,6 +25,13 @@ HOLDOUT_TAG = "holdout-v1"
 
 class VersioningError(RuntimeError):
     """git or DVC refused an operation; the message carries their words."""
+
+
+class RemoteUnavailable(VersioningError, TransientError):
+    """`dvc push` could not reach or write the remote; the version stays local until a rerun pushes it."""
+
+
+PUSHED_MARKER = Path(".dvc") / "tmp" / "labelloop-pushed.json"
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -151,7 +166,7 @@ def commit_version(repo: Path, paths: list[Path], message: str, tag: str | None 
     dirty = bool(git(repo, "status", "--porcelain"))
     existing = tag_of_head(repo)
     if not dirty and existing is not None and tag is None:
-        push(repo)
+        ensure_pushed(repo)
         return existing, False
     if dirty:
         git(repo, "commit", "-q", "-m", message)
@@ -166,13 +181,74 @@ def commit_version(repo: Path, paths: list[Path], message: str, tag: str | None 
     return tag, True
 
 
-def push(repo: Path) -> None:
-    """Push DVC-tracked data to the default remote (content-addressed, so repeats are cheap)."""
+def remote_url(repo: Path) -> str:
+    """The URL of the default DVC remote ("" when none is configured)."""
     with _dvc_repo(repo) as dvc_repo:
-        try:
+        config = dvc_repo.config
+        name = config["core"].get("remote", "")
+        return str(config["remote"].get(name, {}).get("url", "")) if name else ""
+
+
+def push(repo: Path) -> None:
+    """Push DVC-tracked data to the default remote (content-addressed, so repeats are cheap and a
+    retry is safe). Bounded retries with backoff (`labelloop.retry`); then one `RemoteUnavailable`
+    naming the remote and DVC's own reason."""
+    url = remote_url(repo)
+    with_retries(f"dvc push to {url}", lambda: _push_once(repo, url))
+    _write_pushed_marker(repo, url)
+
+
+class _DvcErrors(logging.Handler):
+    """DVC logs the reason per file ("failed to transfer ... Connect call failed") and raises only
+    "2 files failed to upload": keep the first reason for the message."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        cause = record.exc_info[1] if record.exc_info else None
+        self.messages.append(f"{record.getMessage()}: {cause}" if cause is not None else record.getMessage())
+
+
+DVC_LOGGERS = ("dvc", "dvc_data", "dvc_objects")
+
+
+def _push_once(repo: Path, url: str) -> None:
+    errors = _DvcErrors()
+    for name in DVC_LOGGERS:
+        logging.getLogger(name).addHandler(errors)
+    try:
+        with _dvc_repo(repo) as dvc_repo:
             dvc_repo.push()
-        except Exception as error:  # DVC raises many types for an unreachable remote
-            raise VersioningError(f"dvc push to the remote failed: {error}") from error
+    except Exception as error:  # DVC raises many types (UploadError, OSError, config errors) for one failed push
+        reason = errors.messages[0] if errors.messages else f"{type(error).__name__}: {error}"
+        # A local path that cannot be a directory or is not writable does not heal by retrying.
+        permanent = isinstance(error, (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError))
+        raise (VersioningError if permanent else RemoteUnavailable)(f"dvc push to the remote {url or '(none configured)'} failed: {error} — {reason[:400]}"
+                                ) from error
+    finally:
+        for name in DVC_LOGGERS:
+            logging.getLogger(name).removeHandler(errors)
+
+
+def _write_pushed_marker(repo: Path, url: str) -> None:
+    from labelloop.io import write_json
+
+    write_json(repo / PUSHED_MARKER, {"commit": head_sha(repo), "remote": url})
+
+
+def ensure_pushed(repo: Path) -> bool:
+    """Push unless HEAD was already pushed to the current remote; True when it pushed."""
+    marker = repo / PUSHED_MARKER
+    try:
+        last = json.loads(marker.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        last = {}
+    if last == {"commit": head_sha(repo), "remote": remote_url(repo)}:
+        return False
+    push(repo)
+    return True
 
 
 def checkout(repo: Path, rev: str, path: Path) -> None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from labelloop.retry import TransientError
+
 if TYPE_CHECKING:
     from labelloop.config import ExportParams
 
@@ -36,6 +38,10 @@ def json_value(value: Any) -> Any:
 
 class VendorError(RuntimeError):
     """The vendor is unreachable or answered something unusable; durable state is unchanged."""
+
+
+class VendorUnavailable(VendorError, TransientError):
+    """The vendor did not answer usefully this time (unreachable, 5xx, timeout): retried, bounded."""
 
 
 @dataclass(frozen=True)
