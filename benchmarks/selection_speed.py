@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,29 +24,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 CASES = [("margin", "topk"), ("entropy", "topk"), ("margin", "cluster"), ("margin", "coreset"), ("hybrid", None)]
 
 
-def memory_mode(rows: int, batch: int) -> list[dict]:
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def memory_mode(rows: int, batch: int, calls: int = 3) -> list[dict]:
+    """Each case `calls` times on the same arrays: call 1 is cold (first touch of the outputs), the rest warm.
+
+    Cases run on the float64 probas of the generator and on a float32 copy (what a parquet pool holds);
+    `api` rows time the public entry point `select_indices` (scoring + selector + bookkeeping) end to end.
+    """
     from synthetic_pool import arrays
 
     from labelloop.acquisition import get_strategy
-    from labelloop.acquisition.pool import PeakMemory, resolve_selector, run_selector
+    from labelloop.acquisition.pool import PeakMemory, resolve_selector, run_selector, select_indices
 
-    probas, features = arrays(rows)
-    groups = probas.argmax(axis=1)
+    probas64, features = arrays(rows)
+    probas32 = probas64.astype(np.float32)
+    groups = probas64.argmax(axis=1)
     # Warm up imports (sklearn.cluster) so the timings are the selection's, not the import's.
     run_selector("cluster", np.random.default_rng(0).random(5000), 10, rng=np.random.default_rng(0), features=features[:5000])
     results = []
-    for strategy, selector in CASES:
+    cases = [(s, sel, "float64", "fn") for s, sel in CASES]
+    cases += [(s, "topk", "float32", "fn") for s in ("margin", "entropy")]
+    cases += [("margin", "topk", dt, "api") for dt in ("float64", "float32")]
+    for strategy, selector, dtype, entry in cases:
         selector = resolve_selector(strategy, selector)
-        with PeakMemory() as memory:
-            started = time.perf_counter()
-            utilities = get_strategy(strategy).fn(probas, rng=np.random.default_rng(0))
-            scored = time.perf_counter()
-            chosen = run_selector(selector, utilities, batch, rng=np.random.default_rng(0), features=features, groups=groups)
-            done = time.perf_counter()
-        results.append({"mode": "memory", "rows": rows, "strategy": strategy, "selector": selector, "batch": batch,
-                        "score_s": scored - started, "select_s": done - scored, "total_s": done - started,
-                        "peak_rss_mib": memory.peak_mib, "n_selected": int(len(chosen))})
-        print(json.dumps(results[-1]), flush=True)
+        probas = probas64 if dtype == "float64" else probas32
+        for call in range(1, calls + 1):
+            load_before = _load()
+            with PeakMemory() as memory:
+                started = time.perf_counter()
+                if entry == "api":
+                    chosen, _, seconds = select_indices(probas, batch, strategy=strategy, selector=selector, seed=0)
+                    scored = started + seconds["score"]
+                else:
+                    utilities = get_strategy(strategy).fn(probas, rng=np.random.default_rng(0))
+                    scored = time.perf_counter()
+                    chosen = run_selector(selector, utilities, batch, rng=np.random.default_rng(0), features=features, groups=groups)
+                done = time.perf_counter()
+            results.append({"mode": "memory", "entry": entry, "dtype": dtype, "call": call, "rows": rows,
+                            "strategy": strategy, "selector": selector, "batch": batch,
+                            "score_s": round(scored - started, 4), "select_s": round(done - scored, 4),
+                            "total_s": round(done - started, 4), "peak_rss_mib": round(memory.peak_mib),
+                            "n_selected": int(len(chosen)), "load1_before": load_before, "load1_after": _load()})
+            print(json.dumps(results[-1]), flush=True)
     return results
 
 
@@ -63,11 +86,13 @@ def file_mode(rows: int, batch: int, pool: Path) -> list[dict]:
             f"r=select_pool_to_file({str(pool)!r}, {str(pool.with_suffix('.batch.parquet'))!r}, {strategy!r}, {batch}, selector={selector!r}, seed=0);"
             "print(json.dumps(r))"
         )
+        load_before = _load()
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         report = json.loads(out.stdout.strip().splitlines()[-1])
         results.append({"mode": "file", "rows": rows, "strategy": strategy, "selector": report["selector"], "batch": batch,
                         "total_s": report["seconds"], "peak_rss_mib": report["peak_memory_mib"],
-                        "score_s": report["timings"]["score"], "select_s": report["timings"]["select"], "n_selected": report["n_selected"]})
+                        "score_s": report["timings"]["score"], "select_s": report["timings"]["select"], "n_selected": report["n_selected"],
+                        "load1_before": load_before, "load1_after": _load()})
         print(json.dumps(results[-1]), flush=True)
     return results
 
@@ -79,14 +104,17 @@ def main() -> None:
     parser.add_argument("--mode", choices=["memory", "file"], default="memory")
     parser.add_argument("--pool", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--calls", type=int, default=3, help="memory mode: calls per case (1st cold, rest warm)")
     args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
     if args.mode == "memory":
-        results = memory_mode(args.rows, args.batch)
+        results = memory_mode(args.rows, args.batch, args.calls)
     else:
         results = file_mode(args.rows, args.batch, Path(args.pool or f"benchmarks/results/pool_{args.rows}.parquet"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"load average at end: {os.getloadavg()}")
     print("reproduce: .venv/bin/python benchmarks/selection_speed.py " + " ".join(sys.argv[1:]))
 
 
