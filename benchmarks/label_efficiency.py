@@ -12,8 +12,34 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from labelloop.simulate import SimulationConfig, run_simulation
+
+
+def _value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def register_variants(specs: list[str]) -> dict[str, dict[str, object]]:
+    """`NAME=key:value,key:value` → NAME becomes a preset (margin utilities + hybrid selector with those params).
+
+    Lets one run compare hybrid mixes on the same seeds/holdout as random and margin.
+    """
+    from labelloop.acquisition.registry import register_strategy
+    from labelloop.acquisition.strategies import hybrid
+
+    params: dict[str, dict[str, object]] = {}
+    for spec in specs:
+        name, _, body = spec.partition("=")
+        params[name] = {k: _value(v) for k, v in (item.split(":", 1) for item in body.split(",") if item)}
+        register_strategy(name, selector="hybrid", cost="benchmark variant of the hybrid preset")(hybrid)
+    return params
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,11 +56,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--metric", default="accuracy")
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=key:value,...",
+                        help="register NAME as a hybrid-selector preset with these selector params (repeatable)")
     args = parser.parse_args(argv)
+    selector_params = register_variants(args.variant)
     summary = run_simulation(SimulationConfig(
         data=args.data, label_col=args.label_col, strategies=args.strategies.split(","), selector=args.selector,
         seed_size=args.seed_size, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
         test_size=args.test_size, metric=args.metric, out=args.out, log_mlflow=not args.no_mlflow,
+        selector_params=selector_params,
     ))
     print(f"\n{args.data}: full-pool {summary['metric']} {summary['full_pool_value']:.4f}, target {summary['target']:.4f}, budget {summary['budget']} labels")
     print(f"{'strategy':<24}{'labels→target':>14}{'per repeat':>22}{'savings %':>11}{'AULC':>8}{'final':>8}{'min.recall':>11}{'select s':>10}")
@@ -43,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
         sv = "—" if savings is None else f"{'≥' if s.get('savings_is_lower_bound') else ''}{savings:.0f}"
         print(f"{name:<24}{str(s['labels_to_target']):>14}{str(s['labels_to_target_per_repeat']):>22}{sv:>11}"
               f"{s['aulc']:>8.4f}{s['final_value']:>8.4f}{s['mean_minority_recall']:>11.3f}{s['seconds_selecting']:>10.2f}")
-    print("\nreproduce: .venv/bin/python benchmarks/label_efficiency.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "label_efficiency.py"
+    print(f"\nreproduce: {sys.executable} benchmarks/{script} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     return summary
 
 
