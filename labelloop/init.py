@@ -100,7 +100,9 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
     if simulate_traffic:
         shuffled = stream.sample(frac=1.0, random_state=np.random.RandomState(params.dataset.split_seed)).reset_index(drop=True)
         write_parquet(workspace.simulator_dir / "traffic.parquet", shuffled.drop(columns=["label"]))
-        write_parquet(workspace.simulator_dir / "oracle.parquet", shuffled[[ITEM_ID, "label"]])
+        # The seed set is in the oracle too: the simulated crowd answers gold questions drawn from it.
+        oracle = pd.concat([shuffled[[ITEM_ID, "label"]], seed[[ITEM_ID, "label"]]], ignore_index=True)
+        write_parquet(workspace.simulator_dir / "oracle.parquet", oracle)
     # The marker last: its presence means a complete workspace.
     write_json(workspace.ready_marker, {"created_from": str(source_path), "classes": schema.class_names})
     return workspace
