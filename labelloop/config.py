@@ -91,8 +91,29 @@ class ExportParams(Section):
     columns: list[str] | None = Field(
         None, description="Feature columns allowed to leave for the vendor; null = all feature columns."
     )
-    max_batch_size: int = Field(500, gt=0, description="Guard against annotator fatigue.")
-    price_per_label: float = Field(0.0, ge=0)
+    max_batch_size: int = Field(
+        500, gt=0, description="Guard against annotator fatigue: most items one export sends (new + gold + review + easy)."
+    )
+    price_per_label: float = Field(0.0, ge=0, description="Price of one answer; every answer is paid (overlap and gold included).")
+    gold_share: float = Field(
+        0.0, ge=0, le=1,
+        description="Gold questions added per batch, as a share of its new items: drawn from the labelled seed set, "
+        "their true label stays on our side (0 = off).",
+    )
+    overlap_share: float = Field(
+        0.0, ge=0, le=1, description="Share of new items asked of `overlap_annotators` annotators (0 = one answer each)."
+    )
+    overlap_annotators: int = Field(
+        3, ge=2, le=3, description="Annotators per overlap item, gold question and re-sent review item (2 or 3)."
+    )
+    easy_share: float = Field(
+        0.0, ge=0, le=1,
+        description="Easy items added per batch, as a share of its new items: the pool's most confident predictions (0 = off).",
+    )
+    review_resend: bool = Field(True, description="Send the review queue's pending items again with the next export.")
+    max_review_sends: int = Field(
+        2, ge=1, le=10, description="Times one item is re-sent for review before it is left to a human reviewer."
+    )
     simulated: SimulatedVendorParams = SimulatedVendorParams()
     filedrop_url: str | None = Field(None, description="fsspec URL of the drop; default <workspace>/filedrop.")
     label_studio_url: str = Field("http://127.0.0.1:8080", description="Token comes from LABEL_STUDIO_API_KEY.")

@@ -44,7 +44,7 @@ def import_batch(workspace: Workspace, batch_id: str, vendor, params: ImportPara
     """Fetch → archive raw → validate (GX) → gold tracking / exclusion → aggregation (majority or
     Dawid–Skene) → model-contradiction flags → final labels. See `labelloop.quality.process_import`."""
     from labelloop.label_validation import write_quarantine
-    from labelloop.quality import QualityParams, process_import
+    from labelloop.quality import QualityParams, batch_cost, process_import
 
     store = BatchStore(workspace)
     schema = workspace.schema()
@@ -65,9 +65,12 @@ def import_batch(workspace: Workspace, batch_id: str, vendor, params: ImportPara
     write_parquet(workspace.final_labels_dir / f"{batch_id}.parquet", final)
     crash_point("import.after_final")
     status = "imported" if not outcome.pending else ("partial" if len(final) else meta.status)
+    # Every valid answer is paid (one per item x annotator): overlap, gold and excluded annotators'
+    # answers included (`answers` holds them all; exclusion only splits them later).
+    bought = len(outcome.answers)
     price = workspace.params().export.price_per_label
     store.mark(batch_id, status=status, n_labelled=len(final), n_quarantined=len(outcome.quarantined),
-               cost=price * (len(outcome.answers) + len(outcome.report.dropped_annotations)))
+               labels_bought=bought, cost=batch_cost(bought, price)["cost"])
     agreement = float(final["agreement"].mean()) if len(final) else None
     return ImportReport(batch_id, len(items), len(fetched.annotations), len(final), len(outcome.quarantined), status, agreement)
 

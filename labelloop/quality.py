@@ -464,11 +464,20 @@ class ReviewQueue:
             self._save()
         return added
 
-    def pending(self) -> list[str]:
-        """Item ids waiting to be sent again (each once, in the order they were queued)."""
+    def pending(self, max_sends: int | None = None) -> list[str]:
+        """Item ids waiting to be sent again (each once, in the order they were queued).
+
+        With `max_sends`, items already re-sent that many times are left out: a label that keeps
+        failing review (e.g. the model keeps contradicting a unanimous crowd) needs a human reviewer,
+        not another paid round of the same crowd.
+        """
+        sends: dict[str, set[str]] = {}
+        for entry in self._items:
+            if entry["sent_batch"] is not None:
+                sends.setdefault(entry["item_id"], set()).add(entry["sent_batch"])
         seen: dict[str, None] = {}
         for entry in self._items:
-            if entry["status"] == "pending":
+            if entry["status"] == "pending" and (max_sends is None or len(sends.get(entry["item_id"], ())) < max_sends):
                 seen.setdefault(entry["item_id"], None)
         return list(seen)
 
@@ -504,19 +513,26 @@ def plan_quality_items(
     max_batch_size: int | None = None,
     easy_pool: pd.DataFrame | None = None,
     easy_share: float = 0.0,
+    review_items: pd.DataFrame | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Mark a batch for quality control before export.
 
-    Adds `round(gold_share * n)` gold items drawn from `gold_pool` (rows with known `label`, which is
-    dropped from the exported frame; `gold_label` keeps it for the import), sets `is_gold`, and asks
-    `overlap_annotators` annotators for a share `overlap_share` of the items (gold items always get
-    overlap so every annotator meets them). The total is capped at `max_batch_size` (annotator fatigue
-    guard) by dropping the lowest-utility non-gold items.
+    `items` are the batch's new items (the selection budget). On top of them, outside that budget:
 
-    With `easy_share`, that share of the batch is replaced by the most confident rows of `easy_pool`
-    (`item_id`, `confidence`, not already in the batch), marked `is_easy`: easy items keep annotators
-    motivated and check that confident predictions are right.
+    - `round(gold_share * n)` gold items drawn from `gold_pool` (rows with known `label`, which is
+      dropped from the row; `gold_label` keeps it on our side for the import), `is_gold`;
+    - `review_items` (items the review queue sends again), `is_review`, each asked of
+      `overlap_annotators` annotators so the second look can settle it;
+    - `round(easy_share * n)` easy items: the most confident rows of `easy_pool` (`item_id`,
+      `confidence`, not already in the batch), `is_easy` — they keep annotators motivated and check
+      that confident predictions are right.
+
+    `overlap_annotators` annotators are asked for a share `overlap_share` of the new and easy items;
+    gold items always get them, so every annotator meets gold questions. `max_batch_size` (annotator
+    fatigue guard) caps the total: new items are never dropped (ValueError if they alone exceed it);
+    the extras fill the room left in the order gold, review, easy, and review items that do not fit
+    are simply not in the plan (they stay pending for the next export).
     """
     for name, share in (("gold_share", gold_share), ("overlap_share", overlap_share), ("easy_share", easy_share)):
         if not 0 <= share <= 1:
@@ -526,42 +542,66 @@ def plan_quality_items(
     rng = np.random.default_rng(seed)
     out = items.copy()
     out["item_id"] = out["item_id"].astype(str)
-    out["is_gold"] = False
+    n_new = len(out)
+    if max_batch_size is not None and n_new > max_batch_size:
+        raise ValueError(f"the batch has {n_new} new items, above max_batch_size={max_batch_size}")
+    room = (max_batch_size - n_new) if max_batch_size is not None else None
+    for flag in ("is_gold", "is_review", "is_easy"):
+        out[flag] = False
     out["gold_label"] = None
-    out["is_easy"] = False
-    n_easy = int(round(easy_share * len(out)))
-    if n_easy and easy_pool is not None and len(easy_pool):
-        _check_columns(easy_pool, ["item_id", "confidence"], "easy pool")
-        if "utility" in out.columns:
-            out = out.sort_values("utility", ascending=False, kind="stable")
-        easy = easy_pool[~easy_pool["item_id"].astype(str).isin(out["item_id"])]
-        easy = easy.sort_values("confidence", ascending=False, kind="stable").head(n_easy).copy()
-        easy["item_id"] = easy["item_id"].astype(str)
-        easy["is_easy"], easy["is_gold"], easy["gold_label"] = True, False, None
-        out = pd.concat([out.head(len(out) - len(easy)), easy[[c for c in easy.columns if c in out.columns]]],
-                        ignore_index=True)
-    n_gold = int(round(gold_share * len(out)))
-    if max_batch_size is not None and len(out) + n_gold > max_batch_size:
-        keep = max(max_batch_size - n_gold, 0)
-        if "utility" in out.columns:
-            out = out.sort_values("utility", ascending=False, kind="stable")
-        out = out.head(keep)
+    parts = [out]
+    taken = set(out["item_id"])
+
+    def fit(count: int) -> int:
+        nonlocal room
+        if room is None:
+            return count
+        count = min(count, room)
+        room -= count
+        return count
+
+    n_gold = fit(int(round(gold_share * n_new)))
     if n_gold and gold_pool is not None and len(gold_pool):
         _check_columns(gold_pool, ["item_id", "label"], "gold pool")
-        pool = gold_pool[~gold_pool["item_id"].astype(str).isin(out["item_id"])]
+        pool = gold_pool[~gold_pool["item_id"].astype(str).isin(taken)]
         picked = pool.iloc[rng.permutation(len(pool))[: min(n_gold, len(pool))]].copy()
         picked["item_id"] = picked["item_id"].astype(str)
         picked["gold_label"] = picked.pop("label").astype(str)
         picked["is_gold"] = True
-        out = pd.concat([out, picked[[c for c in picked.columns if c in out.columns or c in ("gold_label", "is_gold")]]],
-                        ignore_index=True)
+        if "utility" in out.columns and n_new:
+            # A gold row borrows a real utility so sorting by score does not single it out at the vendor.
+            picked["utility"] = rng.choice(out["utility"].to_numpy(), size=len(picked))
+        parts.append(picked)
+        taken |= set(picked["item_id"])
+    if review_items is not None and len(review_items):
+        _check_columns(review_items, ["item_id"], "review items")
+        review = review_items[~review_items["item_id"].astype(str).isin(taken)].drop_duplicates("item_id")
+        review = review.head(fit(len(review))).copy()
+        review["item_id"] = review["item_id"].astype(str)
+        review["is_review"] = True
+        # The source batch's marks (gold, easy, its annotators_wanted) do not carry over to the re-send.
+        parts.append(review.drop(columns=["label", "gold_label", "is_gold", "is_easy", "annotators_wanted"], errors="ignore"))
+        taken |= set(review["item_id"])
+    n_easy = fit(int(round(easy_share * n_new)))
+    if n_easy and easy_pool is not None and len(easy_pool):
+        _check_columns(easy_pool, ["item_id", "confidence"], "easy pool")
+        easy = easy_pool[~easy_pool["item_id"].astype(str).isin(taken)]
+        easy = easy.sort_values("confidence", ascending=False, kind="stable").head(n_easy).copy()
+        easy["item_id"] = easy["item_id"].astype(str)
+        easy["is_easy"] = True
+        parts.append(easy)
+    columns = list(out.columns)
+    out = pd.concat([p[[c for c in columns if c in p.columns]] for p in parts], ignore_index=True)
+    for flag in ("is_gold", "is_review", "is_easy"):
+        out[flag] = out[flag].fillna(False).astype(bool)
+    if len(parts) > 1:
         out = out.iloc[rng.permutation(len(out))].reset_index(drop=True)  # gold must not sit at the end
     wanted = np.ones(len(out), dtype=int)
-    non_gold = np.flatnonzero(~out["is_gold"].to_numpy(dtype=bool))
-    n_overlap = int(round(overlap_share * len(non_gold)))
+    plain = np.flatnonzero(~(out["is_gold"] | out["is_review"]).to_numpy(dtype=bool))
+    n_overlap = int(round(overlap_share * len(plain)))
     if n_overlap:
-        wanted[rng.choice(non_gold, size=n_overlap, replace=False)] = overlap_annotators
-    wanted[out["is_gold"].to_numpy(dtype=bool)] = max(overlap_annotators, 1)
+        wanted[rng.choice(plain, size=n_overlap, replace=False)] = overlap_annotators
+    wanted[(out["is_gold"] | out["is_review"]).to_numpy(dtype=bool)] = max(overlap_annotators, 1)
     out["annotators_wanted"] = wanted
     return out
 

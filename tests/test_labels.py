@@ -15,10 +15,9 @@ from tests.test_batches import _pool
 def _exported_batch(ws, size=12, annotators_wanted=1, export=None):
     _pool(ws, n=40)
     meta = select_batch(ws, SelectParams(batch_size=size))
-    if annotators_wanted > 1:
-        items = BatchStore(ws).items(meta.batch_id).assign(annotators_wanted=annotators_wanted)
-        items.to_parquet(ws.batch_dir(meta.batch_id) / "batch.parquet")
     export = export or ExportParams()
+    if annotators_wanted > 1:  # every item is an overlap item
+        export = export.model_copy(update={"overlap_share": 1.0, "overlap_annotators": annotators_wanted})
     vendor = make_vendor(export, ws.root)
     export_batches(ws, export, vendor)
     return meta.batch_id, vendor
@@ -66,3 +65,45 @@ def test_bad_answers_are_quarantined_with_the_failed_expectation_and_the_rest_ke
     reasons = [json.loads(line) for line in quarantine.read_text().splitlines()]
     assert len(reasons) == 4 and all(r["reason"] for r in reasons)
     assert {r["annotation_id"] for r in reasons} == {"1", "2", "3", "4"}  # an annotator's last answer counts
+
+
+def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(workspace):
+    from labelloop.config import dump_params
+    from labelloop.io import write_text
+    from labelloop.quality import GoldTracker, ReviewQueue
+
+    # Two simulated annotators: sim-0 is right, sim-1 is wrong 95% of the time.
+    export = ExportParams(price_per_label=0.5, gold_share=0.5, overlap_share=0.2, overlap_annotators=2,
+                          simulated={"annotators": 2, "error_rates": [0.0, 0.95], "seed": 3})
+    write_text(workspace.params_path, dump_params(workspace.params().with_overrides(export=export)))
+    qc = ImportParams(min_gold_accuracy=0.8, min_gold_answers=5)
+    _pool(workspace, n=40)
+    store = BatchStore(workspace)
+    vendor = make_vendor(export, workspace.root)
+    first = select_batch(workspace, SelectParams(batch_size=10)).batch_id
+    export_batches(workspace, export, vendor)
+    plan = store.items(first)
+    answers = vendor.fetch_labels(first).annotations
+    per_item = answers.groupby("item_id")["annotator_id"].nunique()
+    assert (per_item.reindex(plan["item_id"]).to_numpy() == plan["annotators_wanted"].to_numpy()).all()  # overlap answered by N
+    [report] = import_labels(workspace, qc, vendor)
+    meta = store.get(first)
+    assert meta.labels_bought == len(answers) == meta.labels_ordered == 10 + 2 + 5 * 2
+    assert meta.cost == 0.5 * meta.labels_bought
+    assert GoldTracker(workspace.root / "quality" / "gold_tracker.json").excluded(0.8) == ["sim-1"]
+    final = store.final_labels(first)
+    only_sim1 = set(per_item[per_item == 1].index) & set(answers.loc[answers["annotator_id"] == "sim-1", "item_id"])
+    assert only_sim1 and not only_sim1 & set(final["item_id"])  # excluded answers never become labels
+    queue = ReviewQueue(workspace.root / "quality" / "review_queue.json")
+    assert only_sim1 <= set(queue.pending())
+
+    second = select_batch(workspace, SelectParams(batch_size=10, seed=1)).batch_id
+    export_batches(workspace, export, vendor)
+    plan2 = store.items(second)
+    resent = set(plan2.loc[plan2["is_review"], "item_id"])
+    assert only_sim1 <= resent and (plan2.loc[plan2["is_review"], "annotators_wanted"] == 2).all()
+    assert store.get(second).n_items == 10 and len(plan2) == 10 + 5 + len(resent)  # re-sends are outside the budget
+    assert store.get(second).quality["n_review"] == len(resent)
+    import_labels(workspace, qc, vendor)
+    assert only_sim1 <= set(store.final_labels(second)["item_id"])  # sim-0's answer settles them
+    assert not only_sim1 & set(queue.__class__(queue.path).pending())

@@ -194,21 +194,53 @@ def test_review_queue_add_is_idempotent_and_tracks_sending(tmp_path):
     assert frame.loc["x", "status"] == "resolved" and frame.loc["x", "sent_batch"] == "b2"
 
 
+def test_review_queue_stops_resending_an_item_after_max_sends(tmp_path):
+    queue = q.ReviewQueue(tmp_path / "review.json")
+    flagged = pd.DataFrame({"item_id": ["x"], "reason": [q.REASON_MODEL_CONTRADICTS]})
+    queue.add("b1", flagged)
+    queue.mark_sent(["x"], "b2")
+    queue.add("b2", flagged)  # the re-send came back flagged again
+    assert queue.pending(max_sends=2) == ["x"]
+    queue.mark_sent(["x"], "b3")
+    queue.add("b3", flagged)
+    assert queue.pending(max_sends=2) == [] and queue.pending() == ["x"]  # left to a human reviewer
+
+
 # ------------------------------------------------------------------------------------- export helpers
 def test_plan_quality_items_adds_gold_overlap_and_respects_guard():
     items = pd.DataFrame({"item_id": [f"i{i}" for i in range(20)], "f": range(20), "utility": np.linspace(1, 0, 20)})
     gold_pool = pd.DataFrame({"item_id": [f"g{i}" for i in range(10)], "f": range(10), "label": ["a"] * 10})
     plan = q.plan_quality_items(items, gold_pool=gold_pool, gold_share=0.1, overlap_share=0.25,
-                                overlap_annotators=3, max_batch_size=21, seed=3)
-    assert len(plan) == 21 and plan["is_gold"].sum() == 2
+                                overlap_annotators=3, max_batch_size=25, seed=3)
+    assert len(plan) == 22 and plan["is_gold"].sum() == 2  # gold is extra: the 20 new items all stay
     assert (plan.loc[plan["is_gold"], "gold_label"] == "a").all()
     assert (plan.loc[plan["is_gold"], "annotators_wanted"] == 3).all()
-    non_gold = plan[~plan["is_gold"]]
-    assert len(non_gold) == 19 and "i19" not in set(non_gold["item_id"])  # lowest utility dropped
-    assert (non_gold["annotators_wanted"] == 3).sum() == round(0.25 * 19)
+    assert plan.loc[plan["is_gold"], "utility"].isin(items["utility"]).all()  # not spottable by score
+    new = plan[~plan["is_gold"]]
+    assert set(new["item_id"]) == set(items["item_id"])
+    assert (new["annotators_wanted"] == 3).sum() == round(0.25 * 20)
     assert "label" not in plan.columns
     with pytest.raises(ValueError, match="gold_share"):
         q.plan_quality_items(items, gold_share=2)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        q.plan_quality_items(items, max_batch_size=19)
+
+
+def test_plan_quality_items_extras_fill_the_room_gold_then_review_then_easy():
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(10)], "utility": np.linspace(1, 0, 10), "confidence": 0.4})
+    gold_pool = pd.DataFrame({"item_id": [f"g{i}" for i in range(5)], "label": ["a"] * 5})
+    review = pd.DataFrame({"item_id": ["r1", "r2", "r3"], "utility": 0.5, "confidence": 0.5, "is_gold": False,
+                           "annotators_wanted": 1})
+    easy_pool = pd.DataFrame({"item_id": ["e1", "e2", "e3", "i0"], "confidence": [0.99, 0.97, 0.6, 1.0]})
+    plan = q.plan_quality_items(items, gold_pool=gold_pool, gold_share=0.2, review_items=review, easy_pool=easy_pool,
+                                easy_share=0.2, overlap_annotators=2, max_batch_size=14, seed=0)
+    assert len(plan) == 14
+    assert plan["is_gold"].sum() == 2 and sorted(plan.loc[plan["is_review"], "item_id"]) == ["r1", "r2"]
+    assert plan["is_easy"].sum() == 0  # no room left: r3 and the easy items wait
+    assert (plan.loc[plan["is_review"], "annotators_wanted"] == 2).all()  # a second look needs several eyes
+    roomy = q.plan_quality_items(items, review_items=review, easy_pool=easy_pool, easy_share=0.2, seed=0)
+    assert sorted(roomy.loc[roomy["is_easy"], "item_id"]) == ["e1", "e2"]  # most confident, not already in
+    assert set(items["item_id"]) <= set(roomy["item_id"]) and len(roomy) == 15
 
 
 def test_cost_helpers():
@@ -254,15 +286,6 @@ def test_process_import_end_to_end_is_idempotent(tmp_path):
     queue = q.ReviewQueue(tmp_path / "review_queue.json")
     assert queue.pending() == ["a"] and len(queue.frame()) == 1
     assert q.GoldTracker(tmp_path / "gold_tracker.json").summary()["n_gold"].tolist() == [1, 1]
-
-
-def test_plan_quality_items_easy_share_replaces_lowest_utility_items():
-    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(10)], "utility": np.linspace(1, 0, 10), "confidence": 0.4})
-    easy_pool = pd.DataFrame({"item_id": ["e1", "e2", "e3", "i0"], "confidence": [0.99, 0.97, 0.6, 1.0]})
-    plan = q.plan_quality_items(items, easy_pool=easy_pool, easy_share=0.2, seed=0)
-    assert len(plan) == 10
-    assert sorted(plan.loc[plan["is_easy"], "item_id"]) == ["e1", "e2"]
-    assert not {"i8", "i9"} & set(plan["item_id"])
 
 
 def test_dawid_skene_stays_sane_with_many_classes_and_few_answers():
