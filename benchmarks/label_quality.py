@@ -1,26 +1,31 @@
 """Label quality under annotator noise: does gold + overlap + aggregation beat single raw labels?
 
-For each dataset and noise level, the same margin active-learning loop runs with the simulated vendor
-(labelloop.vendors.simulated, the one the demo uses) in four arms:
+For each dataset, noise level and seed, the same margin active-learning loop runs with the simulated
+vendor (labelloop.vendors.simulated, the one the demo uses). Every arm selects the SAME number of new
+items per round (`--batch-size`); what QC adds is bought on top of that budget:
 
-  raw            every selected item is labelled once; the answer goes straight into training.
-  raw-same-cost  as raw, but each round buys as many labels as the `qc-majority` arm did that round
-                 (more items, single labels): the comparison at equal annotation cost.
-  qc-majority    the same selected items per round as raw, plus 10% gold questions, 30% of items
-                 labelled by 3 annotators, majority vote, review queue (re-sent with overlap, counted in
-                 the next round's batch) and model-contradiction flags (labelloop.quality.process_import,
-                 as the import stage runs it). It buys more labels than raw: see raw-same-cost.
-  qc-dawid-skene the same with Dawid-Skene aggregation.
+  raw            every new item is labelled once; the answer goes straight into training.
+  qc-majority    the same new items, plus (outside the budget, as the export stage does it with
+                 `labelloop.quality.plan_quality_items`): 10% gold questions from the seed set, the review
+                 queue's pending items re-sent to 3 annotators (each at most twice), and 30% of the new items
+                 labelled by 3 annotators. Import: `labelloop.quality.process_import` as the import stage
+                 runs it (gold tracker with threshold 0.7 after 5 answers, exclusion + requeue, majority
+                 vote, model-contradiction flags at p >= 0.9, review queue).
+  qc-dawid-skene the same with Dawid-Skene aggregation (parameters fitted on overlap + gold items only).
+  raw-same-cost  (with --same-cost) as raw, but each round buys as many labels as qc-majority did
+                 (more new items, single labels): the comparison at equal annotation cost.
 
 The crowd: 5 simulated annotators whose error rates average the noise level p but differ
 (p x [0.25, 0.5, 0.75, 1.0, 2.5]), with confusion-matrix noise (each annotator's mistakes on a class
 mostly go to one favourite wrong class). Seed labels and gold answers are true labels. The model is
-labelloop.model.LabelloopClassifier with the `train` defaults (the same XGBoost as the train stage).
+labelloop.model.LabelloopClassifier (the train stage's XGBoost) with `--n-estimators` trees (default
+100, half the `train` default, to keep 3 seeds affordable on 2 cores). The seed changes the holdout /
+seed split, the crowd's answers and the gold draw.
 
-    .venv/bin/python benchmarks/label_quality.py                 # all three datasets, 10% and 20%
-    .venv/bin/python benchmarks/label_quality.py --datasets spam --noise 0.2 --rounds 4
+    .venv/bin/python benchmarks/label_quality.py                 # 3 datasets x {10%, 20%} x 3 seeds
+    .venv/bin/python benchmarks/label_quality.py --datasets spam --noise 0.2 --rounds 4 --seeds 0
 
-Writes benchmarks/results/label_quality.json and prints a markdown table (docs/benchmarks.md).
+Writes benchmarks/results/label_quality.json (after every cell) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -108,32 +113,32 @@ def run_arm(setup: Setup, arm: str, noise: float, *, rounds: int, batch_size: in
     train_ids = list(setup.seed_ids)
     train_labels = list(setup.y.loc[setup.seed_ids])
     labelled = set(train_ids)
-    pool = set(setup.pool_ids)
+    pool = set(setup.pool_ids)  # never-selected items; review items come back through the queue
     gold_pool = pd.DataFrame({"item_id": setup.seed_ids, "label": setup.y.loc[setup.seed_ids].to_numpy()})
     model = fit(setup, train_ids, train_labels, train)
     start_acc = holdout_accuracy(model, setup)
     strategy = get_strategy("margin").fn
     rng = np.random.default_rng(seed)
-    bought, history = [], []
+    history = []
     for r in range(rounds):
-        size = budget[r] if budget is not None else batch_size
-        resend = [i for i in queue.pending() if i in pool][: size // 3] if qc else []
-        candidates = sorted(pool - set(resend))
+        n_new = budget[r] if budget is not None else batch_size
+        candidates = sorted(pool)
         probas = model.predict_proba(setup.X.loc[candidates])
         utilities = strategy(probas, rng=rng)
-        n_new = max(size - len(resend), 1)  # the same number of selected items per round in every arm
         order = np.argsort(-np.nan_to_num(utilities, nan=-np.inf), kind="stable")[:n_new]
-        picked = [candidates[i] for i in order] + resend
-        items = pd.DataFrame({"item_id": picked, "utility": 0.0})
-        if qc:
-            items = plan_quality_items(items, gold_pool=gold_pool, gold_share=0.1, overlap_share=0.3,
-                                       overlap_annotators=3, seed=seed + r)
-            items.loc[items["item_id"].isin(resend), "annotators_wanted"] = 3  # review items get more eyes
-            queue.mark_sent(resend, f"{arm}-r{r}")
+        picked = [candidates[i] for i in order]
+        items = pd.DataFrame({"item_id": picked, "utility": np.nan_to_num(utilities[order])})
         batch_id = f"{arm}-r{r}"
+        if qc:
+            queue = ReviewQueue(state / "qc" / "review_queue.json")  # re-read: process_import wrote it
+            resend = pd.DataFrame({"item_id": [i for i in queue.pending(max_sends=2) if i not in labelled]})
+            items = plan_quality_items(items, gold_pool=gold_pool, gold_share=0.1, overlap_share=0.3,
+                                       overlap_annotators=3, review_items=resend, seed=seed * 1000 + r)
+            queue.mark_sent(items.loc[items["is_review"], "item_id"], batch_id)
+        pool -= set(picked)
         vendor.export_batch(ExportBatch(batch_id, items.drop(columns=["gold_label"], errors="ignore"), setup.classes, []))
         fetched = vendor.fetch_labels(batch_id)
-        bought.append(int(batch_cost(len(fetched.annotations), 1.0)["labels_bought"]))
+        bought = int(batch_cost(len(fetched.annotations), 1.0)["labels_bought"])
         if qc:
             batch_probas = pd.DataFrame(model.predict_proba(setup.X.loc[items["item_id"]]),
                                         columns=[f"proba_{c}" for c in setup.classes])
@@ -149,20 +154,24 @@ def run_arm(setup: Setup, arm: str, noise: float, *, rounds: int, batch_size: in
         train_ids += new["item_id"].tolist()
         train_labels += new["label"].tolist()
         labelled |= set(new["item_id"])
-        pool -= set(new["item_id"])
-        if qc:  # items waiting for review stay out of the pool's normal ranking until re-sent
-            pool -= set(queue.pending()) - set(resend)
-            pool |= set(queue.pending()) & set(setup.pool_ids)
         model = fit(setup, train_ids, train_labels, train)
         noisy = np.mean(np.asarray(train_labels) != setup.y.loc[train_ids].to_numpy())
-        history.append({"round": r, "labels_bought": bought[-1], "n_train": len(train_ids),
-                        "holdout_accuracy": holdout_accuracy(model, setup), "train_label_error": float(noisy),
-                        "excluded": excluded})
+        history.append({"round": r, "n_new_items": len(picked), "labels_bought": bought,
+                        "n_gold": int(items["is_gold"].sum()) if qc else 0,
+                        "n_review_resent": int(items["is_review"].sum()) if qc else 0,
+                        "n_train": len(train_ids), "holdout_accuracy": holdout_accuracy(model, setup),
+                        "train_label_error": float(noisy), "excluded": excluded})
     final = history[-1]["holdout_accuracy"]
+    bought = [h["labels_bought"] for h in history]
     return {"arm": arm, "noise": noise, "start_accuracy": start_acc, "final_accuracy": final,
-            "labels_bought": int(sum(bought)), "bought_per_round": bought, "n_train": len(train_ids),
+            "labels_bought": int(sum(bought)), "bought_per_round": bought,
+            "new_items": int(sum(h["n_new_items"] for h in history)), "n_train": len(train_ids),
+            "review_pending_at_end": len(ReviewQueue(queue.path).pending()) if qc else 0,
             "train_label_error": history[-1]["train_label_error"],
             "cost_per_point": cost_per_point(float(sum(bought)), final - start_acc), "history": history}
+
+
+ARMS = ("raw", "qc-majority", "qc-dawid-skene")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,51 +181,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--noise", nargs="+", type=float, default=[0.1, 0.2])
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=60)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--batch-size", type=int, default=60, help="new items per round, the same in every arm")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--n-estimators", type=int, default=100, help="XGBoost trees (train default: 200)")
+    parser.add_argument("--same-cost", action="store_true", help="also run raw-same-cost")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_quality.json")
     args = parser.parse_args(argv)
-    train = TrainParams()
+    train = TrainParams(n_estimators=args.n_estimators)
     results = []
-    for name in args.datasets:
-        for seed in args.seeds:
+    started = time.perf_counter()
+    for seed in args.seeds:  # seed-major: an interrupted run still has whole seeds for every cell
+        for name in args.datasets:
             setup = load(name, args.data_dir / f"{name}.parquet", args.label_column, seed)
             for noise in args.noise:
                 with tempfile.TemporaryDirectory() as tmp:
                     work = Path(tmp)
                     t0 = time.perf_counter()
                     runs = {}
-                    for arm in ("raw", "qc-majority", "qc-dawid-skene"):
+                    for arm in ARMS:
                         runs[arm] = run_arm(setup, arm, noise, rounds=args.rounds, batch_size=args.batch_size,
                                             seed=seed, work=work, train=train)
-                    runs["raw-same-cost"] = run_arm(setup, "raw-same-cost", noise, rounds=args.rounds,
-                                                    batch_size=args.batch_size, seed=seed, work=work, train=train,
-                                                    budget=runs["qc-majority"]["bought_per_round"])
+                    if args.same_cost:
+                        runs["raw-same-cost"] = run_arm(
+                            setup, "raw-same-cost", noise, rounds=args.rounds, batch_size=args.batch_size, seed=seed,
+                            work=work, train=train, budget=runs["qc-majority"]["bought_per_round"])
                     for run in runs.values():
                         run.update(dataset=name, seed=seed)
                         results.append(run)
                     print(f"{name} noise={noise:.0%} seed={seed}: " + ", ".join(
                         f"{a} {r['final_accuracy']:.4f} ({r['labels_bought']} labels)" for a, r in runs.items())
                         + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
-    write_json(args.out, {"params": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
-                          "results": results})
-    print()
+                write_json(args.out, {"params": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
+                                      "seconds": time.perf_counter() - started, "results": results})
+    print(f"\nwall time {time.perf_counter() - started:.0f} s\n")
     print(markdown_table(results))
     return 0
 
 
 def markdown_table(results: list[dict]) -> str:
+    """Mean ± std over seeds per cell; Δ = paired (same seed) difference to raw, mean ± std."""
     frame = pd.DataFrame(results)
-    arms = ["raw", "raw-same-cost", "qc-majority", "qc-dawid-skene"]
-    lines = ["| dataset | noise | seed acc. | " + " | ".join(f"{a} acc. (labels, train-label err.)" for a in arms) + " |",
-             "|---|---|---|" + "---|" * len(arms)]
+    arms = [a for a in ("raw", "raw-same-cost", "qc-majority", "qc-dawid-skene") if a in set(frame["arm"])]
+    qc_arms = [a for a in arms if a != "raw"]
+    lines = ["| dataset | noise | seeds | seed acc. | " + " | ".join(f"{a}: acc. (labels, train-label err.)" for a in arms)
+             + " | " + " | ".join(f"Δ {a} − raw" for a in qc_arms) + " |",
+             "|---|---|---|---|" + "---|" * (len(arms) + len(qc_arms))]
     for (name, noise), group in frame.groupby(["dataset", "noise"], sort=False):
-        by_arm = group.groupby("arm")
+        acc = group.pivot(index="seed", columns="arm", values="final_accuracy")
         cells = []
         for arm in arms:
-            g = by_arm.get_group(arm)
-            cells.append(f"{g['final_accuracy'].mean():.4f} ({g['labels_bought'].mean():.0f}, {g['train_label_error'].mean():.1%})")
-        lines.append(f"| {name} | {noise:.0%} | {group['start_accuracy'].mean():.4f} | " + " | ".join(cells) + " |")
+            g = group[group["arm"] == arm]
+            cells.append(f"{g['final_accuracy'].mean():.4f} ± {g['final_accuracy'].std(ddof=1):.4f} "
+                         f"({g['labels_bought'].mean():.0f}, {g['train_label_error'].mean():.1%})")
+        for arm in qc_arms:
+            diff = (acc[arm] - acc["raw"]).dropna()
+            cells.append(f"{diff.mean() * 100:+.2f} ± {diff.std(ddof=1) * 100:.2f} pt")
+        lines.append(f"| {name} | {noise:.0%} | {acc.shape[0]} | {group['start_accuracy'].mean():.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
