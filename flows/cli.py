@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -115,7 +116,7 @@ def init(
     typer.echo(f"workspace ready at {ws.root} (data-v1: {params.dataset.seed_size} seed labels)")
 
 
-def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_lines: bool = True) -> list:
+def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_lines: bool = True, after_cycle=None) -> list:
     from flows.cycle import active_learning_cycle
 
     sections = {k: v for k, v in _section_models(ws, overrides).items()}
@@ -126,7 +127,61 @@ def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_line
         records.append(record)
         if echo_lines:
             typer.echo(f"{record.line()} | {time.perf_counter() - started:4.1f} s")
+        if after_cycle is not None:
+            after_cycle(record)
     return records
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _label_studio_token(url: str) -> None:
+    """Make sure the demo has a Label Studio to talk to.
+
+    With LABEL_STUDIO_API_KEY set, the server at `url` is yours. Otherwise infra/labelstudio.sh installs
+    Label Studio in its own venv (first time only), starts it headless on the URL's port and creates an
+    access token, which is put in this process's environment only (never in params.yaml or a log).
+    """
+    from urllib.parse import urlparse
+
+    from labelloop.vendors.labelstudio import TOKEN_ENV
+
+    if os.environ.get(TOKEN_ENV):
+        return
+    parsed = urlparse(url)
+    script = REPO_ROOT / "infra" / "labelstudio.sh"
+    if parsed.hostname not in ("127.0.0.1", "localhost") or not script.exists():
+        _fail(ValueError(f"set {TOKEN_ENV} to an access token of the Label Studio at {url} "
+                         f"(labelloop starts one itself only on localhost, from a checkout with infra/labelstudio.sh)"))
+    env = dict(os.environ, LS_PORT=str(parsed.port or 8080))
+    typer.echo(f"starting Label Studio on {url} with infra/labelstudio.sh (installs it in .venv-labelstudio the first time)")
+    up = subprocess.run([str(script), "up"], env=env, capture_output=True, text=True)
+    if up.returncode != 0:
+        _fail(RuntimeError(f"infra/labelstudio.sh up failed (exit {up.returncode}):\n{up.stderr[-3000:]}"))
+    token = subprocess.run([str(script), "token"], env=env, capture_output=True, text=True)
+    if token.returncode != 0 or not token.stdout.strip():
+        _fail(RuntimeError(f"infra/labelstudio.sh token failed: {token.stderr[-2000:]}"))
+    os.environ[TOKEN_ENV] = token.stdout.strip()
+
+
+def _label_studio_team(ws, params):
+    """The demo's simulated annotators, working in the real Label Studio between cycles."""
+    from labelloop.io import read_parquet
+    from labelloop.vendors import make_vendor
+    from labelloop.vendors.ls_annotators import LabelStudioAnnotators
+
+    oracle = read_parquet(ws.simulator_dir / "oracle.parquet")
+    vendor = make_vendor(params.export, ws.root)
+    team = LabelStudioAnnotators(vendor.client, oracle.set_index("item_id")["label"], params.export.simulated,
+                                 namespace=vendor.namespace)
+
+    def annotate(_record) -> None:
+        started = time.perf_counter()
+        done = team.work()
+        typer.echo(f"  Label Studio: {params.export.simulated.annotators} simulated annotator(s) submitted {done.answers} "
+                   f"answers in {done.projects} project(s) in {time.perf_counter() - started:.1f} s; the next import takes them")
+
+    return annotate
 
 
 def _section_models(ws, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -142,7 +197,10 @@ def _section_models(ws, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def demo(
     workspace: WorkspaceOption = None,
     cycles: Annotated[int, typer.Option(min=1, help="Active-learning cycles to run.")] = 6,
-    vendor: Annotated[str, typer.Option(help="Annotation vendor: simulated or label-studio (needs LABEL_STUDIO_API_KEY).")] = "simulated",
+    vendor: Annotated[str, typer.Option(help="Annotation vendor: simulated, or label-studio (a real server: yours with "
+                                              "LABEL_STUDIO_API_KEY set, else started by infra/labelstudio.sh; simulated "
+                                              "annotators answer in it between cycles).")] = "simulated",
+    label_studio_url: Annotated[str | None, typer.Option(help="Label Studio URL [default: export.label_studio_url].")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
 ) -> None:
     """A fresh workspace, a seed model, then CYCLES turns of the loop; prints one line per cycle and a learning curve."""
@@ -153,15 +211,22 @@ def demo(
             _fail(ValueError(f"{ws.root} exists and is not a labelloop workspace; choose another --workspace"))
         typer.echo(f"replacing the previous demo workspace at {ws.root}")
         shutil.rmtree(ws.root)
-    from labelloop.config import Params
+    from labelloop.config import ConfigError, Params
     from labelloop.init import init_workspace
 
     started = time.perf_counter()
-    params = Params().with_overrides(export={"vendor": vendor})
+    try:
+        export = {"vendor": vendor} | ({"label_studio_url": label_studio_url} if label_studio_url else {})
+        params = Params().with_overrides(export=export)
+    except ConfigError as error:
+        _fail(error)
+    if vendor == "label-studio":
+        _label_studio_token(params.export.label_studio_url)
     init_workspace(ws.root, params)
     typer.echo(f"workspace {ws.root}: seed set of {params.dataset.seed_size} labels, holdout {params.dataset.holdout_fraction:.0%} "
                f"of the shipped satellite dataset; strategy {params.select.strategy}, batch {params.select.batch_size}")
-    _run_cycles(ws, cycles, {})
+    after_cycle = _label_studio_team(ws, params) if vendor == "label-studio" else None
+    _run_cycles(ws, cycles, {}, after_cycle=after_cycle)
     from labelloop.reports import load_history, plot_learning_curve
 
     png = plot_learning_curve(ws)
@@ -174,6 +239,9 @@ def demo(
     typer.echo(f"  Prefect UI:    PREFECT_HOME={ws.root / '.prefect'} .venv/bin/prefect server start   # then http://127.0.0.1:4200")
     typer.echo(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri} --port 5000   # then http://127.0.0.1:5000")
     typer.echo(f"  data versions: .venv/bin/labelloop data versions --workspace {ws.root}   (or git -C {ws.registry_dir} tag -n1)")
+    if vendor == "label-studio":
+        typer.echo(f"  Label Studio:  {params.export.label_studio_url}   (projects 'labelloop {ws.workspace_id} batch …'; "
+                   f"admin password in .labelstudio/admin-password; stop: infra/labelstudio.sh stop)")
 
 
 @app.command()

@@ -9,6 +9,7 @@ The source is split once, with a fixed seed, into
 
 from __future__ import annotations
 
+import uuid
 from importlib import resources
 from pathlib import Path
 
@@ -104,7 +105,9 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
         oracle = pd.concat([shuffled[[ITEM_ID, "label"]], seed[[ITEM_ID, "label"]]], ignore_index=True)
         write_parquet(workspace.simulator_dir / "oracle.parquet", oracle)
     # The marker last: its presence means a complete workspace.
-    write_json(workspace.ready_marker, {"created_from": str(source_path), "classes": schema.class_names})
+    # The id namespaces this workspace's projects on a shared vendor server (batch ids repeat across workspaces).
+    write_json(workspace.ready_marker, {"created_from": str(source_path), "classes": schema.class_names,
+                                        "workspace_id": uuid.uuid4().hex[:12]})
     return workspace
 
 

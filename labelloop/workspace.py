@@ -73,6 +73,13 @@ class Workspace:
         return self.state_dir / "initialized.json"
 
     @property
+    def workspace_id(self) -> str | None:
+        """Random id written at init; None for a workspace made before ids existed."""
+        if not self.ready_marker.exists():
+            return None
+        return json.loads(self.ready_marker.read_text()).get("workspace_id")
+
+    @property
     def predictions_dir(self) -> Path:
         return self.root / "predictions"
 

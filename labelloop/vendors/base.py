@@ -120,6 +120,8 @@ def make_vendor(params: ExportParams, workspace_root: Path) -> Vendor:
         return FileDropVendor(params.filedrop_url or str(workspace_root / "filedrop"))
     if params.vendor == "label-studio":
         from labelloop.vendors.labelstudio import LabelStudioVendor
+        from labelloop.workspace import Workspace
 
-        return LabelStudioVendor.from_env(params.label_studio_url, workspace_root / "vendor" / "label-studio")
+        return LabelStudioVendor.from_env(params.label_studio_url, workspace_root / "vendor" / "label-studio",
+                                          namespace=Workspace.at(workspace_root).workspace_id)
     raise ValueError(f"unknown vendor {params.vendor!r}; allowed: simulated, filedrop, label-studio")
