@@ -214,6 +214,7 @@ HYBRID_DEFAULTS: dict[str, object] = {
     "explore_fraction": 0.1,
     "explore": "random",  # or "representative": rows nearest k-means centroids of the pool
     "diversity": "cluster",  # or "coreset" or "none" (plain top-k)
+    "min_quota_groups": 0,  # quotas only when the eligible rows span at least this many groups (0: always)
 }
 
 
@@ -285,6 +286,7 @@ def hybrid(
     explore_fraction: float = HYBRID_DEFAULTS["explore_fraction"],  # type: ignore[assignment]
     explore: str = HYBRID_DEFAULTS["explore"],  # type: ignore[assignment]
     diversity: str = HYBRID_DEFAULTS["diversity"],  # type: ignore[assignment]
+    min_quota_groups: int = HYBRID_DEFAULTS["min_quota_groups"],  # type: ignore[assignment]
     top_m_factor: int = TOP_M_FACTOR,
     **_: object,
 ) -> np.ndarray:
@@ -296,7 +298,10 @@ def hybrid(
     - explore (`explore_fraction`): uniform random rows (or pool-representative rows), ignoring utility.
 
     Fractions are normalised to sum to 1. `explore_pool` (bool mask) restricts exploration to rows that
-    are a uniform sample of the pool (the streaming scorer keeps one).
+    are a uniform sample of the pool (the streaming scorer keeps one). With `min_quota_groups` = g > 0
+    the quota share goes to exploitation when the eligible rows span fewer than g groups (with two
+    predicted classes, margin's best rows already sit on the one boundary, so a per-class quota only
+    takes rows farther from it).
     """
     utilities = np.asarray(utilities, dtype=np.float64)
     for name, value in (("exploit_fraction", exploit_fraction), ("quota_fraction", quota_fraction), ("explore_fraction", explore_fraction)):
@@ -311,7 +316,10 @@ def hybrid(
     if size == 0:
         return np.empty(0, dtype=np.int64)
     x = None if features is None else _need_features(features, len(utilities), "hybrid")
-    n_quota = int(round(size * quota_fraction / total)) if groups is not None else 0
+    use_quota = groups is not None and (
+        min_quota_groups <= 0 or len(np.unique(np.asarray(groups)[np.isfinite(utilities)])) >= min_quota_groups
+    )
+    n_quota = int(round(size * quota_fraction / total)) if use_quota else 0
     n_explore = int(round(size * explore_fraction / total))
     n_exploit = max(size - n_quota - n_explore, 0)
     taken = np.zeros(len(utilities), dtype=bool)

@@ -214,3 +214,22 @@ def test_information_density_prefers_dense_rows():
     probas = np.full((len(features), 2), 0.5)
     u = get_strategy("information_density").fn(probas, rng=np.random.default_rng(0), features=features)
     assert u[:300].min() > u[300:].max()
+
+
+def test_hybrid_min_quota_groups_moves_the_quota_share_to_exploitation():
+    rng = np.random.default_rng(0)
+    n = 1000
+    utilities = rng.random(n)
+    features = rng.normal(size=(n, 3))
+    two = (np.arange(n) % 2).astype(np.int64)
+    three = (np.arange(n) % 3).astype(np.int64)
+    fn = get_selector("hybrid").fn
+    kw = dict(rng=np.random.default_rng(1), features=features, explore_fraction=0.0, diversity="none")
+    # Two groups, min 3: no quota, so the batch is the plain top by utility.
+    no_quota = fn(utilities, 50, groups=two, min_quota_groups=3, **kw)
+    top = get_selector("topk").fn(utilities, 50, rng=np.random.default_rng(1))
+    assert set(no_quota.tolist()) == set(top.tolist())
+    # Three groups: the quota applies exactly as with the default (0 = always).
+    a = fn(utilities, 50, groups=three, min_quota_groups=3, **{**kw, "rng": np.random.default_rng(1)})
+    b = fn(utilities, 50, groups=three, **{**kw, "rng": np.random.default_rng(1)})
+    np.testing.assert_array_equal(a, b)
