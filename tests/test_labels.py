@@ -106,4 +106,4 @@ def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(
     assert store.get(second).quality["n_review"] == len(resent)
     import_labels(workspace, qc, vendor)
     assert only_sim1 <= set(store.final_labels(second)["item_id"])  # sim-0's answer settles them
-    assert not only_sim1 & set(queue.__class__(queue.path).pending())
+    assert not only_sim1 & set(ReviewQueue(queue.path).pending())  # resolved once accepted
