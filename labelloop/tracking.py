@@ -3,18 +3,26 @@
 One MLflow run per retrain; the model is registered as a new version with alias `challenger`.
 A retrain is keyed by (data tag, train params): rerunning it returns the version it already made.
 MLflow is imported lazily (it costs seconds), only by the functions that need it.
+
+A tracking server that is down: MLflow retries each HTTP request itself (urllib3, with backoff);
+labelloop bounds those retries (`bound_mlflow_http`) unless the user set them, and turns the error
+MLflow finally raises into one `TrackingUnavailable` naming the tracking URI and the fault. The
+stages stay idempotent, so a rerun once the server answers completes the work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
+import os
 import re
 import time
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,11 +33,74 @@ from labelloop.config import GateParams, TrainParams
 from labelloop.gate import GateDecision, ModelMetrics, decide
 from labelloop.model import LabelloopClassifier
 from labelloop.pipeline import TRUSTED_TYPES
+from labelloop.retry import TransientError
 from labelloop.workspace import Workspace
 
 EXPERIMENT = "labelloop"
 SKOPS_TRUSTED_TYPES = TRUSTED_TYPES
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s per request) keep one call to a dead server
+# retrying for about four minutes; these keep it to seconds. A value the user set is never overridden.
+MLFLOW_HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TrackingUnavailable(TransientError):
+    """The MLflow tracking server is unreachable, answers 5xx or times out (after MLflow's bounded retries)."""
+
+
+def bound_mlflow_http(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set MLflow's HTTP retry/timeout variables to bounded values where the user has not; returns what was set."""
+    environ = os.environ if environ is None else environ
+    applied = {key: value for key, value in MLFLOW_HTTP_BOUNDS.items() if not environ.get(key, "").strip()}
+    environ.update(applied)
+    return applied
+
+
+def _server_fault(error: BaseException) -> str | None:
+    """The short reason when `error` is MLflow giving up on an HTTP request; None for any other error."""
+    message = str(error)
+    if not (message.startswith("API request to ") and " failed with exception " in message):
+        return None
+    status = re.search(r"too many (\d{3}) error responses", message)
+    if status:
+        fault = f"HTTP {status.group(1)}"
+    elif "Connection refused" in message or "NewConnectionError" in message:
+        fault = "connection refused"
+    elif "timed out" in message.lower():
+        fault = f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
+    else:
+        fault = message.split(" failed with exception ", 1)[1][:300]
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    return f"{fault} (MLflow retried each request {retries} times, MLFLOW_HTTP_REQUEST_MAX_RETRIES)"
+
+
+def _tracking_server_faults(what: str) -> Callable[[F], F]:
+    """Decorate a function whose first argument is the workspace: an MLflow HTTP failure becomes one
+    `TrackingUnavailable` naming the tracking URI; every other error passes through unchanged."""
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(workspace: Workspace, *args: Any, **kwargs: Any) -> Any:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return function(workspace, *args, **kwargs)
+            except MlflowException as error:
+                fault = _server_fault(error)
+                if fault is None:
+                    raise
+                raise TrackingUnavailable(f"MLflow tracking server at {workspace.tracking_uri}: {what} failed: {fault}; "
+                                          "rerun the stage once it answers (the rerun completes the same work)") from error
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -42,6 +113,7 @@ class TrainResult:
 
 
 def client(workspace: Workspace):
+    bound_mlflow_http()  # before the first request: MLflow reads these per request
     import mlflow
     from mlflow import MlflowClient
 
@@ -89,6 +161,7 @@ def find_version(workspace: Workspace, model_name: str, data_tag: str, phash: st
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
+@_tracking_server_faults("training a challenger")
 def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
     """Train on the labelled set at the registry's HEAD version; register it as `challenger`."""
     import mlflow
@@ -191,6 +264,7 @@ def _log_plots(workspace: Workspace, evaluation, schema, run_id: str, n_labels: 
         mlflow.log_artifact(str(curve), artifact_path="plots")
 
 
+@_tracking_server_faults("reading an alias")
 def alias_version(workspace: Workspace, model_name: str, alias: str) -> str | None:
     mlflow_client = client(workspace)
     try:
@@ -215,6 +289,7 @@ def model_metrics(workspace: Workspace, model_name: str, version: str) -> ModelM
     )
 
 
+@_tracking_server_faults("evaluating the gate")
 def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> GateDecision:
     """The decision for the current challenger against the current champion (pure once metrics are read)."""
     challenger_version = alias_version(workspace, model_name, CHALLENGER)
@@ -233,6 +308,7 @@ def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> G
     return decide(challenger, champion, rules)
 
 
+@_tracking_server_faults("recording the gate decision")
 def record_decision(workspace: Workspace, model_name: str, decision: GateDecision) -> None:
     """Tags on the challenger's run and model version: decision, every reason, the champion it faced."""
     mlflow_client = client(workspace)
@@ -249,6 +325,7 @@ def record_decision(workspace: Workspace, model_name: str, decision: GateDecisio
     crash_point("gate.after_record")
 
 
+@_tracking_server_faults("moving the champion alias")
 def promote(workspace: Workspace, model_name: str, version: str, reason: str = "") -> str | None:
     """Move `champion` to `version`; the version it leaves keeps `previous-champion`. Idempotent."""
     mlflow_client = client(workspace)
@@ -264,6 +341,7 @@ def promote(workspace: Workspace, model_name: str, version: str, reason: str = "
     return current
 
 
+@_tracking_server_faults("resuming the gate")
 def resume_gate(workspace: Workspace, model_name: str) -> str | None:
     """Finish a gate a crash interrupted: the challenger's recorded decision is `promote` but it is
     not champion. A version demoted by a manual rollback is left alone. Returns the version promoted."""
@@ -277,6 +355,7 @@ def resume_gate(workspace: Workspace, model_name: str) -> str | None:
     return challenger
 
 
+@_tracking_server_faults("looking up the model of this data version")
 def needs_retrain(workspace: Workspace, params: TrainParams, data_tag: str) -> bool:
     """True unless a model for this data version and these params has already been gated."""
     version = find_version(workspace, params.model_name, data_tag, params_hash(params))

@@ -12,6 +12,13 @@ The formats are documented for vendors in docs/vendors.md. Export is idempotent 
 content: nothing is rewritten; same batch id with other content: VendorError). Fetching reads the
 whole labels file each time, so a vendor may append to it or replace it as work progresses; lines
 that cannot be parsed come back with a `parse_error` and end in the import's quarantine.
+
+Hostile files: a labels file above `max_labels_bytes` is refused before it is read; a JSONL line above
+MAX_LINE_BYTES, or one that is not UTF-8 (a latin-1 name), is quarantined with its line number while
+the other lines are kept; a UTF-16/32 file (byte-order mark or NUL bytes) or a CSV that is not UTF-8 is
+one clear error, nothing imported. Storage faults: a drop that cannot be reached or written is one
+`VendorError` naming the path; timeouts and dropped connections (object stores) are retried, bounded,
+by `labelloop.retry`.
 """
 
 from __future__ import annotations
@@ -26,12 +33,26 @@ from typing import Any
 import pandas as pd
 
 from labelloop.io import write_bytes
+from labelloop.retry import with_retries
 from labelloop.vendors.base import json_value as _json_value
-from labelloop.vendors.base import ANNOTATION_COLUMNS, ExportBatch, ExportReceipt, FetchedLabels, Vendor, VendorError, VendorStatus
+from labelloop.vendors.base import (
+    ANNOTATION_COLUMNS,
+    ExportBatch,
+    ExportReceipt,
+    FetchedLabels,
+    Vendor,
+    VendorError,
+    VendorStatus,
+    VendorUnavailable,
+)
 
 FORMAT = "labelloop-filedrop/1"
 LABEL_FIELDS = ("item_id", "annotator_id", "label")
 FETCHED_COLUMNS = [*ANNOTATION_COLUMNS, "line", "parse_error"]
+MAX_LABELS_BYTES = 256 * 2**20  # a labels file larger than this is refused unread (one batch is at most thousands of answers)
+MAX_LINE_BYTES = 64 * 2**10  # one answer is a few hundred bytes; a longer line is quarantined unparsed
+# Byte-order marks of encodings that are not UTF-8 (checked longest first: UTF-32 LE starts like UTF-16 LE).
+FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
 
 
 def _sha256(data: bytes) -> str:
@@ -41,9 +62,12 @@ def _sha256(data: bytes) -> str:
 class FileDropVendor(Vendor):
     name = "filedrop"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_labels_bytes: int = MAX_LABELS_BYTES) -> None:
         import fsspec
 
+        if max_labels_bytes < 1:
+            raise ValueError(f"max_labels_bytes must be positive, got {max_labels_bytes}")
+        self.max_labels_bytes = int(max_labels_bytes)
         self.url = str(url)
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
@@ -54,30 +78,39 @@ class FileDropVendor(Vendor):
             raise VendorError(f"batch id {batch_id!r} cannot name a drop folder")
         return "/".join([self.root.rstrip("/"), batch_id, *parts])
 
+    def _io(self, what: str, operation):
+        """One storage call: timeouts and dropped connections are retried (bounded); any other OSError
+        (no such directory, not a directory, permission denied) is one VendorError at once."""
+
+        def attempt():
+            try:
+                return operation()
+            except (TimeoutError, ConnectionError) as error:
+                raise VendorUnavailable(f"file drop {self.url}: {what} failed: {type(error).__name__}: {error}") from error
+            except OSError as error:
+                raise VendorError(f"file drop {self.url}: {what} failed: {error}") from error
+
+        return with_retries(f"file drop {self.url}: {what}", attempt)
+
     def _exists(self, path: str) -> bool:
-        try:
-            return bool(self.fs.exists(path))
-        except OSError as error:
-            raise VendorError(f"file drop {self.url} is unreachable: {error}") from error
+        return bool(self._io(f"looking for {path}", lambda: self.fs.exists(path)))
 
     def _read(self, path: str) -> bytes:
-        try:
-            return self.fs.cat_file(path)
-        except OSError as error:
-            raise VendorError(f"cannot read {path} from the file drop: {error}") from error
+        return self._io(f"reading {path}", lambda: self.fs.cat_file(path))
+
+    def _size(self, path: str) -> int:
+        return int(self._io(f"sizing {path}", lambda: self.fs.size(path)) or 0)
 
     def _write(self, path: str, data: bytes) -> None:
-        try:
-            if self._local:
-                write_bytes(path, data)  # temp file + rename
-            else:
-                self.fs.pipe_file(path, data)  # object stores replace an object in one put
-        except OSError as error:
-            raise VendorError(f"cannot write {path} to the file drop: {error}") from error
+        # local: temp file + rename; object stores replace an object in one put.
+        self._io(f"writing {path}", lambda: write_bytes(path, data) if self._local else self.fs.pipe_file(path, data))
 
     def _manifest(self, batch_id: str) -> dict[str, Any]:
         path = self._path(batch_id, "manifest.json")
         if not self._exists(path):
+            if not self._exists(self.root):  # the whole drop is missing: say so, not only "never exported"
+                raise VendorError(f"batch {batch_id} was never exported to the file drop {self.url}: its root "
+                                  f"{self.root} does not exist (not mounted, or a wrong export.filedrop_url?)")
             raise VendorError(f"batch {batch_id} was never exported to the file drop {self.url} (no {path})")
         try:
             manifest = json.loads(self._read(path))
@@ -179,7 +212,14 @@ class FileDropVendor(Vendor):
         if found is None:  # nothing returned yet
             return FetchedLabels(batch_id, pd.DataFrame(columns=FETCHED_COLUMNS), b"", "labels.jsonl")
         path, ext = found
+        size = self._size(path)
+        if size > self.max_labels_bytes:  # refused unread: a runaway or hostile file must not fill memory
+            raise VendorError(f"{path} is {size:,} bytes, above the {self.max_labels_bytes:,}-byte limit for a labels "
+                              "file; nothing was imported (split the batch, or raise FileDropVendor.max_labels_bytes)")
         raw = self._read(path)
+        if len(raw) > self.max_labels_bytes:  # it grew between the size check and the read
+            raise VendorError(f"{path} grew to {len(raw):,} bytes while being read, above the "
+                              f"{self.max_labels_bytes:,}-byte limit; nothing was imported")
         annotations, n_rows = (parse_labels_jsonl if ext == "jsonl" else parse_labels_csv)(raw, batch_id)
         self._check_return_manifest(batch_id, manifest, raw, n_rows)
         archive = self._path(batch_id, "archive", f"labels-{_sha256(raw)[:16]}.{ext}")
@@ -215,15 +255,36 @@ def _record(line_no: int, values: dict[str, Any], batch_id: str) -> dict[str, An
     return row
 
 
+def _refuse_foreign_encoding(raw: bytes, name: str, batch_id: str) -> None:
+    """UTF-16/32 text decodes as garbage line by line: refuse the whole file with the reason instead."""
+    for bom, encoding in FOREIGN_BOMS:
+        if raw.startswith(bom):
+            raise VendorError(f"{name} of batch {batch_id} is {encoding} (byte-order mark); save it as UTF-8")
+    if b"\x00" in raw[:4096]:
+        raise VendorError(f"{name} of batch {batch_id} has NUL bytes (UTF-16 or binary?); save it as UTF-8 text")
+
+
 def parse_labels_jsonl(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
-    """One answer per non-empty line; unparseable lines are kept with a `parse_error`."""
+    """One answer per non-empty line; unparseable lines are kept with a `parse_error`.
+
+    Lines are independent records, so one line that is not UTF-8 or is oversized is quarantined alone.
+    """
+    _refuse_foreign_encoding(raw, "labels.jsonl", batch_id)
     rows = []
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise VendorError(f"labels.jsonl of batch {batch_id} is not UTF-8 text: {error}") from error
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line_no, raw_line in enumerate(raw.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+        if not raw_line.strip():
+            continue
+        if len(raw_line) > MAX_LINE_BYTES:
+            rows.append({**dict.fromkeys(ANNOTATION_COLUMNS), "line": line_no,
+                         "parse_error": f"line {line_no}: {len(raw_line):,} bytes, above the {MAX_LINE_BYTES:,}-byte "
+                                        f"limit for one answer: {raw_line[:80]!r}..."})
+            continue
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            rows.append({**dict.fromkeys(ANNOTATION_COLUMNS), "line": line_no,
+                         "parse_error": f"line {line_no}: not UTF-8 text (byte {raw_line[error.start]:#04x} at column "
+                                        f"{error.start + 1}; latin-1?): {raw_line[:200]!r}"})
             continue
         try:
             values = json.loads(line)
@@ -241,10 +302,13 @@ def parse_labels_jsonl(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
 
 def parse_labels_csv(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
     """A header row with at least item_id, annotator_id, label; ragged rows get a `parse_error`."""
+    _refuse_foreign_encoding(raw, "labels.csv", batch_id)
     try:
         text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise VendorError(f"labels.csv of batch {batch_id} is not UTF-8 text: {error}") from error
+    except UnicodeDecodeError as error:  # a quoted CSV field may span lines: the file cannot be split safely
+        line_no = raw[:error.start].count(b"\n") + 1
+        raise VendorError(f"labels.csv of batch {batch_id} is not UTF-8 text (byte {raw[error.start]:#04x} on line "
+                          f"{line_no}; latin-1?); save it as UTF-8 — nothing was imported") from error
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]

@@ -15,6 +15,12 @@ Overlap: Label Studio community edition sets overlap per project, not per task, 
 for overlap on some items is exported with `maximum_annotations = max(annotators_wanted)` for all
 tasks; completion still follows each task's own `annotators_wanted`, and extra answers are returned.
 
+Faults: every request has a timeout (LABELLOOP_HTTP_TIMEOUT_SECONDS, default 30 s) and the SDK's own
+retries are off, so one layer decides: an unreachable server, a 5xx or a timeout makes the whole
+export / fetch (idempotent) run again a bounded number of times with backoff (`labelloop.retry`), then
+fail with one `VendorUnavailable` naming the URL and the fault. A 4xx (bad token, unknown project)
+fails at once.
+
 The access token comes from LABEL_STUDIO_API_KEY (a personal access token; see infra/labelstudio.sh),
 never from params.yaml, and is never logged.
 """
@@ -30,14 +36,26 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from labelloop.io import read_json, write_json
+from labelloop.retry import RetryPolicy, with_retries
 from labelloop.vendors.base import json_value as _json_value
-from labelloop.vendors.base import ANNOTATION_COLUMNS, ExportBatch, ExportReceipt, FetchedLabels, Vendor, VendorError, VendorStatus
+from labelloop.vendors.base import (
+    ANNOTATION_COLUMNS,
+    ExportBatch,
+    ExportReceipt,
+    FetchedLabels,
+    Vendor,
+    VendorError,
+    VendorStatus,
+    VendorUnavailable,
+)
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 FROM_NAME = "label"
 TO_NAME = "item"
 FETCHED_COLUMNS = [*ANNOTATION_COLUMNS, "task_id", "parse_error"]
 IMPORT_CHUNK = 500
+# Statuses worth another attempt: the server is overloaded, restarting or timed out at its proxy.
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def label_config(label_set: list[str]) -> str:
@@ -68,6 +86,20 @@ def _api_errors() -> tuple[type[BaseException], ...]:
     return (ApiError, httpx.HTTPError, OSError)
 
 
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _malformed(item_id: str | None, task_id: int | None, reason: str) -> dict[str, Any]:
+    return {"item_id": item_id, "annotator_id": None, "label": None, "annotation_id": None, "task_id": task_id,
+            "parse_error": reason}
+
+
 class LabelStudioVendor(Vendor):
     name = "label-studio"
 
@@ -79,6 +111,9 @@ class LabelStudioVendor(Vendor):
         self.state_dir = Path(state_dir)
         self._client: Any = None
         self._emails: dict[int, str] = {}
+        self.policy = RetryPolicy.from_env()
+        # The SDK's own retries (5xx only, 1-60 s sleeps) are switched off: labelloop.retry is the one layer.
+        self._options: dict[str, Any] = {"max_retries": 0}
 
     def __repr__(self) -> str:  # never show the token
         return f"LabelStudioVendor(url={self.url!r}, state_dir={str(self.state_dir)!r})"
@@ -94,15 +129,33 @@ class LabelStudioVendor(Vendor):
                 from label_studio_sdk import LabelStudio
             except ImportError as error:
                 raise VendorError("label-studio-sdk is not installed; install labelloop[labelstudio]") from error
-            self._client = LabelStudio(base_url=self.url, api_key=self._api_key)
+            # An explicit timeout: a server that accepts the connection and never answers must not hang the stage.
+            self._client = LabelStudio(base_url=self.url, api_key=self._api_key, timeout=self.policy.timeout_seconds)
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return fn(*args, request_options=self._options, **kwargs)
         except _api_errors() as error:
-            detail = getattr(error, "body", None) or str(error)
-            raise VendorError(f"Label Studio at {self.url}: {what} failed: {str(detail)[:500]}") from error
+            raise self._fault(what, error) from error
+
+    def _fault(self, what: str, error: BaseException) -> VendorError:
+        """One line naming the server and the fault; transient faults as `VendorUnavailable`."""
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
+        if isinstance(error, ApiError):
+            status = int(error.status_code or 0)
+            body = error.body if isinstance(error.body, str) else json.dumps(error.body, default=str) if error.body else ""
+            detail, transient = f"HTTP {status}{': ' + body[:300] if body else ''}", status in TRANSIENT_STATUS
+        elif isinstance(error, httpx.TimeoutException):
+            detail, transient = f"no answer within {self.policy.timeout_seconds:g} s ({type(error).__name__})", True
+        elif isinstance(error, httpx.ConnectError):
+            detail, transient = f"cannot connect ({error})", True
+        else:
+            detail = f"{type(error).__name__}: {error}"
+            transient = isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError))
+        return (VendorUnavailable if transient else VendorError)(f"Label Studio at {self.url}: {what} failed: {detail[:500]}")
 
     # ----------------------------------------------------------------------------------------- state
     def _state_path(self, batch_id: str) -> Path:
@@ -114,14 +167,14 @@ class LabelStudioVendor(Vendor):
         return read_json(self._state_path(batch_id), default=None)
 
     def _find_project(self, title: str) -> Any | None:
-        for project in self._call("listing projects", lambda: list(self.client.projects.list(title=title))):
+        for project in self._call("listing projects", lambda **o: list(self.client.projects.list(title=title, **o))):
             if project.title == title:
                 return project
         return None
 
     def _project_tasks(self, project_id: int) -> dict[str, int]:
         """item_id -> task id of the tasks already in the project."""
-        tasks = self._call("listing tasks", lambda: list(self.client.tasks.list(project=project_id, fields="all")))
+        tasks = self._call("listing tasks", lambda **o: list(self.client.tasks.list(project=project_id, fields="all", **o)))
         mapping: dict[str, int] = {}
         for task in tasks:
             item_id = (task.data or {}).get("item_id")
@@ -158,6 +211,11 @@ class LabelStudioVendor(Vendor):
 
     def export_batch(self, batch: ExportBatch) -> ExportReceipt:
         payloads = self.task_payloads(batch)
+        # The whole export is idempotent (project found by title, only missing tasks imported), so a
+        # retry after a fault halfway through creates nothing twice.
+        return with_retries(f"Label Studio export of batch {batch.batch_id}", lambda: self._export(batch, payloads), self.policy)
+
+    def _export(self, batch: ExportBatch, payloads: list[dict[str, Any]]) -> ExportReceipt:
         wanted = max([p["data"]["annotators_wanted"] for p in payloads] or [1])
         title = project_title(batch.batch_id)
         state = self._state(batch.batch_id) or {}
@@ -211,7 +269,7 @@ class LabelStudioVendor(Vendor):
             return ""
         user_id = int(user)
         if user_id not in self._emails:
-            for known in self._call("listing users", lambda: list(self.client.users.list())):
+            for known in self._call("listing users", lambda **o: list(self.client.users.list(**o))):
                 self._emails[int(known.id)] = str(known.email or known.username or known.id)
         return self._emails.get(user_id, f"user-{user_id}")
 
@@ -220,49 +278,80 @@ class LabelStudioVendor(Vendor):
                             id=project_id, export_type="JSON", download_all_tasks=True)
         try:
             return b"".join(chunks)
-        except _api_errors() as error:
-            raise VendorError(f"Label Studio at {self.url}: downloading the export failed: {error}") from error
+        except _api_errors() as error:  # the download streams: a fault can come while reading the body
+            raise self._fault("downloading the export", error) from error
 
     def parse_export(self, raw: bytes, state: dict[str, Any]) -> tuple[pd.DataFrame, int, int]:
-        """(answers of completed tasks, n tasks, n completed) from a JSON export."""
+        """(answers of completed tasks, n tasks, n completed) from a JSON export.
+
+        A payload that is not a JSON list is one `VendorError`; inside it, a task or annotation of the
+        wrong shape becomes a row with a `parse_error` (quarantined by the import), never a crash.
+        """
         try:
             tasks = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise VendorError(f"Label Studio returned an export that is not JSON: {error}") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise VendorError(f"Label Studio at {self.url} returned an export that is not JSON: {error}") from error
         if not isinstance(tasks, list):
-            raise VendorError("Label Studio export is not a list of tasks")
+            raise VendorError(f"Label Studio at {self.url} returned an export that is not a list of tasks "
+                              f"(got {type(tasks).__name__})")
         wanted_by_item = state.get("annotators_wanted", {})
         rows: list[dict[str, Any]] = []
         n_complete = 0
-        for task in tasks:
-            data = task.get("data") or {}
+        for position, task in enumerate(tasks):
+            if not isinstance(task, dict):
+                rows.append(_malformed(None, None, f"task #{position} is a {type(task).__name__}, not an object"))
+                continue
+            task_id = _as_int(task.get("id"))
+            data = task.get("data") if isinstance(task.get("data"), dict) else {}
             item_id = data.get("item_id")
+            if isinstance(item_id, (dict, list)):
+                rows.append(_malformed(None, task_id, f"task {task_id}: item_id is a {type(item_id).__name__}"))
+                continue
             item_id = None if item_id is None else str(item_id)
-            answers = []
-            for annotation in task.get("annotations") or []:
-                if annotation.get("was_cancelled"):
-                    continue  # skipped by the annotator: no answer
-                choices = [r.get("value", {}).get("choices") for r in annotation.get("result") or []
-                           if r.get("from_name") == FROM_NAME and r.get("type") == "choices"]
-                choices = [c for c in choices if c]
-                label, error = None, None
-                if not choices:
-                    error = f"annotation {annotation.get('id')} has no choice for '{FROM_NAME}'"
-                elif len(choices) > 1 or len(choices[0]) != 1:
-                    error = f"annotation {annotation.get('id')} has {sum(len(c) for c in choices)} choices, expected one"
-                else:
-                    label = str(choices[0][0])
-                answers.append({"item_id": item_id, "annotator_id": self._annotator(annotation.get("completed_by")),
-                                "label": label, "annotation_id": str(annotation.get("id")),
-                                "task_id": int(task["id"]), "parse_error": error})
-            wanted = int(wanted_by_item.get(item_id, data.get("annotators_wanted") or 1))
-            if len({a["annotator_id"] for a in answers}) >= wanted:
+            annotations = task.get("annotations") or []
+            if not isinstance(annotations, list):
+                rows.append(_malformed(item_id, task_id, f"task {task_id}: annotations is a {type(annotations).__name__}, not a list"))
+                continue
+            answers = [self._answer(annotation, item_id, task_id) for annotation in annotations
+                       if not (isinstance(annotation, dict) and annotation.get("was_cancelled"))]  # skipped: no answer
+            wanted = _as_int(wanted_by_item.get(item_id, data.get("annotators_wanted"))) or 1
+            if len({a["annotator_id"] for a in answers}) >= wanted:  # unfinished tasks wait for a later import
                 n_complete += 1
                 rows.extend(answers)
         return pd.DataFrame(rows, columns=FETCHED_COLUMNS), len(tasks), n_complete
 
+    def _answer(self, annotation: Any, item_id: str | None, task_id: int | None) -> dict[str, Any]:
+        """One annotation as an answer row; a malformed one carries its `parse_error`."""
+        if not isinstance(annotation, dict):
+            return _malformed(item_id, task_id, f"task {task_id}: an annotation is a {type(annotation).__name__}, not an object")
+        annotation_id = str(annotation.get("id"))
+        user = annotation.get("completed_by")
+        if not (user is None or isinstance(user, dict) or _as_int(user) is not None):
+            return _malformed(item_id, task_id, f"annotation {annotation_id}: completed_by {str(user)[:80]!r} is not a user")
+        results = annotation.get("result") or []
+        if not isinstance(results, list):
+            return _malformed(item_id, task_id, f"annotation {annotation_id}: result is a {type(results).__name__}, not a list")
+        choices = [r["value"].get("choices") for r in results
+                   if isinstance(r, dict) and r.get("from_name") == FROM_NAME and r.get("type") == "choices"
+                   and isinstance(r.get("value"), dict)]
+        choices = [c for c in choices if c]
+        label, error = None, None
+        if not choices:
+            error = f"annotation {annotation_id} has no choice for '{FROM_NAME}'"
+        elif len(choices) > 1 or not isinstance(choices[0], list) or len(choices[0]) != 1:
+            error = f"annotation {annotation_id} has {sum(len(c) if isinstance(c, list) else 1 for c in choices)} choices, expected one"
+        elif not isinstance(choices[0][0], str):
+            error = f"annotation {annotation_id}: the choice is a {type(choices[0][0]).__name__}, not a label"
+        else:
+            label = choices[0][0]
+        return {"item_id": item_id, "annotator_id": self._annotator(user), "label": label,
+                "annotation_id": annotation_id, "task_id": task_id, "parse_error": error}
+
     def fetch_labels(self, batch_id: str) -> FetchedLabels:
         state = self._require_state(batch_id)
+        return with_retries(f"Label Studio fetch of batch {batch_id}", lambda: self._fetch(batch_id, state), self.policy)
+
+    def _fetch(self, batch_id: str, state: dict[str, Any]) -> FetchedLabels:
         raw = self._download(int(state["project_id"]))
         annotations, _, _ = self.parse_export(raw, state)
         return FetchedLabels(batch_id, annotations, raw, "labelstudio-export.json")
@@ -271,5 +360,6 @@ class LabelStudioVendor(Vendor):
         state = self._state(batch_id)
         if not state or "project_id" not in state:
             return VendorStatus(batch_id, 0, 0)
-        _, n_tasks, n_complete = self.parse_export(self._download(int(state["project_id"])), state)
+        _, n_tasks, n_complete = with_retries(f"Label Studio status of batch {batch_id}",
+                                              lambda: self.parse_export(self._download(int(state["project_id"])), state), self.policy)
         return VendorStatus(batch_id, n_tasks, n_complete, extra={"project_id": state["project_id"], "url": self.url})
