@@ -14,6 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from labelloop.config import TrainParams
 from labelloop.simulate import SimulationConfig, run_simulation
 
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--metric", default="accuracy")
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--n-jobs", type=int, default=None,
+                        help="XGBoost threads (default: train's). On a loaded machine 1 is far faster: "
+                             "two OpenMP threads that get descheduled spin-wait on each other")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=key:value,...",
                         help="register NAME as a hybrid-selector preset with these selector params (repeatable)")
     args = parser.parse_args(argv)
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed_size=args.seed_size, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
         test_size=args.test_size, metric=args.metric, out=args.out, log_mlflow=not args.no_mlflow,
         selector_params=selector_params,
+        train_params=None if args.n_jobs is None else TrainParams(n_jobs=args.n_jobs),
     ))
     print(f"\n{args.data}: full-pool {summary['metric']} {summary['full_pool_value']:.4f}, target {summary['target']:.4f}, budget {summary['budget']} labels")
     print(f"{'strategy':<24}{'labels→target':>14}{'per repeat':>22}{'savings %':>11}{'AULC':>8}{'final':>8}{'min.recall':>11}{'select s':>10}")
