@@ -252,10 +252,21 @@ def cycle(
     verbose: bool = False,
 ) -> None:
     """Run the full `active_learning_cycle` flow on a workspace."""
+    from labelloop.lock import workspace_lock
+    from labelloop.workspace import WorkspaceError
+
     ws = _workspace(workspace)
     _quiet_environment(ws.root, verbose)
     overrides = parse_overrides(set_)
-    _run_cycles(ws, cycles, overrides)
+    try:
+        ws.require()
+        # Taken before Prefect's temporary server starts, and held for every cycle: a second
+        # `labelloop cycle` on this workspace exits at once instead of starting a second server on the
+        # same Prefect database. The flow still takes its own lock (deployments, runs from the UI).
+        with workspace_lock(ws, name="cycle-command"):
+            _run_cycles(ws, cycles, overrides)
+    except (WorkspaceError, RuntimeError, ValueError, OSError) as error:  # busy, vendor/remote/server down: one line
+        _fail(error)
 
 
 def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, verbose: bool, section: str | None):
@@ -428,6 +439,15 @@ def status(workspace: WorkspaceOption = None) -> None:
     typer.echo(f"pool: {len(load_pool(ws))} candidates")
     for meta in BatchStore(ws).list():
         typer.echo(f"  {meta.batch_id}: {meta.status}, {meta.n_items} items, {meta.strategy}, labelled {meta.n_labelled}, in {meta.versioned_in}")
+    from labelloop import stopping
+    from labelloop.reports import load_history
+
+    history = load_history(ws)
+    if len(history) > 1:
+        report = stopping.evaluate_history(ws, history, params.gate)  # with the rules as params.yaml says now
+        fired = "; ".join(report.reasons) if report.stop else "none fired"
+        typer.echo(f"stop rules after cycle {history[-1].cycle}: {fired}"
+                   + (" (gate.stop.halt: the next cycle buys no labels)" if report.stop and params.gate.stop.halt else ""))
 
 
 @data_app.command("versions")

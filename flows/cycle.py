@@ -16,7 +16,7 @@ from flows.stages import (
     select_flow,
     train_flow,
 )
-from labelloop import tracking
+from labelloop import stopping, tracking
 from labelloop.config import (
     CaptureParams,
     ExportParams,
@@ -28,6 +28,7 @@ from labelloop.config import (
 )
 from labelloop.lock import workspace_lock
 from labelloop.reports import CycleRecord, append_history, load_history
+from tasks.stop import evaluate_stop_rules
 
 
 @flow(name="active_learning_cycle")
@@ -68,13 +69,20 @@ def active_learning_cycle(
                 logger.warning(f"finished an interrupted gate: version {resumed} is champion as its recorded decision says")
         production_flow(root, p.production)
         capture_flow(root, p.capture)
-        batch_id = select_flow(root, p.select)
-        export_flow(root, p.export)
+        halt = stopping.halted(ws, p.gate)
+        batch_id = None
+        if halt is None:
+            batch_id = select_flow(root, p.select)
+            export_flow(root, p.export)
+        else:  # labels already bought are still imported, versioned and trained on below
+            logger.warning(f"stop rules fired ({'; '.join(halt.reasons)}) and gate.stop.halt is true: "
+                           "nothing selected or exported this cycle; change gate.stop to resume")
         import_flow(root, p.import_)
         version = dataset_flow(root)
         decision_label = "no-new-data"
+        trained_version = None
         if version.created or tracking.needs_retrain(ws, p.train, version.tag):
-            train_flow(root, p.train)
+            trained_version = train_flow(root, p.train).version
             decision_label = gate_flow(root, p.gate).label
         champion = tracking.alias_version(ws, model_name, tracking.CHAMPION)
         metrics = tracking.model_metrics(ws, model_name, champion).metrics if champion else {}
@@ -83,6 +91,7 @@ def active_learning_cycle(
             champion_accuracy=metrics.get("accuracy"), champion_macro_f1=metrics.get("macro_f1"),
             decision=decision_label, batch_id=batch_id, new_labels=version.n_new,
         )
+        record = evaluate_stop_rules(root, record, p.gate, model_name, trained_version)
         append_history(ws, record)
         logger.info(record.line())
         return record

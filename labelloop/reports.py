@@ -94,12 +94,15 @@ class CycleRecord:
     batch_id: str | None
     new_labels: int
     cost: float = 0.0
+    primary_metric: float | None = None  # the champion's gate.primary_metric, what the stop rules watch
+    stop: dict | None = None  # the stop rules' report after this cycle (StopReport.to_dict())
 
     def line(self) -> str:
         acc = "-" if self.champion_accuracy is None else f"{self.champion_accuracy:.4f}"
         f1 = "-" if self.champion_macro_f1 is None else f"{self.champion_macro_f1:.4f}"
         return (f"cycle {self.cycle:>2} | labels {self.labels:>5} | champion v{self.champion_version} "
-                f"acc {acc} macro-F1 {f1} | gate {self.decision:<8} | data {self.data_tag}")
+                f"acc {acc} macro-F1 {f1} | gate {self.decision:<8} | data {self.data_tag}"
+                + (f" | stop: {'; '.join(self.stop['reasons'])}" if self.stop and self.stop.get("stop") else ""))
 
 
 def history_path(workspace: Workspace) -> Path:

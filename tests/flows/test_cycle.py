@@ -119,3 +119,23 @@ def test_lineage_of_the_champion_traces_data_batches_params_and_gate(two_cycles)
         assert batch["annotator_agreement"] == 1.0
     with pytest.raises(ValueError, match="no version with alias"):
         lineage(ws, name, "no-such-alias")
+
+
+def test_every_cycle_reports_its_stop_rules_and_a_halted_cycle_buys_nothing(two_cycles):
+    from flows.cycle import active_learning_cycle
+    from labelloop import stopping
+    from labelloop.config import GateParams, StopParams
+
+    ws, records, _ = two_cycles
+    for record in load_history(ws)[1:]:
+        assert set(record.stop["rules"]) == {"label_budget", "target_metric", "plateau", "stable_predictions"}
+        assert record.primary_metric == record.champion_accuracy  # gate.primary_metric is accuracy
+        assert stopping.predictions_path(ws, record.cycle).exists()  # each cycle trained a model
+    stop_set = stopping.stop_set(ws, ws.params().gate.stop.stop_set_size)
+    assert len(stop_set) == min(1000, 400) and stop_set.prediction_id.is_unique  # drawn from cycle 1's 400 logged rows
+
+    batches_before = len(BatchStore(ws).list())
+    halted = active_learning_cycle(str(ws.root), gate=GateParams(stop=StopParams(label_budget=100, halt=True)))
+    assert halted.batch_id is None and len(BatchStore(ws).list()) == batches_before
+    assert halted.stop["stop"] and "label budget reached" in halted.stop["reasons"][0]
+    assert halted.decision == "no-new-data"
