@@ -152,12 +152,31 @@ class TrainParams(Section):
     random_state: int = Field(0, ge=0)
 
 
+class StopParams(Section):
+    """Stop rules, evaluated after every cycle and reported with it (labelloop/stop_rules.py)."""
+
+    label_budget: int | None = Field(None, gt=0, description="Stop once the labelled set has this many labels (null = off).")
+    target_metric: float | None = Field(None, description="Stop once the champion's gate.primary_metric reaches this (null = off).")
+    plateau_gain_per_100: float | None = Field(
+        0.002, ge=0, description="Plateau: gain of the primary metric per 100 labels below this over the last plateau_cycles cycles (null = off)."
+    )
+    plateau_cycles: int = Field(3, ge=1)
+    stable_agreement: float | None = Field(
+        0.99, gt=0, le=1, description="Stabilising predictions: consecutive models agree on this share of the stop set (null = off)."
+    )
+    stable_cycles: int = Field(2, ge=1)
+    stop_set_size: int = Field(1000, gt=0, description="Unlabelled rows drawn once from the prediction log to compare models on.")
+    halt: bool = Field(False, description="true: once a rule fires, cycles stop selecting and exporting (no labels bought) "
+                                          "until the rules change; false: report only.")
+
+
 class GateParams(Section):
     primary_metric: Literal["accuracy", "macro_f1", "neg_log_loss"] = "accuracy"
     min_delta: float = Field(0.0, description="Challenger must beat champion by at least this on the primary metric.")
     min_new_labels: int = Field(0, ge=0, description="Refuse a challenger trained on fewer new labels than this.")
     max_class_recall_drop: float = Field(1.0, ge=0, le=1, description="Guardrail: largest per-class recall drop allowed.")
     max_ece_increase: float = Field(1.0, ge=0, description="Guardrail: largest calibration-error increase allowed.")
+    stop: StopParams = StopParams()
 
 
 SECTION_MODELS: dict[str, type[Section]] = {

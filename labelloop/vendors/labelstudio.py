@@ -75,8 +75,9 @@ def label_config(label_set: list[str]) -> str:
     )
 
 
-def project_title(batch_id: str) -> str:
-    return f"labelloop batch {batch_id}"
+def project_title(batch_id: str, namespace: str | None = None) -> str:
+    """The project's title is its idempotency key; the workspace id keeps two workspaces' batches apart."""
+    return f"labelloop {namespace} batch {batch_id}" if namespace else f"labelloop batch {batch_id}"
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:
@@ -103,12 +104,13 @@ def _malformed(item_id: str | None, task_id: int | None, reason: str) -> dict[st
 class LabelStudioVendor(Vendor):
     name = "label-studio"
 
-    def __init__(self, url: str, api_key: str, state_dir: Path) -> None:
+    def __init__(self, url: str, api_key: str, state_dir: Path, namespace: str | None = None) -> None:
         if not api_key:
             raise VendorError(f"no Label Studio access token; set {TOKEN_ENV} (infra/labelstudio.sh token prints one)")
         self.url = url.rstrip("/")
         self._api_key = api_key
         self.state_dir = Path(state_dir)
+        self.namespace = namespace
         self._client: Any = None
         self._emails: dict[int, str] = {}
         self.policy = RetryPolicy.from_env()
@@ -119,8 +121,8 @@ class LabelStudioVendor(Vendor):
         return f"LabelStudioVendor(url={self.url!r}, state_dir={str(self.state_dir)!r})"
 
     @classmethod
-    def from_env(cls, url: str, state_dir: Path) -> LabelStudioVendor:
-        return cls(url, os.environ.get(TOKEN_ENV, ""), state_dir)
+    def from_env(cls, url: str, state_dir: Path, namespace: str | None = None) -> LabelStudioVendor:
+        return cls(url, os.environ.get(TOKEN_ENV, ""), state_dir, namespace)
 
     @property
     def client(self) -> Any:
@@ -217,7 +219,7 @@ class LabelStudioVendor(Vendor):
 
     def _export(self, batch: ExportBatch, payloads: list[dict[str, Any]]) -> ExportReceipt:
         wanted = max([p["data"]["annotators_wanted"] for p in payloads] or [1])
-        title = project_title(batch.batch_id)
+        title = project_title(batch.batch_id, self.namespace)
         state = self._state(batch.batch_id) or {}
         project = None
         if state.get("project_id") is not None:
