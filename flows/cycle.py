@@ -27,7 +27,7 @@ from labelloop.config import (
     TrainParams,
 )
 from labelloop.lock import workspace_lock
-from labelloop.reports import CycleRecord, append_history, load_history
+from labelloop.reports import CycleRecord, append_history, label_spend, load_history
 from tasks.stop import evaluate_stop_rules
 
 
@@ -86,10 +86,11 @@ def active_learning_cycle(
             decision_label = gate_flow(root, p.gate).label
         champion = tracking.alias_version(ws, model_name, tracking.CHAMPION)
         metrics = tracking.model_metrics(ws, model_name, champion).metrics if champion else {}
+        cost, cost_per_point = label_spend(ws, metrics.get("accuracy"))
         record = CycleRecord(
             cycle=max([r.cycle for r in load_history(ws)], default=0) + 1, labels=version.n_rows, data_tag=version.tag, champion_version=champion,
             champion_accuracy=metrics.get("accuracy"), champion_macro_f1=metrics.get("macro_f1"),
-            decision=decision_label, batch_id=batch_id, new_labels=version.n_new,
+            decision=decision_label, batch_id=batch_id, new_labels=version.n_new, cost=cost, cost_per_point=cost_per_point,
         )
         record = evaluate_stop_rules(root, record, p.gate, model_name, trained_version)
         append_history(ws, record)

@@ -93,7 +93,8 @@ class CycleRecord:
     decision: str
     batch_id: str | None
     new_labels: int
-    cost: float = 0.0
+    cost: float = 0.0  # spent on labels so far (every batch's labels_bought x export.price_per_label)
+    cost_per_point: float | None = None  # cost per percentage point of holdout accuracy gained since the seed model
     primary_metric: float | None = None  # the champion's gate.primary_metric, what the stop rules watch
     stop: dict | None = None  # the stop rules' report after this cycle (StopReport.to_dict())
 
@@ -102,7 +103,21 @@ class CycleRecord:
         f1 = "-" if self.champion_macro_f1 is None else f"{self.champion_macro_f1:.4f}"
         return (f"cycle {self.cycle:>2} | labels {self.labels:>5} | champion v{self.champion_version} "
                 f"acc {acc} macro-F1 {f1} | gate {self.decision:<8} | data {self.data_tag}"
+                + (f" | cost {self.cost:.2f}" + (f" ({self.cost_per_point:.2f}/pt)" if self.cost_per_point is not None else "")
+                   if self.cost else "")
                 + (f" | stop: {'; '.join(self.stop['reasons'])}" if self.stop and self.stop.get("stop") else ""))
+
+
+def label_spend(workspace: Workspace, champion_accuracy: float | None) -> tuple[float, float | None]:
+    """(total cost of labels bought so far, cost per percentage point of holdout accuracy gained since
+    the seed model); the second is None without a gain to divide by."""
+    from labelloop.batches import BatchStore
+
+    total = float(sum(meta.cost for meta in BatchStore(workspace).list()))
+    seed = next((r.champion_accuracy for r in load_history(workspace) if r.champion_accuracy is not None), None)
+    if champion_accuracy is None or seed is None or champion_accuracy <= seed:
+        return total, None
+    return total, total / ((champion_accuracy - seed) * 100.0)
 
 
 def history_path(workspace: Workspace) -> Path:
