@@ -2,12 +2,12 @@ from prefect import task
 
 from labelloop import batches
 from labelloop.config import ExportParams
-from labelloop.vendors import make_vendor
 from labelloop.workspace import Workspace
+from tasks.vendor import workspace_vendor
 
 
 @task(name="export-batches", retries=3, retry_delay_seconds=[2, 10, 30])
 def export_batches(workspace: str, params: ExportParams) -> list[str]:
     """Send selected batches to the vendor (idempotent per batch id, so a retry is safe)."""
     ws = Workspace.at(workspace)
-    return batches.export_batches(ws, params, make_vendor(params, ws.root))
+    return batches.export_batches(ws, params, workspace_vendor(ws, params))

@@ -2,12 +2,12 @@ from prefect import task
 
 from labelloop import labels
 from labelloop.config import ExportParams, ImportParams
-from labelloop.vendors import make_vendor
 from labelloop.workspace import Workspace
+from tasks.vendor import workspace_vendor
 
 
 @task(name="import-labels", retries=3, retry_delay_seconds=[2, 10, 30])
 def import_labels(workspace: str, params: ImportParams, export: ExportParams) -> list[labels.ImportReport]:
     """Fetch, archive, validate and aggregate the vendor's answers (a rerun recomputes the same labels)."""
     ws = Workspace.at(workspace)
-    return labels.import_labels(ws, params, make_vendor(export, ws.root))
+    return labels.import_labels(ws, params, workspace_vendor(ws, export))

@@ -108,8 +108,12 @@ class Vendor(abc.ABC):
     def status(self, batch_id: str) -> VendorStatus: ...
 
 
-def make_vendor(params: ExportParams, workspace_root: Path) -> Vendor:
-    """The vendor named by `export.vendor`, configured for one workspace."""
+def make_vendor(params: ExportParams, workspace_root: Path, api_key: str | None = None) -> Vendor:
+    """The vendor named by `export.vendor`, configured for one workspace.
+
+    `api_key` is the Label Studio token when the caller found one (tasks/vendor.py reads a Prefect
+    Secret block); without it the vendor reads LABEL_STUDIO_API_KEY from the environment.
+    """
     if params.vendor == "simulated":
         from labelloop.vendors.simulated import SimulatedVendor
 
@@ -122,6 +126,8 @@ def make_vendor(params: ExportParams, workspace_root: Path) -> Vendor:
         from labelloop.vendors.labelstudio import LabelStudioVendor
         from labelloop.workspace import Workspace
 
-        return LabelStudioVendor.from_env(params.label_studio_url, workspace_root / "vendor" / "label-studio",
-                                          namespace=Workspace.at(workspace_root).workspace_id)
+        state_dir, namespace = workspace_root / "vendor" / "label-studio", Workspace.at(workspace_root).workspace_id
+        if api_key:
+            return LabelStudioVendor(params.label_studio_url, api_key, state_dir, namespace)
+        return LabelStudioVendor.from_env(params.label_studio_url, state_dir, namespace=namespace)
     raise ValueError(f"unknown vendor {params.vendor!r}; allowed: simulated, filedrop, label-studio")
