@@ -49,6 +49,8 @@ def _quiet_environment(workspace_root: Path, verbose: bool = False) -> None:
         os.environ.setdefault(key, value)
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_HOME", str(workspace_root / ".prefect"))
+        # Prefect's 20 s default for its temporary server to answer is too tight on a busy 2-core machine.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -77,15 +77,16 @@ def with_retries(what: str, operation: Callable[[], T], policy: RetryPolicy | No
     """
     policy = policy or RetryPolicy.from_env()
     started = time.monotonic()
-    for attempt in range(1, policy.attempts + 1):
+    attempt = 1
+    while True:
         try:
             return operation()
         except TransientError as error:
-            if attempt == policy.attempts:
+            if attempt >= policy.attempts:
                 elapsed = time.monotonic() - started
                 raise type(error)(f"{error} (gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
                                   f"in {elapsed:.1f} s)") from error
             delay = policy.delay(attempt)
             logger.warning("%s: %s; retry %d of %d in %.1f s", what, error, attempt, policy.attempts - 1, delay)
             time.sleep(delay)
-    raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+            attempt += 1
