@@ -150,7 +150,8 @@ start_prefect() {
 
 start_mlflow() {
   ensure_db "$MLFLOW_DB"
-  start_bg mlflow "$PYTHON_BIN/mlflow" server --backend-store-uri "$MLFLOW_DB_URL" \
+  # The store URI (it may hold PGPASSWORD) goes through the environment, not argv: `ps` shows argv.
+  MLFLOW_BACKEND_STORE_URI="$MLFLOW_DB_URL" start_bg mlflow "$PYTHON_BIN/mlflow" server \
     --artifacts-destination "$ARTIFACTS_DIR" --host "$STACK_HOST" --port "$MLFLOW_PORT" --workers 1
 }
 
