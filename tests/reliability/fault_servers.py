@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -91,3 +91,63 @@ def fault_server(mode: str, *, failures: int = 0, status: int = 503, body: bytes
         server.shutdown()
         server.server_close()
 
+
+
+@contextmanager
+def lossy_proxy(upstream: str, lose: Callable[[str, str], bool]) -> Iterator[FaultServer]:
+    """A forwarding proxy to `upstream` that, for a request where `lose(method, path)` is true (once),
+    forwards it — the server does the work — and then answers 503 instead of the real answer: the
+    client cannot tell whether its write happened, the worst case for a retry."""
+    import http.client
+    from urllib.parse import urlparse
+
+    target = urlparse(upstream)
+    seen: list[str] = []
+    lost: list[str] = []
+    lock = threading.Lock()
+    hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in hop_by_hop | {"host"}}
+            upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+            try:
+                upstream_conn.request(self.command, self.path, body=body, headers=headers)
+                response = upstream_conn.getresponse()
+                payload = response.read()
+            finally:
+                upstream_conn.close()
+            with lock:
+                seen.append(f"{self.command} {self.path}")
+                drop = not lost and lose(self.command, self.path)
+                if drop:
+                    lost.append(f"{self.command} {self.path}")
+            if drop:
+                payload, status, kept = b'{"detail": "injected: answer lost after the work was done"}', 503, []
+            else:
+                status = response.status
+                kept = [(k, v) for k, v in response.getheaders() if k.lower() not in hop_by_hop]
+            self.send_response(status)
+            for key, value in kept:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield FaultServer(f"http://127.0.0.1:{server.server_address[1]}", seen)
+    finally:
+        server.shutdown()
+        server.server_close()
