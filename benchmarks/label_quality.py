@@ -185,10 +185,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--n-estimators", type=int, default=100, help="XGBoost trees (train default: 200)")
     parser.add_argument("--same-cost", action="store_true", help="also run raw-same-cost")
+    parser.add_argument("--same-cost-from", type=Path, default=None,
+                        help="run only raw-same-cost, with qc-majority's labels per round read from this results file")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_quality.json")
+    parser.add_argument("--table", type=Path, nargs="+", default=None,
+                        help="print the markdown table of these results files (merged) and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table([r for f in args.table for r in json.loads(f.read_text())["results"]]))
+        return 0
     train = TrainParams(n_estimators=args.n_estimators)
     results = []
+    budgets = {}
+    if args.same_cost_from is not None:
+        earlier = json.loads(args.same_cost_from.read_text())["results"]
+        budgets = {(r["dataset"], r["noise"], r["seed"]): r["bought_per_round"] for r in earlier if r["arm"] == "qc-majority"}
     started = time.perf_counter()
     for seed in args.seeds:  # seed-major: an interrupted run still has whole seeds for every cell
         for name in args.datasets:
@@ -198,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                     work = Path(tmp)
                     t0 = time.perf_counter()
                     runs = {}
-                    for arm in ARMS:
+                    if budgets:
+                        runs["raw-same-cost"] = run_arm(
+                            setup, "raw-same-cost", noise, rounds=args.rounds, batch_size=args.batch_size, seed=seed,
+                            work=work, train=train, budget=budgets[(name, noise, seed)])
+                    for arm in ARMS if not budgets else ():
                         runs[arm] = run_arm(setup, arm, noise, rounds=args.rounds, batch_size=args.batch_size,
                                             seed=seed, work=work, train=train)
                     if args.same_cost:
@@ -232,8 +247,11 @@ def markdown_table(results: list[dict]) -> str:
         for arm in arms:
             g = group[group["arm"] == arm]
             cells.append(f"{g['final_accuracy'].mean():.4f} ± {g['final_accuracy'].std(ddof=1):.4f} "
-                         f"({g['labels_bought'].mean():.0f}, {g['train_label_error'].mean():.1%})")
+                         f"({g['labels_bought'].mean():.0f}, {g['train_label_error'].mean():.1%})" if len(g) else "—")
         for arm in qc_arms:
+            if arm not in acc.columns or "raw" not in acc.columns:
+                cells.append("—")
+                continue
             diff = (acc[arm] - acc["raw"]).dropna()
             cells.append(f"{diff.mean() * 100:+.2f} ± {diff.std(ddof=1) * 100:.2f} pt")
         lines.append(f"| {name} | {noise:.0%} | {acc.shape[0]} | {group['start_accuracy'].mean():.4f} | " + " | ".join(cells) + " |")
