@@ -203,6 +203,7 @@ def demo(
                                               "LABEL_STUDIO_API_KEY set, else started by infra/labelstudio.sh; simulated "
                                               "annotators answer in it between cycles).")] = "simulated",
     label_studio_url: Annotated[str | None, typer.Option(help="Label Studio URL [default: export.label_studio_url].")] = None,
+    set_: SetOption = None,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
 ) -> None:
     """A fresh workspace, a seed model, then CYCLES turns of the loop; prints one line per cycle and a learning curve."""
@@ -218,8 +219,9 @@ def demo(
 
     started = time.perf_counter()
     try:
-        export = {"vendor": vendor} | ({"label_studio_url": label_studio_url} if label_studio_url else {})
-        params = Params().with_overrides(export=export)
+        overrides = parse_overrides(set_)
+        export = overrides.pop("export", {}) | {"vendor": vendor} | ({"label_studio_url": label_studio_url} if label_studio_url else {})
+        params = Params().with_overrides(export=export, **overrides)
     except ConfigError as error:
         _fail(error)
     if vendor == "label-studio":

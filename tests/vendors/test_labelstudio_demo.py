@@ -29,8 +29,9 @@ def test_label_set_is_read_back_from_the_generated_config():
 def test_demo_runs_against_label_studio_with_simulated_annotators(label_studio, prefect_api, tmp_path, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, label_studio.token)
     root = tmp_path / "demo"
+    small = ["production.rows_per_cycle=300", "select.batch_size=30", "train.n_estimators=30", "train.max_depth=4"]
     result = CliRunner().invoke(app, ["demo", "--vendor", "label-studio", "--cycles", "2", "--workspace", str(root),
-                                      "--label-studio-url", label_studio.url])
+                                      "--label-studio-url", label_studio.url, *[a for pair in small for a in ("--set", pair)]])
     assert result.exit_code == 0, result.output
 
     ws = Workspace.at(root)
@@ -54,7 +55,7 @@ def test_demo_runs_against_label_studio_with_simulated_annotators(label_studio, 
     oracle = pd.read_parquet(ws.simulator_dir / "oracle.parquet").set_index("item_id")["label"]
     assert len(finals) == first.n_items
     assert (finals.set_index("item_id")["label"] == oracle.loc[finals["item_id"]].to_numpy()).all()  # error_rate 0
-    assert "cycle  2 | labels   150" in result.output
+    assert "cycle  2 | labels    80" in result.output  # 50 seed labels + batch 1's 30
 
     # Running the team again adds nothing: every task already has its answers.
     team = LabelStudioAnnotators(client, oracle, SimulatedVendorParams(), namespace=ws.workspace_id)
