@@ -104,6 +104,9 @@ def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(
     assert only_sim1 <= resent and (plan2.loc[plan2["is_review"], "annotators_wanted"] == 2).all()
     assert store.get(second).n_items == 10 and len(plan2) == 10 + 5 + len(resent)  # re-sends are outside the budget
     assert store.get(second).quality["n_review"] == len(resent)
+    store.mark(second, status="selected")  # killed after the vendor call: the queue already says "sent"
+    export_batches(workspace, export, vendor)
+    pd.testing.assert_frame_equal(store.items(second), plan2)  # the rerun still sends the review items
     import_labels(workspace, qc, vendor)
     assert only_sim1 <= set(store.final_labels(second)["item_id"])  # sim-0's answer settles them
     assert not only_sim1 & set(ReviewQueue(queue.path).pending())  # resolved once accepted
