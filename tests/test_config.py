@@ -46,7 +46,9 @@ def test_bad_vendor_lists_allowed_vendors():
 
 
 @pytest.mark.parametrize("section, key, value", [("select", "batch_size", 0), ("capture", "confidence_threshold", 1.5),
-                                                   ("gate", "primary_metric", "auc"), ("dataset", "holdout_fraction", 1.0)])
+                                                   ("gate", "primary_metric", "auc"), ("dataset", "holdout_fraction", 1.0),
+                                                   ("export", "gold_share", 1.5), ("export", "overlap_annotators", 4),
+                                                   ("export", "overlap_share", -0.1), ("export", "easy_share", 2)])
 def test_out_of_range_values_are_refused_with_the_key(section, key, value):
     with pytest.raises(ConfigError) as error:
         parse_params({section: {key: value}})
