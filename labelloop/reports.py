@@ -23,7 +23,9 @@ def batch_markdown(meta, items: pd.DataFrame, price_per_label: float) -> str:
     rows = [
         ("batch", meta.batch_id), ("items", meta.n_items), ("strategy", meta.strategy), ("selector", meta.selector),
         ("seed", meta.seed), ("champion that scored it", meta.champion_version),
-        ("estimated cost", f"{price_per_label * meta.n_items:.2f}"),
+        # Every answer is paid: overlap, gold and re-sent review answers included (labels_ordered counts them).
+        ("labels ordered", meta.labels_ordered or meta.n_items),
+        ("estimated cost", f"{price_per_label * (meta.labels_ordered or meta.n_items):.2f}"),
         ("predicted-class mix", ", ".join(f"{k}: {v}" for k, v in sorted(mix.items()))),
         ("mean utility", f"{items['utility'].mean():.4f}" if "utility" in items else "-"),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from labelloop.batches import BatchMeta, BatchStore
@@ -26,3 +27,14 @@ def test_cost_per_point_of_holdout_gain_since_the_seed_model(workspace):
                        champion_macro_f1=0.7, decision="promote", batch_id=None, new_labels=20, cost=total,
                        cost_per_point=per_point).line()
     assert "cost 20.00 (4.00/pt)" in line
+
+
+def test_batch_report_prices_every_answer_ordered():
+    from labelloop.reports import batch_markdown
+
+    meta = _batch(3, 0.0)
+    items = pd.DataFrame({"predicted": ["a", "b", "a"], "utility": [0.3, 0.2, 0.1]})
+    assert "| estimated cost | 5.00 |" in batch_markdown(meta, items, 0.5)  # before the plan: the 10 new items
+    meta.labels_ordered = 24  # overlap and gold answers are paid too
+    report = batch_markdown(meta, items, 0.5)
+    assert "| labels ordered | 24 |" in report and "| estimated cost | 12.00 |" in report
