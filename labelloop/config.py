@@ -35,7 +35,7 @@ class CaptureParams(Section):
 
 
 class SelectParams(Section):
-    strategy: str = Field("margin", description="Acquisition strategy (see `labelloop strategies`).")
+    strategy: str = Field("hybrid", description="Acquisition strategy (see `labelloop strategies`); hybrid = best in docs/benchmarks.md.")
     selector: str = Field("topk", description="How utilities become a batch.")
     batch_size: int = Field(100, gt=0)
     seed: int = Field(0, ge=0, description="Random seed; the batch records it.")

@@ -62,7 +62,7 @@ def test_batches_record_strategy_seed_and_move_to_versioned(two_cycles):
     metas = BatchStore(ws).list()
     assert len(metas) == 2
     for meta, tag in zip(metas, ["data-v2", "data-v3"], strict=True):
-        assert (meta.status, meta.strategy, meta.seed, meta.versioned_in) == ("imported", "margin", 0, tag)
+        assert (meta.status, meta.strategy, meta.seed, meta.versioned_in) == ("imported", "hybrid", 0, tag)
         items = BatchStore(ws).items(meta.batch_id)
         assert items.utility.notna().all() and len(items) == 40
 
@@ -73,7 +73,7 @@ def test_per_run_override_applies_to_that_run_only(prefect_api, workspace):
     active_learning_cycle(str(workspace.root), select=SelectParams(strategy="entropy", batch_size=15, seed=7))
     meta = BatchStore(workspace).list()[-1]
     assert (meta.strategy, meta.n_items, meta.seed) == ("entropy", 15, 7)
-    assert workspace.params().select.strategy == "margin"  # the file is untouched
+    assert workspace.params().select.strategy == "hybrid"  # the file is untouched
 
 
 def test_a_second_cycle_on_a_locked_workspace_fails_fast_and_writes_nothing(prefect_api, workspace):
@@ -115,7 +115,7 @@ def test_lineage_of_the_champion_traces_data_batches_params_and_gate(two_cycles)
     batch_ids = {b["batch_id"] for b in info["batches"]}
     assert batch_ids <= {m.batch_id for m in BatchStore(ws).list()}
     for batch in info["batches"]:
-        assert (batch["strategy"], batch["seed"], batch["vendor"]) == ("margin", 0, "simulated")
+        assert (batch["strategy"], batch["seed"], batch["vendor"]) == ("hybrid", 0, "simulated")
         assert batch["annotator_agreement"] == 1.0
     with pytest.raises(ValueError, match="no version with alias"):
         lineage(ws, name, "no-such-alias")
