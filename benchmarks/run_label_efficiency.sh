@@ -12,11 +12,20 @@ D=/work/shared/datasets
 $BENCH benchmarks/compare_libraries_efficiency.py --data $D/spam.parquet \
     --strategies random,margin,hybrid,skactiveml_margin,smalltext_breaking_ties \
     --seed-size 50 --batch-size 100 --rounds ${SPAM_ROUNDS:-20} --repeats 5 --n-jobs 1 --out benchmarks/results/spam_libs
+# scikit-activeml's diversity-only methods on spam
+$BENCH benchmarks/compare_libraries_efficiency.py --data $D/spam.parquet \
+    --strategies random,margin,hybrid,skactiveml_coreset,skactiveml_typiclust \
+    --seed-size 50 --batch-size 100 --rounds ${SPAM_ROUNDS:-20} --repeats 5 --n-jobs 1 --out benchmarks/results/spam_div
 $BENCH benchmarks/compare_libraries_efficiency.py --data $D/satellite.parquet \
     --strategies random,margin,hybrid,skactiveml_margin,smalltext_breaking_ties \
     --seed-size 50 --batch-size 100 --rounds ${SAT_ROUNDS:-35} --repeats 3 --n-jobs 1 --out benchmarks/results/satellite_libs
 $PY benchmarks/label_efficiency.py --data $D/letter.parquet --strategies random,margin,hybrid \
     --seed-size 50 --batch-size 100 --rounds ${LETTER_ROUNDS:-35} --repeats 3 --n-jobs 1 --out benchmarks/results/letter
+$BENCH benchmarks/compare_libraries_efficiency.py --data $D/letter.parquet \
+    --strategies margin,skactiveml_margin,smalltext_breaking_ties \
+    --seed-size 50 --batch-size 100 --rounds ${LETTER_ROUNDS:-35} --repeats 3 --n-jobs 1 --out benchmarks/results/letter_libs
 # letter's random never reaches the target within 3,550 labels: replay its picks further
 $PY benchmarks/extend_random.py --data $D/letter.parquet --summary benchmarks/results/letter/summary.json \
     --from 3550 --to 12050 --step 500 --n-jobs 1
+$PY benchmarks/extend_random.py --data $D/letter.parquet --summary benchmarks/results/letter/summary.json \
+    --from 10650 --to 11550 --step 100 --n-jobs 1 --out benchmarks/results/letter/random_extended_100.csv
