@@ -16,6 +16,19 @@ $BENCH benchmarks/compare_libraries_efficiency.py --data $D/spam.parquet \
 $BENCH benchmarks/compare_libraries_efficiency.py --data $D/spam.parquet \
     --strategies random,margin,hybrid,skactiveml_coreset,skactiveml_typiclust \
     --seed-size 50 --batch-size 100 --rounds ${SPAM_ROUNDS:-20} --repeats 5 --n-jobs 1 --out benchmarks/results/spam_div
+# minority-recall variants of the hybrid (class-balanced quota / exploitation), spam and satellite
+$PY benchmarks/label_efficiency.py --data $D/spam.parquet --strategies random,margin,hybrid,hybrid_lb,hybrid_lb_q3 \
+    --variant hybrid_lb=quota_balance:labelled \
+    --variant hybrid_lb_q3=exploit_fraction:0.6,quota_fraction:0.3,explore_fraction:0.1,quota_balance:labelled \
+    --seed-size 50 --batch-size 100 --rounds ${SPAM_ROUNDS:-20} --repeats 5 --n-jobs 1 --out benchmarks/results/spam_minority
+$PY benchmarks/label_efficiency.py --data $D/satellite.parquet --strategies random,margin,hybrid,hybrid_lb,hybrid_lb_q3 \
+    --variant hybrid_lb=quota_balance:labelled \
+    --variant hybrid_lb_q3=exploit_fraction:0.6,quota_fraction:0.3,explore_fraction:0.1,quota_balance:labelled \
+    --seed-size 50 --batch-size 100 --rounds ${SAT_ROUNDS:-35} --repeats 3 --n-jobs 1 --out benchmarks/results/satellite_minority
+$PY benchmarks/label_efficiency.py --data $D/spam.parquet --strategies hybrid_iw --variant hybrid_iw=exploit_weighting:inverse_labelled \
+    --seed-size 50 --batch-size 100 --rounds ${SPAM_ROUNDS:-20} --repeats 5 --n-jobs 1 --out benchmarks/results/spam_minority_iw
+$PY benchmarks/label_efficiency.py --data $D/satellite.parquet --strategies hybrid_iw --variant hybrid_iw=exploit_weighting:inverse_labelled \
+    --seed-size 50 --batch-size 100 --rounds ${SAT_ROUNDS:-35} --repeats 3 --n-jobs 1 --out benchmarks/results/satellite_minority_iw
 $BENCH benchmarks/compare_libraries_efficiency.py --data $D/satellite.parquet \
     --strategies random,margin,hybrid,skactiveml_margin,smalltext_breaking_ties \
     --seed-size 50 --batch-size 100 --rounds ${SAT_ROUNDS:-35} --repeats 3 --n-jobs 1 --out benchmarks/results/satellite_libs

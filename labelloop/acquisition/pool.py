@@ -198,6 +198,7 @@ def run_selector(
     features: np.ndarray | None = None,
     groups: np.ndarray | None = None,
     labelled_features: np.ndarray | None = None,
+    labelled_groups: np.ndarray | None = None,
     explore_pool: np.ndarray | None = None,
     params: dict[str, Any] | None = None,
 ) -> np.ndarray:
@@ -209,6 +210,8 @@ def run_selector(
         kwargs["groups"] = groups
     if "labelled" in spec.needs and labelled_features is not None:
         kwargs["labelled_features"] = labelled_features
+    if "labelled" in spec.needs and "groups" in spec.needs and labelled_groups is not None:
+        kwargs["labelled_groups"] = labelled_groups
     if explore_pool is not None:
         kwargs["explore_pool"] = explore_pool
     return np.asarray(spec.fn(utilities, batch_size, **kwargs), dtype=np.int64)
@@ -242,15 +245,36 @@ def select_indices(
     if groups is None and len(probas) and "groups" in get_selector(selector).needs:
         groups = np.argmax(probas, axis=1)  # only the quota selector reads groups: skip the O(n·k) pass otherwise
     ctx = prepared.context
+    sel_needs = get_selector(selector).needs
+    labelled_groups = _labelled_class_indices(ctx, names) if {"groups", "labelled"} <= sel_needs else None
     chosen = run_selector(
         selector, utilities, batch_size, rng=rng, features=features, groups=groups,
-        labelled_features=ctx.labelled_features, params=ctx.selector_params,
+        labelled_features=ctx.labelled_features, labelled_groups=labelled_groups, params=ctx.selector_params,
     ) if len(probas) else _empty_batch(batch_size)
     done = time.perf_counter()
     seconds = {"score": scored - started, "select": done - scored, **prepared.seconds}
     if metrics is not None:
         metrics.update(prepared.metrics)
     return chosen, utilities, seconds
+
+
+def _labelled_class_indices(context: SelectionContext, class_names: list[str]) -> np.ndarray | None:
+    """The labelled rows' class indices (the coding of the default argmax groups); -1 for unknown labels.
+
+    None unless a hybrid option reads them (`quota_balance="labelled"`, `exploit_weighting="inverse_labelled"`),
+    and None when the groups are a pool column (`group_column`): the labelled rows have no value for it here.
+    """
+    params = context.selector_params
+    wanted = params.get("quota_balance") == "labelled" or params.get("exploit_weighting") == "inverse_labelled"
+    if not wanted or context.group_column is not None or context.labelled_labels is None:
+        return None
+    names = np.asarray(class_names, dtype=str)
+    labels = np.asarray(context.labelled_labels).astype(str)
+    if len(names) == 0 or len(labels) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.argsort(names)
+    pos = np.clip(np.searchsorted(names[order], labels), 0, len(names) - 1)
+    return np.where(names[order][pos] == labels, order[pos], -1).astype(np.int64)
 
 
 def _empty_batch(batch_size: int) -> np.ndarray:
@@ -425,6 +449,7 @@ def select_from_parquet(
                 features=_features_of(kept, feature_columns) if "features" in sel_spec.needs and feature_columns else None,
                 groups=kept["_group"].to_numpy(),
                 labelled_features=prepared.context.labelled_features,
+                labelled_groups=_labelled_class_indices(prepared.context, class_names),
                 explore_pool=explore_pool,
                 params=prepared.context.selector_params,
             )

@@ -215,17 +215,52 @@ HYBRID_DEFAULTS: dict[str, object] = {
     "explore": "random",  # or "representative": rows nearest k-means centroids of the pool
     "diversity": "cluster",  # or "coreset" or "none" (plain top-k)
     "min_quota_groups": 0,  # quotas only when the eligible rows span at least this many groups (0: always)
+    "quota_balance": "batch",  # or "labelled": the quota also counts the labelled rows of each group
+    "exploit_weighting": "none",  # or "inverse_labelled": exploit on utility × 1/(labelled share of the group)
 }
 
+QUOTA_BALANCES = ("batch", "labelled")
+EXPLOIT_WEIGHTINGS = ("none", "inverse_labelled")
 
-def _quota_pick(utilities, n_quota, groups, taken, rng) -> np.ndarray:
-    """Round-robin over groups, fewest-picked group first, best utility within a group."""
+
+def inverse_labelled_weights(utilities: np.ndarray, groups: np.ndarray, labelled_groups: np.ndarray) -> np.ndarray:
+    """Utilities shifted to be ≥ 0 (minus the smallest finite one) and multiplied by mean_count / count(group).
+
+    count(group) = labelled rows in the row's group (at least 1); mean_count = its mean over the groups of the
+    eligible rows. A group with half the average labelled count doubles its rows' (shifted) utilities.
+    """
+    out = np.full(len(utilities), np.nan)
+    finite = np.flatnonzero(np.isfinite(utilities))
+    if len(finite) == 0:
+        return out
+    codes, inverse = np.unique(np.asarray(groups)[finite], return_inverse=True)
+    counts = np.zeros(len(codes), dtype=np.float64)
+    prior = np.asarray(labelled_groups)
+    if len(prior):
+        pos = np.clip(np.searchsorted(codes, prior), 0, len(codes) - 1)
+        match = codes[pos] == prior
+        np.add.at(counts, pos[match], 1.0)
+    counts = np.maximum(counts, 1.0)
+    weight = counts.mean() / counts
+    shifted = utilities[finite] - utilities[finite].min()
+    out[finite] = shifted * weight[inverse]
+    return out
+
+
+def _quota_pick(utilities, n_quota, groups, taken, rng, prior_groups=None) -> np.ndarray:
+    """Round-robin over groups, fewest-picked group first, best utility within a group.
+
+    `prior_groups` (group values of rows counted as already picked, e.g. the labelled rows) adds to each
+    group's count, so the quota fills the groups that are rarest there first (water-filling).
+    """
     eligible = np.flatnonzero(np.isfinite(utilities) & ~taken)
     if n_quota <= 0 or len(eligible) == 0:
         return np.empty(0, dtype=np.int64)
     codes, inverse = np.unique(np.asarray(groups)[eligible], return_inverse=True)
     already = np.zeros(len(codes), dtype=np.int64)
     picked_groups = np.asarray(groups)[np.flatnonzero(taken)]
+    if prior_groups is not None and len(prior_groups):
+        picked_groups = np.concatenate([picked_groups, np.asarray(prior_groups)])
     if len(picked_groups):
         pos = np.searchsorted(codes, picked_groups)
         pos = np.clip(pos, 0, len(codes) - 1)
@@ -280,6 +315,7 @@ def hybrid(
     features: np.ndarray | None = None,
     groups: np.ndarray | None = None,
     labelled_features: np.ndarray | None = None,
+    labelled_groups: np.ndarray | None = None,
     explore_pool: np.ndarray | None = None,
     exploit_fraction: float = HYBRID_DEFAULTS["exploit_fraction"],  # type: ignore[assignment]
     quota_fraction: float = HYBRID_DEFAULTS["quota_fraction"],  # type: ignore[assignment]
@@ -287,6 +323,8 @@ def hybrid(
     explore: str = HYBRID_DEFAULTS["explore"],  # type: ignore[assignment]
     diversity: str = HYBRID_DEFAULTS["diversity"],  # type: ignore[assignment]
     min_quota_groups: int = HYBRID_DEFAULTS["min_quota_groups"],  # type: ignore[assignment]
+    quota_balance: str = HYBRID_DEFAULTS["quota_balance"],  # type: ignore[assignment]
+    exploit_weighting: str = HYBRID_DEFAULTS["exploit_weighting"],  # type: ignore[assignment]
     top_m_factor: int = TOP_M_FACTOR,
     **_: object,
 ) -> np.ndarray:
@@ -302,6 +340,15 @@ def hybrid(
     the quota share goes to exploitation when the eligible rows span fewer than g groups (with two
     predicted classes, margin's best rows already sit on the one boundary, so a per-class quota only
     takes rows farther from it).
+
+    `quota_balance`: "batch" (default) counts only this batch's picks per group; "labelled" also counts
+    `labelled_groups` (the group of each labelled row, same coding as `groups`; for the default
+    predicted-class groups, the labelled rows' class indices), so the quota goes to the groups rarest
+    in the labelled set. Without `labelled_groups` "labelled" behaves like "batch".
+
+    `exploit_weighting`: "none" (default) or "inverse_labelled": the exploit share ranks rows by
+    `inverse_labelled_weights` (utility shifted to ≥ 0, times mean labelled count / the row's group's
+    labelled count) instead of the raw utility; needs `groups` and `labelled_groups`, else "none".
     """
     utilities = np.asarray(utilities, dtype=np.float64)
     for name, value in (("exploit_fraction", exploit_fraction), ("quota_fraction", quota_fraction), ("explore_fraction", explore_fraction)):
@@ -312,6 +359,10 @@ def hybrid(
         raise ValueError("hybrid: the exploit, quota and explore fractions are all zero")
     if diversity not in ("cluster", "coreset", "none"):
         raise ValueError(f"diversity must be 'cluster', 'coreset' or 'none', got {diversity!r}")
+    if quota_balance not in QUOTA_BALANCES:
+        raise ValueError(f"quota_balance must be one of {QUOTA_BALANCES}, got {quota_balance!r}")
+    if exploit_weighting not in EXPLOIT_WEIGHTINGS:
+        raise ValueError(f"exploit_weighting must be one of {EXPLOIT_WEIGHTINGS}, got {exploit_weighting!r}")
     size = eligible_count_or_warn(utilities, batch_size)
     if size == 0:
         return np.empty(0, dtype=np.int64)
@@ -324,14 +375,17 @@ def hybrid(
     n_exploit = max(size - n_quota - n_explore, 0)
     taken = np.zeros(len(utilities), dtype=bool)
 
+    exploit_u = utilities
+    if exploit_weighting == "inverse_labelled" and groups is not None and labelled_groups is not None:
+        exploit_u = inverse_labelled_weights(utilities, groups, labelled_groups)
     if n_exploit == 0:
         exploit = np.empty(0, dtype=np.int64)
     elif x is None or diversity == "none":
-        exploit = top_candidates(utilities, n_exploit, rng)
+        exploit = top_candidates(exploit_u, n_exploit, rng)
     elif diversity == "cluster":
-        exploit = _cluster_pick(utilities, n_exploit, rng, x, top_m_factor)
+        exploit = _cluster_pick(exploit_u, n_exploit, rng, x, top_m_factor)
     else:
-        ranked = top_candidates(utilities, max(n_exploit * top_m_factor, n_exploit), rng)
+        ranked = top_candidates(exploit_u, max(n_exploit * top_m_factor, n_exploit), rng)
         xr = x[ranked]
         mean, std = _scaler(xr)
         lab = None
@@ -340,7 +394,8 @@ def hybrid(
         exploit = ranked[_k_center(((xr - mean) / std).astype(np.float32), min(n_exploit, len(ranked)), lab)]
     taken[exploit] = True
 
-    quota = _quota_pick(utilities, n_quota, groups, taken, rng) if n_quota else np.empty(0, dtype=np.int64)
+    prior = labelled_groups if quota_balance == "labelled" else None
+    quota = _quota_pick(utilities, n_quota, groups, taken, rng, prior) if n_quota else np.empty(0, dtype=np.int64)
     taken[quota] = True
     explored = _explore_pick(utilities, n_explore, taken, rng, x, explore, explore_pool)
     taken[explored] = True

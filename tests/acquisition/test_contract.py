@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -26,10 +27,18 @@ def make_problem(seed: int = 0, n: int = 240, d: int = 5):
     return X, np.array(CLASSES, dtype=object)[y_idx].astype(str)
 
 
+# Strategy-level cases that run with non-default selector options (name → selector_params).
+SELECTOR_PARAMS = {
+    "hybrid_labelled_quota": {"quota_balance": "labelled"},
+    "hybrid_inverse_weighted": {"quota_balance": "labelled", "exploit_weighting": "inverse_labelled"},
+}
+
+
 def make_context(strategy: str, X_lab, y_lab, **extra) -> SelectionContext:
     return SelectionContext(
         labelled_features=X_lab, labelled_labels=y_lab, class_names=CLASSES, train_params=FAST,
-        committee_size=3, strategy_params=STRATEGY_PARAMS.get(strategy, {}), **extra,
+        committee_size=3, strategy_params=STRATEGY_PARAMS.get(strategy, {}),
+        selector_params=SELECTOR_PARAMS.get(strategy, {}), **extra,
     )
 
 
@@ -39,9 +48,12 @@ def fitted_probas(X_lab, y_lab, X_pool):
 
 
 def select(strategy, selector, probas, X, X_lab, y_lab, batch, seed=0):
+    context = make_context(strategy, X_lab, y_lab)
+    if strategy in SELECTOR_PARAMS:
+        strategy, selector = "hybrid", "hybrid"
     return select_indices(
         probas, batch, strategy=strategy, selector=selector, seed=seed, features=X,
-        context=make_context(strategy, X_lab, y_lab), class_names=CLASSES,
+        context=context, class_names=CLASSES,
     )
 
 
@@ -54,7 +66,7 @@ def problem():
     return X, y, lab, pool, probas
 
 
-STRATEGIES = strategy_names()
+STRATEGIES = strategy_names() + sorted(SELECTOR_PARAMS)
 SELECTORS = selector_names()
 
 
@@ -64,7 +76,7 @@ def test_registries_hold_the_issue_names():
         assert name in STRATEGIES
     for name in ["topk", "cluster", "coreset", "hybrid"]:
         assert name in SELECTORS
-    for name in STRATEGIES:
+    for name in strategy_names():
         assert get_strategy(name).cost, f"strategy {name} documents no cost"
     for name in SELECTORS:
         assert get_selector(name).cost, f"selector {name} documents no cost"
@@ -122,8 +134,17 @@ def test_strategy_cold_start_and_several_cycles(strategy):
     assert len(lab) == 12 + 3 * 8
 
 
-@pytest.mark.parametrize("selector", SELECTORS)
-def test_selector_contract(selector):
+# Every selector with its defaults, plus the non-default options a preset or benchmark variant may use.
+SELECTOR_CASES = [(name, {}) for name in SELECTORS] + [
+    ("hybrid", {"quota_balance": "labelled", "labelled_groups": np.r_[np.zeros(60, np.int64), np.ones(5, np.int64)]}),
+    ("hybrid", {"quota_balance": "labelled"}),  # no labelled_groups: falls back to "batch"
+    ("hybrid", {"exploit_weighting": "inverse_labelled", "quota_balance": "labelled",
+                "labelled_groups": np.r_[np.zeros(60, np.int64), np.ones(5, np.int64)]}),
+]
+
+
+@pytest.mark.parametrize("selector,options", SELECTOR_CASES, ids=lambda v: str(v) if isinstance(v, str) else ",".join(v))
+def test_selector_contract(selector, options):
     rng = np.random.default_rng(0)
     n = 500
     utilities = rng.random(n)
@@ -131,6 +152,8 @@ def test_selector_contract(selector):
     features = rng.normal(size=(n, 4))
     groups = rng.integers(0, 3, size=n)
     fn = get_selector(selector).fn
+    if options:
+        fn = functools.partial(fn, **options)
     chosen = fn(utilities, 40, rng=np.random.default_rng(5), features=features, groups=groups)
     assert chosen.dtype.kind == "i" and chosen.shape == (40,)
     assert len(set(chosen.tolist())) == 40
@@ -233,3 +256,77 @@ def test_hybrid_min_quota_groups_moves_the_quota_share_to_exploitation():
     a = fn(utilities, 50, groups=three, min_quota_groups=3, **{**kw, "rng": np.random.default_rng(1)})
     b = fn(utilities, 50, groups=three, **{**kw, "rng": np.random.default_rng(1)})
     np.testing.assert_array_equal(a, b)
+
+
+def test_hybrid_quota_balance_labelled_fills_the_rarest_labelled_group():
+    rng = np.random.default_rng(0)
+    n = 900
+    utilities = rng.random(n)
+    features = rng.normal(size=(n, 3))
+    groups = (np.arange(n) % 3).astype(np.int64)
+    fn = get_selector("hybrid").fn
+    kw = dict(features=features, groups=groups, explore_fraction=0.0, diversity="none")
+    labelled = np.r_[np.zeros(200, np.int64), np.ones(150, np.int64), np.full(10, 2, np.int64)]
+    batch = fn(utilities, 50, rng=np.random.default_rng(1), **kw)
+    balanced = fn(utilities, 50, rng=np.random.default_rng(1), quota_balance="labelled", labelled_groups=labelled, **kw)
+    n_quota = int(round(50 * 0.2 / 0.9))
+    # Exploitation is unchanged; the whole quota goes to group 2, rarest among the labelled rows.
+    np.testing.assert_array_equal(batch[:-n_quota], balanced[:-n_quota])
+    assert (groups[balanced[-n_quota:]] == 2).all()
+    assert len(set(groups[batch[-n_quota:]].tolist())) > 1
+    # The default ignores labelled_groups: today's behaviour.
+    again = fn(utilities, 50, rng=np.random.default_rng(1), labelled_groups=labelled, **kw)
+    np.testing.assert_array_equal(batch, again)
+    with pytest.raises(ValueError, match="quota_balance"):
+        fn(utilities, 50, rng=np.random.default_rng(1), quota_balance="nope", **kw)
+
+
+def test_labelled_quota_counts_the_labelled_classes_through_select_indices(problem):
+    X, y, lab, pool, probas = problem
+    ctx = SelectionContext(
+        labelled_features=X[lab], labelled_labels=y[lab], class_names=CLASSES,
+        selector_params={"quota_balance": "labelled", "explore_fraction": 0.0, "diversity": "none"},
+    )
+    chosen, _, _ = select_indices(probas, 20, strategy="hybrid", seed=0, features=X[pool], context=ctx, class_names=CLASSES)
+    n_quota = int(round(20 * 0.2 / 0.9))
+    predicted = np.argmax(probas, axis=1)
+    # The first quota pick's predicted class has the fewest labelled rows + exploit picks among the classes left.
+    exploit = chosen[:-n_quota]
+    left = np.setdiff1d(np.arange(len(pool)), exploit)
+    count = {c: int((y[lab] == CLASSES[c]).sum() + (predicted[exploit] == c).sum()) for c in np.unique(predicted[left])}
+    assert count[int(predicted[chosen[-n_quota]])] == min(count.values())
+
+
+def test_hybrid_inverse_labelled_weighting_favours_the_rare_labelled_group():
+    from labelloop.acquisition.selectors import inverse_labelled_weights
+
+    rng = np.random.default_rng(0)
+    n = 900
+    utilities = -rng.random(n)  # margin-like: negative, higher is better
+    utilities[::11] = np.nan
+    groups = (np.arange(n) % 3).astype(np.int64)
+    labelled = np.r_[np.zeros(200, np.int64), np.ones(90, np.int64), np.full(10, 2, np.int64)]
+    w = inverse_labelled_weights(utilities, groups, labelled)
+    assert np.isnan(w[::11]).all() and (w[np.isfinite(w)] >= 0).all()
+    # Within a group the order is the utility's; across groups group 2 (10 labelled rows) is scaled ×10 vs 1.
+    g2 = np.isfinite(utilities) & (groups == 2)
+    assert np.array_equal(np.argsort(w[g2]), np.argsort(utilities[g2]))
+    fn = get_selector("hybrid").fn
+    kw = dict(features=rng.normal(size=(n, 3)), groups=groups, labelled_groups=labelled,
+              explore_fraction=0.0, quota_fraction=0.0, diversity="none")
+    plain = fn(utilities, 60, rng=np.random.default_rng(1), **kw)
+    weighted = fn(utilities, 60, rng=np.random.default_rng(1), exploit_weighting="inverse_labelled", **kw)
+    assert (groups[weighted] == 2).sum() > (groups[plain] == 2).sum()
+    with pytest.raises(ValueError, match="exploit_weighting"):
+        fn(utilities, 60, rng=np.random.default_rng(1), exploit_weighting="nope", **kw)
+
+
+def test_labelled_class_indices_only_when_an_option_reads_them():
+    from labelloop.acquisition.pool import _labelled_class_indices
+
+    labels = np.array(["b", "a", "zz", "d"])
+    on = SelectionContext(labelled_labels=labels, selector_params={"quota_balance": "labelled"})
+    np.testing.assert_array_equal(_labelled_class_indices(on, CLASSES), [1, 0, -1, 3])
+    assert _labelled_class_indices(SelectionContext(labelled_labels=labels), CLASSES) is None
+    column = SelectionContext(labelled_labels=labels, group_column="segment", selector_params={"quota_balance": "labelled"})
+    assert _labelled_class_indices(column, CLASSES) is None
