@@ -15,6 +15,8 @@ import pytest
 
 from labelloop import tracking, versioning
 from labelloop.batches import BatchStore
+from labelloop.config import dump_params
+from labelloop.io import write_text
 from labelloop.faults import CRASH_POINTS, ENV
 from labelloop.production import list_log_parts
 from tests.reliability.crash_driver import run_cycle_stages
@@ -82,7 +84,10 @@ def crash_workspace(workspace_template, tmp_path_factory):
     from tests.conftest import clone_workspace
 
     ws = clone_workspace(workspace_template, tmp_path_factory.mktemp("crash") / "ws")
-    params = ws.params()
+    # Every challenger is promoted, so every cycle passes every gate write (a rejected challenger
+    # would skip the alias moves and the gate's crash points would never be reached).
+    params = ws.params().with_overrides(gate={"min_delta": -1.0})
+    write_text(ws.params_path, dump_params(params))
     tracking.train_challenger(ws, params.train)
     decision = tracking.evaluate_gate(ws, params.train.model_name, params.gate)
     tracking.record_decision(ws, params.train.model_name, decision)
