@@ -98,7 +98,7 @@ def holdout_accuracy(model: LabelloopClassifier, setup: Setup) -> float:
 
 
 def run_arm(setup: Setup, arm: str, noise: float, *, rounds: int, batch_size: int, seed: int, work: Path,
-            train: TrainParams, budget: list[int] | None = None) -> dict:
+            train: TrainParams, budget: list[int] | None = None, contradiction: float = 0.9) -> dict:
     rates = [float(min(r, 0.95)) for r in noise * RATE_SPREAD]
     params = SimulatedVendorParams(annotators=5, error_rates=rates, noise="confusion", seed=seed)
     oracle = work / "oracle.parquet"
@@ -108,7 +108,7 @@ def run_arm(setup: Setup, arm: str, noise: float, *, rounds: int, batch_size: in
     vendor = SimulatedVendor(state / "vendor", oracle, params)
     qc = arm.startswith("qc")
     qparams = QualityParams(aggregation="dawid_skene" if arm == "qc-dawid-skene" else "majority", min_agreement=0.5,
-                            min_gold_accuracy=0.7, min_gold_answers=5, contradiction_confidence=0.9)
+                            min_gold_accuracy=0.7, min_gold_answers=5, contradiction_confidence=contradiction)
     queue = ReviewQueue(state / "qc" / "review_queue.json")
     train_ids = list(setup.seed_ids)
     train_labels = list(setup.y.loc[setup.seed_ids])
@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--n-estimators", type=int, default=100, help="XGBoost trees (train default: 200)")
     parser.add_argument("--same-cost", action="store_true", help="also run raw-same-cost")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--contradiction", type=float, default=0.9,
+                        help="import.contradiction_confidence of the QC arms (0 = off: gold + overlap + aggregation only)")
+    parser.add_argument("--n-jobs", type=int, default=2, help="XGBoost threads (1 is far faster on a loaded machine)")
     parser.add_argument("--same-cost-from", type=Path, default=None,
                         help="run only raw-same-cost, with qc-majority's labels per round read from this results file")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_quality.json")
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(markdown_table([r for f in args.table for r in json.loads(f.read_text())["results"]]))
         return 0
-    train = TrainParams(n_estimators=args.n_estimators)
+    train = TrainParams(n_estimators=args.n_estimators, n_jobs=args.n_jobs)
     results = []
     budgets = {}
     if args.same_cost_from is not None:
@@ -213,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                         runs["raw-same-cost"] = run_arm(
                             setup, "raw-same-cost", noise, rounds=args.rounds, batch_size=args.batch_size, seed=seed,
                             work=work, train=train, budget=budgets[(name, noise, seed)])
-                    for arm in ARMS if not budgets else ():
+                    for arm in args.arms if not budgets else ():
                         runs[arm] = run_arm(setup, arm, noise, rounds=args.rounds, batch_size=args.batch_size,
-                                            seed=seed, work=work, train=train)
+                                            seed=seed, work=work, train=train, contradiction=args.contradiction)
                     if args.same_cost:
                         runs["raw-same-cost"] = run_arm(
                             setup, "raw-same-cost", noise, rounds=args.rounds, batch_size=args.batch_size, seed=seed,
