@@ -192,23 +192,28 @@ def test_in_process_validation_names_the_bad_columns(served):
 def test_every_prediction_is_in_the_log_after_shutdown_and_capture_reads_it(served):
     sent_ids: list[str] = []
     with client_for(served, flush_rows=7, flush_seconds=3600) as client:
-        for i in range(11):  # 26 rows: flushes at 10 and 20 buffered rows, 6 left for shutdown
+        for i in range(11):  # 26 rows: flushes once 7+ rows are buffered, what is left waits for shutdown
             rows = traffic_rows(served, 1 + i % 4, offset=i * 4)
             if i % 3 == 0:
                 rows[0]["prediction_id"] = f"client-{i}"
             response = client.post("/predict", json={"rows": rows})
             assert response.status_code == 200, response.text
             sent_ids += [p["prediction_id"] for p in response.json()["predictions"]]
-        deadline = time.monotonic() + 30  # the count-triggered flushes run in the background thread
-        while len(read_log(served)) < 20 and time.monotonic() < deadline:
+        # The count-triggered flushes (a background thread) write at least 20 rows before shutdown. A flush
+        # writes all that is buffered when the thread runs, so on a loaded machine it may take the last rows too.
+        deadline = time.monotonic() + 30
+        while True:
+            logged, buffered = len(read_log(served)), client.get("/health").json()["buffered_rows"]
+            if (logged >= 20 and logged + buffered == 26) or time.monotonic() > deadline:
+                break
             time.sleep(0.05)
-        assert len(read_log(served)) == 20 and len(list_log_parts(served)) == 2
-        # Read after the background flushes landed (a loaded machine delays them): these 6 wait for shutdown.
-        assert client.get("/health").json()["buffered_rows"] == 6
+        assert logged >= 20 and logged + buffered == 26 and buffered < 7
+        parts_before_shutdown = len(list_log_parts(served))
+        assert parts_before_shutdown >= 2
     log = read_log(served)
     assert len(log) == len(sent_ids) == 26
     assert sorted(log["prediction_id"]) == sorted(sent_ids)
-    assert len(list_log_parts(served)) == 3
+    assert parts_before_shutdown <= len(list_log_parts(served)) <= parts_before_shutdown + 1  # shutdown wrote what was left
     assert set(log["model_version"]) == {"2"}
     schema = served.schema()
     assert {"ts", "predicted", "confidence", "item_id", *schema.feature_columns, *schema.proba_columns} <= set(log.columns)
