@@ -18,7 +18,7 @@ $(UV):
 
 # Stamp files keep reruns instant; pyproject.toml changes trigger a reinstall.
 $(VENV)/.installed: pyproject.toml | $(UV)
-	$(UV) pip install --python $(PY) -e .
+	$(UV) pip install --python $(PY) -e '.[labelstudio]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(UV)

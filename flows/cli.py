@@ -6,16 +6,20 @@ Prefect, MLflow and Great Expectations are imported inside the commands that nee
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
+
+from labelloop.redact import redact_text, redact_uri  # only `re`: cheap at CLI start
 
 app = typer.Typer(help="labelloop: a production active-learning loop (capture → select → label → version → retrain → gate).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -79,8 +83,18 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def _fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+def _fail(error: Exception) -> NoReturn:
+    """Exactly one `error: ...` line on stderr, exit code 2. A multi-line message (a config error lists
+    each bad key on its own line) is joined into that one line."""
+    if isinstance(error, typer.Exit):
+        # Already reported by an inner _fail. typer.Exit is a RuntimeError, so a command's
+        # `except RuntimeError: _fail(error)` around it used to print a second, empty `error:` line.
+        raise error
+    message = ""
+    for line in (part.strip() for part in str(error).splitlines()):
+        if line:
+            message = f"{message}{' ' if message.endswith(':') else '; '}{line}" if message else line
+    typer.secho(f"error: {redact_text(message) or type(error).__name__}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -153,10 +167,10 @@ def _label_studio_token(url: str) -> None:
     parsed = urlparse(url)
     script = REPO_ROOT / "infra" / "labelstudio.sh"
     if parsed.hostname not in ("127.0.0.1", "localhost") or not script.exists():
-        _fail(ValueError(f"set {TOKEN_ENV} to an access token of the Label Studio at {url} "
+        _fail(ValueError(f"set {TOKEN_ENV} to an access token of the Label Studio at {redact_uri(url)} "
                          f"(labelloop starts one itself only on localhost, from a checkout with infra/labelstudio.sh)"))
     env = dict(os.environ, LS_PORT=str(parsed.port or 8080))
-    typer.echo(f"starting Label Studio on {url} with infra/labelstudio.sh (installs it in .venv-labelstudio the first time)")
+    typer.echo(f"starting Label Studio on {redact_uri(url)} with infra/labelstudio.sh (installs it in .venv-labelstudio the first time)")
     up = subprocess.run([str(script), "up"], env=env, capture_output=True, text=True)
     if up.returncode != 0:
         _fail(RuntimeError(f"infra/labelstudio.sh up failed (exit {up.returncode}):\n{up.stderr[-3000:]}"))
@@ -195,6 +209,35 @@ def _section_models(ws, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {name: (params.import_ if name == "import_" else getattr(params, name)) for name in overrides}
 
 
+# Written into every workspace `labelloop demo` creates: the demo replaces only workspaces bearing it.
+DEMO_MARKER = "created-by-demo.json"
+
+
+def _remove_demo_workspace(ws) -> None:
+    """Delete a previous demo workspace — only one the demo created, and never while a run holds it."""
+    from labelloop.lock import WorkspaceBusyError, workspace_lock
+
+    if not ws.exists():
+        _fail(ValueError(f"{ws.root} exists and is not a labelloop workspace; choose another --workspace"))
+    if not (ws.state_dir / DEMO_MARKER).exists():
+        _fail(ValueError(f"{ws.root} is a labelloop workspace that `labelloop demo` did not create (its labels, registry "
+                         f"and models would be lost); the demo replaces only its own workspaces — choose another --workspace"))
+    try:
+        with workspace_lock(ws):
+            typer.echo(f"replacing the previous demo workspace at {ws.root}")
+            shutil.rmtree(ws.root)
+    except WorkspaceBusyError as error:
+        _fail(error)
+
+
+def _require_label_studio_sdk() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("label_studio_sdk") is None:
+        _fail(RuntimeError("the Label Studio client (label-studio-sdk) is not installed: run `make install` again, or "
+                           "`pip install 'labelloop[labelstudio]'`"))
+
+
 @app.command()
 def demo(
     workspace: WorkspaceOption = None,
@@ -209,11 +252,10 @@ def demo(
     """A fresh workspace, a seed model, then CYCLES turns of the loop; prints one line per cycle and a learning curve."""
     ws = _workspace(workspace)
     _quiet_environment(ws.root, verbose)
+    if vendor == "label-studio":
+        _require_label_studio_sdk()  # before anything slow starts
     if ws.root.exists() and any(ws.root.iterdir()):
-        if not ws.exists():
-            _fail(ValueError(f"{ws.root} exists and is not a labelloop workspace; choose another --workspace"))
-        typer.echo(f"replacing the previous demo workspace at {ws.root}")
-        shutil.rmtree(ws.root)
+        _remove_demo_workspace(ws)
     from labelloop.config import ConfigError, Params
     from labelloop.init import init_workspace
 
@@ -227,6 +269,9 @@ def demo(
     if vendor == "label-studio":
         _label_studio_token(params.export.label_studio_url)
     init_workspace(ws.root, params)
+    from labelloop.io import write_json
+
+    write_json(ws.state_dir / DEMO_MARKER, {"created_by": "labelloop demo"})
     typer.echo(f"workspace {ws.root}: seed set of {params.dataset.seed_size} labels, holdout {params.dataset.holdout_fraction:.0%} "
                f"of the shipped satellite dataset; strategy {params.select.strategy}, batch {params.select.batch_size}")
     after_cycle = _label_studio_team(ws, params) if vendor == "label-studio" else None
@@ -240,11 +285,12 @@ def demo(
     typer.echo(f"champion accuracy {first.champion_accuracy:.4f} → {last.champion_accuracy:.4f} "
                f"with {last.labels} labels, in {time.perf_counter() - started:.0f} s")
     typer.echo("\nNext:")
-    typer.echo(f"  Prefect UI:    PREFECT_HOME={ws.root / '.prefect'} .venv/bin/prefect server start   # then http://127.0.0.1:4200")
-    typer.echo(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri} --port 5000   # then http://127.0.0.1:5000")
-    typer.echo(f"  data versions: .venv/bin/labelloop data versions --workspace {ws.root}   (or git -C {ws.registry_dir} tag -n1)")
+    # Quoted: a workspace path may hold spaces, `?` or `#`; a password in the tracking URI is never printed.
+    typer.echo(f"  Prefect UI:    PREFECT_HOME={shlex.quote(str(ws.root / '.prefect'))} .venv/bin/prefect server start   # then http://127.0.0.1:4200")
+    typer.echo(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {shlex.quote(redact_uri(ws.tracking_uri))} --port 5000   # then http://127.0.0.1:5000")
+    typer.echo(f"  data versions: .venv/bin/labelloop data versions --workspace {shlex.quote(str(ws.root))}   (or git -C {shlex.quote(str(ws.registry_dir))} tag -n1)")
     if vendor == "label-studio":
-        typer.echo(f"  Label Studio:  {params.export.label_studio_url}   (projects 'labelloop {ws.workspace_id} batch …'; "
+        typer.echo(f"  Label Studio:  {redact_uri(params.export.label_studio_url)}   (projects 'labelloop {ws.workspace_id} batch …'; "
                    f"admin password in .labelstudio/admin-password; stop: infra/labelstudio.sh stop)")
 
 
@@ -280,16 +326,36 @@ def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, v
     params = _checked_params(ws, overrides)
     import flows.stages as stages
 
+    from labelloop.lock import workspace_lock
+
     flow = getattr(stages, f"{flow_name}_flow")
-    kwargs: dict[str, Any] = {}
-    if section is not None:
-        key = "import_" if section == "import" else section
-        kwargs["params"] = params.import_ if key == "import_" else getattr(params, key)
     try:
-        result = flow(str(ws.root), **kwargs)
+        # Taken before Prefect starts (a busy workspace fails at once); the flow re-enters it. Every stage
+        # gets the whole resolved params, so `--set train.model_name=x select` scores with model x.
+        with workspace_lock(ws):
+            result = flow(str(ws.root), resolved=params)
     except Exception as error:  # a stage's user-facing failure: one clear line, non-zero exit
         _fail(error)
+    summary = _summary(result)
+    if summary:
+        typer.echo(summary)
     typer.echo(_describe(result))
+
+
+def _summary(result: Any) -> str | None:
+    """The one line that says what a stage did — or, on a rerun, what it found already done."""
+    from flows.stages import describe_training, describe_version
+    from labelloop.dataset import DatasetVersion
+    from labelloop.gate import GateDecision
+    from labelloop.tracking import TrainResult
+
+    if isinstance(result, DatasetVersion):
+        return describe_version(result)
+    if isinstance(result, TrainResult):
+        return describe_training(result)
+    if isinstance(result, GateDecision):
+        return f"gate {result.label}: {'; '.join(result.reasons)}"
+    return None
 
 
 def _describe(result: Any) -> str:
@@ -338,7 +404,8 @@ def select_command(
         _select_pool_file(pool, out, chosen)
         return
     overrides.setdefault("select", {}).update(chosen)
-    _run_stage("select", workspace, [f"select.{k}={v}" for k, v in overrides["select"].items()] +
+    # JSON keeps each value's type through the SECTION.KEY=VALUE round trip (None stays null, not 'None').
+    _run_stage("select", workspace, [f"select.{k}={json.dumps(v)}" for k, v in overrides["select"].items()] +
                [p for p in (set_ or []) if not p.startswith("select.")], verbose, "select")
 
 
@@ -455,19 +522,35 @@ def status(workspace: WorkspaceOption = None) -> None:
 
 
 @data_app.command("versions")
-def data_versions(workspace: WorkspaceOption = None) -> None:
-    """List data versions (tags) with their messages."""
-    from labelloop import versioning
+def data_versions(
+    tag: Annotated[str | None, typer.Argument(help="Show one version in detail: relabels, exclusions in force.")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """List data versions (tags) with their messages and what each rollback excluded."""
+    from labelloop import dataset, versioning
 
     ws = _workspace(workspace)
     try:
         ws.require()
     except RuntimeError as error:
         _fail(error)
+    tags = versioning.data_tags(ws.registry_dir)
+    if tag is not None and tag not in tags:
+        _fail(ValueError(f"unknown data tag {tag!r}; known: {', '.join(tags)}"))
     current = versioning.current_data_tag(ws.registry_dir)
-    for tag in versioning.data_tags(ws.registry_dir):
-        marker = "*" if tag == current else " "
-        typer.echo(f"{marker} {tag:<10} {versioning.tag_message(ws.registry_dir, tag).strip()}")
+    for each in [tag] if tag else tags:
+        marker = "*" if each == current else " "
+        typer.echo(f"{marker} {each:<10} {versioning.tag_message(ws.registry_dir, each).strip()}")
+        for entry in dataset.exclusions_at(ws, each):
+            if entry["excluded_in"] == each:
+                typer.echo(f"{'':13}excluded {entry['batch_id']} ({entry['n_items']} items, rolled back to {entry['rolled_back_to']})")
+    if tag:
+        card = dataset.card_at(ws, tag)
+        typer.echo(f"  rows: {card.get('rows')}; per batch: {card.get('per_batch')}")
+        for relabel in card.get("relabels", []):
+            typer.echo(f"  relabel {relabel['item_id']}: {relabel['old_label']} -> {relabel['new_label']} "
+                       f"({relabel['batch_id']}; annotators {', '.join(relabel['annotators']) or 'unknown'})")
+        typer.echo(f"  exclusions in force: {dataset.describe_exclusions(dataset.exclusions_at(ws, tag))}")
 
 
 @data_app.command("rollback")
@@ -476,16 +559,27 @@ def data_rollback(
     workspace: WorkspaceOption = None,
     retrain: Annotated[bool, typer.Option(help="Then train a challenger on it and run the gate.")] = False,
 ) -> None:
-    """Make the labelled set the version at TAG again (a new commit and tag; history kept)."""
+    """Make the labelled set the version at TAG again (a new commit and tag; history kept).
+
+    What it removes is excluded: later dataset runs never add it back (`labelloop data readmit` does)."""
     from labelloop import dataset
+    from labelloop.lock import workspace_lock
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
     try:
-        version = dataset.rollback(ws.require(), tag)
-    except (ValueError, RuntimeError) as error:
+        ws.require()
+        with workspace_lock(ws):  # not while a cycle or a stage writes the registry
+            version = dataset.rollback(ws, tag)
+    except (ValueError, RuntimeError) as error:  # unknown tag, off the production line, busy, remote down
         _fail(error)
-    typer.echo(f"labelled set restored from {tag} as {version.tag} ({version.n_rows} rows)")
+    if not version.created:
+        typer.echo(f"the labelled set already is {tag}'s ({version.tag}, {version.n_rows} rows); nothing changed")
+    else:
+        typer.echo(f"labelled set restored from {tag} as {version.tag} ({version.n_rows} rows)")
+    for entry in version.excluded:
+        typer.echo(f"  excluded {entry['batch_id']} ({entry['n_items']} items); bring it back with "
+                   f"`labelloop data readmit {entry['batch_id']}`")
     if retrain:
         from flows.stages import gate_flow, train_flow
 
@@ -494,27 +588,98 @@ def data_rollback(
         typer.echo(f"challenger v{result.version} on {result.data_tag}: gate {decision.label} — {'; '.join(decision.reasons)}")
 
 
-@model_app.command("rollback")
-def model_rollback(
-    version: Annotated[str | None, typer.Argument(help="Version to make champion [default: previous-champion].")] = None,
-    reason: Annotated[str, typer.Option(help="Why; recorded on the model version.")] = "manual rollback",
+@data_app.command("readmit")
+def data_readmit(
+    batch_id: Annotated[str, typer.Argument(help="A batch a rollback excluded (see `labelloop data versions`).")],
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Move the champion alias back to the previous (or the given) model version."""
+    """Lift a rollback's exclusion of BATCH_ID: a new data version with its items back in the labelled set."""
+    from labelloop import dataset
+    from labelloop.lock import workspace_lock
+
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root)
+    try:
+        ws.require()
+        with workspace_lock(ws):
+            version = dataset.readmit(ws, batch_id)
+    except (ValueError, RuntimeError) as error:  # not excluded / unknown batch, off the production line, busy
+        _fail(error)
+    typer.echo(f"re-admitted {batch_id} as {version.tag} ({version.n_rows} rows, +{version.n_new})")
+
+
+@data_app.command("checkout")
+def data_checkout(
+    tag: Annotated[str, typer.Argument(help="Data tag to check out, e.g. data-v3.")],
+    to: Annotated[Path, typer.Option("--to", help="New or empty directory for the separate checkout.")],
+    workspace: WorkspaceOption = None,
+) -> None:
+    """A separate checkout of the registry at TAG (git clone + dvc pull), for `dvc repro` / `dvc exp run`
+    without touching the live registry the cycle runs from."""
+    from labelloop import versioning
+
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root)
+    try:
+        ws.require()
+        destination = versioning.checkout_to(ws.registry_dir, tag, to)
+    except (ValueError, RuntimeError) as error:  # unknown tag, non-empty DIR, remote unreachable
+        _fail(error)
+    typer.echo(f"{tag} checked out in {destination} (branch from-{tag}; data pulled from the workspace's DVC remote)")
+    typer.echo(f"  cd {destination} && dvc repro                 # model/, metrics.json, plots/ for {tag}")
+    typer.echo("  dvc exp run -S train.max_depth=8 && dvc exp show   # a variant, side by side")
+    typer.echo("  (with the labelloop venv on PATH: the stages run `labelloop pipeline ...`)")
+
+
+@model_app.command("rollback")
+def model_rollback(
+    version: Annotated[str | None, typer.Argument(help="Version number or alias to make champion [default: one step back along `labelloop model history`].")] = None,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the champion history and on the demoted version.")] = "manual rollback",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Make an earlier model champion: one step back along the champion history (twice: two steps, never forward)."""
+    from labelloop import tracking
+    from labelloop.lock import workspace_lock
+
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root)
+    try:
+        ws.require()
+        name = ws.params().train.model_name
+        with workspace_lock(ws):  # not while a cycle's gate moves the same alias
+            left, target = tracking.rollback(ws, name, reason, version)
+    except (ValueError, RuntimeError) as error:  # unknown version/alias, nothing to step back to, busy, server down
+        _fail(error)
+    if left == target:
+        typer.echo(f"version {target} is already champion; nothing changed")
+    else:
+        typer.echo(f"champion is now version {target} (was {left}); reason recorded: {reason}")
+
+
+@model_app.command("history")
+def model_history(workspace: WorkspaceOption = None) -> None:
+    """Every champion, newest first: when, by what (gate, rollback, resume), why, and its data version."""
     from labelloop import tracking
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
-    ws.require()
-    name = ws.params().train.model_name
-    target = version or tracking.alias_version(ws, name, tracking.PREVIOUS)
-    if target is None:
-        _fail(ValueError("no previous-champion to roll back to; name a VERSION"))
-    current = tracking.alias_version(ws, name, tracking.CHAMPION)
-    if current is not None and current != target:
-        tracking.mark_rolled_back(ws, name, current, reason)
-    left = tracking.promote(ws, name, target, f"rollback: {reason}")
-    typer.echo(f"champion is now version {target} (was {left})")
+    try:
+        ws.require()
+        name = ws.params().train.model_name
+        history = tracking.champion_history(ws, name)
+        current = tracking.alias_version(ws, name, tracking.CHAMPION)
+    except (ValueError, RuntimeError) as error:
+        _fail(error)
+    if not history:
+        typer.echo(f"model {name!r} has had no champion yet")
+        return
+    typer.echo(f"champions of {name!r}, newest first (* = current): version, since, moved by, data version, replaced, why")
+    for position, change in enumerate(reversed(history)):
+        marker = "*" if position == 0 and change.version == current else " "
+        when = change.at or "(before the history was kept)"
+        replaced = f"replaced {change.replaced}" if change.replaced else "first"
+        typer.echo(f"{marker} version {change.version:<4} {when:<25}  {change.by:<10} {change.data_tag or '-':<10} "
+                   f"{replaced:<12} why: {change.reason or '-'}")
 
 
 @app.command()

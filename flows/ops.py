@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.stages import DEFAULT_WORKSPACE, dataset_flow, gate_flow, train_flow
+from flows.stages import DEFAULT_WORKSPACE, dataset_flow, gate_flow, resolve, train_flow
 from labelloop.config import GateParams, TrainParams
+from labelloop.lock import workspace_lock
 
 
 @flow(name="retrain")
@@ -14,14 +15,17 @@ def retrain_flow(workspace: str = DEFAULT_WORKSPACE, train: TrainParams | None =
     """dataset → retrain → gate, only when new labels arrived.
 
     Scheduled hourly after import: when the dataset stage makes no new version and a challenger for
-    the current data version already exists, nothing is trained and nothing is gated.
+    the current data version already exists, nothing is trained and nothing is gated. The params are
+    resolved once and the workspace lock is held throughout, like a cycle.
     """
     logger = get_run_logger()
-    version = dataset_flow(workspace)
-    result = train_flow(workspace, train)
-    if not version.created and not result.created:
-        logger.info(f"no new labels since {version.tag}: model v{result.version} already trained on it, gate skipped")
-        return {"data_tag": version.tag, "retrained": False, "decision": None, "version": result.version}
-    decision = gate_flow(workspace, gate)
-    logger.info(f"{version.tag}: challenger v{result.version} → {decision.label}")
-    return {"data_tag": version.tag, "retrained": True, "decision": decision.label, "version": result.version}
+    ws, p = resolve(workspace, train=train, gate=gate)
+    with workspace_lock(ws):
+        version = dataset_flow(workspace, resolved=p)
+        result = train_flow(workspace, p.train, resolved=p)
+        if not version.created and not result.created:
+            logger.info(f"no new labels since {version.tag}: model v{result.version} already trained on it, gate skipped")
+            return {"data_tag": version.tag, "retrained": False, "decision": None, "version": result.version}
+        decision = gate_flow(workspace, p.gate, resolved=p, expected_challenger=result.version)
+        logger.info(f"{version.tag}: challenger v{result.version} → {decision.label}")
+        return {"data_tag": version.tag, "retrained": True, "decision": decision.label, "version": result.version}

@@ -3,13 +3,23 @@
 Every flow takes the workspace path and, optionally, its `params.yaml` section as a typed model:
 left empty it is read from the workspace, given (from the UI or the CLI) it overrides the file for
 this run only and is validated together with the rest of the file.
+
+Run by the cycle, a stage gets `resolved`: the cycle's params (file + the run's overrides), resolved
+once, so every stage of one run uses exactly the same settings — select rescoring with the model that
+train names, the gate judging that model, the import with that run's vendor settings. Every stage
+holds the workspace lock, refuses a registry that is off its production line, and records the params it
+used (`reports/stage-params.jsonl`).
 """
 
 from __future__ import annotations
 
-from prefect import flow
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from labelloop import versioning
 from labelloop.capture import CaptureReport
 from labelloop.config import (
     CaptureParams,
@@ -23,7 +33,8 @@ from labelloop.config import (
 )
 from labelloop.dataset import DatasetVersion
 from labelloop.gate import GateDecision
-from labelloop.reports import batch_markdown, gate_markdown, gate_run_links, import_markdown
+from labelloop.lock import workspace_lock
+from labelloop.reports import batch_markdown, gate_markdown, gate_run_links, import_markdown, record_stage_params
 from labelloop.tracking import TrainResult
 from labelloop.workspace import Workspace
 from tasks.capture import capture_predictions
@@ -38,73 +49,127 @@ from tasks.train import train_challenger
 DEFAULT_WORKSPACE = "./workspace"
 
 
-def resolve(workspace: str, **overrides) -> tuple[Workspace, Params]:
-    """The workspace and its params with this run's overrides, validated as one file."""
+def resolve(workspace: str, resolved: Params | None = None, **overrides) -> tuple[Workspace, Params]:
+    """The workspace and the params of this run: `resolved` (a parent run's) or the file, plus overrides,
+    validated as one file."""
     ws = Workspace.at(workspace).require()
-    return ws, ws.params().with_overrides(**overrides)
+    return ws, (resolved if resolved is not None else ws.params()).with_overrides(**overrides)
+
+
+@contextmanager
+def stage_run(stage: str, sections: tuple[str, ...], workspace: str, resolved: Params | None,
+              **overrides) -> Iterator[tuple[Workspace, Params]]:
+    """Resolve the params, hold the workspace lock, check the registry is on its production line (before
+    any write), and record which params this stage ran with."""
+    ws, p = resolve(workspace, resolved, **overrides)
+    with workspace_lock(ws):
+        versioning.require_production_line(ws.registry_dir)
+        record_stage_params(ws, stage, p, sections, _flow_run_ids())
+        yield ws, p
+
+
+def _flow_run_ids() -> dict[str, str | None]:
+    from prefect.runtime import flow_run
+
+    return {"flow_run_id": flow_run.id, "root_flow_run_id": flow_run.root_flow_run_id}
 
 
 @flow(name="production")
-def production_flow(workspace: str = DEFAULT_WORKSPACE, params: ProductionParams | None = None) -> dict:
-    ws, p = resolve(workspace, production=params)
-    return serve_traffic(str(ws.root), p.production, p.train.model_name)
+def production_flow(workspace: str = DEFAULT_WORKSPACE, params: ProductionParams | None = None,
+                    resolved: Params | None = None) -> dict:
+    with stage_run("production", ("production", "train"), workspace, resolved, production=params) as (ws, p):
+        return serve_traffic(str(ws.root), p.production, p.train.model_name)
 
 
 @flow(name="capture")
-def capture_flow(workspace: str = DEFAULT_WORKSPACE, params: CaptureParams | None = None) -> CaptureReport:
-    ws, p = resolve(workspace, capture=params)
-    return capture_predictions(str(ws.root), p.capture)
+def capture_flow(workspace: str = DEFAULT_WORKSPACE, params: CaptureParams | None = None,
+                 resolved: Params | None = None) -> CaptureReport:
+    with stage_run("capture", ("capture",), workspace, resolved, capture=params) as (ws, p):
+        return capture_predictions(str(ws.root), p.capture)
 
 
 @flow(name="select")
-def select_flow(workspace: str = DEFAULT_WORKSPACE, params: SelectParams | None = None) -> str | None:
+def select_flow(workspace: str = DEFAULT_WORKSPACE, params: SelectParams | None = None,
+                resolved: Params | None = None) -> str | None:
     from labelloop.batches import BatchStore
 
-    ws, p = resolve(workspace, select=params)
-    meta = select_batch(str(ws.root), p.select, p.train)
-    if meta is None:
-        return None
-    items = BatchStore(ws).items(meta.batch_id)
-    create_markdown_artifact(key="batch", markdown=batch_markdown(meta, items, p.export.price_per_label),
-                             description=f"batch {meta.batch_id}")
-    return meta.batch_id
+    with stage_run("select", ("select", "train"), workspace, resolved, select=params) as (ws, p):
+        meta = select_batch(str(ws.root), p.select, p.train)
+        if meta is None:
+            return None
+        items = BatchStore(ws).items(meta.batch_id)
+        create_markdown_artifact(key="batch", markdown=batch_markdown(meta, items, p.export.price_per_label),
+                                 description=f"batch {meta.batch_id}")
+        return meta.batch_id
 
 
 @flow(name="export")
-def export_flow(workspace: str = DEFAULT_WORKSPACE, params: ExportParams | None = None) -> list[str]:
-    ws, p = resolve(workspace, export=params)
-    return export_batches(str(ws.root), p.export)
+def export_flow(workspace: str = DEFAULT_WORKSPACE, params: ExportParams | None = None,
+                resolved: Params | None = None) -> list[str]:
+    with stage_run("export", ("export",), workspace, resolved, export=params) as (ws, p):
+        return export_batches(str(ws.root), p.export)
 
 
 @flow(name="import")
-def import_flow(workspace: str = DEFAULT_WORKSPACE, params: ImportParams | None = None) -> list:
-    ws, p = resolve(workspace, import_=params)
-    reports = import_labels(str(ws.root), p.import_, p.export)
-    create_markdown_artifact(key="import", markdown=import_markdown(reports), description="labels imported")
-    return reports
+def import_flow(workspace: str = DEFAULT_WORKSPACE, params: ImportParams | None = None,
+                resolved: Params | None = None) -> list:
+    with stage_run("import", ("import", "export"), workspace, resolved, import_=params) as (ws, p):
+        reports = import_labels(str(ws.root), p.import_, p.export)
+        create_markdown_artifact(key="import", markdown=import_markdown(reports), description="labels imported")
+        return reports
 
 
 @flow(name="dataset")
-def dataset_flow(workspace: str = DEFAULT_WORKSPACE) -> DatasetVersion:
-    ws, _ = resolve(workspace)
-    return update_dataset(str(ws.root))
+def dataset_flow(workspace: str = DEFAULT_WORKSPACE, resolved: Params | None = None) -> DatasetVersion:
+    with stage_run("dataset", ("dataset",), workspace, resolved) as (ws, _):
+        version = update_dataset(str(ws.root))
+        get_run_logger().info(describe_version(version))
+        return version
 
 
 @flow(name="train")
-def train_flow(workspace: str = DEFAULT_WORKSPACE, params: TrainParams | None = None) -> TrainResult:
-    ws, p = resolve(workspace, train=params)
-    return train_challenger(str(ws.root), p.train)
+def train_flow(workspace: str = DEFAULT_WORKSPACE, params: TrainParams | None = None,
+               resolved: Params | None = None) -> TrainResult:
+    with stage_run("train", ("train",), workspace, resolved, train=params) as (ws, p):
+        result = train_challenger(str(ws.root), p.train)
+        get_run_logger().info(describe_training(result))
+        return result
 
 
 @flow(name="gate")
-def gate_flow(workspace: str = DEFAULT_WORKSPACE, params: GateParams | None = None) -> GateDecision:
-    ws, p = resolve(workspace, gate=params)
-    decision = decide(str(ws.root), p.train.model_name, p.gate)
-    if decision.challenger_version == decision.champion_version:
-        return decision  # a rerun after promotion: the decision on that version stands as recorded
-    record(str(ws.root), p.train.model_name, decision)
-    if decision.promote:
-        promote(str(ws.root), p.train.model_name, decision)
-    links = gate_run_links(ws, p.train.model_name, decision)
-    create_markdown_artifact(key="gate", markdown=gate_markdown(decision, ws.tracking_uri, links), description=f"gate: {decision.label}")
-    return decision
+def gate_flow(workspace: str = DEFAULT_WORKSPACE, params: GateParams | None = None,
+              resolved: Params | None = None, expected_challenger: str | None = None) -> GateDecision:
+    """Decide, record, move the alias. `expected_challenger` (set by the cycle) is the version this run
+    trained: gating any other version fails loudly instead of ending green."""
+    with stage_run("gate", ("gate", "train"), workspace, resolved, gate=params) as (ws, p):
+        model_name = p.train.model_name
+        decision = decide(str(ws.root), model_name, p.gate)
+        if expected_challenger is not None and decision.challenger_version != str(expected_challenger):
+            raise RuntimeError(
+                f"the gate would judge version {decision.challenger_version} of {model_name!r}, but this run trained "
+                f"version {expected_challenger}; nothing recorded or promoted (was the challenger alias moved by another run?)")
+        if decision.challenger_version == decision.champion_version:
+            # A rerun after promotion: the decision on that version stands as recorded (reasons say why).
+            get_run_logger().info("; ".join(decision.reasons))
+            return decision
+        record(str(ws.root), model_name, decision, p.gate)
+        if decision.promote:
+            promote(str(ws.root), model_name, decision)
+        links = gate_run_links(ws, model_name, decision)
+        create_markdown_artifact(key="gate", markdown=gate_markdown(decision, ws.tracking_uri, links),
+                                 description=f"gate: {decision.label}")
+        return decision
+
+
+def describe_version(version: DatasetVersion) -> str:
+    """One line a person reads after the dataset stage: what changed, or that nothing had to."""
+    if not version.created:
+        return f"{version.tag} up to date ({version.n_rows} rows; no new or corrected labels)"
+    added = f"+{version.n_new} rows from {', '.join(version.batches)}" if version.batches else f"+{version.n_new} rows"
+    return f"{version.tag} created: {version.n_rows} rows ({added})"
+
+
+def describe_training(result: TrainResult) -> str:
+    if result.created:
+        return f"trained version {result.version} on {result.data_tag}"
+    return f"version {result.version} already trained on {result.data_tag} with these params; nothing retrained"

@@ -178,6 +178,9 @@ def select_batch(
     store = BatchStore(workspace)
     if pool.empty:
         return None
+    pool = _quarantine_unofferable_rows(workspace, pool)
+    if pool.empty:
+        return None
     key = _selection_key(pool[ITEM_ID], params, champion_version)
     for meta in store.list():
         if meta.key == key:
@@ -226,6 +229,28 @@ def select_batch(
     crash_point("select.after_batch")
     _drop_from_pool(workspace, pool, rows[ITEM_ID])
     return meta
+
+
+def _quarantine_unofferable_rows(workspace: Workspace, pool: pd.DataFrame) -> pd.DataFrame:
+    """The pool without rows select cannot offer (no item id, an item id a second time); those go to
+    quarantine with the reason and the pool file is rewritten without them. Capture never pools such
+    rows; a pool left by an older version or edited by hand may hold them, and they must not stop select."""
+    from labelloop.prediction_log import normalise_text
+
+    ids = normalise_text(pool[ITEM_ID])
+    missing = ids.isna().to_numpy()
+    repeated = (ids.duplicated(keep="first") & ids.notna()).to_numpy()
+    unofferable = missing | repeated
+    if not unofferable.any():
+        return pool
+    reasons = np.where(missing, "no item_id: select cannot offer it", "duplicate item_id in the pool (its first row is kept)")
+    rejected = pool.loc[unofferable].assign(reason=reasons[unofferable]).astype(str)
+    digest = hashlib.sha256(rejected.to_csv(index=False).encode()).hexdigest()[:12]
+    write_parquet(workspace.quarantine_dir / f"pool-{digest}.parquet", rejected)  # before the pool: a rerun redoes both
+    kept = pool.loc[~unofferable].reset_index(drop=True)
+    kept[ITEM_ID] = ids[~unofferable].to_numpy()
+    write_parquet(workspace.pool_path, kept)
+    return kept
 
 
 def _drop_from_pool(workspace: Workspace, pool: pd.DataFrame, item_ids: pd.Series) -> None:

@@ -32,6 +32,13 @@ class CaptureParams(Section):
         0.9, gt=0, le=1, description="Predictions with confidence below this become candidates."
     )
     max_rows_per_run: int = Field(1_000_000, gt=0, description="Cap on new log rows read per capture run.")
+    unreadable_part_attempts: int = Field(
+        3, ge=1, description="A log part that cannot be read (e.g. its producer is still writing it) stays unread and is "
+        "retried; it is quarantined as lost only after failing this many capture runs in a row, unchanged in between."
+    )
+    unreadable_part_min_age_seconds: float = Field(
+        3600.0, ge=0, description="...and only once it has not been modified for this long (a part still growing is never given up)."
+    )
 
 
 class SelectParams(Section):
@@ -127,6 +134,10 @@ class ImportParams(Section):
     contradiction_confidence: float = Field(
         0.0, ge=0, le=1, description="Flag labels the model contradicts with at least this confidence for review (0 = off)."
     )
+    recheck_days: float = Field(
+        3.0, ge=0, description="Fetch fully imported batches again for this many days after their import, so a vendor's "
+        "corrected answers reach the labelled set as relabels (0 = never)."
+    )
 
 
 class DatasetParams(Section):
@@ -142,8 +153,15 @@ class DatasetParams(Section):
     )
 
 
+DEFAULT_MODEL_NAME = "labelloop-classifier"
+
+
 class TrainParams(Section):
-    model_name: str = Field("labelloop-classifier", min_length=1)
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME, min_length=1,
+        description="Registered model name. Left at labelloop-classifier, `labelloop init` writes labelloop-<workspace id> "
+        "into the workspace's params.yaml, so workspaces sharing a tracking server never share a model; any other name is kept.",
+    )
     n_estimators: int = Field(200, gt=0)
     max_depth: int = Field(6, gt=0)
     learning_rate: float = Field(0.1, gt=0, le=1)
@@ -230,6 +248,10 @@ class Params(BaseModel):
                 raise ConfigError(f"unknown section {key!r}; allowed: {', '.join(SECTION_MODELS)}")
             if isinstance(value, BaseModel):
                 data[key] = value.model_dump(mode="json")
+                if key == "train" and data[key]["model_name"] == DEFAULT_MODEL_NAME:
+                    # A whole train section (a Prefect UI form, TrainParams(...)) carries the default name:
+                    # it means this workspace's model, never the literal default (init renamed it).
+                    data[key]["model_name"] = self.train.model_name
             else:
                 data[key] = _deep_update(data[key], value)
         return parse_params(data)

@@ -26,6 +26,7 @@ CRASH_POINTS = (
     "train.after_register",         # version registered, alias `challenger` not set
     "gate.after_record",            # decision on the run, alias not moved
     "gate.after_previous",          # previous-champion moved, champion not yet
+    "gate.after_champion",          # champion moved, its champion-history record not written
 )
 
 

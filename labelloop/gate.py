@@ -52,7 +52,11 @@ def decide(challenger: ModelMetrics, champion: ModelMetrics | None, rules: GateP
     else:
         failed = True
         reasons.append(f"{metric} {value:.4f} vs champion {base:.4f}: {delta:+.4f} < min_delta {rules.min_delta}")
-    if challenger.new_labels < rules.min_new_labels:
+    if challenger.new_labels < 0:
+        # Trained on less data than the champion: a data rollback removed labels; judged on its metrics alone.
+        reasons.append(f"{-challenger.new_labels} fewer labels than the champion's data (a data rollback): "
+                       "min_new_labels does not apply")
+    elif challenger.new_labels < rules.min_new_labels:
         failed = True
         reasons.append(f"only {challenger.new_labels} new labels < min_new_labels {rules.min_new_labels}")
     drops = {c: champion.class_recall[c] - r for c, r in challenger.class_recall.items() if c in champion.class_recall}

@@ -9,6 +9,7 @@ The source is split once, with a fixed seed, into
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -18,7 +19,8 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from labelloop import versioning
-from labelloop.config import Params, dump_params
+from labelloop.config import DEFAULT_MODEL_NAME, Params, dump_params
+from labelloop.redact import redact_uri
 from labelloop.io import write_json, write_parquet, write_text
 from labelloop.workspace import Schema, Workspace, WorkspaceError
 
@@ -60,13 +62,47 @@ def _prepare(source: pd.DataFrame, label_column: str) -> tuple[pd.DataFrame, Sch
 
 
 def init_workspace(path: str | Path, params: Params | None = None, simulate_traffic: bool = True) -> Workspace:
-    """Create a workspace; refuses to overwrite an existing one."""
+    """Create a workspace in a new or empty directory.
+
+    Refuses an existing workspace and any other non-empty directory (init never writes into, nor
+    removes, what it did not create). An init that fails part-way removes everything it created, so
+    the next attempt starts clean.
+    """
     workspace = Workspace.at(path)
     if workspace.exists():
         raise WorkspaceError(f"{workspace.root} already holds a labelloop workspace; choose another path or delete it")
+    if workspace.root.exists() and (not workspace.root.is_dir() or any(workspace.root.iterdir())):
+        raise WorkspaceError(f"{workspace.root} exists and is not an empty directory; `labelloop init` needs a new or "
+                             "empty directory (it neither writes into nor removes what it did not create)")
     params = params or Params()
     source_path = Path(params.dataset.source) if params.dataset.source else shipped_dataset_path()
     frame, schema = _prepare(read_table(source_path), params.dataset.label_column)
+
+    # The directory init creates first (the root itself, or its highest missing parent): what a failure removes.
+    first_created = next((p for p in reversed([workspace.root, *workspace.root.parents]) if not p.exists()), None)
+    try:
+        _create(workspace, params, frame, schema, source_path, simulate_traffic)
+    except BaseException:  # a failure or an interrupt: leave nothing half-made behind
+        if first_created is not None:
+            shutil.rmtree(first_created, ignore_errors=True)
+        else:  # the root existed, empty: everything in it is ours
+            for child in list(workspace.root.iterdir()):
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
+        raise
+    return workspace
+
+
+def _create(workspace: Workspace, params: Params, frame: pd.DataFrame, schema: Schema, source_path: Path,
+            simulate_traffic: bool) -> None:
+    # The id namespaces this workspace's projects on a shared vendor server (batch ids repeat across
+    # workspaces) and its registered model on a shared tracking server.
+    workspace_id = uuid.uuid4().hex[:12]
+    if params.train.model_name == DEFAULT_MODEL_NAME:
+        params = params.with_overrides(train={"model_name": f"labelloop-{workspace_id}"})
+    remote_url = params.dataset.remote_url
+    if remote_url and redact_uri(remote_url) != remote_url:
+        # Its credentials live in the registry's git-ignored .dvc/config.local (set_remote), never in params.yaml.
+        params = params.with_overrides(dataset={"remote_url": redact_uri(remote_url)})
 
     workspace.root.mkdir(parents=True, exist_ok=True)
     for directory in (workspace.predictions_dir, workspace.batches_dir, workspace.state_dir, workspace.quarantine_dir,
@@ -81,8 +117,8 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
     stream, seed = train_test_split(rest, test_size=seed_size, stratify=None, random_state=params.dataset.split_seed)
 
     versioning.init_registry(workspace.registry_dir, workspace.dvc_remote_dir)
-    if params.dataset.remote_url:
-        versioning.set_remote(workspace.registry_dir, params.dataset.remote_url)
+    if remote_url:
+        versioning.set_remote(workspace.registry_dir, remote_url)
     write_text(workspace.params_path, dump_params(params))
     write_json(workspace.schema_path, schema.to_json())
     write_text(workspace.registry_dir / "dvc.yaml", pipeline_template())
@@ -105,10 +141,8 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
         oracle = pd.concat([shuffled[[ITEM_ID, "label"]], seed[[ITEM_ID, "label"]]], ignore_index=True)
         write_parquet(workspace.simulator_dir / "oracle.parquet", oracle)
     # The marker last: its presence means a complete workspace.
-    # The id namespaces this workspace's projects on a shared vendor server (batch ids repeat across workspaces).
     write_json(workspace.ready_marker, {"created_from": str(source_path), "classes": schema.class_names,
-                                        "workspace_id": uuid.uuid4().hex[:12]})
-    return workspace
+                                        "workspace_id": workspace_id})
 
 
 def pipeline_template() -> str:

@@ -4,6 +4,8 @@ Two suites run on every import:
 
 * on the vendor's answers (one row per item x annotator): item ids belong to this batch, labels are in
   the label set, no nulls in `item_id` / `annotator_id` / `label`, and one answer per (item, annotator);
+  annotator ids are normalised first (`normalize_annotator_id`), so one person is one annotator in
+  votes, gold tracking and agreement whichever vendor delivered the answer;
 * on the aggregated final labels: the same membership and null checks, and exactly one final label
   per item.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +112,21 @@ def _as_str_or_null(series: pd.Series) -> pd.Series:
     return pd.Series([convert(v) for v in series], index=series.index, dtype=object)
 
 
+def normalize_annotator_id(value: Any) -> str | None:
+    """One spelling per annotator: Unicode NFKC, invisible format characters removed, whitespace trimmed.
+
+    `alice`, `alice\u200b`, ` alice ` and the full-width `ａｌｉｃｅ` are one annotator. Format characters
+    (Unicode category Cf: zero-width space/joiners U+200B..U+200D, word joiner U+2060, BOM U+FEFF, soft
+    hyphen, bidi controls) render as nothing, so two ids that differ only by them look identical.
+    Returns None for a missing id or one with nothing left.
+    """
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = unicodedata.normalize("NFKC", str(value))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip()
+    return text or None
+
+
 def _split(frame: pd.DataFrame, failures: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if failures.empty:
         quarantined = frame.iloc[0:0].copy()
@@ -153,10 +171,18 @@ def validate_annotations(
     if missing:
         raise ValueError(f"annotations lack required columns {missing}; got {list(annotations.columns)}")
     frame = annotations.reset_index(drop=True).copy()
-    for column in ("item_id", "annotator_id", "label"):
+    given_annotators = _as_str_or_null(frame["annotator_id"])
+    for column in ("item_id", "label"):
         frame[column] = _as_str_or_null(frame[column])
+    frame["annotator_id"] = pd.Series([normalize_annotator_id(v) for v in given_annotators], index=frame.index, dtype=object)
     extra: list[tuple[int, str, str]] = []
     clean = np.ones(len(frame), dtype=bool)
+    # An id made only of invisible characters names nobody: say so (escaped), rather than "missing".
+    invisible = (given_annotators.notna() & frame["annotator_id"].isna()).to_numpy()
+    extra.extend((int(i), "annotator_id_normalized_empty",
+                  f"annotator_id {given_annotators.iat[i][:40]!r} is empty once normalised (only invisible or space characters)")
+                 for i in np.flatnonzero(invisible))
+    clean &= ~invisible
     if "parse_error" in frame.columns:
         malformed = frame["parse_error"].notna().to_numpy()
         extra.extend((int(i), "malformed", f"malformed record: {frame.at[i, 'parse_error']}") for i in np.flatnonzero(malformed))

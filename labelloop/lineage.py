@@ -9,14 +9,10 @@ from labelloop.workspace import Workspace
 
 
 def lineage(workspace: Workspace, model_name: str, version: str | None = None) -> dict:
-    """`version` may be a number or an alias (champion, challenger, previous-champion)."""
+    """`version` may be a number or an alias (champion, challenger, previous-champion); one that does not
+    exist raises `tracking.UnknownModelVersion` naming the versions and aliases that do."""
     client = tracking.client(workspace)
-    if version is None or not str(version).isdigit():
-        alias = version or tracking.CHAMPION
-        resolved = tracking.alias_version(workspace, model_name, alias)
-        if resolved is None:
-            raise ValueError(f"model {model_name!r} has no version with alias {alias!r}")
-        version = resolved
+    version = tracking.resolve_version(workspace, model_name, version or tracking.CHAMPION)
     model_version = client.get_model_version(model_name, str(version))
     run = client.get_run(model_version.run_id)
     tags, params = run.data.tags, run.data.params
@@ -50,6 +46,7 @@ def lineage(workspace: Workspace, model_name: str, version: str | None = None) -
             "labelled_rows": int(tags.get("n_labels", 0)),
             "holdout": tags.get("holdout_tag"),
             "holdout_digest": tags.get("holdout_digest"),
+            **data_corrections(workspace, data_tag),
         },
         "batches": batches,
         "train_params": dict(sorted(params.items())),
@@ -60,4 +57,29 @@ def lineage(workspace: Workspace, model_name: str, version: str | None = None) -
             "against_champion": tags.get("gate.champion_version"),
             "reasons": [r for r in tags.get("gate.reasons", "").split(" | ") if r],
         },
+        "champion": champion_record(tracking.champion_history(workspace, model_name), str(version),
+                                    model_version.tags.get("rolled_back")),
     }
+
+
+def champion_record(history: list[tracking.ChampionChange], version: str, rolled_back_tag: str | None = None) -> dict:
+    """This version in the champion history: each time it became champion (when, by what, why) and each
+    time a rollback demoted it (when, why, which version replaced it). `rolled_back_tag` (the version's
+    tag) stands in for a rollback made before the history was kept."""
+    became = [{"at": c.at, "by": c.by, "reason": c.reason, "replaced": c.replaced} for c in history if c.version == version]
+    demoted = [{"at": c.at, "reason": c.reason, "champion_after": c.version} for c in history
+               if c.by == "rollback" and c.replaced == version]
+    if not demoted and rolled_back_tag:
+        demoted = [{"at": None, "reason": rolled_back_tag, "champion_after": None}]
+    return {"current": bool(history) and history[-1].version == version, "became_champion": became, "rolled_back": demoted}
+
+
+def data_corrections(workspace: Workspace, data_tag: str | None) -> dict:
+    """What shaped the labelled set at `data_tag` besides its batches: the exclusions in force there
+    (batches and items a rollback removed) and the relabels its history made (corrected answers)."""
+    from labelloop import dataset
+
+    if not data_tag or data_tag not in versioning.data_tags(workspace.registry_dir):
+        return {"exclusions": [], "relabels": []}
+    return {"exclusions": dataset.exclusion_summaries(dataset.exclusions_at(workspace, data_tag)),
+            "relabels": dataset.relabels_through(workspace, data_tag)}

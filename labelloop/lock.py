@@ -1,28 +1,58 @@
-"""An exclusive, per-workspace lock so two cycles never interleave their writes.
+"""An exclusive, per-workspace lock so two labelloop runs never interleave their writes.
 
 `fcntl.flock` is released by the kernel when the holder dies (even on SIGKILL), so a crashed run
-never leaves a stale lock behind.
+never leaves a stale lock behind. Holding it also proves that no other labelloop process works in the
+workspace, which is what lets the registry clear git/DVC lock files a killed run left behind.
+
+The lock is re-entrant within one thread: the cycle holds it and calls the stage flows, which take it
+too (a stage run alone, from the CLI or the Prefect UI, must hold it as well). Another thread or
+process is refused, as before.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from labelloop.workspace import Workspace
+
+WORKSPACE_LOCK = "cycle"  # the one lock every state-changing run takes (file name kept for old workspaces)
+
+_held = threading.local()  # per thread: lock path -> depth
 
 
 class WorkspaceBusyError(RuntimeError):
     """Another run holds this workspace's lock."""
 
 
+def _depths() -> dict[Path, int]:
+    if not hasattr(_held, "depths"):
+        _held.depths = {}
+    return _held.depths
+
+
+def holds_lock(workspace: Workspace, name: str = WORKSPACE_LOCK) -> bool:
+    """True when this thread holds the workspace's lock."""
+    return _depths().get(workspace.state_dir / f"{name}.lock", 0) > 0
+
+
 @contextmanager
-def workspace_lock(workspace: Workspace, name: str = "cycle", wait_seconds: float = 0.0) -> Iterator[None]:
-    workspace.state_dir.mkdir(parents=True, exist_ok=True)
+def workspace_lock(workspace: Workspace, name: str = WORKSPACE_LOCK, wait_seconds: float = 0.0) -> Iterator[None]:
     path = workspace.state_dir / f"{name}.lock"
+    depths = _depths()
+    if depths.get(path, 0) > 0:  # this thread already holds it: the cycle calling a stage flow
+        depths[path] += 1
+        try:
+            yield
+        finally:
+            depths[path] -= 1
+        return
+    workspace.state_dir.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")
     deadline = time.monotonic() + wait_seconds
     try:
@@ -42,6 +72,10 @@ def workspace_lock(workspace: Workspace, name: str = "cycle", wait_seconds: floa
         handle.truncate()
         handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}")
         handle.flush()
-        yield
+        depths[path] = 1
+        try:
+            yield
+        finally:
+            depths.pop(path, None)
     finally:
         handle.close()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from labelloop.io import read_json, write_json
+from labelloop.label_validation import normalize_annotator_id
 
 AGGREGATION_COLUMNS = ["item_id", "label", "n_votes", "agreement", "method", "needs_review", "review_reason"]
 REVIEW_QUEUE_COLUMNS = ["item_id", "source_batch", "reason", "status", "sent_batch"]
@@ -342,7 +343,8 @@ class GoldTracker:
         totals: dict[str, list[int]] = {}
         for entry in self._batches.values():
             for annotator, (n_gold, n_correct) in entry.items():
-                acc = totals.setdefault(annotator, [0, 0])
+                # Records written before ids were normalised merge into the one annotator they name.
+                acc = totals.setdefault(normalize_annotator_id(annotator) or annotator, [0, 0])
                 acc[0] += n_gold
                 acc[1] += n_correct
         frame = pd.DataFrame(

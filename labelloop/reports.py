@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from labelloop.io import read_json, write_json
+from labelloop.redact import redact_text, redact_uri
 from labelloop.workspace import Workspace
 
 
@@ -48,7 +49,7 @@ def gate_markdown(decision, tracking_uri: str, run_links: dict[str, str] | None 
         ("champion version", decision.champion_version), ("primary metric", decision.primary_metric),
         ("challenger value", f"{decision.challenger_value:.4f}"),
         ("champion value", "-" if decision.champion_value is None else f"{decision.champion_value:.4f}"),
-        ("tracking", tracking_uri),
+        ("tracking", redact_uri(tracking_uri)),  # a tracking server's password never reaches the artifact
     ]
     for name, link in (run_links or {}).items():
         rows.append((name, link))
@@ -65,7 +66,7 @@ def gate_run_links(workspace: Workspace, model_name: str, decision) -> dict[str,
     from labelloop import tracking
 
     links: dict[str, str] = {}
-    base = workspace.tracking_uri.rstrip("/")
+    base = redact_uri(workspace.tracking_uri).rstrip("/")
     web = base.startswith(("http://", "https://"))
     try:
         mlflow_client = tracking.client(workspace)
@@ -80,7 +81,7 @@ def gate_run_links(workspace: Workspace, model_name: str, decision) -> dict[str,
             else:
                 links[f"{role} run"] = f"runs:/{run.info.run_id} ({run.info.run_name})"
     except Exception as error:  # noqa: BLE001 - reporting is best effort
-        links["links"] = f"unavailable: {error}"[:300]
+        links["links"] = redact_text(f"unavailable: {error}")[:300]
     return links
 
 
@@ -160,3 +161,44 @@ def plot_learning_curve(workspace: Workspace, out: Path | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def stage_params_path(workspace: Workspace) -> Path:
+    return workspace.reports_dir / "stage-params.jsonl"
+
+
+def record_stage_params(workspace: Workspace, stage: str, params, sections: tuple[str, ...],
+                        run_ids: dict[str, str | None] | None = None) -> None:
+    """Append which params a stage ran with (one JSON line per stage run; the run's ids group a cycle's stages).
+
+    An append of one short line, flushed and fsynced: a kill leaves at most a torn last line, which
+    `load_stage_params` skips.
+    """
+    import json
+    import os
+    import time
+
+    data = params.to_dict()
+    line = {"stage": stage, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(run_ids or {}),
+            "params": {name: data[name] for name in sections}}
+    path = stage_params_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def load_stage_params(workspace: Workspace) -> list[dict]:
+    import json
+
+    path = stage_params_path(workspace)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from a killed run
+            continue
+    return records

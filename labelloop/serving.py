@@ -6,11 +6,18 @@
 
 One `PredictionService` does the work for both the HTTP app and `predict_log_in_process`:
 validate the features against the workspace schema, score with the model `models:/NAME@champion`
-points at, and buffer what was scored; at flush time the buffer becomes rows in the prediction-log
-format (`labelloop.production.predictions_frame`, each row with its own ts and model version). The buffer is written as one new log part (`append_predictions`: temp name + rename)
-when it holds `flush_rows` rows, when its oldest row is `flush_seconds` old, and on shutdown.
-A graceful shutdown (SIGINT/SIGTERM to uvicorn, or leaving the app's lifespan) loses nothing; a
-hard kill loses at most the unflushed buffer (bounded by `flush_rows` / `flush_seconds`).
+points at, and log what was scored as rows in the prediction-log format
+(`labelloop.production.predictions_frame`, each row with its own ts and model version). Two modes:
+
+- `durable` (the default of `serve`): a request is answered only once its rows are fsynced in a
+  write-ahead segment (`labelloop.prediction_wal`: group commit, one append + fsync for the requests
+  that arrive together). Segments become ordinary log parts at `flush_rows` / `flush_seconds` and on
+  shutdown; a restart recovers what a hard kill left. A SIGKILL loses no answered row.
+- `buffered`: rows are kept in memory and written as one log part (`append_predictions`: temp name,
+  fsync, rename) when the buffer holds `flush_rows` rows, when its oldest row is `flush_seconds` old,
+  and on shutdown. A graceful shutdown loses nothing; a hard kill loses the unflushed buffer.
+
+Request bodies larger than `max_body_bytes` are refused with 413 before they are read whole.
 
 The champion alias is re-read every `alias_ttl_seconds` (a background thread while the app runs,
 inline on the next call otherwise); a version whose signature or label set does not match the
@@ -22,6 +29,7 @@ FastAPI, uvicorn and MLflow are imported lazily; importing this module has no si
 request models built at run time inside `create_app`.
 """
 
+import json
 import logging
 import math
 import threading
@@ -36,7 +44,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labelloop.production import append_predictions, predictions_frame
+from labelloop import prediction_wal
+from labelloop.prediction_wal import LogChunk, log_frame
+from labelloop.production import append_predictions
 from labelloop.workspace import Schema, Workspace
 
 logger = logging.getLogger(__name__)
@@ -45,6 +55,12 @@ DEFAULT_FLUSH_ROWS = 1_000
 DEFAULT_FLUSH_SECONDS = 5.0
 DEFAULT_ALIAS_TTL_SECONDS = 5.0
 DEFAULT_MAX_ROWS_PER_REQUEST = 10_000
+# 10,000 rows of 36 full-precision float features are ~10 MB of JSON; 200 MB bodies are refused.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DURABLE, BUFFERED = "durable", "buffered"
+MODES = (DURABLE, BUFFERED)
+DEFAULT_MODE = DURABLE
+DEFAULT_COMMIT_WAIT_MS = prediction_wal.DEFAULT_COMMIT_WAIT_SECONDS * 1000
 MAX_PREDICTION_ID_LENGTH = 128
 PREDICTION_ID = "prediction_id"
 MAX_ERRORS_REPORTED = 50
@@ -62,6 +78,10 @@ class InvalidRequest(ValueError):
 
 class NoChampion(RuntimeError):
     """The model has no usable `champion` version (yet)."""
+
+
+class LogUnavailable(OSError):
+    """Durable mode: the rows could not be appended to the prediction log, so the request is not answered."""
 
 
 SINGLE_THREAD_MAX_ROWS = 2_000
@@ -89,18 +109,8 @@ def _single_threaded(model: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Scored:
+class Scored(LogChunk):
     """One scored request: what the log part and the response are built from."""
-
-    schema: Schema
-    features: np.ndarray  # float64, the schema's feature columns in order
-    probas: np.ndarray    # one column per class, the schema's class order
-    prediction_ids: list[str]
-    model_version: str
-    ts: datetime
-
-    def __len__(self) -> int:
-        return len(self.prediction_ids)
 
     @property
     def labels(self) -> list[str]:
@@ -112,22 +122,6 @@ class Scored:
 
     def frame(self) -> pd.DataFrame:
         return log_frame([self])
-
-
-def log_frame(chunks: Sequence[Scored]) -> pd.DataFrame:
-    """Scored chunks as prediction-log rows (`predictions_frame`), each row with its own ts and version."""
-    schema = chunks[0].schema
-    features = pd.DataFrame(np.vstack([c.features for c in chunks]), columns=schema.feature_columns)
-    ids = [i for c in chunks for i in c.prediction_ids]
-    frame = predictions_frame(features, np.vstack([c.probas for c in chunks]), schema, chunks[0].model_version, ids,
-                              ts=chunks[0].ts)
-    if len(chunks) > 1:
-        sizes = [len(c) for c in chunks]
-        nanos = np.repeat(np.array([pd.Timestamp(c.ts).value for c in chunks], dtype=np.int64), sizes)
-        frame["ts"] = pd.to_datetime(nanos, unit="ns", utc=True).astype(frame["ts"].dtype)
-        versions = np.repeat(np.array([c.model_version for c in chunks], dtype=object), sizes)
-        frame["model_version"] = pd.array(versions, dtype=frame["model_version"].dtype)
-    return frame
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -204,7 +198,12 @@ class PredictionService:
     """Score with the champion and log every prediction; thread-safe; one per process and model."""
 
     def __init__(self, workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_FLUSH_ROWS,
-                 flush_seconds: float = DEFAULT_FLUSH_SECONDS, alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS) -> None:
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS, alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS,
+                 mode: str = DEFAULT_MODE, commit_wait_ms: float = DEFAULT_COMMIT_WAIT_MS) -> None:
+        if mode not in MODES:
+            raise ValueError(f"serving mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not 0 <= commit_wait_ms <= 1000:
+            raise ValueError(f"commit_wait_ms must be between 0 and 1000, got {commit_wait_ms}")
         if int(flush_rows) < 1:
             raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
         if not flush_seconds > 0:
@@ -231,9 +230,23 @@ class PredictionService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.rows_logged = 0
-        self.parts_written: list[Path] = []
+        self._rows_logged = 0
+        self._parts_written: list[Path] = []
         self.last_error: str | None = None
+        self.mode = mode
+        # durable: every answered row is first fsynced in a write-ahead segment (group commit)
+        self._wal = prediction_wal.GroupCommitLog(self.workspace, self.schema, self.flush_rows, commit_wait_ms / 1000,
+                                                  on_full=self._wake.set) if mode == DURABLE else None
+        self.recovery: prediction_wal.RecoveryReport | None = None
+
+    @property
+    def rows_logged(self) -> int:
+        """Rows written to log parts by this service."""
+        return self._rows_logged + (self._wal.rows_converted if self._wal else 0)
+
+    @property
+    def parts_written(self) -> list[Path]:
+        return self._parts_written + (self._wal.parts_written if self._wal else [])
 
     # context manager: start/close
     def __enter__(self) -> "PredictionService":
@@ -317,14 +330,47 @@ class PredictionService:
 
     # -- scoring + log --------------------------------------------------------------------------
     def predict(self, features: pd.DataFrame, prediction_ids: Sequence[str | None] | None = None) -> "Scored":
-        """Validate, score with the champion, buffer the rows for the log; what was scored."""
+        """Validate, score with the champion, log the rows; what was scored.
+
+        Durable mode returns only once the rows are fsynced (an OSError if they could not be).
+        """
+        if self._wal is None:
+            scored = self._score(features, prediction_ids)
+            self._append(scored)
+            return scored
+        if self._closed:  # after shutdown: straight into a part of its own (fsynced before this returns)
+            scored = self._score(features, prediction_ids)
+            self._parts_written += prediction_wal.write_parts(self.workspace, [scored])
+            self._rows_logged += len(scored)
+            return scored
+        self._wal.begin()  # the writer waits (briefly) for requests being scored, to commit them together
+        try:
+            scored = self._score(features, prediction_ids)
+        except BaseException:
+            self._wal.abandon()
+            raise
+        try:
+            self._wal.commit(scored)
+        except OSError as error:
+            self.last_error = f"prediction log append failed, request not answered: {error}"
+            raise LogUnavailable(f"the prediction could not be logged durably, nothing was answered; retry: {error}") from error
+        if self._wal.has_sealed() and not self._poller_running():
+            self._convert_safely()
+        return scored
+
+    def _score(self, features: pd.DataFrame, prediction_ids: Sequence[str | None] | None) -> "Scored":
         X = validate_features(features, self.schema)
         ids = _prediction_ids(prediction_ids, len(X))
         loaded = self.current_model()
         probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
-        scored = Scored(self.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC))
-        self._append(scored)
-        return scored
+        return Scored(self.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC))
+
+    def _convert_safely(self) -> None:
+        try:
+            self._wal.convert_sealed()
+        except OSError as error:  # the rows are durable in their segment; retried on the next tick and at shutdown
+            self.last_error = f"log part write failed, rows kept in the write-ahead log: {error}"
+            logger.error("prediction log part write failed (rows kept in the write-ahead log): %s", error)
 
     def _append(self, scored: "Scored") -> None:
         with self._lock:
@@ -345,11 +391,23 @@ class PredictionService:
 
     @property
     def buffered_rows(self) -> int:
-        """Rows answered but not yet durable in a log part."""
-        return self._unwritten_rows
+        """Rows answered but not yet in a log part (durable mode: they are in the write-ahead log)."""
+        return self._wal.unconverted_rows if self._wal else self._unwritten_rows
+
+    @property
+    def at_risk_rows(self) -> int:
+        """Rows answered that a hard kill would lose: 0 in durable mode."""
+        return 0 if self._wal else self._unwritten_rows
 
     def flush(self) -> int:
         """Write the buffered rows as new log part(s), one per UTC day; rows stay buffered if a write fails."""
+        if self._wal is not None:
+            self._wal.seal()
+            try:
+                return self._wal.convert_sealed()
+            except OSError as error:
+                self.last_error = f"log part write failed, rows kept in the write-ahead log: {error}"
+                raise
         with self._flush_lock:
             with self._lock:
                 chunks, self._buffer = self._buffer, []
@@ -364,7 +422,7 @@ class PredictionService:
             for day in sorted(by_day):
                 group = by_day[day]
                 try:
-                    self.parts_written.append(append_predictions(self.workspace, log_frame(group)))
+                    self._parts_written.append(append_predictions(self.workspace, log_frame(group)))
                 except OSError as error:
                     unwritten = [c for d in sorted(by_day) if d >= day for c in by_day[d]]
                     n_unwritten = sum(len(c) for c in unwritten)
@@ -377,7 +435,7 @@ class PredictionService:
                 rows = sum(len(c) for c in group)
                 with self._lock:
                     self._unwritten_rows -= rows
-                self.rows_logged += rows
+                self._rows_logged += rows
                 written += rows
             return written
 
@@ -386,6 +444,8 @@ class PredictionService:
         """Load the champion (if any) and start the thread that polls the alias and flushes on time."""
         if self._thread is not None:
             return self
+        # What a hard-killed server left in the write-ahead log becomes log parts before anything is served.
+        self.recovery = prediction_wal.recover(self.workspace)
         self._refresh_safely()
         if self._model is None:
             logger.warning("model %s has no usable champion yet; /predict answers 503 until one is promoted", self.model_name)
@@ -403,6 +463,13 @@ class PredictionService:
             now = time.monotonic()
             if now - self._checked_at >= self.alias_ttl_seconds:
                 self._refresh_safely()
+            if self._wal is not None:
+                age = self._wal.oldest_row_age()
+                if age is not None and age >= self.flush_seconds:
+                    self._wal.seal()
+                if self._wal.has_sealed():
+                    self._convert_safely()
+                continue
             oldest = self._oldest
             if self._buffered_rows >= self.flush_rows or (oldest is not None and now - oldest >= self.flush_seconds):
                 try:
@@ -418,6 +485,13 @@ class PredictionService:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        if self._wal is not None:
+            try:
+                return self._wal.close()
+            except OSError as error:  # durable in the write-ahead log: the next start recovers them
+                self.last_error = f"log part write failed at shutdown, rows kept in the write-ahead log: {error}"
+                logger.error("%s", self.last_error)
+                return 0
         return self.flush()
 
     def health(self) -> dict[str, Any]:
@@ -426,7 +500,11 @@ class PredictionService:
             "status": "ok" if model is not None else "no_model",
             "model_name": self.model_name,
             "model_version": model.version if model else None,
-            "buffered_rows": self._unwritten_rows,
+            "mode": self.mode,
+            "buffered_rows": self.buffered_rows,
+            "at_risk_rows": self.at_risk_rows,
+            "wal_groups_committed": self._wal.groups_committed if self._wal else None,
+            "recovered_rows": self.recovery.rows_recovered if self.recovery else 0,
             "rows_logged": self.rows_logged,
             "parts_written": len(self.parts_written),
             "alias_checked_seconds_ago": None if math.isinf(self._checked_at) else round(time.monotonic() - self._checked_at, 3),
@@ -442,7 +520,8 @@ def predict_log_in_process(workspace: Workspace, model_name: str, features_df: p
     Returns the logged rows (prediction-log format). The part is written before this returns.
     Raises InvalidRequest (a ValueError naming the bad fields) or NoChampion.
     """
-    service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1))
+    # The part is written (fsync + rename) before this returns: no write-ahead log needed.
+    service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1), mode=BUFFERED)
     try:
         scored = service.predict(features_df, prediction_ids)
     finally:
@@ -457,7 +536,7 @@ def score_for_log(workspace: Workspace, model_name: str, features_df: pd.DataFra
     For callers that write the part themselves under a name of their own (the simulated production
     traffic names parts by row range, so a rerun writes each part once).
     """
-    service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1))
+    service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1), mode=BUFFERED)
     X = validate_features(features_df, service.schema)
     loaded = service.current_model()
     probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
@@ -502,9 +581,69 @@ def _request_models(schema: Schema, max_rows: int):
     return PredictRequest
 
 
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, decided before the body is read whole.
+
+    A Content-Length over the limit is refused before any of the body is read. A body without one
+    (chunked) is read here up to the limit (so memory stays bounded) and refused as soon as it passes
+    it; a body within the limit is handed on to the app unchanged.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            # The server (h11/httptools) has checked it is a valid number and never delivers more bytes than it says.
+            if int(length) > self.max_bytes:
+                await self._too_large(send, f"{int(length)} bytes")
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._too_large(send, f"more than {self.max_bytes} bytes (chunked)")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send, size: str) -> None:
+        payload = json.dumps({"error": f"request body too large: {size}; the limit is {self.max_bytes} bytes "
+                                       f"(max_body_bytes); send fewer rows per request",
+                              "max_body_bytes": self.max_bytes}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
 def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_FLUSH_ROWS,
                flush_seconds: float = DEFAULT_FLUSH_SECONDS, alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS,
-               max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST):
+               max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST, mode: str = DEFAULT_MODE,
+               commit_wait_ms: float = DEFAULT_COMMIT_WAIT_MS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
     """The FastAPI app; its lifespan loads the champion, runs the poller and flushes the log on shutdown."""
     from contextlib import asynccontextmanager
 
@@ -513,7 +652,10 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    service = PredictionService(workspace, model_name, flush_rows, flush_seconds, alias_ttl_seconds)
+    if int(max_body_bytes) < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    service = PredictionService(workspace, model_name, flush_rows, flush_seconds, alias_ttl_seconds,
+                                mode=mode, commit_wait_ms=commit_wait_ms)
     schema = service.schema
     PredictRequest = _request_models(schema, max_rows_per_request)
     class_names = list(schema.class_names)
@@ -532,6 +674,7 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
     app = FastAPI(title="labelloop serving", version="1", lifespan=lifespan,
                   description=f"Model `{model_name}@champion` of workspace {workspace.root}; every prediction is logged.")
     app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -543,6 +686,10 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
 
     @app.exception_handler(NoChampion)
     async def _no_model(request, exc: NoChampion):
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.exception_handler(LogUnavailable)
+    async def _log_unavailable(request, exc: LogUnavailable):
         return JSONResponse({"error": str(exc)}, status_code=503)
 
     @app.post("/predict", summary="Score rows with the champion; each row is logged")
@@ -569,7 +716,8 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
     def schema_endpoint():
         example = {c: 0.0 for c in features}
         return {**schema.to_json(), "model_name": model_name, "model_version": service.health()["model_version"],
-                "max_rows_per_request": max_rows_per_request, "prediction_id": "optional string per row, at most "
+                "max_rows_per_request": max_rows_per_request, "max_body_bytes": int(max_body_bytes), "mode": mode,
+                "prediction_id": "optional string per row, at most "
                 f"{MAX_PREDICTION_ID_LENGTH} characters; uuid4 hex when absent",
                 "request_example": {"rows": [example]}}
 
@@ -579,14 +727,16 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
 def run(workspace_path: str | Path, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
         flush_rows: int = DEFAULT_FLUSH_ROWS, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS, max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST,
-        log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM; then finish in-flight requests and flush the log. One process only."""
+        log_level: str = "info", mode: str = DEFAULT_MODE, commit_wait_ms: float = DEFAULT_COMMIT_WAIT_MS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    """Serve until SIGINT/SIGTERM; then finish in-flight requests and flush the log."""
     import uvicorn
 
     workspace = Workspace.at(workspace_path).require()
     name = model_name or workspace.params().train.model_name
     app = create_app(workspace, name, flush_rows=flush_rows, flush_seconds=flush_seconds,
-                     alias_ttl_seconds=alias_ttl_seconds, max_rows_per_request=max_rows_per_request)
+                     alias_ttl_seconds=alias_ttl_seconds, max_rows_per_request=max_rows_per_request, mode=mode,
+                     commit_wait_ms=commit_wait_ms, max_body_bytes=max_body_bytes)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=30)
 
 
@@ -602,12 +752,18 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS)
     parser.add_argument("--alias-ttl-seconds", type=float, default=DEFAULT_ALIAS_TTL_SECONDS)
     parser.add_argument("--max-rows-per-request", type=int, default=DEFAULT_MAX_ROWS_PER_REQUEST)
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                        help="durable: answer after the rows are fsynced (group commit); buffered: a hard kill loses the buffer")
+    parser.add_argument("--commit-wait-ms", type=float, default=DEFAULT_COMMIT_WAIT_MS,
+                        help="durable: longest wait for requests being scored to join a group commit")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(args.workspace, host=args.host, port=args.port, model_name=args.model_name, flush_rows=args.flush_rows,
         flush_seconds=args.flush_seconds, alias_ttl_seconds=args.alias_ttl_seconds,
-        max_rows_per_request=args.max_rows_per_request, log_level=args.log_level)
+        max_rows_per_request=args.max_rows_per_request, log_level=args.log_level, mode=args.mode,
+        commit_wait_ms=args.commit_wait_ms, max_body_bytes=args.max_body_bytes)
 
 
 if __name__ == "__main__":

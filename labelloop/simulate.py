@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from labelloop.stop_rules import CycleRecord, StopRules, evaluate_stop_rules
+from labelloop.workspace import sqlite_uri
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
 TARGET_FRACTION = 0.99
@@ -381,7 +382,7 @@ def plot_curves(curves: pd.DataFrame, summary: dict[str, Any], path: Path) -> No
 def log_to_mlflow(config: SimulationConfig, curves: pd.DataFrame, summary: dict[str, Any], out: Path) -> None:
     import mlflow
 
-    uri = config.tracking_uri or f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    uri = config.tracking_uri or sqlite_uri(out.resolve() / "mlflow.db")
     client_uri = mlflow.get_tracking_uri() if mlflow.active_run() else None
     mlflow.set_tracking_uri(uri)
     try:

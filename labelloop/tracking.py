@@ -33,6 +33,7 @@ from labelloop.config import GateParams, TrainParams
 from labelloop.gate import GateDecision, ModelMetrics, decide
 from labelloop.model import LabelloopClassifier
 from labelloop.pipeline import TRUSTED_TYPES
+from labelloop.redact import redact_text
 from labelloop.retry import TransientError
 from labelloop.workspace import Workspace
 
@@ -95,8 +96,10 @@ def _tracking_server_faults(what: str) -> Callable[[F], F]:
                 fault = _server_fault(error)
                 if fault is None:
                     raise
-                raise TrackingUnavailable(f"MLflow tracking server at {workspace.tracking_uri}: {what} failed: {fault}; "
-                                          "rerun the stage once it answers (the rerun completes the same work)") from error
+                # MLflow's own message never holds the password (`mlflow_uri` keeps it out of MLflow's URLs).
+                raise TrackingUnavailable(redact_text(
+                    f"MLflow tracking server at {workspace.tracking_uri}: {what} failed: {fault}; "
+                    "rerun the stage once it answers (the rerun completes the same work)")) from error
 
         return wrapper  # type: ignore[return-value]
 
@@ -112,14 +115,30 @@ class TrainResult:
     created: bool
 
 
+def mlflow_uri(tracking_uri: str, environ: MutableMapping[str, str] | None = None) -> str:
+    """The URI MLflow is given. `http(s)://user:password@host` becomes `http(s)://host` plus MLflow's own
+    basic-auth variables (MLFLOW_TRACKING_USERNAME/PASSWORD): MLflow quotes request URLs in its errors
+    ("API request to http://... failed"), so the password must not be part of them."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return tracking_uri
+    environ = os.environ if environ is None else environ
+    environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+    environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def client(workspace: Workspace):
     bound_mlflow_http()  # before the first request: MLflow reads these per request
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(workspace.tracking_uri)
-    mlflow.set_registry_uri(workspace.tracking_uri)
-    return MlflowClient(tracking_uri=workspace.tracking_uri, registry_uri=workspace.tracking_uri)
+    uri = mlflow_uri(workspace.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def experiment_id(workspace: Workspace) -> str:
@@ -297,20 +316,47 @@ def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> G
         raise RuntimeError(f"model {model_name!r} has no '{CHALLENGER}' version to gate; run the train stage first")
     champion_version = alias_version(workspace, model_name, CHAMPION)
     challenger = model_metrics(workspace, model_name, challenger_version)
+    recorded = client(workspace).get_model_version(model_name, challenger_version).tags
+    changed = rules_changed(recorded.get("gate.rules"), rules)
     if champion_version == challenger_version:
-        return GateDecision(False, [f"version {challenger_version} is already champion"], rules.primary_metric,
-                            challenger.metrics[rules.primary_metric], challenger.metrics[rules.primary_metric],
+        # A rerun after promotion: the serving champion is not re-judged; say so, and what changed.
+        reasons = [f"version {challenger_version} is already champion; its recorded decision stands "
+                   f"({recorded.get('gate.decision', 'promote')}: {recorded.get('gate.reasons', 'no reasons recorded')})"]
+        if changed:
+            reasons.append(f"gate rules changed since that decision ({changed}); they apply to the next challenger — "
+                           "to undo this promotion use `labelloop model rollback`")
+        value = challenger.metrics[rules.primary_metric]
+        return GateDecision(recorded.get("gate.decision", "promote") == "promote", reasons, rules.primary_metric, value, value,
                             challenger_version, champion_version)
     champion = model_metrics(workspace, model_name, champion_version) if champion_version else None
     if champion is not None:
         challenger = ModelMetrics(challenger.version, challenger.metrics, challenger.class_recall, challenger.holdout_digest,
                                   new_labels=challenger.new_labels - champion.new_labels)
-    return decide(challenger, champion, rules)
+    decision = decide(challenger, champion, rules)
+    if "gate.decision" in recorded:
+        note = (f"re-decided under changed gate rules ({changed}); was {recorded['gate.decision']}" if changed
+                else f"re-decided with the same rules; was {recorded['gate.decision']}")
+        decision = GateDecision(decision.promote, [*decision.reasons, note], decision.primary_metric, decision.challenger_value,
+                                decision.champion_value, decision.challenger_version, decision.champion_version)
+    return decision
+
+
+def rules_changed(recorded_json: str | None, rules: GateParams) -> str:
+    """'' when `rules` equal the recorded ones (or none were recorded), else 'key old → new, ...'."""
+    if not recorded_json:
+        return ""
+    try:
+        recorded = json.loads(recorded_json)
+    except json.JSONDecodeError:
+        return ""
+    current = rules.model_dump(mode="json")
+    return ", ".join(f"{key} {recorded.get(key)!r} → {value!r}" for key, value in current.items() if recorded.get(key) != value)
 
 
 @_tracking_server_faults("recording the gate decision")
-def record_decision(workspace: Workspace, model_name: str, decision: GateDecision) -> None:
-    """Tags on the challenger's run and model version: decision, every reason, the champion it faced."""
+def record_decision(workspace: Workspace, model_name: str, decision: GateDecision, rules: GateParams | None = None) -> None:
+    """Tags on the challenger's run and model version: decision, every reason, the champion it faced,
+    and the rules it was judged by (so a rerun with other rules can say what changed)."""
     mlflow_client = client(workspace)
     model_version = mlflow_client.get_model_version(model_name, decision.challenger_version)
     tags: dict[str, Any] = {
@@ -319,40 +365,267 @@ def record_decision(workspace: Workspace, model_name: str, decision: GateDecisio
         "gate.primary_metric": decision.primary_metric,
         "gate.champion_version": str(decision.champion_version),
     }
+    if rules is not None:
+        tags["gate.rules"] = json.dumps(rules.model_dump(mode="json"), sort_keys=True)
     for key, value in tags.items():
         mlflow_client.set_tag(model_version.run_id, key, value)
         mlflow_client.set_model_version_tag(model_name, decision.challenger_version, key, value)
     crash_point("gate.after_record")
 
 
-@_tracking_server_faults("moving the champion alias")
-def promote(workspace: Workspace, model_name: str, version: str, reason: str = "") -> str | None:
-    """Move `champion` to `version`; the version it leaves keeps `previous-champion`. Idempotent."""
+# The champion's history: one registered-model tag per change of `champion`, key
+# `labelloop.champion_history.000001`, value one JSON record. Kept in the model registry beside the
+# aliases it records, not in a workspace file: wherever the aliases live (the workspace's SQLite store,
+# or the team's tracking server in production) the history lives too — same backups, shared by every
+# worker and `labelloop serve`, visible in the MLflow UI — and it cannot drift to another machine's copy.
+# One tag per change (not one growing JSON list) keeps every write a single small insert, far below
+# MLflow's tag-value limit however long the history grows, and never rewrites an earlier record.
+CHAMPION_HISTORY_TAG = "labelloop.champion_history."
+MOVED_BY = ("gate", "rollback", "resume")  # who moves the alias through labelloop
+MAX_REASON_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class ChampionChange:
+    """One change of the `champion` alias: `version` became champion, replacing `replaced`."""
+
+    version: str
+    at: str | None  # ISO 8601, UTC; None when derived from a store older than the history
+    by: str  # gate | rollback | resume; derived (a store without history) | unrecorded (alias moved outside labelloop)
+    reason: str  # the gate's reasons, or the rollback's --reason
+    data_tag: str | None  # the data version the champion was trained on
+    replaced: str | None  # the champion before; for a rollback, the version rolled back
+    recorded: bool = True  # False: shown from the aliases, not yet written (written with the next change)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "at": self.at, "by": self.by, "reason": self.reason[:MAX_REASON_CHARS],
+                           "data_tag": self.data_tag, "replaced": self.replaced}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ChampionChange:
+        record = json.loads(text)
+        return cls(str(record["version"]), record.get("at"), record.get("by", "unrecorded"), record.get("reason", ""),
+                   record.get("data_tag"), record.get("replaced"))
+
+
+class UnknownModelVersion(ValueError):
+    """A model version, alias or model the user named does not exist; the message says what does."""
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _registered_model(workspace: Workspace, model_name: str):
+    """The registered model (tags, aliases), or None when nothing was registered under that name yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(workspace).get_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def _version_tags(workspace: Workspace, model_name: str, version: str) -> dict[str, str]:
+    return dict(client(workspace).get_model_version(model_name, str(version)).tags)
+
+
+def _change(workspace: Workspace, model_name: str, version: str, by: str, reason: str, replaced: str | None,
+            at: str | None, recorded: bool = True) -> ChampionChange:
+    tags = _version_tags(workspace, model_name, version)
+    return ChampionChange(str(version), at, by, reason, tags.get("data_tag"), replaced, recorded)
+
+
+def champion_history(workspace: Workspace, model_name: str) -> list[ChampionChange]:
+    """Every change of `champion`, oldest first. A store older than the history gets entries derived from
+    its aliases (previous-champion, unless a rollback demoted it, then champion); an alias moved without a
+    record (by hand in the MLflow UI, or a crash between the move and its record) gets an `unrecorded`
+    entry. Those carry recorded=False and are written with the next change."""
+    model = _registered_model(workspace, model_name)
+    if model is None:
+        return []
+    history = [ChampionChange.from_json(value) for key, value in sorted(model.tags.items()) if key.startswith(CHAMPION_HISTORY_TAG)]
+    aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
+    champion = aliases.get(CHAMPION)
+    if champion is None or (history and history[-1].version == champion):
+        return history
+    if not history:
+        previous = aliases.get(PREVIOUS)
+        if previous and previous != champion and not _version_tags(workspace, model_name, previous).get("rolled_back"):
+            history.append(_change(workspace, model_name, previous, "derived", "champion before labelloop kept a champion history",
+                                   None, None, recorded=False))
+        tags = _version_tags(workspace, model_name, champion)
+        reason = tags.get("promoted_because") or tags.get("gate.reasons") or "champion before labelloop kept a champion history"
+        history.append(ChampionChange(champion, None, "derived", reason, tags.get("data_tag"), previous, recorded=False))
+        return history
+    history.append(_change(workspace, model_name, champion, "unrecorded",
+                           "the champion alias was moved without a record (by hand, or a run killed right after the move)",
+                           history[-1].version, None, recorded=False))
+    return history
+
+
+def champion_line(history: list[ChampionChange]) -> list[str]:
+    """The champions a rollback steps back along, oldest first; the last is the current champion.
+    A rollback removes the version it demoted, and a rollback to an earlier champion removes every
+    champion after it — so stepping back never returns to a rolled-back version (never forward)."""
+    line: list[str] = []
+    for change in history:
+        if change.by == "rollback" and change.version in line:
+            del line[line.index(change.version) + 1:]
+            continue
+        if change.by == "rollback" and line and line[-1] == change.replaced:
+            line.pop()
+        if change.version in line:
+            line.remove(change.version)
+        line.append(change.version)
+    return line
+
+
+def rolled_back(history: list[ChampionChange]) -> dict[str, ChampionChange]:
+    """Version → the rollback that demoted it, for versions no later change made champion again."""
+    demoted: dict[str, ChampionChange] = {}
+    for change in history:
+        demoted.pop(change.version, None)
+        if change.by == "rollback" and change.replaced:
+            demoted[change.replaced] = change
+    return demoted
+
+
+def _write_changes(workspace: Workspace, model_name: str, history: list[ChampionChange], new: list[ChampionChange]) -> None:
+    """Write the not-yet-recorded entries of `history`, then `new`, each under the next sequence number."""
     mlflow_client = client(workspace)
+    stored = sum(1 for change in history if change.recorded)
+    for offset, change in enumerate([c for c in history if not c.recorded] + new, start=1):
+        mlflow_client.set_registered_model_tag(model_name, f"{CHAMPION_HISTORY_TAG}{stored + offset:06d}", change.to_json())
+
+
+@_tracking_server_faults("moving the champion alias")
+def promote(workspace: Workspace, model_name: str, version: str, reason: str = "", by: str = "gate") -> str | None:
+    """Move `champion` to `version`; the version it leaves keeps `previous-champion`; the change is
+    appended to the champion history (`by`: gate, rollback or resume). Idempotent: a rerun after the
+    alias moved only writes the history record a crash may have left unwritten."""
+    if by not in MOVED_BY:
+        raise ValueError(f"unknown champion change {by!r}; allowed: {', '.join(MOVED_BY)}")
+    version = str(version)
+    mlflow_client = client(workspace)
+    history = champion_history(workspace, model_name)  # read before the move, so the move is not taken for an unrecorded one
     current = alias_version(workspace, model_name, CHAMPION)
-    if current == str(version):
+    if current == version:
+        if history and history[-1].version == version and history[-1].by == "unrecorded":
+            replaced = history[-1].replaced
+            _write_changes(workspace, model_name, history[:-1],
+                           [_change(workspace, model_name, version, by, reason or "resumed", replaced, _utc_now())])
         return current
     if current is not None:
         mlflow_client.set_registered_model_alias(model_name, PREVIOUS, current)
         crash_point("gate.after_previous")
-    mlflow_client.set_registered_model_alias(model_name, CHAMPION, str(version))
+    mlflow_client.set_registered_model_alias(model_name, CHAMPION, version)
     if reason:
-        mlflow_client.set_model_version_tag(model_name, str(version), "promoted_because", reason[:5000])
+        because = f"rollback: {reason}" if by == "rollback" else reason
+        mlflow_client.set_model_version_tag(model_name, version, "promoted_because", because[:5000])
+    crash_point("gate.after_champion")
+    _write_changes(workspace, model_name, history, [_change(workspace, model_name, version, by, reason, current, _utc_now())])
     return current
 
 
 @_tracking_server_faults("resuming the gate")
 def resume_gate(workspace: Workspace, model_name: str) -> str | None:
     """Finish a gate a crash interrupted: the challenger's recorded decision is `promote` but it is
-    not champion. A version demoted by a manual rollback is left alone. Returns the version promoted."""
+    not champion, or it is champion but its history record was never written. A version a rollback
+    demoted is left alone. Returns the version promoted."""
     challenger = alias_version(workspace, model_name, CHALLENGER)
-    if challenger is None or challenger == alias_version(workspace, model_name, CHAMPION):
+    if challenger is None:
         return None
     tags = client(workspace).get_model_version(model_name, challenger).tags
-    if tags.get("gate.decision") != "promote" or tags.get("rolled_back"):
+    # The reasons as the gate stage passes them to promote ("; "-joined; the tag joins them with " | ").
+    reason = tags.get("gate.reasons", "resumed after an interrupted gate").replace(" | ", "; ")
+    if challenger == alias_version(workspace, model_name, CHAMPION):
+        history = champion_history(workspace, model_name)
+        if tags.get("gate.decision") == "promote" and history and history[-1].by == "unrecorded":
+            promote(workspace, model_name, challenger, reason, by="resume")  # writes only the missing record
         return None
-    promote(workspace, model_name, challenger, tags.get("gate.reasons", "resumed after an interrupted gate"))
+    if (tags.get("gate.decision") != "promote" or tags.get("rolled_back")
+            or challenger in rolled_back(champion_history(workspace, model_name))):
+        return None
+    promote(workspace, model_name, challenger, reason, by="resume")
     return challenger
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] → '1–3, 5'."""
+    parts: list[str] = []
+    for number in sorted(numbers):
+        if parts and parts[-1][1] == number - 1:
+            parts[-1] = (parts[-1][0], number)
+        else:
+            parts.append((number, number))
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in parts)
+
+
+def describe_versions(workspace: Workspace, model_name: str) -> str:
+    """'model 'x' has versions 1–5; aliases champion=5, previous-champion=3' — what a user may name."""
+    model = _registered_model(workspace, model_name)
+    if model is None:
+        return f"model {model_name!r} has no registered versions yet (run `labelloop train` or `labelloop cycle`)"
+    versions = [int(v.version) for v in client(workspace).search_model_versions(f"name = '{model_name}'")]
+    aliases = ", ".join(f"{alias}={version}" for alias, version in sorted((model.aliases or {}).items())) or "none"
+    return f"model {model_name!r} has versions {_ranges(versions) or 'none'}; aliases {aliases}"
+
+
+@_tracking_server_faults("looking up a model version")
+def resolve_version(workspace: Workspace, model_name: str, ref: str) -> str:
+    """A version number ('3' or 'v3') or an alias (champion, challenger, previous-champion) → the version
+    number; anything else is one `UnknownModelVersion` that names the versions and aliases that exist."""
+    from mlflow.exceptions import MlflowException
+
+    ref = str(ref).strip()
+    number = ref[1:] if ref[:1] in ("v", "V") and ref[1:].isdigit() else ref
+    model = _registered_model(workspace, model_name)
+    if model is None:
+        raise UnknownModelVersion(f"no version {ref!r}: {describe_versions(workspace, model_name)}")
+    if number.isdigit():
+        try:
+            return str(client(workspace).get_model_version(model_name, number).version)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise UnknownModelVersion(f"no version {ref!r}: {describe_versions(workspace, model_name)}") from None
+    aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
+    if ref not in aliases:
+        raise UnknownModelVersion(f"no version or alias {ref!r}: {describe_versions(workspace, model_name)}")
+    return aliases[ref]
+
+
+@_tracking_server_faults("rolling back the champion")
+def rollback(workspace: Workspace, model_name: str, reason: str, version: str | None = None) -> tuple[str | None, str]:
+    """Make an earlier model champion again; returns (the champion it demoted, the new champion).
+
+    Without `version`: one step back along the champion history — to the champion the current one
+    replaced, skipping versions a rollback demoted — so rollback twice goes v5 → v3 → v2, never forward.
+    With `version` (a number or alias): that version, which must exist. The demoted version is tagged
+    `rolled_back` (the gate's resume never re-promotes it) and the reason is kept in the history."""
+    history = champion_history(workspace, model_name)
+    current = alias_version(workspace, model_name, CHAMPION)
+    if version is None:
+        if current is None:
+            raise UnknownModelVersion(f"no champion to roll back: {describe_versions(workspace, model_name)}")
+        line = champion_line(history)
+        if len(line) < 2:
+            raise UnknownModelVersion(f"no earlier champion to roll back to: version {current} is the first in the champion "
+                                      f"history (`labelloop model history`); name a VERSION — {describe_versions(workspace, model_name)}")
+        target = line[-2]
+    else:
+        target = resolve_version(workspace, model_name, version)
+        if target == current:
+            return current, target
+    if current is not None:
+        mark_rolled_back(workspace, model_name, current, reason)
+    left = promote(workspace, model_name, target, reason, by="rollback")
+    return left, target
 
 
 @_tracking_server_faults("looking up the model of this data version")

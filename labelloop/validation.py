@@ -17,6 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from labelloop.prediction_log import (
+    CONFIDENCE_TOLERANCE,
+    ITEM_ID,
+    PROBA_PREFIX,
+    REQUIRED_COLUMNS,
+    normalise_prediction_log,
+    unknown_proba_columns,
+)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -116,10 +125,15 @@ def _rule_of(config, rules: list[Rule]) -> Rule:
     raise LookupError(f"GX returned a result for an expectation not in the suite: {config.type} {config.kwargs}")
 
 
-def prediction_log_rules(feature_columns: list[str], proba_columns: list[str]) -> list[Rule]:
+def prediction_log_rules(feature_columns: list[str], proba_columns: list[str], class_names: list[str] | None = None) -> list[Rule]:
+    if class_names is None:
+        class_names = [c.removeprefix(PROBA_PREFIX) for c in proba_columns]
     rules = [
         Rule("ExpectColumnValuesToNotBeNull", {"column": "prediction_id"}),
+        Rule("ExpectColumnValuesToNotBeNull", {"column": ITEM_ID}),
         Rule("ExpectColumnValuesToNotBeNull", {"column": "ts"}),
+        Rule("ExpectColumnValuesToNotBeNull", {"column": "predicted"}),
+        Rule("ExpectColumnValuesToBeInSet", {"column": "predicted", "value_set": list(class_names)}),
         Rule("ExpectColumnValuesToBeBetween", {"column": "confidence", "min_value": 0.0, "max_value": 1.0}),
         Rule("ExpectColumnValuesToNotBeNull", {"column": "confidence"}),
     ]
@@ -131,32 +145,47 @@ def prediction_log_rules(feature_columns: list[str], proba_columns: list[str]) -
     return rules
 
 
-REQUIRED_LOG_COLUMNS = ("prediction_id", "ts", "model_version", "predicted", "confidence")
+REQUIRED_LOG_COLUMNS = REQUIRED_COLUMNS
 
 
-def validate_prediction_log(frame: pd.DataFrame, feature_columns: list[str], proba_columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a prediction-log frame into (valid rows, quarantined rows with a `reason` column).
+def validate_prediction_log(frame: pd.DataFrame, feature_columns: list[str], proba_columns: list[str],
+                            class_names: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a prediction-log frame into (valid rows, normalised; quarantined rows as given, with a `reason`).
 
-    Missing columns are a whole-file error (raised): no row of such a file can be trusted.
+    The contract is in labelloop.prediction_log (README, "The prediction-log contract"). A missing
+    column, or a proba_<x> column for a class outside the label set, is a whole-file error (raised):
+    no row of such a file can be trusted. `class_names` default to the proba columns' classes.
     """
     missing = [c for c in (*REQUIRED_LOG_COLUMNS, *proba_columns, *feature_columns) if c not in frame.columns]
     if missing:
         raise ValueError(f"prediction log is missing columns {missing[:10]}")
+    if class_names is None:
+        class_names = [c.removeprefix(PROBA_PREFIX) for c in proba_columns]
+    unknown = unknown_proba_columns(list(frame.columns), proba_columns, feature_columns)
+    if unknown:
+        raise ValueError(f"prediction log has probability columns {unknown[:10]} for classes outside the label set "
+                         f"{list(class_names)}: its model predicts another label set, so its probabilities cannot rank items")
     frame = frame.reset_index(drop=True)
+    # One type per contract column (ids as text, ts as UTC timestamps, item_id from prediction_id).
+    normalised, extra = normalise_prediction_log(frame)
     # Coerce what should be numeric; unparseable values become NaN and fail the not-null rules.
     numeric = [*proba_columns, *feature_columns, "confidence"]
-    coerced = frame.copy()
+    coerced = normalised
     for column in numeric:
         coerced[column] = pd.to_numeric(coerced[column], errors="coerce").astype("float64")
         coerced.loc[~np.isfinite(coerced[column].to_numpy(dtype="float64", na_value=np.nan)), column] = np.nan
-    failures = validate_rows(coerced, prediction_log_rules(feature_columns, proba_columns), name="prediction_log")
+    failures = validate_rows(coerced, prediction_log_rules(feature_columns, proba_columns, class_names), name="prediction_log")
     # Cross-column and cross-row rules GX has no single expectation for.
-    extra: list[tuple[int, str]] = []
+    probas = coerced[proba_columns].to_numpy(dtype="float64", na_value=np.nan)
     sums = coerced[proba_columns].sum(axis=1, min_count=len(proba_columns)).to_numpy()
     bad_sum = ~np.isclose(np.nan_to_num(sums, nan=math.inf), 1.0, atol=1e-3)
     extra.extend((int(i), "probabilities do not sum to 1") for i in np.flatnonzero(bad_sum))
+    extra.extend(_inconsistent_confidence(coerced, probas, list(class_names)))
     duplicated = coerced["prediction_id"].duplicated(keep="first").to_numpy()
     extra.extend((int(i), "duplicate prediction_id in this read") for i in np.flatnonzero(duplicated))
+    if ITEM_ID in frame.columns:  # given, not derived (a derived one repeats prediction_id's check)
+        repeated = (coerced[ITEM_ID].duplicated(keep="first") & coerced[ITEM_ID].notna()).to_numpy()
+        extra.extend((int(i), "duplicate item_id in this read (its first prediction is kept)") for i in np.flatnonzero(repeated))
     if extra:
         failures = pd.concat([failures, pd.DataFrame(extra, columns=["row", "reason"])], ignore_index=True)
     reasons = failures.groupby("row")["reason"].agg(lambda r: "; ".join(sorted(set(r))))
@@ -165,3 +194,24 @@ def validate_prediction_log(frame: pd.DataFrame, feature_columns: list[str], pro
     quarantined = frame.loc[bad].copy()
     quarantined["reason"] = reasons.reindex(np.flatnonzero(bad)).to_numpy()
     return coerced.loc[~bad].reset_index(drop=True), quarantined.reset_index(drop=True)
+
+
+def _inconsistent_confidence(frame: pd.DataFrame, probas: np.ndarray, class_names: list[str]) -> list[tuple[int, str]]:
+    """Rows whose confidence is neither the top probability nor the predicted class's probability.
+
+    Rows with a missing confidence or probability already fail a GX rule and are not reported twice.
+    """
+    confidence = frame["confidence"].to_numpy(dtype="float64", na_value=np.nan)
+    complete = np.isfinite(confidence) & np.isfinite(probas).all(axis=1) if probas.shape[1] else np.zeros(len(frame), bool)
+    if not complete.any():
+        return []
+    top = np.where(complete, np.nan_to_num(probas, nan=-np.inf).max(axis=1), np.nan)
+    codes = pd.Categorical(frame["predicted"], categories=class_names).codes
+    of_predicted = np.full(len(frame), np.nan)
+    known = complete & (codes >= 0)
+    of_predicted[known] = probas[np.flatnonzero(known), codes[known]]
+    matches = np.isclose(confidence, top, atol=CONFIDENCE_TOLERANCE, rtol=0) | np.isclose(
+        confidence, of_predicted, atol=CONFIDENCE_TOLERANCE, rtol=0)
+    wrong = np.flatnonzero(complete & ~matches)
+    return [(int(i), f"confidence {confidence[i]:.4g} is neither the top probability ({top[i]:.4g}) nor the predicted "
+                     f"class's probability (tolerance {CONFIDENCE_TOLERANCE})") for i in wrong]

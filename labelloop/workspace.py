@@ -22,11 +22,30 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from labelloop.config import Params, load_params
 
 ENV_WORKSPACE = "LABELLOOP_WORKSPACE"
 ENV_TRACKING_URI = "LABELLOOP_TRACKING_URI"
+
+
+def sqlite_uri(path: Path) -> str:
+    """The SQLAlchemy/MLflow URI of the SQLite file at `path`, for any path.
+
+    `sqlite:///<path>` is taken literally by SQLAlchemy except that a `?` starts its query (so
+    `/data/ws?1/mlflow.db` would open the file `/data/ws`, shared with `/data/ws?2`), and percent-escapes
+    there are not decoded. A path with any character that needs escaping therefore uses SQLite's own URI
+    filename (`file:` + percent-encoded path, `uri=true`), which SQLite decodes; a plain path keeps the
+    plain form, so existing workspaces keep the URI they always had. The driver is named
+    (`sqlite+pysqlite`) because MLflow creates the "parent directory" of whatever follows a bare
+    `sqlite:///`, which for `file:/...` would be a stray `file:` directory in the current directory.
+    """
+    absolute = str(Path(path).absolute())
+    encoded = quote(absolute, safe="/")
+    if encoded == absolute:
+        return f"sqlite:///{absolute}"
+    return f"sqlite+pysqlite:///file:{encoded}?uri=true"
 
 
 class WorkspaceError(RuntimeError):
@@ -146,7 +165,7 @@ class Workspace:
         Not `$MLFLOW_TRACKING_URI`: `mlflow.set_tracking_uri` exports that variable, so it would leak
         one workspace's store into the next workspace opened in the same process.
         """
-        return os.environ.get(ENV_TRACKING_URI) or f"sqlite:///{self.root / 'mlflow.db'}"
+        return os.environ.get(ENV_TRACKING_URI) or sqlite_uri(self.root / "mlflow.db")
 
     def batch_dir(self, batch_id: str) -> Path:
         return self.batches_dir / batch_id

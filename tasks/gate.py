@@ -13,8 +13,8 @@ def decide(workspace: str, model_name: str, rules: GateParams) -> GateDecision:
 
 
 @task(name="gate-record", retries=2, retry_delay_seconds=[2, 10])
-def record(workspace: str, model_name: str, decision: GateDecision) -> None:
-    tracking.record_decision(Workspace.at(workspace), model_name, decision)
+def record(workspace: str, model_name: str, decision: GateDecision, rules: GateParams | None = None) -> None:
+    tracking.record_decision(Workspace.at(workspace), model_name, decision, rules)
 
 
 @task(name="move-champion-alias", retries=2, retry_delay_seconds=[2, 10])

@@ -176,3 +176,22 @@ def test_export_respects_max_batch_size_and_adds_easy_items_from_the_pool(worksp
     too_small, vendor = _filedrop_export(workspace, tmp_path, max_batch_size=9)
     with pytest.raises(ValueError, match="export.max_batch_size=9"):
         export_batches(workspace, too_small, vendor)
+
+
+def test_select_quarantines_pool_rows_it_cannot_offer_and_selects_from_the_rest(workspace):
+    # A pool as an older version could leave it: rows without an item id, an item twice.
+    pool = _pool(workspace, n=12)
+    damaged = pool.copy()
+    damaged["item_id"] = damaged["item_id"].astype(object)
+    damaged.loc[[0, 1], "item_id"] = None
+    damaged.loc[2, "item_id"] = damaged.loc[3, "item_id"]
+    damaged.to_parquet(workspace.pool_path, index=False)
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=4))
+    items = BatchStore(workspace).items(meta.batch_id)
+    assert meta.n_items == 4 and items["item_id"].notna().all() and items["item_id"].is_unique
+    quarantined = pd.concat([pd.read_parquet(p) for p in workspace.quarantine_dir.glob("pool-*.parquet")])
+    assert sorted(quarantined["prediction_id"]) == sorted(pool.loc[[0, 1, 3], "prediction_id"])  # row 2 came first
+    assert quarantined["reason"].str.contains("no item_id|duplicate item_id").all()
+    remaining = load_pool(workspace)
+    assert len(remaining) + len(items) + 3 == len(pool)  # every row is in the batch, the pool or quarantine
+    assert select_batch(workspace, SelectParams(strategy="margin", batch_size=4)).n_items == 4  # and it goes on

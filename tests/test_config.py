@@ -90,3 +90,28 @@ def test_a_list_instead_of_sections_is_refused(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_params(path)
+
+
+def _nullable_keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _nullable_keys(annotation, key + ".")
+        elif field.is_required() is False and type(None) in getattr(annotation, "__args__", ()):
+            yield key
+
+
+@pytest.mark.parametrize("key", sorted(_nullable_keys(Params)))
+def test_every_nullable_key_can_be_set_to_null_from_the_command_line(key):
+    from flows.cli import parse_overrides
+
+    overrides = parse_overrides([f"{key}=null"])
+    params = Params().with_overrides(**overrides)
+    section, *path = key.split(".")
+    value = params.section(section)
+    for part in path:
+        value = getattr(value, part)
+    assert value is None

@@ -53,3 +53,11 @@ def test_neg_log_loss_as_primary_metric_means_lower_loss_wins():
     champion = ModelMetrics("1", {"neg_log_loss": -0.5, "accuracy": 0.8}, {}, "h", 0)
     assert decide(challenger, champion, GateParams(primary_metric="neg_log_loss")).promote
     assert not decide(champion, challenger, GateParams(primary_metric="neg_log_loss")).promote
+
+
+def test_a_rolled_back_challenger_is_judged_on_its_metrics_not_refused_for_negative_new_labels():
+    # Before: "only -100 new labels < min_new_labels" after every data rollback.
+    decision = decide(_m("3", 0.9, new_labels=-100), _m("2", 0.85), GateParams(min_new_labels=50))
+    assert decision.promote
+    assert any("100 fewer labels" in r and "does not apply" in r for r in decision.reasons)
+    assert not any("-100" in r for r in decision.reasons)

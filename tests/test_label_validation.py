@@ -102,3 +102,36 @@ def test_quarantine_file_is_jsonl_with_reasons_and_replaced_on_rerun(tmp_path):
     assert len(lines) == 2
     assert lines[0]["batch_id"] == "b1" and lines[0]["expectation"] == "ExpectColumnValuesToBeInSet"
     assert lines[0]["score"] is None and lines[1]["label"] == "horse"
+
+
+# ------------------------------------------------------------------------------------ annotator ids
+ALICE_SPELLINGS = ["alice", "alice\u200b", " alice ", "\ufeffal\u2060ice", "ａｌｉｃｅ", "al\u200cice\u200d"]
+
+
+def test_normalize_annotator_id_one_spelling_per_person():
+    from labelloop.label_validation import normalize_annotator_id
+
+    assert {normalize_annotator_id(s) for s in ALICE_SPELLINGS} == {"alice"}
+    assert normalize_annotator_id("José") == normalize_annotator_id("Jose\u0301") == "José"  # NFC/NFD forms meet
+    assert normalize_annotator_id("Bob Smith") == "Bob Smith"  # inner spaces and case are kept
+    for nothing in (None, float("nan"), pd.NA, "", "   ", "\u200b\u2060\ufeff"):
+        assert normalize_annotator_id(nothing) is None
+
+
+def test_look_alike_annotator_ids_are_one_annotator_so_their_answers_are_duplicates():
+    data = frame([("a", spelling, "cat", str(n)) for n, spelling in enumerate(ALICE_SPELLINGS)] + [("b", "bob\u200b", "dog", "9")])
+    accepted, quarantined = validate_annotations(data, BATCH, LABELS)
+    assert accepted[["item_id", "annotator_id", "annotation_id"]].values.tolist() == [
+        ["a", "alice", str(len(ALICE_SPELLINGS) - 1)], ["b", "bob", "9"]]  # the last answer per person is kept
+    assert set(quarantined["expectation"]) == {"ExpectCompoundColumnsToBeUnique"}
+    assert len(quarantined) == len(ALICE_SPELLINGS) - 1
+
+
+def test_an_annotator_id_of_only_invisible_characters_is_quarantined_with_an_escaped_reason():
+    data = frame([("a", "\u200b\u2060", "cat", "1"), ("b", "u1", "dog", "2"), ("c", "  ", "dog", "3")])
+    accepted, quarantined = validate_annotations(data, BATCH, LABELS)
+    assert accepted["annotation_id"].tolist() == ["2"]
+    reasons = quarantined.set_index("annotation_id")["reason"]
+    assert reasons["1"] == "annotator_id '\\u200b\\u2060' is empty once normalised (only invisible or space characters)"
+    assert reasons["3"] == "annotator_id is missing"  # blank stays 'missing', as before
+    assert "\u200b" not in "".join(quarantined["reason"])  # the reason shows the characters escaped

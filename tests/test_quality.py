@@ -294,3 +294,32 @@ def test_dawid_skene_stays_sane_with_many_classes_and_few_answers():
     ds = q.dawid_skene(data, classes)
     mv = q.majority_vote(data)
     assert accuracy(ds.labels, truth) >= accuracy(mv, truth) - 0.02
+
+
+# ------------------------------------------------------------------------------ normalised annotators
+def test_look_alike_annotator_ids_are_one_voter_in_votes_gold_and_agreement(tmp_path):
+    """`alice` and `alice\\u200b` are one person: one vote, one gold record, no agreement with herself."""
+    items = pd.DataFrame({"item_id": ["a", "b", "g1", "g2", "g3", "g4"], "is_gold": [False, False, True, True, True, True],
+                          "gold_label": [None, None, "dog", "dog", "dog", "dog"]})
+    data = pd.DataFrame({
+        "item_id": ["a", "a", "b", "b", "g1", "g2", "g3", "g4"],
+        "annotator_id": ["alice", "alice\u200b", "carol", "ｃａｒｏｌ\ufeff", "spam", "spam\u200b", " spam", "spam\u2060"],
+        "label": ["cat", "cat", "dog", "dog", "cat", "cat", "cat", "cat"],
+    })
+    params = q.QualityParams(min_gold_accuracy=0.5, min_gold_answers=4)
+    outcome = q.process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path)
+    assert outcome.final.set_index("item_id").loc[["a", "b"], "n_votes"].tolist() == [1, 1]
+    assert outcome.report.agreement["n_overlap_items"] == 0  # nobody agreed with themself
+    gold = q.GoldTracker(tmp_path / "gold_tracker.json").summary()
+    assert gold[["annotator_id", "n_gold"]].values.tolist() == [["spam", 4]]
+    assert outcome.report.excluded_annotators == ["spam"]  # 4 wrong gold answers by one person
+
+
+def test_gold_records_written_before_normalisation_merge_into_one_annotator(tmp_path):
+    path = tmp_path / "gold_tracker.json"
+    path.write_text(json.dumps({"batches": {"b0": {"alice\u200b": [3, 0], "bob": [1, 1]}}}))
+    tracker = q.GoldTracker(path)
+    tracker.record("b1", pd.DataFrame({"annotator_id": ["alice"], "n_gold": [2], "n_correct": [0]}))
+    summary = tracker.summary().set_index("annotator_id")
+    assert summary.loc["alice", "n_gold"] == 5 and list(summary.index) == ["alice", "bob"]
+    assert tracker.excluded(0.5, min_answers=5) == ["alice"]

@@ -250,7 +250,7 @@ def test_a_failed_log_write_keeps_the_rows_and_the_next_flush_writes_them(served
         return real(workspace, frame, part_name)
 
     monkeypatch.setattr(serving, "append_predictions", flaky)
-    service = PredictionService(served, NAME, flush_rows=10_000)
+    service = PredictionService(served, NAME, flush_rows=10_000, mode="buffered")  # durable mode: test_serving_durable.py
     scored = service.predict(pd.DataFrame(traffic_rows(served, 5)))
     with pytest.raises(OSError, match="disk full"):
         service.flush()

@@ -44,6 +44,12 @@ class VendorUnavailable(VendorError, TransientError):
     """The vendor did not answer usefully this time (unreachable, 5xx, timeout): retried, bounded."""
 
 
+class VendorRefused(VendorError):
+    """One batch's payload was refused without being used (a link, a FIFO, oversized, wrong encoding):
+    nothing of that batch is imported, the import of the other batches goes on, and a rerun after the
+    vendor fixes the payload imports it."""
+
+
 @dataclass(frozen=True)
 class ExportBatch:
     batch_id: str

@@ -13,10 +13,16 @@ content: nothing is rewritten; same batch id with other content: VendorError). F
 whole labels file each time, so a vendor may append to it or replace it as work progresses; lines
 that cannot be parsed come back with a `parse_error` and end in the import's quarantine.
 
-Hostile files: a labels file above `max_labels_bytes` is refused before it is read; a JSONL line above
+Hostile files: in a local drop only regular files with one link are read, through directories that
+are not links (`labelloop.confined_files`): a symbolic link (to a secret, to /dev/zero, a batch folder
+or `archive/` pointing elsewhere), a FIFO, a device or a hard link is refused before any byte of it is
+read, and nothing is written through a link. A file above `max_labels_bytes` is refused unread (size
+of the opened file; the read stops at the limit + 1 bytes, local or remote). A JSONL line above
 MAX_LINE_BYTES, or one that is not UTF-8 (a latin-1 name), is quarantined with its line number while
 the other lines are kept; a UTF-16/32 file (byte-order mark or NUL bytes) or a CSV that is not UTF-8 is
-one clear error, nothing imported. Storage faults: a drop that cannot be reached or written is one
+one clear error, nothing imported. Each refusal of a batch's files is a `VendorRefused`: that batch
+is skipped with its reason (`labelloop.labels.import_labels`), the other batches are imported, and a
+rerun after the vendor fixes the file imports it. Storage faults: a drop that cannot be reached or written is one
 `VendorError` naming the path; timeouts and dropped connections (object stores) are retried, bounded,
 by `labelloop.retry`.
 """
@@ -32,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from labelloop.io import write_bytes
+from labelloop.confined_files import FileTooLarge, UnsafeFile, lexists, read_regular, write_regular
 from labelloop.retry import with_retries
 from labelloop.vendors.base import json_value as _json_value
 from labelloop.vendors.base import (
@@ -42,6 +48,7 @@ from labelloop.vendors.base import (
     FetchedLabels,
     Vendor,
     VendorError,
+    VendorRefused,
     VendorStatus,
     VendorUnavailable,
 )
@@ -57,6 +64,13 @@ FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32")
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 class FileDropVendor(Vendor):
@@ -92,32 +106,70 @@ class FileDropVendor(Vendor):
 
         return with_retries(f"file drop {self.url}: {what}", attempt)
 
-    def _exists(self, path: str) -> bool:
+    def _root_exists(self) -> bool:
+        return bool(self._io(f"looking for {self.root}", lambda: self.fs.exists(self.root)))
+
+    def _confined(self, batch_id: str, operation):
+        """A local access below the root; a link or special file on the way refuses the batch."""
+        try:
+            return operation()
+        except FileTooLarge:
+            raise
+        except UnsafeFile as error:
+            raise VendorRefused(f"file drop {self.url}: {error}; nothing of batch {batch_id} was imported (the drop "
+                                "must hold plain files and folders: no symbolic or hard links, FIFOs or devices)") from None
+
+    def _exists(self, batch_id: str, *parts: str) -> bool:
+        path = self._path(batch_id, *parts)
+        if self._local:  # a dangling link counts as found: it is then refused, not silently skipped
+            return bool(self._io(f"looking for {path}", lambda: self._confined(batch_id, lambda: lexists(self.root, [batch_id, *parts]))))
         return bool(self._io(f"looking for {path}", lambda: self.fs.exists(path)))
 
-    def _read(self, path: str) -> bytes:
-        return self._io(f"reading {path}", lambda: self.fs.cat_file(path))
+    def _read(self, batch_id: str, *parts: str) -> bytes:
+        """A file of the drop, read bounded by `max_labels_bytes` (FileTooLarge above it, nothing kept)."""
+        path = self._path(batch_id, *parts)
+        try:
+            if self._local:
+                return self._io(f"reading {path}", lambda: self._confined(
+                    batch_id, lambda: read_regular(self.root, [batch_id, *parts], self.max_labels_bytes)))
+            return self._io(f"reading {path}", lambda: self._read_remote(path))
+        except FileTooLarge as error:  # refused unread (or the read stopped at the limit): nothing is kept
+            raise VendorRefused(f"file drop {self.url}: {error} for a file of the drop; nothing was imported "
+                                "(split the batch, or raise FileDropVendor.max_labels_bytes)") from None
 
-    def _size(self, path: str) -> int:
-        return int(self._io(f"sizing {path}", lambda: self.fs.size(path)) or 0)
+    def _read_remote(self, path: str) -> bytes:
+        # An object store has no links or FIFOs; its size and the read are still bounded.
+        limit = self.max_labels_bytes
+        size = int(self.fs.size(path) or 0)
+        if size > limit:
+            raise FileTooLarge(f"{path} is {size:,} bytes, above the {limit:,}-byte limit", size, grew=False)
+        with self.fs.open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise FileTooLarge(f"{path} grew above the {limit:,}-byte limit while being read", len(data), grew=True)
+        return data
 
-    def _write(self, path: str, data: bytes) -> None:
-        # local: temp file + rename; object stores replace an object in one put.
-        self._io(f"writing {path}", lambda: write_bytes(path, data) if self._local else self.fs.pipe_file(path, data))
+    def _write(self, batch_id: str, *parts: str, data: bytes, keep_existing: bool = False) -> None:
+        path = self._path(batch_id, *parts)
+        if self._local:  # temp file + rename inside directories opened without following links
+            self._io(f"writing {path}", lambda: self._confined(
+                batch_id, lambda: write_regular(self.root, [batch_id, *parts], data, keep_existing=keep_existing)))
+        elif not (keep_existing and self._io(f"looking for {path}", lambda: self.fs.exists(path))):
+            self._io(f"writing {path}", lambda: self.fs.pipe_file(path, data))  # one put replaces an object
 
     def _manifest(self, batch_id: str) -> dict[str, Any]:
         path = self._path(batch_id, "manifest.json")
-        if not self._exists(path):
-            if not self._exists(self.root):  # the whole drop is missing: say so, not only "never exported"
+        if not self._exists(batch_id, "manifest.json"):
+            if not self._root_exists():  # the whole drop is missing: say so, not only "never exported"
                 raise VendorError(f"batch {batch_id} was never exported to the file drop {self.url}: its root "
                                   f"{self.root} does not exist (not mounted, or a wrong export.filedrop_url?)")
             raise VendorError(f"batch {batch_id} was never exported to the file drop {self.url} (no {path})")
         try:
-            manifest = json.loads(self._read(path))
-        except json.JSONDecodeError as error:
-            raise VendorError(f"{path} is not valid JSON: {error}") from error
-        if manifest.get("format") != FORMAT or manifest.get("batch_id") != batch_id:
-            raise VendorError(f"{path} is not a {FORMAT} manifest for batch {batch_id}")
+            manifest = json.loads(self._read(batch_id, "manifest.json"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise VendorRefused(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("batch_id") != batch_id:
+            raise VendorRefused(f"{path} is not a {FORMAT} manifest for batch {batch_id}")
         return manifest
 
     # ---------------------------------------------------------------------------------------- export
@@ -145,9 +197,8 @@ class FileDropVendor(Vendor):
         tasks = self.render_tasks(batch)
         digest = _sha256(tasks)
         n_rows = tasks.count(b"\n")
-        manifest_path = self._path(batch.batch_id, "manifest.json")
         ref = self._path(batch.batch_id)
-        if self._exists(manifest_path):
+        if self._exists(batch.batch_id, "manifest.json"):
             manifest = self._manifest(batch.batch_id)
             if manifest.get("sha256") != digest:
                 raise VendorError(
@@ -156,7 +207,7 @@ class FileDropVendor(Vendor):
                 )
             return ExportReceipt(batch.batch_id, self.name, int(manifest["row_count"]), created=False, vendor_ref=ref)
         # tasks first, manifest last: a manifest only exists next to a complete tasks.jsonl.
-        self._write(self._path(batch.batch_id, "tasks.jsonl"), tasks)
+        self._write(batch.batch_id, "tasks.jsonl", data=tasks)
         manifest = {
             "format": FORMAT,
             "batch_id": batch.batch_id,
@@ -167,64 +218,56 @@ class FileDropVendor(Vendor):
             "feature_columns": list(batch.feature_columns),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        self._write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        self._write(batch.batch_id, "manifest.json", data=(json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         return ExportReceipt(batch.batch_id, self.name, n_rows, created=True, vendor_ref=ref)
 
     def tasks(self, batch_id: str) -> pd.DataFrame:
         """The exported tasks (checked against the manifest's checksum)."""
         manifest = self._manifest(batch_id)
-        data = self._read(self._path(batch_id, manifest.get("tasks_file", "tasks.jsonl")))
+        data = self._read(batch_id, str(manifest.get("tasks_file", "tasks.jsonl")))
         if _sha256(data) != manifest["sha256"] or data.count(b"\n") != manifest["row_count"]:
             raise VendorError(f"tasks.jsonl of batch {batch_id} no longer matches its manifest (changed after export)")
         return pd.DataFrame([json.loads(line) for line in data.splitlines() if line.strip()])
 
     # ----------------------------------------------------------------------------------------- fetch
     def _labels_file(self, batch_id: str) -> tuple[str, str] | None:
-        found = [(self._path(batch_id, f"labels.{ext}"), ext) for ext in ("jsonl", "csv")
-                 if self._exists(self._path(batch_id, f"labels.{ext}"))]
+        found = [(f"labels.{ext}", ext) for ext in ("jsonl", "csv") if self._exists(batch_id, f"labels.{ext}")]
         if len(found) > 1:
-            raise VendorError(f"batch {batch_id} has both labels.jsonl and labels.csv in the drop; keep one")
+            raise VendorRefused(f"batch {batch_id} has both labels.jsonl and labels.csv in the drop; keep one")
         return found[0] if found else None
 
     def _check_return_manifest(self, batch_id: str, manifest: dict[str, Any], raw: bytes, n_rows: int) -> None:
         path = self._path(batch_id, "labels.manifest.json")
-        if not self._exists(path):
+        if not self._exists(batch_id, "labels.manifest.json"):
             return
         try:
-            returned = json.loads(self._read(path))
-        except json.JSONDecodeError as error:
-            raise VendorError(f"{path} is not valid JSON: {error}") from error
+            returned = json.loads(self._read(batch_id, "labels.manifest.json"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise VendorRefused(f"{path} is not valid JSON: {error}") from error
         if not isinstance(returned, dict):
-            raise VendorError(f"{path} must hold a JSON object")
+            raise VendorRefused(f"{path} must hold a JSON object")
         if returned.get("batch_id", batch_id) != batch_id:
-            raise VendorError(f"{path} is for batch {returned.get('batch_id')!r}, not {batch_id!r}")
+            raise VendorRefused(f"{path} is for batch {returned.get('batch_id')!r:.80}, not {batch_id!r}")
         if returned.get("tasks_sha256", manifest["sha256"]) != manifest["sha256"]:
-            raise VendorError(f"the labels of batch {batch_id} answer another version of tasks.jsonl (tasks_sha256 differs)")
+            raise VendorRefused(f"the labels of batch {batch_id} answer another version of tasks.jsonl (tasks_sha256 differs)")
         if "sha256" in returned and returned["sha256"] != _sha256(raw):
-            raise VendorError(f"the labels file of batch {batch_id} does not match labels.manifest.json "
-                              "(sha256 differs: upload incomplete or file changed after the manifest)")
-        if "row_count" in returned and int(returned["row_count"]) != n_rows:
-            raise VendorError(f"the labels file of batch {batch_id} has {n_rows} rows, labels.manifest.json says {returned['row_count']}")
+            raise VendorRefused(f"the labels file of batch {batch_id} does not match labels.manifest.json "
+                                "(sha256 differs: upload incomplete or file changed after the manifest)")
+        if "row_count" in returned and _as_int(returned["row_count"]) != n_rows:
+            raise VendorRefused(f"the labels file of batch {batch_id} has {n_rows} rows, labels.manifest.json says {returned['row_count']!r:.40}")
 
     def fetch_labels(self, batch_id: str) -> FetchedLabels:
         manifest = self._manifest(batch_id)
         found = self._labels_file(batch_id)
         if found is None:  # nothing returned yet
             return FetchedLabels(batch_id, pd.DataFrame(columns=FETCHED_COLUMNS), b"", "labels.jsonl")
-        path, ext = found
-        size = self._size(path)
-        if size > self.max_labels_bytes:  # refused unread: a runaway or hostile file must not fill memory
-            raise VendorError(f"{path} is {size:,} bytes, above the {self.max_labels_bytes:,}-byte limit for a labels "
-                              "file; nothing was imported (split the batch, or raise FileDropVendor.max_labels_bytes)")
-        raw = self._read(path)
-        if len(raw) > self.max_labels_bytes:  # it grew between the size check and the read
-            raise VendorError(f"{path} grew to {len(raw):,} bytes while being read, above the "
-                              f"{self.max_labels_bytes:,}-byte limit; nothing was imported")
+        name, ext = found
+        # Only a regular file is read, bounded; a link, FIFO, device or oversized file is VendorRefused
+        # before any byte of it is read, so none of it reaches the archive, labels/raw or a quarantine.
+        raw = self._read(batch_id, name)
         annotations, n_rows = (parse_labels_jsonl if ext == "jsonl" else parse_labels_csv)(raw, batch_id)
         self._check_return_manifest(batch_id, manifest, raw, n_rows)
-        archive = self._path(batch_id, "archive", f"labels-{_sha256(raw)[:16]}.{ext}")
-        if not self._exists(archive):
-            self._write(archive, raw)
+        self._write(batch_id, "archive", f"labels-{_sha256(raw)[:16]}.{ext}", data=raw, keep_existing=True)
         return FetchedLabels(batch_id, annotations, raw, f"labels.{ext}")
 
     def status(self, batch_id: str) -> VendorStatus:
@@ -259,9 +302,9 @@ def _refuse_foreign_encoding(raw: bytes, name: str, batch_id: str) -> None:
     """UTF-16/32 text decodes as garbage line by line: refuse the whole file with the reason instead."""
     for bom, encoding in FOREIGN_BOMS:
         if raw.startswith(bom):
-            raise VendorError(f"{name} of batch {batch_id} is {encoding} (byte-order mark); save it as UTF-8")
+            raise VendorRefused(f"{name} of batch {batch_id} is {encoding} (byte-order mark); save it as UTF-8")
     if b"\x00" in raw[:4096]:
-        raise VendorError(f"{name} of batch {batch_id} has NUL bytes (UTF-16 or binary?); save it as UTF-8 text")
+        raise VendorRefused(f"{name} of batch {batch_id} has NUL bytes (UTF-16 or binary?); save it as UTF-8 text")
 
 
 def parse_labels_jsonl(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
@@ -307,7 +350,7 @@ def parse_labels_csv(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:  # a quoted CSV field may span lines: the file cannot be split safely
         line_no = raw[:error.start].count(b"\n") + 1
-        raise VendorError(f"labels.csv of batch {batch_id} is not UTF-8 text (byte {raw[error.start]:#04x} on line "
+        raise VendorRefused(f"labels.csv of batch {batch_id} is not UTF-8 text (byte {raw[error.start]:#04x} on line "
                           f"{line_no}; latin-1?); save it as UTF-8 — nothing was imported") from error
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -315,10 +358,10 @@ def parse_labels_csv(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
     except StopIteration:
         return pd.DataFrame(columns=FETCHED_COLUMNS), 0
     except csv.Error as error:
-        raise VendorError(f"labels.csv of batch {batch_id} has an unreadable header: {error}") from error
+        raise VendorRefused(f"labels.csv of batch {batch_id} has an unreadable header: {error}") from error
     missing = [f for f in LABEL_FIELDS if f not in header]
     if missing:
-        raise VendorError(f"labels.csv of batch {batch_id} lacks columns {missing}; the header must name "
+        raise VendorRefused(f"labels.csv of batch {batch_id} lacks columns {missing}; the header must name "
                           f"{', '.join(LABEL_FIELDS)} (got {header})")
     rows = []
     line_no = 1

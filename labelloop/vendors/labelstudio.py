@@ -36,6 +36,7 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from labelloop.io import read_json, write_json
+from labelloop.redact import redact_uri
 from labelloop.retry import RetryPolicy, with_retries
 from labelloop.vendors.base import json_value as _json_value
 from labelloop.vendors.base import (
@@ -118,7 +119,12 @@ class LabelStudioVendor(Vendor):
         self._options: dict[str, Any] = {"max_retries": 0}
 
     def __repr__(self) -> str:  # never show the token
-        return f"LabelStudioVendor(url={self.url!r}, state_dir={str(self.state_dir)!r})"
+        return f"LabelStudioVendor(url={self.shown_url!r}, state_dir={str(self.state_dir)!r})"
+
+    @property
+    def shown_url(self) -> str:
+        """The server's URL for messages, reports and status: any credential in it redacted."""
+        return redact_uri(self.url)
 
     @classmethod
     def from_env(cls, url: str, state_dir: Path, namespace: str | None = None) -> LabelStudioVendor:
@@ -157,7 +163,7 @@ class LabelStudioVendor(Vendor):
         else:
             detail = f"{type(error).__name__}: {error}"
             transient = isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError))
-        return (VendorUnavailable if transient else VendorError)(f"Label Studio at {self.url}: {what} failed: {detail[:500]}")
+        return (VendorUnavailable if transient else VendorError)(f"Label Studio at {self.shown_url}: {what} failed: {detail[:500]}")
 
     # ----------------------------------------------------------------------------------------- state
     def _state_path(self, batch_id: str) -> Path:
@@ -292,9 +298,9 @@ class LabelStudioVendor(Vendor):
         try:
             tasks = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise VendorError(f"Label Studio at {self.url} returned an export that is not JSON: {error}") from error
+            raise VendorError(f"Label Studio at {self.shown_url} returned an export that is not JSON: {error}") from error
         if not isinstance(tasks, list):
-            raise VendorError(f"Label Studio at {self.url} returned an export that is not a list of tasks "
+            raise VendorError(f"Label Studio at {self.shown_url} returned an export that is not a list of tasks "
                               f"(got {type(tasks).__name__})")
         wanted_by_item = state.get("annotators_wanted", {})
         rows: list[dict[str, Any]] = []
@@ -364,4 +370,4 @@ class LabelStudioVendor(Vendor):
             return VendorStatus(batch_id, 0, 0)
         _, n_tasks, n_complete = with_retries(f"Label Studio status of batch {batch_id}",
                                               lambda: self.parse_export(self._download(int(state["project_id"])), state), self.policy)
-        return VendorStatus(batch_id, n_tasks, n_complete, extra={"project_id": state["project_id"], "url": self.url})
+        return VendorStatus(batch_id, n_tasks, n_complete, extra={"project_id": state["project_id"], "url": self.shown_url})

@@ -21,7 +21,7 @@ def _restore_environment():
     os.environ.update(saved)
 COMMANDS = [[], ["init"], ["demo"], ["cycle"], ["production"], ["capture"], ["select"], ["export"], ["import"],
             ["dataset"], ["train"], ["gate"], ["status"], ["strategies"], ["data", "versions"], ["data", "rollback"],
-            ["model", "rollback"], ["serve"], ["lineage"], ["simulate"], ["pipeline", "validate"],
+            ["model", "rollback"], ["model", "history"], ["serve"], ["lineage"], ["simulate"], ["pipeline", "validate"],
             ["pipeline", "train"], ["pipeline", "evaluate"]]
 
 
@@ -103,10 +103,11 @@ def test_simulate_with_an_unknown_metric_is_a_clear_error(tmp_path):
 
 def test_model_rollback_moves_champion_back_and_is_not_undone_by_resume_gate(workspace):
     from labelloop import dataset, tracking
-    from labelloop.config import GateParams, TrainParams
+    from labelloop.config import GateParams
     from tests.test_dataset import _fake_imported_batch
 
-    fast = TrainParams(n_estimators=20, max_depth=3)
+    # The workspace's own model name (labelloop-<workspace id>): the CLI reads it from params.yaml.
+    fast = workspace.params().train.model_copy(update={"n_estimators": 20, "max_depth": 3})
     first = tracking.train_challenger(workspace, fast)
     tracking.promote(workspace, fast.model_name, first.version)
     _fake_imported_batch(workspace, "batch-0001-aaaaaa", n=40)

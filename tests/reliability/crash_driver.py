@@ -7,13 +7,102 @@ needed for that: durable state is written by the same `labelloop` calls the flow
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import tempfile
+from pathlib import Path
 
 from labelloop import tracking
+from labelloop.faults import ENV
+from labelloop.lock import workspace_lock
 from labelloop.workspace import Workspace
+
+# Kill points INSIDE DVC and git, which labelloop's own crash points cannot reach. The driver arms the
+# one named in LABELLOOP_CRASH_AT before running the stages: DVC's steps by wrapping the DVC / dulwich
+# function at that step (in this process only), git's by a hook git runs while it holds its locks.
+# Each kill leaves exactly what a worker killed there by the OS leaves.
+REGISTRY_CRASH_POINTS = {
+    "dvc.add.mid_copy": "DVC copying the labelled set into its cache: half a `.tmp` copy in .dvc/cache",
+    "dvc.add.after_cache": "object in the DVC cache, the `.dvc` pointer not yet rewritten",
+    "dvc.add.mid_pointer": "DVC rewriting the `.dvc` pointer in place: a torn pointer file",
+    "dvc.add.index_locked": "DVC (dulwich) staging the pointer: an empty `.git/index.lock`",
+    "git.commit.index_locked": "`git commit` with the new index in `.git/index.lock` (pre-commit hook)",
+    "git.commit.ref_locked": "`git commit`: commit object written, `refs/heads/main.lock` held",
+    "git.tag.ref_locked": "`git tag`: tag object written, `refs/tags/data-vN.lock` held",
+}
+
+# Run by git with the driver's pid in its environment: kills git (its parent) while it holds its lock
+# files, and the driver with it, both by SIGKILL.
+_HOOK = """#!/bin/sh
+[ "$LABELLOOP_CRASH_AT" = "{point}" ] || exit 0
+{condition}
+kill -KILL "$PPID" "$LABELLOOP_CRASH_DRIVER_PID"
+exit 1
+"""
+_ON_REF = {"tag": 'grep -q " refs/tags/" || exit 0', "commit": 'grep -q " refs/tags/" && exit 0'}
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm_registry_crash_point(point: str | None) -> None:
+    """Make this process die by SIGKILL at `point` inside DVC or git (see REGISTRY_CRASH_POINTS)."""
+    if point not in REGISTRY_CRASH_POINTS:
+        return
+    if point.startswith("git."):
+        hooks = Path(tempfile.mkdtemp(prefix="labelloop-crash-hooks-"))
+        _, command, _ = point.split(".")
+        hook, condition = ("pre-commit", "") if point == "git.commit.index_locked" else (
+            "reference-transaction", f'[ "$1" = prepared ] || exit 0\n{_ON_REF[command]}')
+        (hooks / hook).write_text(_HOOK.format(point=point, condition=condition))
+        (hooks / hook).chmod(0o755)
+        count = int(os.environ.get("GIT_CONFIG_COUNT", "0"))  # git config from the environment (git >= 2.31)
+        os.environ.update({"GIT_CONFIG_COUNT": str(count + 1), f"GIT_CONFIG_KEY_{count}": "core.hooksPath",
+                           f"GIT_CONFIG_VALUE_{count}": str(hooks), "LABELLOOP_CRASH_DRIVER_PID": str(os.getpid())})
+    elif point == "dvc.add.mid_copy":
+        import dvc_objects.fs.local as local
+
+        def half_copy(src, dst, *args, **kwargs):
+            data = Path(src).read_bytes()
+            with open(dst, "wb") as handle:
+                handle.write(data[: len(data) // 2])
+                handle.flush()
+                os.fsync(handle.fileno())
+            _die()
+
+        local.copyfile = half_copy
+    elif point == "dvc.add.after_cache":
+        import dvc.stage
+
+        dvc.stage.Stage.dump = lambda self, **kwargs: _die()
+    elif point == "dvc.add.mid_pointer":
+        import dvc.dvcfile
+        from dvc.utils.serialize import dumps_yaml
+
+        def torn_dump(path, data, *args, **kwargs):
+            text = dumps_yaml(data)
+            with open(path, "w", encoding="utf-8") as handle:  # DVC's own mode: truncate, then write
+                handle.write(text[: len(text) // 2])
+                handle.flush()
+                os.fsync(handle.fileno())
+            _die()
+
+        dvc.dvcfile.dump_yaml = torn_dump
+    elif point == "dvc.add.index_locked":
+        import dulwich.index
+
+        dulwich.index.write_index_dict = lambda *args, **kwargs: _die()
 
 
 def run_cycle_stages(root: str) -> None:
+    ws = Workspace.at(root)
+    with workspace_lock(ws):  # as every stage flow holds it
+        _run_stages(ws, root)
+
+
+def _run_stages(ws: Workspace, root: str) -> None:
     from tasks.capture import capture_predictions
     from tasks.dataset import update_dataset
     from tasks.export import export_batches
@@ -23,7 +112,6 @@ def run_cycle_stages(root: str) -> None:
     from tasks.select import select_batch
     from tasks.train import train_challenger
 
-    ws = Workspace.at(root)
     p = ws.params()
     tracking.resume_gate(ws, p.train.model_name)  # as the cycle flow does first
     serve_traffic.fn(root, p.production, p.train.model_name)
@@ -42,4 +130,5 @@ def run_cycle_stages(root: str) -> None:
 
 
 if __name__ == "__main__":
+    arm_registry_crash_point(os.environ.get(ENV))
     run_cycle_stages(sys.argv[1])

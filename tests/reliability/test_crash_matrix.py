@@ -19,13 +19,13 @@ from labelloop.config import dump_params
 from labelloop.io import write_text
 from labelloop.faults import CRASH_POINTS, ENV
 from labelloop.production import list_log_parts
-from tests.reliability.crash_driver import run_cycle_stages
+from tests.reliability.crash_driver import REGISTRY_CRASH_POINTS, run_cycle_stages
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _crash(ws, point: str) -> int:
+def _crash(ws, point: str) -> tuple[int, str]:
     env = dict(os.environ, **{ENV: point}, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "tests.reliability.crash_driver", str(ws.root)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -102,6 +102,62 @@ def test_sigkill_at_each_durable_write_then_rerun_loses_and_duplicates_nothing(c
     assert code == -signal.SIGKILL, f"the worker was not killed at {point} (exit {code}): {stderr}"
     run_cycle_stages(str(ws.root))  # the rerun finishes what the killed run started
     check_invariants(ws)
+
+
+def _cached(repo: Path, md5: str) -> bool:
+    return (repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+
+
+def _pointer(repo: Path) -> dict | None:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load((repo / "data" / "labeled.parquet.dvc").read_text())
+    except yaml.YAMLError:
+        return None
+    return loaded if isinstance(loaded, dict) and isinstance(loaded.get("outs"), list) else None
+
+
+def _left_behind(repo: Path, point: str) -> list[str]:
+    """What the kill at `point` left in the registry: proof it struck inside DVC/git where meant."""
+    import hashlib
+
+    git_dir = repo / ".git"
+    if point == "dvc.add.mid_copy":
+        found = [p for p in (repo / ".dvc" / "cache").rglob("*.tmp")]
+    elif point == "dvc.add.after_cache":
+        md5 = hashlib.md5((repo / "data" / "labeled.parquet").read_bytes()).hexdigest()
+        pointer = _pointer(repo)
+        found = [f"cache/{md5}"] if _cached(repo, md5) and pointer and pointer["outs"][0].get("md5") != md5 else []
+    elif point == "dvc.add.mid_pointer":
+        found = [] if _pointer(repo) else ["data/labeled.parquet.dvc (torn)"]
+    elif point in ("dvc.add.index_locked", "git.commit.index_locked"):
+        found = [git_dir / "index.lock"]
+    elif point == "git.commit.ref_locked":
+        found = [git_dir / "refs" / "heads" / "main.lock"]
+    else:
+        found = list((git_dir / "refs" / "tags").glob("*.lock"))
+    return [str(f) for f in found if not isinstance(f, Path) or f.exists()]
+
+
+def _stale_locks(repo: Path) -> list[Path]:
+    return [p for p in (repo / ".git").rglob("*.lock")] + [p for p in repo.rglob("*.tmp") if ".git" not in p.parts]
+
+
+@pytest.mark.parametrize("point", list(REGISTRY_CRASH_POINTS))
+def test_sigkill_inside_dvc_and_git_then_rerun_completes_the_version(crash_workspace, point):
+    """Killed inside `dvc add`, `git commit` or `git tag` (not at labelloop's own writes): the rerun
+    clears the dead run's locks and temp files under the workspace lock and completes the version."""
+    ws, repo = crash_workspace, crash_workspace.registry_dir
+    tags_before = versioning.data_tags(repo)
+    code, stderr = _crash(ws, point)
+    assert code == -signal.SIGKILL, f"the worker was not killed at {point} (exit {code}): {stderr}"
+    assert versioning.data_tags(repo) == tags_before, f"{point}: the killed run must not have tagged"
+    assert _left_behind(repo, point), f"the kill at {point} did not leave what {REGISTRY_CRASH_POINTS[point]!r} says"
+    run_cycle_stages(str(ws.root))
+    check_invariants(ws)
+    assert len(versioning.data_tags(repo)) == len(tags_before) + 1, "the interrupted version was not completed once"
+    assert _stale_locks(repo) == [], "a lock or temp file of the killed run is still there"
 
 
 def test_after_the_matrix_a_real_prefect_cycle_still_runs_clean(prefect_api, crash_workspace):

@@ -3,6 +3,9 @@ quarantined with a reason — nothing is lost, nothing crashes."""
 
 from __future__ import annotations
 
+import itertools
+import uuid
+
 import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
@@ -76,3 +79,156 @@ def test_vendor_answer_reader_keeps_or_quarantines_every_answer(answers):
     assert set(accepted["item_id"]) <= {"i1", "i2", "i3"}
     assert not accepted.duplicated(subset=["item_id", "annotator_id"]).any()
     assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
+
+
+# -- the prediction-log contract: any common shape is normalised, every row kept or quarantined ---
+
+CLASSES = ["a", "b"]
+INSTANTS = [pd.Timestamp("2026-01-01T00:00:00Z"), pd.Timestamp("2026-03-01T08:30:00.123456Z")]
+UUIDS = [uuid.UUID(int=i) for i in (1, 2, 3)]
+EPOCH_FACTORS = {"epoch_s": 10**-9, "epoch_ms": 10**-6, "epoch_us": 10**-3, "epoch_ns": 1}
+
+
+def _instant_text(instant: pd.Timestamp, zone: str) -> str:
+    return instant.tz_convert(zone).isoformat()
+
+
+id_values = {
+    "int": st.integers(min_value=0, max_value=5),
+    "text": st.one_of(st.text(min_size=0, max_size=2, alphabet="ab "), st.none()),
+    "uuid": st.one_of(st.sampled_from(UUIDS), st.none()),
+    "float": st.sampled_from([1.0, 2.0, 2.5, float("nan")]),
+    "mixed": st.one_of(st.integers(0, 3), st.sampled_from(["1", "x", ""]), st.sampled_from(UUIDS), st.none()),
+}
+ts_values = {
+    "timestamp": st.sampled_from(INSTANTS),
+    "iso": st.one_of(st.builds(_instant_text, st.sampled_from(INSTANTS), st.sampled_from(["UTC", "Asia/Tokyo", "America/Lima"])),
+                     st.sampled_from(["yesterday", "", "2026-13-45"]), st.none()),
+    **{shape: st.sampled_from([int(i.value * f) for i in INSTANTS]) for shape, f in EPOCH_FACTORS.items()},
+    "mixed": st.one_of(st.sampled_from(INSTANTS), st.sampled_from([str(INSTANTS[0].value // 10**9), "2026-03-01", True, None]),
+                       st.integers(min_value=-(10**19), max_value=10**19)),
+}
+
+
+def _column(draw, strategy, n):
+    return pd.Series(draw(st.lists(strategy, min_size=n, max_size=n)), dtype=object)
+
+
+@st.composite
+def shaped_log_frames(draw):
+    n = draw(st.integers(min_value=1, max_value=10))
+    first = np.asarray(draw(st.lists(st.floats(min_value=0.05, max_value=0.95), min_size=n, max_size=n)))
+    frame = pd.DataFrame({
+        "prediction_id": _column(draw, id_values[draw(st.sampled_from(sorted(id_values)))], n),
+        "ts": _column(draw, ts_values[draw(st.sampled_from(sorted(ts_values)))], n),
+        "model_version": draw(st.sampled_from(["1", 2])),
+        "f1": 1.0, "f2": _column(draw, values, n),
+        "proba_a": first, "proba_b": 1 - first,
+        "predicted": _column(draw, st.one_of(st.sampled_from([*CLASSES, "zebra", ""]), st.none()), n),
+    })
+    frame["confidence"] = np.where(draw(st.booleans()), np.maximum(first, 1 - first), first)
+    frame["confidence"] = frame["confidence"].astype(object).where(
+        np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n))), _column(draw, values, n))
+    if draw(st.booleans()):
+        frame["item_id"] = _column(draw, id_values[draw(st.sampled_from(sorted(id_values)))], n)
+    return frame
+
+
+@SETTINGS
+@given(shaped_log_frames())
+def test_prediction_log_reader_normalises_any_shape_and_keeps_or_quarantines_every_row(frame):
+    from labelloop.prediction_log import TS_DTYPE
+
+    valid, quarantined = validate_prediction_log(frame, ["f1", "f2"], PROBAS, CLASSES)
+    assert len(valid) + len(quarantined) == len(frame)
+    assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
+    for column in ("prediction_id", "item_id", "predicted", "model_version"):
+        assert valid[column].map(lambda v: isinstance(v, str) and v.strip() != "").all(), column
+    assert valid["prediction_id"].is_unique and valid["item_id"].is_unique
+    assert str(valid["ts"].dtype) == TS_DTYPE and valid["ts"].notna().all()
+    assert set(valid["predicted"]) <= set(CLASSES)
+    probas = valid[PROBAS].to_numpy(dtype=float)
+    confidence = valid["confidence"].to_numpy(dtype=float)
+    of_predicted = np.where(valid["predicted"] == "a", probas[:, 0], probas[:, 1])
+    assert (np.isclose(confidence, probas.max(axis=1), atol=1e-3) | np.isclose(confidence, of_predicted, atol=1e-3)).all()
+    if "item_id" not in frame.columns:
+        assert (valid["item_id"] == valid["prediction_id"]).all()
+
+
+# -- through capture and select, with parts a parquet producer can really write ------------------
+
+_example = itertools.count()
+
+
+@st.composite
+def producer_parts(draw, class_names, feature_columns):
+    """One part as a producer writes it: each column one type, chosen per part."""
+    k = next(_example)
+    n = draw(st.integers(min_value=1, max_value=8))
+    id_shape = draw(st.sampled_from(["int", "text", "uuid"]))
+    small = st.integers(min_value=0, max_value=4)
+    raw_ids = draw(st.lists(small, min_size=n, max_size=n))
+    ids = {"int": pd.Series([k * 100 + i for i in raw_ids], dtype="int64"),
+           "text": pd.Series([f"e{k}-{i}" for i in raw_ids]),
+           "uuid": pd.Series([str(uuid.UUID(int=k * 100 + i)) for i in raw_ids])}[id_shape]
+    ts_shape = draw(st.sampled_from(["timestamp", "iso", "epoch_s", "epoch_ms", "epoch_ns", "naive"]))
+    instant = INSTANTS[1]
+    ts = {"timestamp": pd.Series([instant.tz_convert("Asia/Tokyo")] * n),
+          "naive": pd.Series([instant.tz_localize(None)] * n),
+          "iso": pd.Series(draw(st.lists(st.sampled_from([instant.isoformat(), "not a time"]), min_size=n, max_size=n))),
+          **{s: pd.Series([int(instant.value * EPOCH_FACTORS[s])] * n, dtype="int64") for s in ("epoch_s", "epoch_ms", "epoch_ns")}}[ts_shape]
+    top = np.asarray(draw(st.lists(st.floats(min_value=0.3, max_value=0.9), min_size=n, max_size=n)))
+    m = len(class_names)
+    probas = np.tile((1 - top)[:, None] / (m - 1), (1, m))
+    probas[:, 0] = top
+    frame = pd.DataFrame({"prediction_id": ids, "ts": ts, "model_version": draw(st.sampled_from(["1", "2"]))})
+    for column in feature_columns:
+        frame[column] = 1.0
+    if draw(st.booleans()):
+        frame[feature_columns[0]] = draw(st.lists(st.sampled_from([1.0, float("nan")]), min_size=n, max_size=n))
+    for i, name in enumerate(class_names):
+        frame[f"proba_{name}"] = probas[:, i]
+    frame["predicted"] = draw(st.lists(st.sampled_from([class_names[0], class_names[0], "zebra"]), min_size=n, max_size=n))
+    consistent = np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    frame["confidence"] = np.where(consistent | (top >= 0.5), np.maximum(top, probas[:, 1]), 0.01)
+    if draw(st.booleans()):
+        frame["item_id"] = draw(st.lists(st.one_of(st.builds(lambda i: f"item-{k}-{i}", small), st.none()), min_size=n, max_size=n))
+    if draw(st.booleans()):
+        frame["proba_zebra"] = 0.0
+    # An extra column whose type differs between producers: the pool must still be storable.
+    frame["note"] = draw(st.sampled_from([pd.Series(range(n), dtype="int64"), pd.Series(["x"] * n)]))
+    frame["row_tag"] = [f"t{k}-{i}" for i in range(n)]
+    return frame
+
+
+def test_no_row_level_problem_stops_capture_or_select(workspace):
+    """Whatever shapes and bad rows producers send, capture and select run, and every row written is
+    in the pool, a batch or quarantine (confidence_threshold=1.0: every valid row is a candidate)."""
+    from labelloop.batches import load_pool, select_batch
+    from labelloop.capture import capture
+    from labelloop.config import CaptureParams, SelectParams
+    from labelloop.prediction_log import TS_DTYPE
+
+    schema = workspace.schema()
+    written: set[str] = set()
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(producer_parts(schema.class_names, schema.feature_columns), min_size=1, max_size=2))
+    def run(parts):
+        for i, part in enumerate(parts):
+            path = workspace.predictions_dir / "date=2026-03-01" / f"part-{part['row_tag'].iloc[0]}-{i}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part.to_parquet(path, index=False)
+            written.update(part["row_tag"])
+        capture(workspace, CaptureParams(confidence_threshold=1.0))
+        select_batch(workspace, SelectParams(strategy="margin", batch_size=3))
+        pool = load_pool(workspace)
+        assert pool["item_id"].map(lambda v: isinstance(v, str)).all() and pool["item_id"].is_unique
+        if len(pool):
+            assert str(pool["ts"].dtype) == TS_DTYPE
+        found = set(pool.get("row_tag", pd.Series(dtype=str)))
+        for path in [*workspace.batches_dir.glob("*/batch.parquet"), *workspace.quarantine_dir.glob("*.parquet")]:
+            found |= set(pd.read_parquet(path).get("row_tag", pd.Series(dtype=str)).dropna())
+        assert written <= found, sorted(written - found)[:5]
+
+    run()

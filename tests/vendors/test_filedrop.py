@@ -230,3 +230,21 @@ def test_file_url_scheme_works(tmp_path):
     batch, _ = make_batch("b1")
     assert vendor.export_batch(batch).created
     assert (tmp_path / "drop" / "b1" / "manifest.json").exists()
+
+
+def test_look_alike_annotator_ids_in_a_drop_are_one_annotator(tmp_path):
+    drop = tmp_path / "drop"
+    vendor = FileDropVendor(str(drop))
+    batch, items = make_batch("b1", wanted=[2, 1, 1, 1, 1, 1])
+    vendor.export_batch(batch)
+    ids = items["item_id"].tolist()
+    rows = [answer(ids[0], "alice", "cat"), answer(ids[0], "alice\u200b", "cat"),  # one person twice: one vote
+            answer(ids[1], "\u2060\u200b", "dog")]                                 # nobody: quarantined, escaped
+    write_labels(drop, "b1", rows)
+    _, outcome = run_import(vendor, items, "b1", tmp_path / "qc")
+    assert outcome.final.set_index("item_id").loc[ids[0], "n_votes"] == 1
+    assert outcome.report.agreement["n_overlap_items"] == 0
+    reasons = sorted(outcome.quarantined["reason"])
+    assert reasons == ["annotator_id '\\u2060\\u200b' is empty once normalised (only invisible or space characters)",
+                       "duplicate answer by this annotator for this item (the last one is kept)"]
+    assert ids[1] in outcome.pending  # the quarantined answer is no answer: the item waits for a real one
