@@ -7,7 +7,12 @@ are done, stops the server with SIGTERM (graceful: in-flight requests finish, th
 then checks every answered prediction_id is in the prediction log exactly once and that capture reads
 every part. Exits 1 if any request failed or any row was lost.
 
+`--mode durable|buffered|both` picks the serving mode; `both` runs the same load against each mode in
+turn on the same workspace (buffered first, then durable; a fresh server and log each time) and prints a
+comparison (requests/s, p99) with the load average at the start of each run.
+
     .venv/bin/python benchmarks/serve_load.py --requests 3000 --concurrency 8
+    .venv/bin/python benchmarks/serve_load.py --mode both --requests 2000 --concurrency 8
 """
 
 from __future__ import annotations
@@ -37,13 +42,14 @@ def free_port() -> int:
 
 def make_workspace(root: Path):
     from labelloop import tracking
-    from labelloop.config import Params, TrainParams
+    from labelloop.config import Params
     from labelloop.init import init_workspace
 
     ws = init_workspace(root, Params())
-    first = tracking.train_challenger(ws, TrainParams(n_estimators=60, max_depth=4))
+    train = ws.params().train  # the workspace's own model name
+    first = tracking.train_challenger(ws, train.model_copy(update={"n_estimators": 60, "max_depth": 4}))
     tracking.promote(ws, model_name_of(ws), first.version, reason="benchmark: first champion")
-    second = tracking.train_challenger(ws, TrainParams(n_estimators=100, max_depth=5))
+    second = tracking.train_challenger(ws, train.model_copy(update={"n_estimators": 100, "max_depth": 5}))
     return ws, first.version, second.version
 
 
@@ -130,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flush-rows", type=int, default=500)
     parser.add_argument("--flush-seconds", type=float, default=2.0)
     parser.add_argument("--alias-ttl-seconds", type=float, default=2.0)
+    parser.add_argument("--mode", choices=["durable", "buffered", "both"], default="durable",
+                        help="serving mode; both = buffered then durable on the same workspace, then a comparison")
+    parser.add_argument("--commit-wait-ms", type=float, default=None, help="durable mode: group commit wait (server default if unset)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the workspace goes (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
@@ -143,9 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from labelloop import tracking
-    from labelloop.capture import capture
-    from labelloop.config import CaptureParams
-    from labelloop.production import list_log_parts
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="serve-load-"))
     t0 = time.perf_counter()
@@ -159,16 +165,49 @@ def main(argv: list[str] | None = None) -> int:
     k = args.rows_per_request
     bodies = [{"rows": [records[(i * k + j) % len(records)] for j in range(k)]} for i in range(args.requests)]
 
+    modes = ["buffered", "durable"] if args.mode == "both" else [args.mode]
+    summaries = []
+    for index, mode in enumerate(modes):
+        if index:
+            tracking.promote(ws, name, v_first, reason="benchmark: same alias switch for the next mode")
+        summaries.append(run_mode(args, argv, ws, name, v_first, v_second, bodies, workdir, mode))
+    if len(summaries) > 1:
+        print("\ncomparison (same workspace, same requests, loopback):")
+        print(f"{'mode':<9} {'req/s':>8} {'rows/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'rows/fsync':>10} {'lost':>5} {'load avg (1/5/15 min)':>24}")
+        for summary in summaries:
+            print(f"{summary['mode']:<9} {summary['requests_per_s']:>8} {summary['rows_per_s']:>8} "
+                  f"{summary['latency_ms']['p50']:>8} {summary['latency_ms']['p99']:>8} "
+                  f"{summary.get('rows_per_group_commit') or '-':>10} {summary['lost_rows']:>5} {summary['load_average']:>24}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2) + "\n")
+    return 0 if all(s["ok"] for s in summaries) else 1
+
+
+def run_mode(args, argv, ws, name, v_first, v_second, bodies, workdir: Path, mode: str) -> dict:
+    import httpx
+    import pandas as pd
+
+    from labelloop import tracking
+    from labelloop.capture import capture
+    from labelloop.config import CaptureParams
+    from labelloop.production import list_log_parts
+
+    parts_before = set(list_log_parts(ws))
+    load_average = " ".join(f"{x:.2f}" for x in os.getloadavg())
     port = free_port()
     server_cmd = [sys.executable, "-m", "labelloop.serving", str(ws.root), "--host", "127.0.0.1", "--port", str(port),
                   "--flush-rows", str(args.flush_rows), "--flush-seconds", str(args.flush_seconds),
-                  "--alias-ttl-seconds", str(args.alias_ttl_seconds), "--log-level", "warning"]
-    server_log = workdir / "server.log"
+                  "--alias-ttl-seconds", str(args.alias_ttl_seconds), "--log-level", "warning", "--mode", mode]
+    if args.commit_wait_ms is not None:
+        server_cmd += ["--commit-wait-ms", str(args.commit_wait_ms)]
+    server_log = workdir / f"server-{mode}.log"
     with open(server_log, "w") as log_handle:
         server = subprocess.Popen(server_cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                                   stdout=log_handle, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     promoted_at: dict[str, float] = {}
+    health: dict = {}
     try:
         wait_healthy(base, server)
 
@@ -177,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             tracking.promote(ws, name, v_second, reason="benchmark: alias moved mid-load")
 
         result = asyncio.run(load(base, bodies, args.concurrency, args.max_seconds, promote_second))
+        health = httpx.get(f"{base}/health", timeout=30).json()
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -187,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn re-raises the SIGTERM it caught once its graceful shutdown (lifespan included) is done.
     clean_exit = server.returncode in (0, -signal.SIGTERM)
 
-    parts = list_log_parts(ws)
+    parts = [p for p in list_log_parts(ws) if p not in parts_before]
     log = pd.concat([pd.read_parquet(p, columns=["prediction_id", "model_version"]) for p in parts], ignore_index=True) \
         if parts else pd.DataFrame({"prediction_id": [], "model_version": []})
     logged = set(log["prediction_id"])
@@ -202,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     first_new = min((i for i, v in versions if v == v_second), default=None)
     last_old = max((i for i, v in versions if v == v_first), default=None)
     n_ok = len(versions)
+    groups = health.get("wal_groups_committed")
     summary = {
+        "mode": mode,
         "requests_sent": result["attempted"],
         "requests_ok": n_ok,
         "errors": len(result["errors"]),
@@ -213,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "unexpected_logged_rows": extra,
         "duplicate_logged_ids": duplicates,
         "log_parts": len(parts),
+        "group_commits": groups,
+        "rows_per_group_commit": round(len(answered) / groups, 2) if groups else None,
         "capture_rows_read": report.rows_read,
         "capture_rows_quarantined": report.rows_quarantined,
         "requests_per_version": by_version,
@@ -224,22 +268,20 @@ def main(argv: list[str] | None = None) -> int:
                        "p90": round(percentile(result["latencies"], 90) * 1000, 2),
                        "p99": round(percentile(result["latencies"], 99) * 1000, 2),
                        "max": round(max(result["latencies"], default=float("nan")) * 1000, 2)},
+        "load_average": load_average,
         "server_clean_exit": clean_exit,
         "server_returncode": server.returncode,
-        "settings": {"requests": args.requests, "concurrency": args.concurrency, "rows_per_request": k,
+        "settings": {"requests": args.requests, "concurrency": args.concurrency, "rows_per_request": len(bodies[0]["rows"]),
                      "flush_rows": args.flush_rows, "flush_seconds": args.flush_seconds,
                      "alias_ttl_seconds": args.alias_ttl_seconds, "cpus": os.cpu_count()},
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/serve_load.py", *(argv or sys.argv[1:])]),
         "server_command": " ".join(shlex.quote(a) for a in server_cmd),
     }
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    ok = summary["errors"] == 0 and not lost and clean_exit and n_ok == args.requests and v_second in by_version
-    if not ok:
-        print(f"FAILED (server log: {server_log})", file=sys.stderr)
-    return 0 if ok else 1
+    summary["ok"] = summary["errors"] == 0 and not lost and clean_exit and n_ok == args.requests and v_second in by_version
+    print(json.dumps(summary, indent=2), flush=True)
+    if not summary["ok"]:
+        print(f"FAILED ({mode}; server log: {server_log})", file=sys.stderr)
+    return summary
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 import yaml
@@ -505,6 +505,14 @@ def status(workspace: WorkspaceOption = None) -> None:
     params = ws.params()
     typer.echo(f"workspace: {ws.root}")
     typer.echo(f"data version: {versioning.current_data_tag(ws.registry_dir)} (all: {', '.join(versioning.data_tags(ws.registry_dir))})")
+    from labelloop import dataset
+
+    typer.echo(f"exclusions: {dataset.describe_exclusions(dataset.exclusions(ws))}")
+    try:
+        versioning.require_production_line(ws.registry_dir)
+        typer.echo("registry: on its production line")
+    except versioning.VersioningError as error:  # said here, before the next cycle refuses to start
+        typer.secho(f"registry: {error}", fg=typer.colors.YELLOW)
     for alias in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS):
         typer.echo(f"{alias}: {tracking.alias_version(ws, params.train.model_name, alias)}")
     typer.echo(f"pool: {len(load_pool(ws))} candidates")
@@ -543,7 +551,8 @@ def data_versions(
         typer.echo(f"{marker} {each:<10} {versioning.tag_message(ws.registry_dir, each).strip()}")
         for entry in dataset.exclusions_at(ws, each):
             if entry["excluded_in"] == each:
-                typer.echo(f"{'':13}excluded {entry['batch_id']} ({entry['n_items']} items, rolled back to {entry['rolled_back_to']})")
+                undone = f", {len(entry['kept_labels'])} relabels undone" if entry.get("kept_labels") else ""
+                typer.echo(f"{'':13}excluded {entry['batch_id']} ({entry['n_items']} items{undone}, rolled back to {entry['rolled_back_to']})")
     if tag:
         card = dataset.card_at(ws, tag)
         typer.echo(f"  rows: {card.get('rows')}; per batch: {card.get('per_batch')}")
@@ -578,7 +587,8 @@ def data_rollback(
     else:
         typer.echo(f"labelled set restored from {tag} as {version.tag} ({version.n_rows} rows)")
     for entry in version.excluded:
-        typer.echo(f"  excluded {entry['batch_id']} ({entry['n_items']} items); bring it back with "
+        undone = f", {entry['n_labels_kept']} relabels undone" if entry.get("n_labels_kept") else ""
+        typer.echo(f"  excluded {entry['batch_id']} ({entry['n_items']} items{undone}); bring it back with "
                    f"`labelloop data readmit {entry['batch_id']}`")
     if retrain:
         from flows.stages import gate_flow, train_flow
@@ -690,6 +700,10 @@ def serve(
     flush_rows: Annotated[int, typer.Option(min=1, help="Write a log part every N predictions...")] = 1000,
     flush_seconds: Annotated[float, typer.Option(min=0.01, help="...or when the oldest buffered one is this old.")] = 5.0,
     alias_ttl_seconds: Annotated[float, typer.Option(min=0.01, help="How often to look for a new champion.")] = 5.0,
+    mode: Annotated[Literal["durable", "buffered"], typer.Option(help=(
+        "durable: answer a request only once its rows are fsynced (group commit; a kill loses no answered row); "
+        "buffered: keep rows in memory until a flush (a hard kill loses them)."))] = "durable",
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Request bodies larger than this get 413.")] = 16 * 1024 * 1024,
 ) -> None:
     """HTTP prediction service for models:/NAME@champion; every prediction is appended to the prediction log."""
     ws = _workspace(workspace)
@@ -702,7 +716,7 @@ def serve(
     except WorkspaceError as error:
         _fail(error)
     serving.run(ws.root, host=host, port=port, flush_rows=flush_rows, flush_seconds=flush_seconds,
-                alias_ttl_seconds=alias_ttl_seconds)
+                alias_ttl_seconds=alias_ttl_seconds, mode=mode, max_body_bytes=max_body_bytes)
 
 
 @app.command()

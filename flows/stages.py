@@ -165,8 +165,14 @@ def describe_version(version: DatasetVersion) -> str:
     """One line a person reads after the dataset stage: what changed, or that nothing had to."""
     if not version.created:
         return f"{version.tag} up to date ({version.n_rows} rows; no new or corrected labels)"
-    added = f"+{version.n_new} rows from {', '.join(version.batches)}" if version.batches else f"+{version.n_new} rows"
-    return f"{version.tag} created: {version.n_rows} rows ({added})"
+    changes = [f"+{version.n_new} rows" + (f" from {', '.join(version.batches)}" if version.batches else "")]
+    if version.relabels:
+        changes.append(f"{len(version.relabels)} relabelled")
+    if version.readmitted:
+        changes.append(f"re-admitted {', '.join(version.readmitted)}")
+    if version.excluded:
+        changes.append(f"excluded {', '.join(e.get('batch_id', '?') for e in version.excluded)}")
+    return f"{version.tag} created: {version.n_rows} rows ({'; '.join(changes)})"
 
 
 def describe_training(result: TrainResult) -> str:

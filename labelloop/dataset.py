@@ -101,9 +101,17 @@ def excluded_item_ids(entries: list[dict]) -> set[str]:
     return {str(i) for entry in entries for i in entry.get("item_ids", [])}
 
 
+def kept_label_item_ids(entries: list[dict]) -> set[str]:
+    """Items whose label a rollback restored: their later answers are not applied until a readmit."""
+    return {str(i) for entry in entries for i in entry.get("kept_labels", {})}
+
+
 def _summary(entry: dict) -> dict:
-    """An exclusion without its item list (for cards, lineage and status lines)."""
-    return {k: v for k, v in entry.items() if k != "item_ids"}
+    """An exclusion without its item lists (for cards, lineage and status lines)."""
+    summary = {k: v for k, v in entry.items() if k not in ("item_ids", "kept_labels")}
+    if entry.get("kept_labels"):
+        summary["n_labels_kept"] = len(entry["kept_labels"])
+    return summary
 
 
 def exclusion_summaries(entries: list[dict]) -> list[dict]:
@@ -112,7 +120,9 @@ def exclusion_summaries(entries: list[dict]) -> list[dict]:
 
 def describe_exclusions(entries: list[dict]) -> str:
     """One line, e.g. `batch-0002-ab12cd (40 items, excluded in data-v5)`, for `labelloop status`."""
-    return ", ".join(f"{e['batch_id']} ({e['n_items']} items, excluded in {e['excluded_in']})" for e in entries) or "none"
+    return ", ".join(f"{e['batch_id']} ({e['n_items']} items"
+                     + (f", {len(e['kept_labels'])} relabels undone" if e.get("kept_labels") else "")
+                     + f", excluded in {e['excluded_in']})" for e in entries) or "none"
 
 
 def _write_exclusions(workspace: Workspace, entries: list[dict]) -> None:
@@ -146,14 +156,16 @@ def latest_answers(workspace: Workspace, store: BatchStore | None = None) -> pd.
     return pd.concat(frames, ignore_index=True).drop_duplicates(ITEM_ID, keep="last").reset_index(drop=True)
 
 
-def _apply_answers(labeled: pd.DataFrame, answers: pd.DataFrame, excluded: set[str]) -> tuple[pd.DataFrame, bool]:
+def _apply_answers(labeled: pd.DataFrame, answers: pd.DataFrame, excluded: set[str],
+                   kept: set[str] = frozenset()) -> tuple[pd.DataFrame, bool]:
     """The labelled set with every non-excluded answer in it: new items appended, changed labels of
-    versioned items replaced (the last answer counts). Seed labels are curated and never replaced."""
+    versioned items replaced (the last answer counts). Seed labels are curated and never replaced, nor
+    are labels a rollback restored (`kept`)."""
     answers = answers[~answers[ITEM_ID].isin(excluded)]
     ids = labeled[ITEM_ID].astype(str)
     new = answers[~answers[ITEM_ID].isin(set(ids))]
     current = answers.set_index(ITEM_ID)
-    in_answers = ids.isin(current.index) & (labeled["batch_id"].astype(str) != SEED_BATCH)
+    in_answers = ids.isin(current.index) & (labeled["batch_id"].astype(str) != SEED_BATCH) & ~ids.isin(kept)
     new_label = ids[in_answers].map(current["label"].astype(str))
     changed_index = new_label.index[new_label.to_numpy() != labeled.loc[in_answers, "label"].astype(str).to_numpy()]
     if new.empty and not len(changed_index):
@@ -200,7 +212,7 @@ def _message(changes: dict, n_rows: int, readmitted: list[str] | None = None) ->
     if readmitted:
         parts.append(f"Re-admit {', '.join(readmitted)} (excluded by a rollback)")
     if changes["added"]:
-        parts.append("Add labelled batches " + ", ".join(
+        parts.append("add labelled batches " + ", ".join(
             f"{a['batch_id']} ({a['rows']} {'late ' if a['late'] else ''}rows)" for a in changes["added"]))
     relabels = changes["relabels"]
     if relabels:
@@ -209,7 +221,7 @@ def _message(changes: dict, n_rows: int, readmitted: list[str] | None = None) ->
         more = f" and {len(relabels) - MAX_RELABELS_IN_MESSAGE} more (dataset_card.json)" if len(relabels) > MAX_RELABELS_IN_MESSAGE else ""
         parts.append(f"relabel {len(relabels)} item{'s' if len(relabels) != 1 else ''}: {shown}{more}")
     if not parts:
-        parts.append("No label changes")
+        parts.append("no label changes")
     text = "; ".join(parts)
     return f"{text[0].upper()}{text[1:]} ({n_rows} rows)"
 
@@ -236,7 +248,8 @@ def _version(workspace: Workspace, readmitted: list[str] | None = None) -> Datas
     store = BatchStore(workspace)
     labeled = load_labeled(workspace)
     answers = latest_answers(workspace, store)
-    labeled, changed = _apply_answers(labeled, answers, excluded_item_ids(exclusions(workspace)))
+    in_force = exclusions(workspace)
+    labeled, changed = _apply_answers(labeled, answers, excluded_item_ids(in_force), kept_label_item_ids(in_force))
     if changed:
         check_no_holdout_leak(workspace, labeled[ITEM_ID])
         write_parquet(workspace.labeled_path, labeled)
@@ -287,26 +300,37 @@ def rollback(workspace: Workspace, tag: str) -> DatasetVersion:
     new_tag = versioning.next_data_tag(repo)
     entries = exclusions(workspace)
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    new_entries = []
+    # Relabels undone: items in both sets whose label the rollback restores; keyed by the batch whose
+    # later answer made the relabel, so that answer is not applied again (until that batch is re-admitted).
+    both = labeled.assign(**{ITEM_ID: labeled[ITEM_ID].astype(str)}).merge(
+        target.assign(**{ITEM_ID: target[ITEM_ID].astype(str)})[[ITEM_ID, "label"]], on=ITEM_ID, suffixes=("", "_restored"))
+    undone = both[(both["label"].astype(str) != both["label_restored"].astype(str)) & (both["batch_id"].astype(str) != SEED_BATCH)]
+    new_entries = {}
     for batch_id, group in removed.groupby(removed["batch_id"].astype(str), sort=True):
-        item_ids = sorted(group[ITEM_ID].astype(str))
-        new_entries.append({"batch_id": batch_id, "item_ids": item_ids, "n_items": len(item_ids),
-                            "excluded_in": new_tag, "rolled_back_to": tag, "at": now})
+        new_entries[batch_id] = {"item_ids": sorted(group[ITEM_ID].astype(str))}
+    for batch_id, group in undone.groupby(undone["batch_id"].astype(str), sort=True):
+        new_entries.setdefault(batch_id, {"item_ids": []})["kept_labels"] = dict(
+            zip(group[ITEM_ID], group["label_restored"].astype(str), strict=True))
     # A rerun after a crash finds its own entries (same tag) already written: merge, never duplicate.
     merged = {(e["batch_id"], e["excluded_in"]): e for e in entries}
-    for entry in new_entries:
-        key = (entry["batch_id"], entry["excluded_in"])
-        if key in merged:
-            entry = merged[key] | {"item_ids": sorted(set(merged[key]["item_ids"]) | set(entry["item_ids"]))}
-            entry["n_items"] = len(entry["item_ids"])
+    for batch_id, found in sorted(new_entries.items()):
+        key = (batch_id, new_tag)
+        entry = merged.get(key, {"batch_id": batch_id, "item_ids": [], "excluded_in": new_tag, "rolled_back_to": tag, "at": now})
+        entry["item_ids"] = sorted(set(entry["item_ids"]) | set(found["item_ids"]))
+        entry["n_items"] = len(entry["item_ids"])
+        kept_labels = entry.get("kept_labels", {}) | found.get("kept_labels", {})
+        if kept_labels:
+            entry["kept_labels"] = dict(sorted(kept_labels.items()))
         merged[key] = entry
     _write_exclusions(workspace, list(merged.values()))
     versioning.checkout(repo, tag, workspace.labeled_path)
     labeled = load_labeled(workspace)
     this_rollback = [e for e in merged.values() if e["excluded_in"] == new_tag]
     write_card(workspace, labeled, excluded=this_rollback)
-    excluded_text = ", ".join(f"{e['batch_id']} ({e['n_items']} items)" for e in this_rollback)
-    message = f"Roll the labelled set back to {tag}" + (f"; exclude {excluded_text}" if excluded_text else "") + f" ({len(labeled)} rows)"
+    excluded_text = ", ".join(f"{e['batch_id']} ({e['n_items']} items)" for e in this_rollback if e["n_items"])
+    undone_text = ", ".join(f"{e['batch_id']} ({len(e['kept_labels'])} items)" for e in this_rollback if e.get("kept_labels"))
+    message = (f"Roll the labelled set back to {tag}" + (f"; exclude {excluded_text}" if excluded_text else "")
+               + (f"; undo relabels of {undone_text}" if undone_text else "") + f" ({len(labeled)} rows)")
     new_tag, created = versioning.commit_version(repo, [workspace.labeled_path], message, tag=new_tag)
     return DatasetVersion(new_tag, created, len(labeled), 0, [], [], exclusion_summaries(this_rollback))
 

@@ -19,7 +19,7 @@ _SECRET_PARAMETER = re.compile(r"pass|pwd|token|secret|key|sig|credential|auth|s
 _URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 # libpq keyword form (`host=db password=s3cret`) and the like, outside any URI.
 _SECRET_KEYWORD_IN_TEXT = re.compile(r"(?i)\b([\w-]*(?:password|passwd|secret|token)[\w-]*)\s*=\s*([^\s&;,'\"]+)")
-_USERINFO = re.compile(r"([^/?#@:]*):(.+?)@(?=[^/?#@]*(?:[/?#]|$))")
+_USERINFO = re.compile(r"([^/?#@:]*):(.+)@(?=[^/?#@]*(?:[/?#]|$))")
 _QUERY_PARAMETER = re.compile(r"(^|[&;])([^=&;#]+)=([^&;#]*)")
 
 

@@ -40,6 +40,9 @@ def import_markdown(reports: list) -> str:
     for r in reports:
         agreement = f"{r.agreement:.3f}" if r.agreement is not None else "-"
         lines.append(f"| {r.batch_id} | {r.n_items} | {r.n_answers} | {r.n_labelled} | {r.n_quarantined} | {r.status} | {agreement} |")
+    refused = [r for r in reports if getattr(r, "refused", None)]
+    if refused:  # the reason is labelloop's own words about the file, never the file's content
+        lines += ["", "### Refused unread", *(f"- {r.batch_id}: {r.refused}" for r in refused)]
     return "\n".join(lines)
 
 

@@ -445,7 +445,11 @@ class PredictionService:
         if self._thread is not None:
             return self
         # What a hard-killed server left in the write-ahead log becomes log parts before anything is served.
-        self.recovery = prediction_wal.recover(self.workspace)
+        try:
+            self.recovery = prediction_wal.recover(self.workspace)
+        except OSError as error:  # the segments stay as they are; the next start (or `recover`) takes them
+            self.last_error = f"write-ahead log recovery failed, segments kept for the next start: {error}"
+            logger.error("%s", self.last_error)
         self._refresh_safely()
         if self._model is None:
             logger.warning("model %s has no usable champion yet; /predict answers 503 until one is promoted", self.model_name)

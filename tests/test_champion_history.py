@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 
 from labelloop import dataset, tracking
-from labelloop.config import GateParams, TrainParams
+from labelloop.config import GateParams, TrainParams, dump_params
 from labelloop.faults import ENV
+from labelloop.io import write_text
 from tests.conftest import clone_workspace
 from tests.test_dataset import _fake_imported_batch
 
-FAST = TrainParams(n_estimators=20, max_depth=3)
-NAME = FAST.model_name
+# A name of its own, written into the workspaces' params.yaml, so the CLI reads the same model.
+NAME = "champion-history-test"
+FAST = TrainParams(model_name=NAME, n_estimators=20, max_depth=3)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +48,7 @@ def build_three_champions(ws) -> list[str]:
 @pytest.fixture(scope="module")
 def three_champions_template(workspace_template, tmp_path_factory):
     ws = clone_workspace(workspace_template, tmp_path_factory.mktemp("champions") / "ws")
+    write_text(ws.params_path, dump_params(ws.params().with_overrides(train=FAST)))
     assert build_three_champions(ws) == ["1", "2", "3"]
     return ws
 

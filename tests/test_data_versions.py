@@ -175,7 +175,7 @@ def test_a_corrected_answer_after_versioning_makes_one_new_version_with_the_rela
     assert dataset.card_at(workspace, "data-v3")["relabels"] == [relabel]
     message = versioning.tag_message(workspace.registry_dir, "data-v3")
     assert f"Relabel 1 item: {corrected} {wrong_label} -> {truth} ({batch_id})" in message
-    assert "Add labelled batches" not in message
+    assert "labelled batches" not in message.lower()
     from labelloop.lineage import data_corrections
 
     assert data_corrections(workspace, "data-v3")["relabels"] == [{"version": "data-v3", **relabel}]
@@ -216,6 +216,30 @@ def test_an_excluded_item_stays_excluded_when_its_answer_is_corrected(workspace,
     after = dataset.update_dataset(workspace)
     assert (after.tag, after.created) == ("data-v3", False)  # ...and the excluded batch stays out
     assert _labeled_ids(workspace) == _ids_at(workspace, "data-v1")
+
+
+def test_a_rollback_past_a_relabel_keeps_the_restored_label_until_a_readmit(workspace, tmp_path):
+    drop = tmp_path / "drop"
+    params = _params(workspace, vendor="filedrop", filedrop_url=str(drop))
+    batch_id, _, answers = _filedrop_round(workspace, params, drop, seed=0, wrong=1)
+    _import(workspace, params)
+    dataset.update_dataset(workspace)
+    item, wrong_label = answers[0]["item_id"], answers[0]["label"]
+    truth = pd.read_parquet(workspace.simulator_dir / "oracle.parquet").set_index("item_id")["label"][item]
+    _write_labels(drop, batch_id, [*answers, {"item_id": item, "annotator_id": "ann-1", "label": truth}])
+    _import(workspace, params)
+    assert dataset.update_dataset(workspace).relabels[0]["new_label"] == truth  # data-v3
+
+    restored = dataset.rollback(workspace, "data-v2")  # the correction turned out wrong: back to data-v2's label
+    assert restored.tag == "data-v4" and restored.excluded[0]["n_labels_kept"] == 1
+    assert "undo relabels of " + batch_id in versioning.tag_message(workspace.registry_dir, "data-v4")
+    after = dataset.update_dataset(workspace)
+    assert (after.tag, after.created) == ("data-v4", False)
+    assert pd.read_parquet(workspace.labeled_path).set_index("item_id").loc[item, "label"] == wrong_label
+
+    readmitted = dataset.readmit(workspace, batch_id)  # a deliberate decision brings the corrected answer back
+    assert readmitted.tag == "data-v5" and [r["item_id"] for r in readmitted.relabels] == [item]
+    assert pd.read_parquet(workspace.labeled_path).set_index("item_id").loc[item, "label"] == truth
 
 
 def test_a_batch_past_its_recheck_window_is_not_fetched_again(workspace, tmp_path):

@@ -27,20 +27,26 @@ REGISTRY_CRASH_POINTS = {
     "dvc.add.after_cache": "object in the DVC cache, the `.dvc` pointer not yet rewritten",
     "dvc.add.mid_pointer": "DVC rewriting the `.dvc` pointer in place: a torn pointer file",
     "dvc.add.index_locked": "DVC (dulwich) staging the pointer: an empty `.git/index.lock`",
-    "git.commit.index_locked": "`git commit` with the new index in `.git/index.lock` (pre-commit hook)",
-    "git.commit.ref_locked": "`git commit`: commit object written, `refs/heads/main.lock` held",
+    "git.add.index_locked": "`git add -A` holding `.git/index.lock` while it reads and rewrites the index",
+    "git.commit.ref_locked": "`git commit`: commit object written, `HEAD.lock` and `refs/heads/main.lock` held",
     "git.tag.ref_locked": "`git tag`: tag object written, `refs/tags/data-vN.lock` held",
 }
 
 # Run by git with the driver's pid in its environment: kills git (its parent) while it holds its lock
-# files, and the driver with it, both by SIGKILL.
+# files, and the driver with it, both by SIGKILL. `git add` takes `index.lock` before it reads the index,
+# and reading it runs the fsmonitor hook; `reference-transaction prepared` runs with the ref locks taken
+# (`git commit` has already renamed its index into place by then, and runs pre-commit with no lock).
 _HOOK = """#!/bin/sh
-[ "$LABELLOOP_CRASH_AT" = "{point}" ] || exit 0
+[ "$LABELLOOP_CRASH_AT" = "{point}" ] || exit {skip}
 {condition}
 kill -KILL "$PPID" "$LABELLOOP_CRASH_DRIVER_PID"
 exit 1
 """
-_ON_REF = {"tag": 'grep -q " refs/tags/" || exit 0', "commit": 'grep -q " refs/tags/" && exit 0'}
+_CONDITIONS = {
+    "git.add.index_locked": 'tr "\\0" " " < /proc/$PPID/cmdline | grep -q " add " || exit 1',
+    "git.commit.ref_locked": '[ "$1" = prepared ] || exit 0\ngrep -q " refs/tags/" && exit 0',
+    "git.tag.ref_locked": '[ "$1" = prepared ] || exit 0\ngrep -q " refs/tags/" || exit 0',
+}
 
 
 def _die() -> None:
@@ -53,14 +59,14 @@ def arm_registry_crash_point(point: str | None) -> None:
         return
     if point.startswith("git."):
         hooks = Path(tempfile.mkdtemp(prefix="labelloop-crash-hooks-"))
-        _, command, _ = point.split(".")
-        hook, condition = ("pre-commit", "") if point == "git.commit.index_locked" else (
-            "reference-transaction", f'[ "$1" = prepared ] || exit 0\n{_ON_REF[command]}')
-        (hooks / hook).write_text(_HOOK.format(point=point, condition=condition))
-        (hooks / hook).chmod(0o755)
+        hook = hooks / ("fsmonitor" if point == "git.add.index_locked" else "reference-transaction")
+        # not killing: a failing fsmonitor makes git scan the tree itself; a failing ref hook would abort
+        hook.write_text(_HOOK.format(point=point, condition=_CONDITIONS[point], skip=1 if hook.name == "fsmonitor" else 0))
+        hook.chmod(0o755)
+        key, value = ("core.fsmonitor", str(hook)) if hook.name == "fsmonitor" else ("core.hooksPath", str(hooks))
         count = int(os.environ.get("GIT_CONFIG_COUNT", "0"))  # git config from the environment (git >= 2.31)
-        os.environ.update({"GIT_CONFIG_COUNT": str(count + 1), f"GIT_CONFIG_KEY_{count}": "core.hooksPath",
-                           f"GIT_CONFIG_VALUE_{count}": str(hooks), "LABELLOOP_CRASH_DRIVER_PID": str(os.getpid())})
+        os.environ.update({"GIT_CONFIG_COUNT": str(count + 1), f"GIT_CONFIG_KEY_{count}": key,
+                           f"GIT_CONFIG_VALUE_{count}": value, "LABELLOOP_CRASH_DRIVER_PID": str(os.getpid())})
     elif point == "dvc.add.mid_copy":
         import dvc_objects.fs.local as local
 

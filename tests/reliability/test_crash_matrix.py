@@ -115,7 +115,9 @@ def _pointer(repo: Path) -> dict | None:
         loaded = yaml.safe_load((repo / "data" / "labeled.parquet.dvc").read_text())
     except yaml.YAMLError:
         return None
-    return loaded if isinstance(loaded, dict) and isinstance(loaded.get("outs"), list) else None
+    outs = loaded.get("outs") if isinstance(loaded, dict) else None
+    whole = isinstance(outs, list) and outs and all(isinstance(o, dict) and o.get("path") and o.get("md5") for o in outs)
+    return loaded if whole else None
 
 
 def _left_behind(repo: Path, point: str) -> list[str]:
@@ -131,10 +133,10 @@ def _left_behind(repo: Path, point: str) -> list[str]:
         found = [f"cache/{md5}"] if _cached(repo, md5) and pointer and pointer["outs"][0].get("md5") != md5 else []
     elif point == "dvc.add.mid_pointer":
         found = [] if _pointer(repo) else ["data/labeled.parquet.dvc (torn)"]
-    elif point in ("dvc.add.index_locked", "git.commit.index_locked"):
+    elif point in ("dvc.add.index_locked", "git.add.index_locked"):
         found = [git_dir / "index.lock"]
     elif point == "git.commit.ref_locked":
-        found = [git_dir / "refs" / "heads" / "main.lock"]
+        found = [git_dir / "HEAD.lock", git_dir / "refs" / "heads" / "main.lock"]
     else:
         found = list((git_dir / "refs" / "tags").glob("*.lock"))
     return [str(f) for f in found if not isinstance(f, Path) or f.exists()]
@@ -158,6 +160,74 @@ def test_sigkill_inside_dvc_and_git_then_rerun_completes_the_version(crash_works
     check_invariants(ws)
     assert len(versioning.data_tags(repo)) == len(tags_before) + 1, "the interrupted version was not completed once"
     assert _stale_locks(repo) == [], "a lock or temp file of the killed run is still there"
+
+
+def _mount_small_fs(directory: Path, size_kb: int) -> None:
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(directory)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"the disk-full run needs to mount a small tmpfs (root or CAP_SYS_ADMIN): "
+                    f"`mount -t tmpfs` failed: {result.stderr.strip() or result.returncode}")
+
+
+def _unmount(directory: Path) -> None:
+    # The test process may still hold the MLflow SQLite file open: detach lazily if busy.
+    if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def _fill(directory: Path, leave_bytes: int) -> Path:
+    """A filler file that leaves `leave_bytes` free on the filesystem of `directory`."""
+    filler = directory / "filler"
+    with open(filler, "wb") as handle:
+        while True:
+            stats = os.statvfs(directory)
+            excess = stats.f_bavail * stats.f_frsize - leave_bytes
+            if excess <= 0:
+                break
+            handle.write(b"\0" * min(excess, 1 << 20))
+            handle.flush()
+    return filler
+
+
+def test_disk_full_inside_dvc_add_fails_clearly_then_the_rerun_completes_the_version(crash_workspace, tmp_path):
+    """The workspace on a small filesystem, full when `dvc add` copies the labelled set into the DVC
+    cache: one clear VersioningError, nothing versioned, locked or half-written; space freed, the rerun
+    completes the version."""
+    from labelloop import dataset
+    from labelloop.lock import workspace_lock
+    from tests.conftest import clone_workspace
+
+    mount = tmp_path / "small-fs"
+    mount.mkdir()
+    used_kb = int(subprocess.run(["du", "-sk", str(crash_workspace.root)], capture_output=True, text=True,
+                                 check=True).stdout.split()[0])
+    _mount_small_fs(mount, 2 * used_kb + 16 * 1024)
+    try:
+        ws = clone_workspace(crash_workspace, mount / "ws")
+        repo = ws.registry_dir
+        tags_before, head_before = versioning.data_tags(repo), versioning.head_sha(repo)
+        code, stderr = _crash(ws, "dataset.after_write")  # the labelled set written, not yet `dvc add`-ed
+        assert code == -signal.SIGKILL, f"the worker was not killed at dataset.after_write (exit {code}): {stderr}"
+        labeled_bytes = ws.labeled_path.read_bytes()
+        # Room for the small files written first (the dataset card), not for DVC's copy into its cache.
+        filler = _fill(mount, leave_bytes=len(labeled_bytes) // 2)
+
+        with workspace_lock(ws), pytest.raises(versioning.VersioningError) as failure:
+            dataset.update_dataset(ws)
+        message = str(failure.value)
+        assert "dvc add labeled.parquet" in message and "no space left on device" in message, message
+        assert versioning.data_tags(repo) == tags_before and versioning.head_sha(repo) == head_before
+        assert ws.labeled_path.read_bytes() == labeled_bytes, "the labelled set changed on a failed version"
+        assert _stale_locks(repo) == [], "the failed `dvc add` left a lock or a temp file"
+        assert _pointer(repo) is not None, "the `.dvc` pointer was torn"
+
+        filler.unlink()
+        run_cycle_stages(str(ws.root))
+        check_invariants(ws)
+        assert len(versioning.data_tags(repo)) == len(tags_before) + 1, "the interrupted version was not completed"
+    finally:
+        _unmount(mount)
 
 
 def test_after_the_matrix_a_real_prefect_cycle_still_runs_clean(prefect_api, crash_workspace):

@@ -8,6 +8,7 @@ import uuid
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -139,7 +140,7 @@ def shaped_log_frames(draw):
 def test_prediction_log_reader_normalises_any_shape_and_keeps_or_quarantines_every_row(frame):
     from labelloop.prediction_log import TS_DTYPE
 
-    valid, quarantined = validate_prediction_log(frame, ["f1", "f2"], PROBAS, CLASSES)
+    valid, quarantined = validate_prediction_log(frame, ["f1", "f2"], PROBAS)  # label set: the proba columns
     assert len(valid) + len(quarantined) == len(frame)
     assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
     for column in ("prediction_id", "item_id", "predicted", "model_version"):
@@ -201,6 +202,7 @@ def producer_parts(draw, class_names, feature_columns):
     return frame
 
 
+@pytest.mark.filterwarnings("ignore::labelloop.acquisition.selectors.BatchShrunkWarning")  # tiny pools
 def test_no_row_level_problem_stops_capture_or_select(workspace):
     """Whatever shapes and bad rows producers send, capture and select run, and every row written is
     in the pool, a batch or quarantine (confidence_threshold=1.0: every valid row is a candidate)."""

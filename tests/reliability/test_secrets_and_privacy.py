@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,152 @@ def test_only_allow_listed_columns_leave_for_the_vendor(workspace):
         assert f'"{column}":' not in text, f"{column} is not allow-listed but was exported"
     for column in allowed:
         assert f'"{column}":' in text
+
+
+# ------------------------------------------------------------------------- credentials inside URIs
+# A distinct marker per URI: a leak names the URI it came from.
+TRACKING_PASSWORD = "mlflow-pw-3c9e1-never-shown"
+DVC_PASSWORD = "dvc-pw-8b27d-never-shown"
+LS_PASSWORD = "ls-pw-6a1d2-never-shown"
+PG_PASSWORD = "pg-pw-0e5b7-never-shown"
+QUERY_TOKEN = "query-token-91c4f-never-shown"
+URI_MARKERS = (TRACKING_PASSWORD, DVC_PASSWORD, LS_PASSWORD, PG_PASSWORD, QUERY_TOKEN)
+
+
+@pytest.mark.parametrize(("uri", "shown"), [
+    (f"http://alice:{TRACKING_PASSWORD}@mlflow.internal:5000", "http://alice:***@mlflow.internal:5000"),
+    (f"postgresql+psycopg2://dave:{PG_PASSWORD}@db:5432/mlflow?sslmode=require",
+     "postgresql+psycopg2://dave:***@db:5432/mlflow?sslmode=require"),
+    (f"https://bob:p@ss/w?rd#{DVC_PASSWORD}@dvc.example.com/store", "https://bob:***@dvc.example.com/store"),
+    (f"s3://bucket/data?X-Amz-Signature={QUERY_TOKEN}&region=eu", "s3://bucket/data?X-Amz-Signature=***&region=eu"),
+    (f"https://ls.example.com/api?token={QUERY_TOKEN}&key={QUERY_TOKEN}&password={QUERY_TOKEN}&page=2",
+     "https://ls.example.com/api?token=***&key=***&password=***&page=2"),
+    ("sqlite+pysqlite:///file:/data/ws%3F1/mlflow.db?uri=true", "sqlite+pysqlite:///file:/data/ws%3F1/mlflow.db?uri=true"),
+    ("postgresql://postgres@db:5432/labelloop", "postgresql://postgres@db:5432/labelloop"),  # a user alone is no secret
+])
+def test_a_uri_is_shown_with_its_credentials_masked_and_the_rest_kept(uri, shown):
+    from labelloop.redact import redact_text, redact_uri
+
+    assert redact_uri(uri) == shown
+    assert redact_text(f"push to '{uri}' failed: host=db password={PG_PASSWORD}") == f"push to '{shown}' failed: host=db password=***"
+
+
+class _AuthRecorder:
+    """An HTTP server that answers 503 to everything and records each request's Authorization header."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        seen = self.authorizations = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                seen.append(self.headers.get("Authorization"))
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = self.server.server_address[1]
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_tracking_password_reaches_the_server_but_no_error_or_gate_artifact(workspace, monkeypatch):
+    import base64
+    import traceback
+
+    from labelloop import reports, tracking
+    from labelloop.gate import GateDecision
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with _AuthRecorder() as server:
+        uri = f"http://alice:{TRACKING_PASSWORD}@127.0.0.1:{server.port}"
+        monkeypatch.setenv("LABELLOOP_TRACKING_URI", uri)
+        with pytest.raises(tracking.TrackingUnavailable) as caught:
+            tracking.train_challenger(workspace, workspace.params().train)
+        decision = GateDecision(True, ["better"], "accuracy", 0.9, 0.8, "2", "1")
+        artifact = reports.gate_markdown(decision, workspace.tracking_uri,
+                                         reports.gate_run_links(workspace, "m", decision))
+    # MLflow still authenticates: the credentials travel as basic auth, only never as text.
+    assert server.authorizations and set(server.authorizations) == {
+        "Basic " + base64.b64encode(f"alice:{TRACKING_PASSWORD}".encode()).decode()}
+    told = "".join(traceback.format_exception(caught.value))  # the chain, as Prefect logs it
+    assert f"alice:***@127.0.0.1:{server.port}" in str(caught.value)
+    assert TRACKING_PASSWORD not in told
+    assert f"alice:***@127.0.0.1:{server.port}" in artifact and TRACKING_PASSWORD not in artifact
+
+
+def test_a_label_studio_password_stays_out_of_its_errors_and_status(workspace):
+    from labelloop.vendors.labelstudio import LabelStudioVendor
+    from tests.reliability.fault_servers import closed_port
+
+    vendor = LabelStudioVendor(f"http://carol:{LS_PASSWORD}@127.0.0.1:{closed_port()}", "token", workspace.root / "ls")
+    assert LS_PASSWORD not in repr(vendor) and "carol:***@" in repr(vendor)
+    assert LS_PASSWORD not in vendor._fault("listing projects", ConnectionError("refused")).args[0]
+
+
+def _text_of_every_file(root) -> dict[str, bytes]:
+    return {str(path): path.read_bytes() for path in root.rglob("*") if path.is_file() and ".git/objects" not in str(path)}
+
+
+@pytest.mark.slow
+def test_credentials_in_every_uri_reach_no_file_log_artifact_or_error_line(prefect_api, workspace, monkeypatch, capfd):
+    """The tracking server (with a password) is down, then the DVC remote (with a password) is: every
+    error line, Prefect log and artifact, workspace file, registry commit and the Prefect database are
+    searched for each password."""
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.cycle import active_learning_cycle
+    from flows.stages import dataset_flow
+    from labelloop import versioning
+    from tests.reliability.fault_servers import closed_port
+    from tests.test_dataset import _fake_imported_batch
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("LABELLOOP_RETRY_ATTEMPTS", "1")
+    root = str(workspace.root)
+    with monkeypatch.context() as tracking_down:
+        tracking_down.setenv("LABELLOOP_TRACKING_URI", f"http://alice:{TRACKING_PASSWORD}@127.0.0.1:{closed_port()}")
+        with pytest.raises(Exception, match=r"alice:\*\*\*@"):
+            active_learning_cycle(root)
+    versioning.set_remote(workspace.registry_dir, f"http://bob:{DVC_PASSWORD}@127.0.0.1:{closed_port()}/dvc")
+    _fake_imported_batch(workspace, "batch-0001-aaaaaa")
+    with pytest.raises(Exception, match=r"bob:\*\*\*@"):
+        dataset_flow(root)
+    APILogHandler().flush()  # logs reach the API in batches: send what is queued
+
+    captured = capfd.readouterr()
+    searched = {"stdout": captured.out.encode(), "stderr": captured.err.encode()}
+    searched |= {path: data for path, data in _text_of_every_file(workspace.root).items()
+                 if not path.endswith(".dvc/config.local")}  # DVC's git-ignored place for the remote's secret
+    registry = workspace.registry_dir
+    searched["registry history"] = versioning.git(registry, "log", "--all", "-p", "--format=%B").encode()
+    searched["registry tags"] = versioning.git(registry, "tag", "-n99").encode()
+    from prefect.settings import get_current_settings
+
+    database = get_current_settings().server.database.connection_url
+    database = Path(str(getattr(database, "get_secret_value", lambda: database)()).split(":///", 1)[1])
+    for path in database.parent.glob(database.name + "*"):  # the database and its WAL
+        searched[str(path)] = path.read_bytes()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        searched["prefect logs"] = "\n".join(log.message for log in client.read_logs()).encode()
+        searched["prefect artifacts"] = "\n".join(str(a.data) for a in client.read_artifacts()).encode()
+    assert b"alice:***@" in searched["prefect logs"]  # the failure was logged, redacted
+    for where, data in searched.items():
+        for marker in URI_MARKERS:
+            assert marker.encode() not in data, f"{marker} leaked into {where}"
+    assert DVC_PASSWORD in (registry / ".dvc" / "config.local").read_text()  # where DVC reads it from
