@@ -138,8 +138,17 @@ def register(workspace: Path, name: str, pool: str, mode: str = "stages", timezo
     ensure_pool_and_queue(pool, queue)
     from labelloop.workspace import ENV_TRACKING_URI
 
+    from labelloop.tracking import mlflow_uri
+    from tasks.vendor import SECRET_BLOCKS, TOKEN_ENV
+
     # The tracking server the flows must use (labelloop reads $LABELLOOP_TRACKING_URI; else the workspace's SQLite).
-    env = {k: os.environ[k] for k in (ENV_TRACKING_URI, "MLFLOW_TRACKING_URI", "LABEL_STUDIO_API_KEY") if os.environ.get(k)}
+    # Job variables are stored in Prefect's database: no credentials there. A password in the URI stays in
+    # the worker's own environment (MLFLOW_TRACKING_USERNAME/PASSWORD); the vendor token goes to a Secret block.
+    env = {k: mlflow_uri(os.environ[k], environ={}) for k in (ENV_TRACKING_URI, "MLFLOW_TRACKING_URI") if os.environ.get(k)}
+    if os.environ.get(TOKEN_ENV):
+        from prefect.blocks.system import Secret
+
+        Secret(value=os.environ[TOKEN_ENV]).save(SECRET_BLOCKS[TOKEN_ENV], overwrite=True)
     env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
             "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "PYTHONWARNINGS": "ignore"}
     has_simulator = (ws.simulator_dir / "traffic.parquet").exists()

@@ -166,8 +166,18 @@ class TrainParams(Section):
     max_depth: int = Field(6, gt=0)
     learning_rate: float = Field(0.1, gt=0, le=1)
     subsample: float = Field(1.0, gt=0, le=1)
-    n_jobs: int = Field(2, description="XGBoost threads (-1 = all cores).")
+    n_jobs: int | Literal["auto"] = Field(
+        "auto", description='XGBoost threads: "auto" = the CPUs this process may use (affinity and cgroup quota, '
+        'capped by OMP_NUM_THREADS), or a positive integer.',
+    )
     random_state: int = Field(0, ge=0)
+
+    @field_validator("n_jobs", mode="before")
+    @classmethod
+    def _n_jobs(cls, value: object) -> int | str:
+        from labelloop.threads import check_n_jobs
+
+        return check_n_jobs(value)
 
 
 class StopParams(Section):

@@ -26,7 +26,7 @@ class LabelloopClassifier(ClassifierMixin, BaseEstimator):
         max_depth: int = 6,
         learning_rate: float = 0.1,
         subsample: float = 1.0,
-        n_jobs: int = 2,
+        n_jobs: int | str = "auto",
         random_state: int = 0,
     ) -> None:
         self.class_names = class_names
@@ -53,6 +53,8 @@ class LabelloopClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame | np.ndarray, y: pd.Series | np.ndarray, sample_weight: np.ndarray | None = None) -> LabelloopClassifier:
         from xgboost import XGBClassifier
 
+        from labelloop.threads import resolve_n_jobs
+
         y = np.asarray(y).astype(str)
         classes = list(self.class_names) if self.class_names is not None else sorted(set(y))
         unknown = sorted(str(v) for v in set(y) - set(classes))
@@ -75,7 +77,7 @@ class LabelloopClassifier(ClassifierMixin, BaseEstimator):
             max_depth=self.max_depth,
             learning_rate=self.learning_rate,
             subsample=self.subsample,
-            n_jobs=self.n_jobs,
+            n_jobs=resolve_n_jobs(self.n_jobs),  # "auto" resolved where the fit runs
             random_state=self.random_state,
             tree_method="hist",
             eval_metric="mlogloss",

@@ -213,7 +213,9 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
 
     signature = infer_signature(features.head(20), model.predict_proba(features.head(20)))
     with mlflow.start_run(experiment_id=experiment_id(workspace), run_name=f"train-{data_tag}") as run:
-        mlflow.log_params(params.model_dump(mode="json"))
+        from labelloop.threads import resolve_n_jobs
+
+        mlflow.log_params({**params.model_dump(mode="json"), "n_jobs_resolved": resolve_n_jobs(params.n_jobs)})
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({f"recall.{_metric_key(c)}": r for c, r in recall.items()})
         mlflow.log_metric("n_labels", len(labeled))

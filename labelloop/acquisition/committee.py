@@ -6,7 +6,6 @@ through the data they saw and their seed. Inference is batched and uses all core
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,9 +47,11 @@ def train_committee(
 
 
 def committee_probas(members: list[LabelloopClassifier], features: np.ndarray, *, batch_rows: int = 200_000) -> np.ndarray:
-    """(members, rows, classes) probabilities, predicted in row batches with all cores."""
+    """(members, rows, classes) probabilities, predicted in row batches with all the CPUs this process may use."""
+    from labelloop.threads import AUTO, resolve_n_jobs
+
     features = np.asarray(features, dtype=np.float32)
-    threads = os.cpu_count() or 1
+    threads = resolve_n_jobs(AUTO)
     for model in members:
         booster = getattr(model, "booster_", None)
         if booster is not None:

@@ -339,7 +339,7 @@ def expected_error_reduction(
         settings = {
             "max_depth": getattr(train_params, "max_depth", 6),
             "learning_rate": getattr(train_params, "learning_rate", 0.1),
-            "n_jobs": getattr(train_params, "n_jobs", 2),
+            "n_jobs": getattr(train_params, "n_jobs", "auto"),
             "random_state": getattr(train_params, "random_state", 0),
         }
     settings["n_estimators"] = EER_TREES

@@ -39,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from labelloop.confined_files import FileTooLarge, UnsafeFile, lexists, read_regular, write_regular
+from labelloop.redact import redact_uri
 from labelloop.retry import with_retries
 from labelloop.vendors.base import json_value as _json_value
 from labelloop.vendors.base import (
@@ -82,7 +83,8 @@ class FileDropVendor(Vendor):
         if max_labels_bytes < 1:
             raise ValueError(f"max_labels_bytes must be positive, got {max_labels_bytes}")
         self.max_labels_bytes = int(max_labels_bytes)
-        self.url = str(url)
+        self.url = str(url)  # for fsspec only: it may carry credentials
+        self.shown_url = redact_uri(self.url)  # the URL in every message, credentials masked
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
@@ -100,11 +102,11 @@ class FileDropVendor(Vendor):
             try:
                 return operation()
             except (TimeoutError, ConnectionError) as error:
-                raise VendorUnavailable(f"file drop {self.url}: {what} failed: {type(error).__name__}: {error}") from error
+                raise VendorUnavailable(f"file drop {self.shown_url}: {what} failed: {type(error).__name__}: {error}") from error
             except OSError as error:
-                raise VendorError(f"file drop {self.url}: {what} failed: {error}") from error
+                raise VendorError(f"file drop {self.shown_url}: {what} failed: {error}") from error
 
-        return with_retries(f"file drop {self.url}: {what}", attempt)
+        return with_retries(f"file drop {self.shown_url}: {what}", attempt)
 
     def _root_exists(self) -> bool:
         return bool(self._io(f"looking for {self.root}", lambda: self.fs.exists(self.root)))
@@ -116,7 +118,7 @@ class FileDropVendor(Vendor):
         except FileTooLarge:
             raise
         except UnsafeFile as error:
-            raise VendorRefused(f"file drop {self.url}: {error}; nothing of batch {batch_id} was imported (the drop "
+            raise VendorRefused(f"file drop {self.shown_url}: {error}; nothing of batch {batch_id} was imported (the drop "
                                 "must hold plain files and folders: no symbolic or hard links, FIFOs or devices)") from None
 
     def _exists(self, batch_id: str, *parts: str) -> bool:
@@ -134,7 +136,7 @@ class FileDropVendor(Vendor):
                     batch_id, lambda: read_regular(self.root, [batch_id, *parts], self.max_labels_bytes)))
             return self._io(f"reading {path}", lambda: self._read_remote(path))
         except FileTooLarge as error:  # refused unread (or the read stopped at the limit): nothing is kept
-            raise VendorRefused(f"file drop {self.url}: {error} for a file of the drop; nothing was imported "
+            raise VendorRefused(f"file drop {self.shown_url}: {error} for a file of the drop; nothing was imported "
                                 "(split the batch, or raise FileDropVendor.max_labels_bytes)") from None
 
     def _read_remote(self, path: str) -> bytes:
@@ -161,9 +163,9 @@ class FileDropVendor(Vendor):
         path = self._path(batch_id, "manifest.json")
         if not self._exists(batch_id, "manifest.json"):
             if not self._root_exists():  # the whole drop is missing: say so, not only "never exported"
-                raise VendorError(f"batch {batch_id} was never exported to the file drop {self.url}: its root "
+                raise VendorError(f"batch {batch_id} was never exported to the file drop {self.shown_url}: its root "
                                   f"{self.root} does not exist (not mounted, or a wrong export.filedrop_url?)")
-            raise VendorError(f"batch {batch_id} was never exported to the file drop {self.url} (no {path})")
+            raise VendorError(f"batch {batch_id} was never exported to the file drop {self.shown_url} (no {path})")
         try:
             manifest = json.loads(self._read(batch_id, "manifest.json"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -24,7 +24,6 @@ from labelloop.workspace import Workspace
 # Each kill leaves exactly what a worker killed there by the OS leaves.
 REGISTRY_CRASH_POINTS = {
     "dvc.add.mid_copy": "DVC copying the labelled set into its cache: half a `.tmp` copy in .dvc/cache",
-    "dvc.add.after_cache": "object in the DVC cache, the `.dvc` pointer not yet rewritten",
     "dvc.add.mid_pointer": "DVC rewriting the `.dvc` pointer in place: a torn pointer file",
     "dvc.add.index_locked": "DVC (dulwich) staging the pointer: an empty `.git/index.lock`",
     "git.add.index_locked": "`git add -A` holding `.git/index.lock` while it reads and rewrites the index",
@@ -79,10 +78,6 @@ def arm_registry_crash_point(point: str | None) -> None:
             _die()
 
         local.copyfile = half_copy
-    elif point == "dvc.add.after_cache":
-        import dvc.stage
-
-        dvc.stage.Stage.dump = lambda self, **kwargs: _die()
     elif point == "dvc.add.mid_pointer":
         import dvc.dvcfile
         from dvc.utils.serialize import dumps_yaml
