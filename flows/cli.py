@@ -516,6 +516,9 @@ def status(workspace: WorkspaceOption = None) -> None:
     for alias in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS):
         typer.echo(f"{alias}: {tracking.alias_version(ws, params.train.model_name, alias)}")
     typer.echo(f"pool: {len(load_pool(ws))} candidates")
+    from labelloop.capture import capture_status_line
+
+    typer.echo(capture_status_line(ws))
     for meta in BatchStore(ws).list():
         typer.echo(f"  {meta.batch_id}: {meta.status}, {meta.n_items} items, {meta.strategy}, labelled {meta.n_labelled}, in {meta.versioned_in}")
     from labelloop import stopping

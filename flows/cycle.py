@@ -74,7 +74,7 @@ def active_learning_cycle(
             if completed is not None:
                 logger.warning(f"completed {completed.data_tag}, left untrained or unrecorded by an interrupted run: {completed.line()}")
         production_flow(root, p.production, resolved=p)
-        capture_flow(root, p.capture, resolved=p)
+        captured = capture_flow(root, p.capture, resolved=p)
         halt = stopping.halted(ws, p.gate)
         batch_id = None
         if halt is None:
@@ -91,6 +91,7 @@ def active_learning_cycle(
             trained_version = train_flow(root, p.train, resolved=p).version
             decision_label = gate_flow(root, p.gate, resolved=p, expected_challenger=trained_version).label
         record = _cycle_record(ws, p, version.tag, version.n_rows, version.n_new, decision_label, batch_id)
+        record.capture_lost = captured.lost_text() or None
         record = evaluate_stop_rules(root, record, p.gate, model_name, trained_version)
         append_history(ws, record)
         logger.info(record.line())

@@ -85,7 +85,11 @@ def production_flow(workspace: str = DEFAULT_WORKSPACE, params: ProductionParams
 def capture_flow(workspace: str = DEFAULT_WORKSPACE, params: CaptureParams | None = None,
                  resolved: Params | None = None) -> CaptureReport:
     with stage_run("capture", ("capture",), workspace, resolved, capture=params) as (ws, p):
-        return capture_predictions(str(ws.root), p.capture)
+        report = capture_predictions(str(ws.root), p.capture)
+        create_markdown_artifact(key="capture", markdown=report.markdown(), description=report.summary())
+        logger = get_run_logger()
+        (logger.warning if report.parts_lost or report.parts_pending else logger.info)(report.summary())
+        return report
 
 
 @flow(name="select")

@@ -103,6 +103,7 @@ class CycleRecord:
     cost_per_point: float | None = None  # cost per percentage point of holdout accuracy gained since the seed model
     primary_metric: float | None = None  # the champion's gate.primary_metric, what the stop rules watch
     stop: dict | None = None  # the stop rules' report after this cycle (StopReport.to_dict())
+    capture_lost: str | None = None  # unreadable log parts capture gave up on this cycle, with their rows
 
     def line(self) -> str:
         acc = "-" if self.champion_accuracy is None else f"{self.champion_accuracy:.4f}"
@@ -111,7 +112,8 @@ class CycleRecord:
                 f"acc {acc} macro-F1 {f1} | gate {self.decision:<8} | data {self.data_tag}"
                 + (f" | cost {self.cost:.2f}" + (f" ({self.cost_per_point:.2f}/pt)" if self.cost_per_point is not None else "")
                    if self.cost else "")
-                + (f" | stop: {'; '.join(self.stop['reasons'])}" if self.stop and self.stop.get("stop") else ""))
+                + (f" | stop: {'; '.join(self.stop['reasons'])}" if self.stop and self.stop.get("stop") else "")
+                + (f" | capture {self.capture_lost}" if self.capture_lost else ""))
 
 
 def label_spend(workspace: Workspace, champion_accuracy: float | None) -> tuple[float, float | None]:

@@ -47,9 +47,21 @@ def stop_set(workspace: Workspace, size: int, seed: int = 0) -> pd.DataFrame:
     parts = list_log_parts(workspace)
     if not parts:
         return pd.DataFrame(columns=["prediction_id", *features])
-    log = pd.concat([read_parquet(p)[["prediction_id", *features]] for p in parts], ignore_index=True)
-    log = log.drop_duplicates("prediction_id")
-    log = log[np.isfinite(log[features].to_numpy(dtype=float)).all(axis=1)]  # rows capture would quarantine
+    from labelloop.prediction_log import normalise_text
+
+    frames = []
+    for part in parts:
+        try:
+            frame = read_parquet(part)
+        except (OSError, ValueError):  # a part still being written, or broken: capture retries or quarantines it
+            continue
+        if {"prediction_id", *features} <= set(frame.columns):
+            frames.append(frame[["prediction_id", *features]].assign(prediction_id=lambda f: normalise_text(f["prediction_id"])))
+    if not frames:
+        return pd.DataFrame(columns=["prediction_id", *features])
+    log = pd.concat(frames, ignore_index=True).dropna(subset=["prediction_id"]).drop_duplicates("prediction_id")
+    values = log[features].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    log = log[np.isfinite(values).all(axis=1)]  # rows capture would quarantine
     chosen = log.sample(n=min(size, len(log)), random_state=seed).sort_values("prediction_id").reset_index(drop=True)
     write_parquet(path, chosen)
     return chosen

@@ -38,3 +38,13 @@ def test_batch_report_prices_every_answer_ordered():
     meta.labels_ordered = 24  # overlap and gold answers are paid too
     report = batch_markdown(meta, items, 0.5)
     assert "| labels ordered | 24 |" in report and "| estimated cost | 12.00 |" in report
+
+
+def test_the_cycle_line_says_what_capture_gave_up():
+    from labelloop.reports import CycleRecord
+
+    record = CycleRecord(cycle=3, labels=250, data_tag="data-v3", champion_version="3", champion_accuracy=0.9,
+                         champion_macro_f1=0.8, decision="promote", batch_id="b", new_labels=100,
+                         capture_lost="lost 1 unreadable log part: 120 rows, 4,096 bytes (see quarantine/)")
+    assert "capture lost 1 unreadable log part: 120 rows" in record.line()
+    assert "capture" not in CycleRecord(**{**record.__dict__, "capture_lost": None}).line()

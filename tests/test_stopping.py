@@ -74,3 +74,19 @@ def test_halt_obeys_the_current_rules(workspace):
     assert report is not None and report.reasons == ["label budget reached: 250 ≥ 200"]
     assert stopping.halted(workspace, GateParams(stop=budget.model_copy(update={"halt": False}))) is None  # report only
     assert stopping.halted(workspace, GateParams(stop=budget.model_copy(update={"label_budget": 1000}))) is None  # budget raised
+
+
+def test_the_stop_set_is_drawn_past_unreadable_parts_and_integer_ids(workspace):
+    # A producer with an integer prediction_id beside text ids, and a part still being written: the
+    # stop set used to fail the cycle's stop-rule step (ArrowTypeError / unreadable part) every cycle.
+    _log_part(workspace, 0, 30)
+    traffic = pd.read_parquet(workspace.simulator_dir / "traffic.parquet").iloc[30:50]
+    frame = traffic[workspace.schema().feature_columns].copy()
+    frame.insert(0, "prediction_id", range(9_000_000, 9_000_020))
+    frame.insert(1, "ts", pd.Timestamp("2026-11-21", tz="UTC"))
+    append_predictions(workspace, frame, part_name="part-test-int-ids.parquet")
+    partial = next(workspace.predictions_dir.glob("date=*/")) / "part-test-zz-partial.parquet"
+    partial.write_bytes(b"PAR1 still being written")
+    chosen = stopping.stop_set(workspace, size=1000)
+    assert len(chosen) == 50 and chosen["prediction_id"].is_unique
+    assert "9000000" in set(chosen["prediction_id"])
