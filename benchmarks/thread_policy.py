@@ -52,11 +52,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3, help="processes per configuration (one fit timed in each)")
     parser.add_argument("--n-jobs", nargs="+", default=["1", "2", "auto"])
-    parser.add_argument("--policies", nargs="+", default=["default", "PASSIVE"])
+    parser.add_argument("--policies", nargs="+", default=["PASSIVE", "default"])
     args = parser.parse_args()
 
     print("#", " ".join([sys.executable, *sys.argv]))
-    print("# before:", uptime())
+    print("# before:", uptime(), flush=True)
     base_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     base_env["PYTHONPATH"] = str(REPO)
     results: dict[tuple[str, str], list[float]] = {}
@@ -70,6 +70,7 @@ def main() -> None:
                 record = json.loads(out.stdout.strip().splitlines()[-1])
                 results.setdefault((policy, n_jobs), []).extend(record["seconds"])
                 threads[(policy, n_jobs)] = record["threads"]
+                print(f"# {policy} n_jobs={n_jobs}: {record}", flush=True)  # a long run still leaves its data
     print("# after:", uptime())
     print(f"| OMP_WAIT_POLICY | n_jobs | threads | fit seconds, median of {args.rounds} | all |")
     print("|---|---|---|---|---|")

@@ -155,8 +155,12 @@ def _unreadable(path: Path, name: str, error: Exception, pending: dict, params: 
 
 
 def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
+    from labelloop import prediction_wal
     from labelloop.validation import validate_prediction_log
 
+    # Rows a killed server had answered are still in its write-ahead log: make them log parts first
+    # (only segments whose server is gone; a live server's are left to it).
+    prediction_wal.recover(workspace)
     schema = workspace.schema()
     state = _read_state(workspace)
     pending, given_up = state["pending"], state["given_up"]

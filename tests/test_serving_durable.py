@@ -348,3 +348,21 @@ def test_concurrent_requests_are_all_logged_once_through_group_commit(served):
 def test_unknown_mode_is_refused_naming_the_allowed_ones(served):
     with pytest.raises(ValueError, match="durable, buffered"):
         PredictionService(served, name_of(served), mode="fast")
+
+
+def test_capture_turns_a_dead_servers_wal_into_log_rows_it_reads(served):
+    # A server killed and never restarted: its answered rows sit in predictions/_wal/. The capture stage
+    # recovers them (only segments whose writer is gone) before reading the log, so none stay invisible.
+    from labelloop.capture import capture
+    from labelloop.config import CaptureParams
+
+    log = prediction_wal.GroupCommitLog(served, served.schema(), flush_rows=10_000, commit_wait_seconds=0)
+    service = PredictionService(served, name_of(served), mode="buffered")
+    chunk = service._score(pd.DataFrame(traffic_rows(served, 6)), None)
+    log.begin()
+    log.commit(chunk)
+    log._segment.release()  # the writer's lock goes with its process
+    assert list_log_parts(served) == []
+    report = capture(served, CaptureParams(confidence_threshold=1.0))
+    assert report.rows_read == 6
+    assert sorted(read_log(served)["prediction_id"]) == sorted(chunk.prediction_ids)
