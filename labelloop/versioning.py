@@ -90,7 +90,8 @@ def dvc_reason(error: BaseException) -> str:
             text = (f"{os.fsdecode(lock_file)} exists: a git or DVC process is writing there, or one was killed "
                     "while it did (a run holding the workspace lock clears a stale lock)")
         elif isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            text = f"no space left on device{f' writing {seen.filename}' if seen.filename else ''}"
+            text = (f"no space left on device{f' writing {seen.filename}' if seen.filename else ''} "
+                    "(free space there and rerun: the rerun completes the version)")
         elif isinstance(seen, OSError) and seen.strerror:
             text = f"{type(seen).__name__}: {seen.strerror}{f': {seen.filename}' if seen.filename else ''}"
         elif len(seen.args) > 1:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelloop import tracking
+from labelloop import tracking, versioning
 from labelloop.capture import capture
 from labelloop.config import CaptureParams, TrainParams
 from labelloop.production import list_log_parts, predictions_frame
@@ -30,6 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 def served_template(workspace_template, tmp_path_factory):
     """A workspace with two registered versions; champion = the second, previous-champion = the first."""
     ws = clone_workspace(workspace_template, tmp_path_factory.mktemp("served") / "ws")
+    # These tests serve the model they train (NAME); the workspace's own name is labelloop-<id> since
+    # init names models per workspace, so point the workspace at NAME (the server process reads it).
+    ws.params_path.write_text(ws.params_path.read_text().replace(ws.params().train.model_name, NAME))
+    versioning.git(ws.registry_dir, "commit", "-qam", "serve the model these tests train")
     first = tracking.train_challenger(ws, V1)
     tracking.promote(ws, NAME, first.version)
     second = tracking.train_challenger(ws, V2)
@@ -341,7 +345,7 @@ def test_real_uvicorn_server_logs_every_prediction_after_sigterm(served):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "labelloop.serving", str(served.root), "--port", str(port), "--flush-rows", "50",
+        [sys.executable, "-m", "labelloop.serving", str(served.root), "--port", str(port), "--mode", "buffered", "--flush-rows", "50",
          "--flush-seconds", "3600", "--alias-ttl-seconds", "0.5", "--log-level", "warning"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
