@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelloop.io import write_bytes
+from labelloop.io import _fsync_dir, write_bytes
 from labelloop.production import append_predictions, predictions_frame
 from labelloop.workspace import Schema, Workspace
 
@@ -101,14 +101,6 @@ def write_parts(workspace: Workspace, chunks: Sequence[LogChunk], part_name: str
 
 def wal_dir(workspace: Workspace) -> Path:
     return workspace.predictions_dir / WAL_DIR_NAME
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _frame_record(payload: bytes) -> bytes:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,25 @@ def clone_workspace(template, destination: Path):
 @pytest.fixture
 def workspace(workspace_template, tmp_path):
     return clone_workspace(workspace_template, tmp_path / "ws")
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(workspace):
+    """The workspace lock held by another thread (as good as another process for flock) while the body runs."""
+    from labelloop.lock import workspace_lock
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with workspace_lock(workspace):
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()

@@ -1,8 +1,6 @@
 """Two full cycles through a real Prefect API, real MLflow (SQLite), a real git + DVC repo and real GX."""
 
-import contextlib
 import hashlib
-import threading
 
 import pandas as pd
 import pytest
@@ -10,8 +8,9 @@ import pytest
 from labelloop import tracking, versioning
 from labelloop.batches import BatchStore
 from labelloop.config import SelectParams
-from labelloop.lock import WorkspaceBusyError, workspace_lock
+from labelloop.lock import WorkspaceBusyError
 from labelloop.reports import load_history
+from tests.conftest import lock_held_elsewhere
 
 pytestmark = pytest.mark.slow
 
@@ -78,31 +77,12 @@ def test_per_run_override_applies_to_that_run_only(prefect_api, workspace):
     assert workspace.params().select.strategy == "hybrid"  # the file is untouched
 
 
-@contextlib.contextmanager
-def _lock_held_elsewhere(workspace):
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with workspace_lock(workspace):
-            held.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait(30)
-    try:
-        yield
-    finally:
-        release.set()
-        thread.join()
-
-
 def test_a_second_cycle_on_a_locked_workspace_fails_fast_and_writes_nothing(prefect_api, workspace):
     from flows.cycle import active_learning_cycle
 
     # The holder is another thread (as good as another process for flock): the lock is re-entrant
     # only within the thread that holds it, so the cycle calling its stage flows does not trip on it.
-    with _lock_held_elsewhere(workspace):
+    with lock_held_elsewhere(workspace):
         with pytest.raises(WorkspaceBusyError, match="another cycle"):
             active_learning_cycle(str(workspace.root))
     assert BatchStore(workspace).list() == []

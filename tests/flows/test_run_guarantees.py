@@ -4,7 +4,6 @@ completed, the production line enforced, the demo never deleting a workspace it 
 
 from __future__ import annotations
 
-import threading
 
 import pandas as pd
 import pytest
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 from labelloop import dataset, tracking, versioning
 from labelloop.batches import BatchStore
 from labelloop.reports import load_history, load_stage_params
+from tests.conftest import lock_held_elsewhere
 
 pytestmark = pytest.mark.slow
 
@@ -187,22 +187,7 @@ def test_demo_never_replaces_a_workspace_it_did_not_create(workspace):
 
     # A demo workspace that a run holds is not replaced either.
     (workspace.state_dir / DEMO_MARKER).write_text("{}")
-    from labelloop.lock import workspace_lock
-
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with workspace_lock(workspace):
-            held.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait(30)
-    try:
+    with lock_held_elsewhere(workspace):
         busy = CliRunner().invoke(app, ["demo", "--workspace", str(workspace.root), "--cycles", "1"])
-    finally:
-        release.set()
-        thread.join()
     assert busy.exit_code == 2 and "holds" in busy.output
     assert workspace.exists()
