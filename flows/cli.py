@@ -26,6 +26,17 @@ app = typer.Typer(help="labelloop: a production active-learning loop (capture â†
 data_app = typer.Typer(help="Versions of the labelled set (git tags + DVC).", no_args_is_help=True)
 model_app = typer.Typer(help="Registered models and the champion alias.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _process_setup() -> None:
+    """Before any command runs (and so before scikit-learn/xgboost load the OpenMP runtime, which reads
+    these once): passive OpenMP waiting on the CPUs actually available; a value the user set is kept."""
+    from labelloop.threads import apply_thread_environment
+
+    apply_thread_environment()
+
+
 app.add_typer(model_app, name="model")
 
 WorkspaceOption = Annotated[

@@ -149,6 +149,8 @@ def register(workspace: Path, name: str, pool: str, mode: str = "stages", timezo
         from prefect.blocks.system import Secret
 
         Secret(value=os.environ[TOKEN_ENV]).save(SECRET_BLOCKS[TOKEN_ENV], overwrite=True)
+    # Flow-run processes import the ML stack at once: the passive OpenMP wait must be in their environment.
+    env |= {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
             "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "PYTHONWARNINGS": "ignore"}
     has_simulator = (ws.simulator_dir / "traffic.parquet").exists()

@@ -18,6 +18,9 @@ def test_train_registers_a_challenger_with_data_tag_and_metrics(workspace):
     assert run.data.tags["data_tag"] == "data-v1"
     assert {"accuracy", "macro_f1", "log_loss", "ece"} <= set(run.data.metrics)
     assert run.data.params["n_estimators"] == "30"
+    from labelloop.threads import resolve_n_jobs  # n_jobs "auto" is logged with the count the fit used (issue 15)
+
+    assert (run.data.params["n_jobs"], run.data.params["n_jobs_resolved"]) == ("auto", str(resolve_n_jobs("auto")))
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "data-v1"
 
 
