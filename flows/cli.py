@@ -585,7 +585,7 @@ def data_rollback(
     """Make the labelled set the version at TAG again (a new commit and tag; history kept).
 
     What it removes is excluded: later dataset runs never add it back (`labelloop data readmit` does)."""
-    from labelloop import dataset
+    from labelloop import dataset, versioning
     from labelloop.lock import workspace_lock
 
     ws = _workspace(workspace)
@@ -593,6 +593,7 @@ def data_rollback(
     try:
         ws.require()
         with workspace_lock(ws):  # not while a cycle or a stage writes the registry
+            versioning.recover_registry(ws.registry_dir)
             version = dataset.rollback(ws, tag)
     except (ValueError, RuntimeError) as error:  # unknown tag, off the production line, busy, remote down
         _fail(error)
@@ -607,8 +608,12 @@ def data_rollback(
     if retrain:
         from flows.stages import gate_flow, train_flow
 
-        result = train_flow(str(ws.root))
-        decision = gate_flow(str(ws.root))
+        try:
+            with workspace_lock(ws):  # rollback → train → gate with no other run in between
+                result = train_flow(str(ws.root))
+                decision = gate_flow(str(ws.root), expected_challenger=result.version)
+        except (ValueError, RuntimeError) as error:
+            _fail(error)
         typer.echo(f"challenger v{result.version} on {result.data_tag}: gate {decision.label} — {'; '.join(decision.reasons)}")
 
 
@@ -618,7 +623,7 @@ def data_readmit(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Lift a rollback's exclusion of BATCH_ID: a new data version with its items back in the labelled set."""
-    from labelloop import dataset
+    from labelloop import dataset, versioning
     from labelloop.lock import workspace_lock
 
     ws = _workspace(workspace)
@@ -626,6 +631,7 @@ def data_readmit(
     try:
         ws.require()
         with workspace_lock(ws):
+            versioning.recover_registry(ws.registry_dir)
             version = dataset.readmit(ws, batch_id)
     except (ValueError, RuntimeError) as error:  # not excluded / unknown batch, off the production line, busy
         _fail(error)

@@ -57,6 +57,7 @@ def active_learning_cycle(
                     import_=import_, train=train, gate=gate)
     root = str(ws.root)
     with workspace_lock(ws):
+        versioning.recover_registry(ws.registry_dir)  # the lock proves no other labelloop process runs here
         versioning.require_production_line(ws.registry_dir)  # before any write: an experiment never reaches production
         model_name = p.train.model_name
         if tracking.alias_version(ws, model_name, tracking.CHAMPION) is None:

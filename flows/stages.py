@@ -59,10 +59,12 @@ def resolve(workspace: str, resolved: Params | None = None, **overrides) -> tupl
 @contextmanager
 def stage_run(stage: str, sections: tuple[str, ...], workspace: str, resolved: Params | None,
               **overrides) -> Iterator[tuple[Workspace, Params]]:
-    """Resolve the params, hold the workspace lock, check the registry is on its production line (before
-    any write), and record which params this stage ran with."""
+    """Resolve the params, hold the workspace lock, clear what a killed run left in the registry, check
+    the registry is on its production line (before any write), and record which params this stage ran with."""
     ws, p = resolve(workspace, resolved, **overrides)
     with workspace_lock(ws):
+        # The lock proves no other labelloop process runs here: clear what a killed one left inside git/DVC.
+        versioning.recover_registry(ws.registry_dir)
         versioning.require_production_line(ws.registry_dir)
         record_stage_params(ws, stage, p, sections, _flow_run_ids())
         yield ws, p
