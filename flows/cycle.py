@@ -73,7 +73,8 @@ def active_learning_cycle(
                 logger.warning(f"finished an interrupted gate: version {resumed} is champion as its recorded decision says")
             completed = complete_interrupted_version(ws, p)
             if completed is not None:
-                logger.warning(f"completed {completed.data_tag}, left untrained or unrecorded by an interrupted run: {completed.line()}")
+                logger.warning(f"first completed {completed.data_tag} (made by a rollback or an interrupted run, not yet "
+                               f"trained, gated or recorded): {completed.line()}")
         production_flow(root, p.production, resolved=p)
         captured = capture_flow(root, p.capture, resolved=p)
         halt = stopping.halted(ws, p.gate)
