@@ -120,7 +120,7 @@ def test_lineage_of_the_champion_traces_data_batches_params_and_gate(two_cycles)
     for batch in info["batches"]:
         assert (batch["strategy"], batch["seed"], batch["vendor"]) == ("hybrid", 0, "simulated")
         assert batch["annotator_agreement"] == 1.0
-    with pytest.raises(ValueError, match="no version with alias"):
+    with pytest.raises(ValueError, match="no version or alias .no-such-alias.: model .* has versions"):
         lineage(ws, name, "no-such-alias")
 
 
