@@ -1,7 +1,5 @@
 """The `labelloop` CLI, through Typer's runner (same process, real workspace)."""
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,13 +10,6 @@ from flows.cli import app, parse_overrides
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _restore_environment():
-    """The CLI sets process-wide defaults (PREFECT_HOME, log levels); keep them out of other tests."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 COMMANDS = [[], ["init"], ["demo"], ["cycle"], ["production"], ["capture"], ["select"], ["export"], ["import"],
             ["dataset"], ["train"], ["gate"], ["status"], ["strategies"], ["data", "versions"], ["data", "rollback"],
             ["model", "rollback"], ["model", "history"], ["serve"], ["lineage"], ["simulate"], ["pipeline", "validate"],

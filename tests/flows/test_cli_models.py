@@ -20,15 +20,6 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _restore_environment():
-    """The CLI sets process-wide defaults (PREFECT_HOME, log levels); keep them out of other tests."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def cli(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
