@@ -7,7 +7,7 @@ Runs in the benchmark venv (`bash benchmarks/setup_bench_env.sh`), e.g.
         --strategies random,margin,hybrid,skactiveml_margin,smalltext_breaking_ties \
         --seed-size 50 --batch-size 100 --rounds 15 --repeats 5 --out benchmarks/results/spam_libs
 
-Same protocol for every strategy, because every strategy runs in the same `labelloop.simulate` loop:
+Same protocol for every strategy, because every strategy runs in the same `labelloop.apps.simulate` loop:
 same stratified holdout and seed set per repeat, same XGBoost model (`train` settings), same batch and
 rounds. Only the choice of the next batch differs. The library strategies are registered here:
 
@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from labelloop.acquisition.registry import register_strategy  # noqa: E402
+from labelloop.domain.acquisition.registry import register_strategy  # noqa: E402
 
 BATCH = {"size": 100}  # set from --batch-size before the run: the library queries need it
 

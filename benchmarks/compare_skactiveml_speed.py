@@ -37,7 +37,7 @@ def main() -> None:
     from skactiveml.pool import CoreSet, TypiClust
     from synthetic_pool import arrays
 
-    from labelloop.acquisition import get_selector, get_strategy
+    from labelloop.domain.acquisition import get_selector, get_strategy
 
     results = []
     for n in args.rows:

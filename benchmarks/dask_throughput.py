@@ -98,7 +98,7 @@ def main() -> int:
     single = distributed.scan_pool(parts, FEATURES, PROBAS, **kwargs)
     print(f"single process: {single.rows_read:,} rows in {single.seconds:.1f} s = {single.rows_per_second:,.0f} rows/s", flush=True)
     with distributed.dask_client(args.address, n_workers=args.workers, threads_per_worker=1) as client:
-        client.run(lambda: __import__("labelloop.validation") and None)  # worker imports outside the timing
+        client.run(lambda: __import__("labelloop.adapters.validation") and None)  # worker imports outside the timing
         distributed.scan_pool(parts[:args.workers], FEATURES, PROBAS, client=client, **kwargs)  # warm GX per worker
         on_dask = distributed.scan_pool(parts, FEATURES, PROBAS, client=client, **kwargs)
     print(f"{on_dask.mode}: {on_dask.rows_read:,} rows in {on_dask.seconds:.1f} s = {on_dask.rows_per_second:,.0f} rows/s", flush=True)

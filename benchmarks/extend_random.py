@@ -3,7 +3,7 @@
 The `random` strategy's picks do not depend on the model (seeded uniform utilities over the
 candidates), so its labelled set after any round can be replayed without training a model per round.
 This trains models only at the requested label counts, on the same holdout, seed set and XGBoost
-settings as `labelloop.simulate`, and reports random's labels-to-target on the mean curve (the target
+settings as `labelloop.apps.simulate`, and reports random's labels-to-target on the mean curve (the target
 is taken from the simulator's summary.json). Points inside the simulator's budget can be checked
 against its curves.csv (they must be equal).
 
@@ -27,10 +27,10 @@ import pandas as pd
 def replay_random(config: dict, X, y, class_names, repeat: int, sizes: list[int], n_jobs: int | None) -> list[dict]:
     from sklearn.model_selection import train_test_split
 
-    from labelloop.acquisition.pool import select_indices
+    from labelloop.domain.acquisition.pool import select_indices
     from labelloop.config import TrainParams
     from labelloop.model import LabelloopClassifier
-    from labelloop.simulate import evaluate
+    from labelloop.apps.simulate import evaluate
 
     seed, seed_size, batch = config["seed"], config["seed_size"], config["batch_size"]
     params = TrainParams(**{**config["train_params"], **({} if n_jobs is None else {"n_jobs": n_jobs})})
@@ -73,7 +73,7 @@ def replay_random(config: dict, X, y, class_names, repeat: int, sizes: list[int]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from labelloop.simulate import labels_to_target, load_table
+    from labelloop.apps.simulate import labels_to_target, load_table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)

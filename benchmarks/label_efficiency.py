@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from labelloop.config import TrainParams
-from labelloop.simulate import SimulationConfig, run_simulation
+from labelloop.apps.simulate import SimulationConfig, run_simulation
 
 
 def _value(text: str) -> object:
@@ -32,8 +32,8 @@ def register_variants(specs: list[str]) -> dict[str, dict[str, object]]:
 
     Lets one run compare hybrid mixes on the same seeds/holdout as random and margin.
     """
-    from labelloop.acquisition.registry import register_strategy
-    from labelloop.acquisition.strategies import hybrid
+    from labelloop.domain.acquisition.registry import register_strategy
+    from labelloop.domain.acquisition.strategies import hybrid
 
     params: dict[str, dict[str, object]] = {}
     for spec in specs:

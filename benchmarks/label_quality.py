@@ -1,14 +1,14 @@
 """Label quality under annotator noise: does gold + overlap + aggregation beat single raw labels?
 
 For each dataset, noise level and seed, the same margin active-learning loop runs with the simulated
-vendor (labelloop.vendors.simulated, the one the demo uses). Every arm selects the SAME number of new
+vendor (labelloop.adapters.vendors.simulated, the one the demo uses). Every arm selects the SAME number of new
 items per round (`--batch-size`); what QC adds is bought on top of that budget:
 
   raw            every new item is labelled once; the answer goes straight into training.
   qc-majority    the same new items, plus (outside the budget, as the export stage does it with
-                 `labelloop.quality.plan_quality_items`): 10% gold questions from the seed set, the review
+                 `labelloop.domain.quality.plan_quality_items`): 10% gold questions from the seed set, the review
                  queue's pending items re-sent to 3 annotators (each at most twice), and 30% of the new items
-                 labelled by 3 annotators. Import: `labelloop.quality.process_import` as the import stage
+                 labelled by 3 annotators. Import: `labelloop.domain.quality.process_import` as the import stage
                  runs it (gold tracker with threshold 0.7 after 5 answers, exclusion + requeue, majority
                  vote, model-contradiction flags at p >= 0.9, review queue).
   qc-dawid-skene the same with Dawid-Skene aggregation (parameters fitted on overlap + gold items only).
@@ -44,13 +44,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labelloop.acquisition import get_strategy  # noqa: E402
+from labelloop.domain.acquisition import get_strategy  # noqa: E402
 from labelloop.config import SimulatedVendorParams, TrainParams  # noqa: E402
-from labelloop.io import write_json, write_parquet  # noqa: E402
+from labelloop.core.io import write_json, write_parquet  # noqa: E402
 from labelloop.model import LabelloopClassifier  # noqa: E402
-from labelloop.quality import QualityParams, ReviewQueue, batch_cost, cost_per_point, plan_quality_items, process_import  # noqa: E402
-from labelloop.vendors.base import ExportBatch  # noqa: E402
-from labelloop.vendors.simulated import SimulatedVendor  # noqa: E402
+from labelloop.domain.quality import QualityParams, ReviewQueue, batch_cost, cost_per_point, plan_quality_items, process_import  # noqa: E402
+from labelloop.adapters.vendors.base import ExportBatch  # noqa: E402
+from labelloop.adapters.vendors.simulated import SimulatedVendor  # noqa: E402
 
 DATASETS = Path("/work/shared/datasets")
 RATE_SPREAD = np.array([0.25, 0.5, 0.75, 1.0, 2.5])

@@ -36,8 +36,8 @@ def memory_mode(rows: int, batch: int, calls: int = 3) -> list[dict]:
     """
     from synthetic_pool import arrays
 
-    from labelloop.acquisition import get_strategy
-    from labelloop.acquisition.pool import PeakMemory, resolve_selector, run_selector, select_indices
+    from labelloop.domain.acquisition import get_strategy
+    from labelloop.domain.acquisition.pool import PeakMemory, resolve_selector, run_selector, select_indices
 
     probas64, features = arrays(rows)
     probas32 = probas64.astype(np.float32)
@@ -82,7 +82,7 @@ def file_mode(rows: int, batch: int, pool: Path) -> list[dict]:
     results = []
     for strategy, selector in CASES:
         code = (
-            "import json,sys; from labelloop.acquisition.pool import select_pool_to_file;"
+            "import json,sys; from labelloop.domain.acquisition.pool import select_pool_to_file;"
             f"r=select_pool_to_file({str(pool)!r}, {str(pool.with_suffix('.batch.parquet'))!r}, {strategy!r}, {batch}, selector={selector!r}, seed=0);"
             "print(json.dumps(r))"
         )

@@ -1,4 +1,4 @@
-"""Load test of `labelloop.serving` on 127.0.0.1: throughput, latency, and that no prediction is lost.
+"""Load test of `labelloop.apps.serving` on 127.0.0.1: throughput, latency, and that no prediction is lost.
 
 Creates a fresh workspace (shipped satellite data), trains + promotes version 1, trains version 2 as a
 challenger, starts the server in a subprocess on a free loopback port, sends `--requests` POST /predict
@@ -41,9 +41,9 @@ def free_port() -> int:
 
 
 def make_workspace(root: Path):
-    from labelloop import tracking
+    from labelloop.adapters import tracking
     from labelloop.config import Params
-    from labelloop.init import init_workspace
+    from labelloop.apps.init import init_workspace
 
     ws = init_workspace(root, Params())
     train = ws.params().train  # the workspace's own model name
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from labelloop import tracking
+    from labelloop.adapters import tracking
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="serve-load-"))
     t0 = time.perf_counter()
@@ -188,15 +188,15 @@ def run_mode(args, argv, ws, name, v_first, v_second, bodies, workdir: Path, mod
     import httpx
     import pandas as pd
 
-    from labelloop import tracking
-    from labelloop.capture import capture
+    from labelloop.adapters import tracking
+    from labelloop.stages.capture import capture
     from labelloop.config import CaptureParams
-    from labelloop.production import list_log_parts
+    from labelloop.stages.production import list_log_parts
 
     parts_before = set(list_log_parts(ws))
     load_average = " ".join(f"{x:.2f}" for x in os.getloadavg())
     port = free_port()
-    server_cmd = [sys.executable, "-m", "labelloop.serving", str(ws.root), "--host", "127.0.0.1", "--port", str(port),
+    server_cmd = [sys.executable, "-m", "labelloop.apps.serving", str(ws.root), "--host", "127.0.0.1", "--port", str(port),
                   "--flush-rows", str(args.flush_rows), "--flush-seconds", str(args.flush_seconds),
                   "--alias-ttl-seconds", str(args.alias_ttl_seconds), "--log-level", "warning", "--mode", mode]
     if args.commit_wait_ms is not None:

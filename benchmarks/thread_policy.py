@@ -26,7 +26,7 @@ import json, sys, time
 import numpy as np, pandas as pd, xgboost
 from labelloop.config import TrainParams
 from labelloop.model import LabelloopClassifier
-from labelloop.threads import resolve_n_jobs
+from labelloop.core.threads import resolve_n_jobs
 data, rows, n_jobs, fits = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 n_jobs = n_jobs if n_jobs == "auto" else int(n_jobs)
 frame = pd.read_parquet(data).sample(rows, random_state=0)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, NoReturn
 import typer
 import yaml
 
-from labelloop.redact import redact_text, redact_uri  # only `re`: cheap at CLI start
+from labelloop.core.redact import redact_text, redact_uri  # only `re`: cheap at CLI start
 
 app = typer.Typer(help="labelloop: a production active-learning loop (capture → select → label → version → retrain → gate).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -32,7 +32,7 @@ app.add_typer(data_app, name="data")
 def _process_setup() -> None:
     """Before any command runs (and so before scikit-learn/xgboost load the OpenMP runtime, which reads
     these once): passive OpenMP waiting on the CPUs actually available; a value the user set is kept."""
-    from labelloop.threads import apply_thread_environment
+    from labelloop.core.threads import apply_thread_environment
 
     apply_thread_environment()
 
@@ -129,7 +129,7 @@ def init(
 ) -> None:
     """Create a workspace: data registry (git + DVC + local remote), fixed holdout, seed set `data-v1`, MLflow store."""
     from labelloop.config import ConfigError, load_params
-    from labelloop.init import init_workspace
+    from labelloop.apps.init import init_workspace
     from labelloop.workspace import WorkspaceError
 
     _quiet_environment(Path(path).resolve())
@@ -144,7 +144,7 @@ def init(
 
 
 def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_lines: bool = True, after_cycle=None) -> list:
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows.cycle import active_learning_cycle
 
     sections = {k: v for k, v in _section_models(ws, overrides).items()}
     records = []
@@ -171,7 +171,7 @@ def _label_studio_token(url: str) -> None:
     """
     from urllib.parse import urlparse
 
-    from labelloop.vendors.labelstudio import TOKEN_ENV
+    from labelloop.adapters.vendors.labelstudio import TOKEN_ENV
 
     if os.environ.get(TOKEN_ENV):
         return
@@ -193,9 +193,9 @@ def _label_studio_token(url: str) -> None:
 
 def _label_studio_team(ws, params):
     """The demo's simulated annotators, working in the real Label Studio between cycles."""
-    from labelloop.io import read_parquet
-    from labelloop.vendors import make_vendor
-    from labelloop.vendors.ls_annotators import LabelStudioAnnotators
+    from labelloop.core.io import read_parquet
+    from labelloop.adapters.vendors import make_vendor
+    from labelloop.adapters.vendors.ls_annotators import LabelStudioAnnotators
 
     oracle = read_parquet(ws.simulator_dir / "oracle.parquet")
     vendor = make_vendor(params.export, ws.root)
@@ -226,7 +226,7 @@ DEMO_MARKER = "created-by-demo.json"
 
 def _remove_demo_workspace(ws) -> None:
     """Delete a previous demo workspace — only one the demo created, and never while a run holds it."""
-    from labelloop.lock import WorkspaceBusyError, workspace_lock
+    from labelloop.core.lock import WorkspaceBusyError, workspace_lock
 
     if not ws.exists():
         _fail(ValueError(f"{ws.root} exists and is not a labelloop workspace; choose another --workspace"))
@@ -268,7 +268,7 @@ def demo(
     if ws.root.exists() and any(ws.root.iterdir()):
         _remove_demo_workspace(ws)
     from labelloop.config import ConfigError, Params
-    from labelloop.init import init_workspace
+    from labelloop.apps.init import init_workspace
 
     started = time.perf_counter()
     try:
@@ -280,14 +280,14 @@ def demo(
     if vendor == "label-studio":
         _label_studio_token(params.export.label_studio_url)
     init_workspace(ws.root, params)
-    from labelloop.io import write_json
+    from labelloop.core.io import write_json
 
     write_json(ws.state_dir / DEMO_MARKER, {"created_by": "labelloop demo"})
     typer.echo(f"workspace {ws.root}: seed set of {params.dataset.seed_size} labels, holdout {params.dataset.holdout_fraction:.0%} "
                f"of the shipped satellite dataset; strategy {params.select.strategy}, batch {params.select.batch_size}")
     after_cycle = _label_studio_team(ws, params) if vendor == "label-studio" else None
     _run_cycles(ws, cycles, {}, after_cycle=after_cycle)
-    from labelloop.reports import load_history, plot_learning_curve
+    from labelloop.apps.reports import load_history, plot_learning_curve
 
     png = plot_learning_curve(ws)
     history = load_history(ws)
@@ -313,7 +313,7 @@ def cycle(
     verbose: bool = False,
 ) -> None:
     """Run the full `active_learning_cycle` flow on a workspace."""
-    from labelloop.lock import workspace_lock
+    from labelloop.core.lock import workspace_lock
     from labelloop.workspace import WorkspaceError
 
     ws = _workspace(workspace)
@@ -335,9 +335,9 @@ def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, v
     _quiet_environment(ws.root, verbose)
     overrides = parse_overrides(set_)
     params = _checked_params(ws, overrides)
-    import flows.stages as stages
+    import labelloop.flows.stages as stages
 
-    from labelloop.lock import workspace_lock
+    from labelloop.core.lock import workspace_lock
 
     flow = getattr(stages, f"{flow_name}_flow")
     try:
@@ -355,10 +355,10 @@ def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, v
 
 def _summary(result: Any) -> str | None:
     """The one line that says what a stage did — or, on a rerun, what it found already done."""
-    from flows.stages import describe_training, describe_version
-    from labelloop.dataset import DatasetVersion
-    from labelloop.gate import GateDecision
-    from labelloop.tracking import TrainResult
+    from labelloop.flows.stages import describe_training, describe_version
+    from labelloop.stages.dataset import DatasetVersion
+    from labelloop.domain.gate import GateDecision
+    from labelloop.adapters.tracking import TrainResult
 
     if isinstance(result, DatasetVersion):
         return describe_version(result)
@@ -423,7 +423,7 @@ def select_command(
 def _select_pool_file(pool: Path, out: Path | None, chosen: dict[str, Any]) -> None:
     from pydantic import ValidationError
 
-    from labelloop.acquisition.pool import select_pool_to_file
+    from labelloop.domain.acquisition.pool import select_pool_to_file
     from labelloop.config import SelectParams
 
     if out is None:
@@ -463,7 +463,7 @@ def simulate(
     """Pool-based active-learning simulation on any labelled table: how many labels does each strategy save?"""
     _quiet_environment(out.resolve())
     from labelloop.config import ConfigError, load_params
-    from labelloop.simulate import SimulationConfig, run_simulation
+    from labelloop.apps.simulate import SimulationConfig, run_simulation
 
     try:
         params = load_params(params_file)
@@ -488,7 +488,7 @@ def simulate(
 @app.command()
 def strategies() -> None:
     """List acquisition strategies and selectors with their cost."""
-    from labelloop.acquisition import get_selector, get_strategy, selector_names, strategy_names
+    from labelloop.domain.acquisition import get_selector, get_strategy, selector_names, strategy_names
 
     typer.echo("strategies:")
     for name in strategy_names():
@@ -505,7 +505,8 @@ def status(workspace: WorkspaceOption = None) -> None:
     """Champion, data versions, pool and batches of a workspace."""
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
-    from labelloop import tracking, versioning
+    from labelloop.adapters import tracking
+    from labelloop.adapters import versioning
     from labelloop.batches import BatchStore, load_pool
     from labelloop.workspace import WorkspaceError
 
@@ -516,7 +517,7 @@ def status(workspace: WorkspaceOption = None) -> None:
     params = ws.params()
     typer.echo(f"workspace: {ws.root}")
     typer.echo(f"data version: {versioning.current_data_tag(ws.registry_dir)} (all: {', '.join(versioning.data_tags(ws.registry_dir))})")
-    from labelloop import dataset
+    from labelloop.stages import dataset
 
     typer.echo(f"exclusions: {dataset.describe_exclusions(dataset.exclusions(ws))}")
     try:
@@ -527,13 +528,13 @@ def status(workspace: WorkspaceOption = None) -> None:
     for alias in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS):
         typer.echo(f"{alias}: {tracking.alias_version(ws, params.train.model_name, alias)}")
     typer.echo(f"pool: {len(load_pool(ws))} candidates")
-    from labelloop.capture import capture_status_line
+    from labelloop.stages.capture import capture_status_line
 
     typer.echo(capture_status_line(ws))
     for meta in BatchStore(ws).list():
         typer.echo(f"  {meta.batch_id}: {meta.status}, {meta.n_items} items, {meta.strategy}, labelled {meta.n_labelled}, in {meta.versioned_in}")
-    from labelloop import stopping
-    from labelloop.reports import load_history
+    from labelloop.stages import gate as stopping
+    from labelloop.apps.reports import load_history
 
     history = load_history(ws)
     if len(history) > 1:
@@ -549,7 +550,8 @@ def data_versions(
     workspace: WorkspaceOption = None,
 ) -> None:
     """List data versions (tags) with their messages and what each rollback excluded."""
-    from labelloop import dataset, versioning
+    from labelloop.stages import dataset
+    from labelloop.adapters import versioning
 
     ws = _workspace(workspace)
     try:
@@ -585,8 +587,9 @@ def data_rollback(
     """Make the labelled set the version at TAG again (a new commit and tag; history kept).
 
     What it removes is excluded: later dataset runs never add it back (`labelloop data readmit` does)."""
-    from labelloop import dataset, versioning
-    from labelloop.lock import workspace_lock
+    from labelloop.stages import dataset
+    from labelloop.adapters import versioning
+    from labelloop.core.lock import workspace_lock
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -606,7 +609,7 @@ def data_rollback(
         typer.echo(f"  excluded {entry['batch_id']} ({entry['n_items']} items{undone}); bring it back with "
                    f"`labelloop data readmit {entry['batch_id']}`")
     if retrain:
-        from flows.stages import gate_flow, train_flow
+        from labelloop.flows.stages import gate_flow, train_flow
 
         try:
             with workspace_lock(ws):  # rollback → train → gate with no other run in between
@@ -623,8 +626,9 @@ def data_readmit(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Lift a rollback's exclusion of BATCH_ID: a new data version with its items back in the labelled set."""
-    from labelloop import dataset, versioning
-    from labelloop.lock import workspace_lock
+    from labelloop.stages import dataset
+    from labelloop.adapters import versioning
+    from labelloop.core.lock import workspace_lock
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -646,7 +650,7 @@ def data_checkout(
 ) -> None:
     """A separate checkout of the registry at TAG (git clone + dvc pull), for `dvc repro` / `dvc exp run`
     without touching the live registry the cycle runs from."""
-    from labelloop import versioning
+    from labelloop.adapters import versioning
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -668,8 +672,8 @@ def model_rollback(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Make an earlier model champion: one step back along the champion history (twice: two steps, never forward)."""
-    from labelloop import tracking
-    from labelloop.lock import workspace_lock
+    from labelloop.adapters import tracking
+    from labelloop.core.lock import workspace_lock
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -689,7 +693,7 @@ def model_rollback(
 @model_app.command("history")
 def model_history(workspace: WorkspaceOption = None) -> None:
     """Every champion, newest first: when, by what (gate, rollback, resume), why, and its data version."""
-    from labelloop import tracking
+    from labelloop.adapters import tracking
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -728,7 +732,7 @@ def serve(
     """HTTP prediction service for models:/NAME@champion; every prediction is appended to the prediction log."""
     ws = _workspace(workspace)
     _quiet_environment(ws.root, verbose=True)
-    from labelloop import serving
+    from labelloop.apps import serving
     from labelloop.workspace import WorkspaceError
 
     try:
@@ -745,7 +749,7 @@ def lineage(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Where a model version comes from: data tag, batches (strategy, seed, vendor, agreement), params, gate decision."""
-    from labelloop.lineage import lineage as model_lineage
+    from labelloop.apps.lineage import lineage as model_lineage
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -766,7 +770,7 @@ RegistryOption = Annotated[Path, typer.Option("--registry", help="The workspace'
 def pipeline_validate(registry: RegistryOption = Path(".")) -> None:
     """Great Expectations suite on the labelled set (+ no holdout overlap) → reports/validation.json."""
     _quiet_environment(registry.resolve().parent)
-    from labelloop import pipeline
+    from labelloop.stages import train as pipeline
 
     try:
         report = pipeline.stage_validate(registry.resolve())
@@ -779,7 +783,7 @@ def pipeline_validate(registry: RegistryOption = Path(".")) -> None:
 def pipeline_train(registry: RegistryOption = Path(".")) -> None:
     """Fit the model on data/labeled.parquet with params.yaml `train` → model/."""
     _quiet_environment(registry.resolve().parent)
-    from labelloop import pipeline
+    from labelloop.stages import train as pipeline
 
     typer.echo(f"model written to {pipeline.stage_train(registry.resolve())}")
 
@@ -788,7 +792,7 @@ def pipeline_train(registry: RegistryOption = Path(".")) -> None:
 def pipeline_evaluate(registry: RegistryOption = Path(".")) -> None:
     """Holdout metrics → metrics.json, plots/confusion.csv, plots/calibration.csv."""
     _quiet_environment(registry.resolve().parent)
-    from labelloop import pipeline
+    from labelloop.stages import train as pipeline
 
     metrics = pipeline.stage_evaluate(registry.resolve())
     typer.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.startswith("recall.")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.stages import (
+from labelloop.flows.stages import (
     DEFAULT_WORKSPACE,
     capture_flow,
     dataset_flow,
@@ -16,7 +16,9 @@ from flows.stages import (
     select_flow,
     train_flow,
 )
-from labelloop import stopping, tracking, versioning
+from labelloop.stages import gate as stopping
+from labelloop.adapters import tracking
+from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
 from labelloop.config import (
     CaptureParams,
@@ -28,11 +30,11 @@ from labelloop.config import (
     SelectParams,
     TrainParams,
 )
-from labelloop.io import read_parquet
-from labelloop.lock import workspace_lock
-from labelloop.reports import CycleRecord, append_history, label_spend, load_history
+from labelloop.core.io import read_parquet
+from labelloop.core.lock import workspace_lock
+from labelloop.apps.reports import CycleRecord, append_history, label_spend, load_history
 from labelloop.workspace import Workspace
-from tasks.stop import evaluate_stop_rules
+from labelloop.tasks.stop import evaluate_stop_rules
 
 
 @flow(name="active_learning_cycle")

@@ -1,6 +1,6 @@
 """Register labelloop's deployments with the configured Prefect API (a process work pool runs them).
 
-    python -m flows.deploy [--workspace DIR] [--name production] [--work-pool labelloop] [--mode stages|cycle]
+    python -m labelloop.flows.deploy [--workspace DIR] [--name production] [--work-pool labelloop] [--mode stages|cycle]
                            [--set SECTION.KEY=VALUE ...] [--timezone UTC] [--paused]
 
 One deployment per stage flow, one for `retrain` (dataset → train → gate when new labels arrived)
@@ -80,7 +80,7 @@ def queue_name(root: Path) -> str:
 def ensure_workspace(root: Path, params_file: Path | None, overrides: dict[str, dict[str, Any]]):
     """The workspace at `root`; created from `params_file` (+ overrides) when it does not exist yet."""
     from labelloop.config import load_params
-    from labelloop.init import init_workspace
+    from labelloop.apps.init import init_workspace
     from labelloop.workspace import Workspace
 
     ws = Workspace.at(root)
@@ -138,8 +138,8 @@ def register(workspace: Path, name: str, pool: str, mode: str = "stages", timezo
     ensure_pool_and_queue(pool, queue)
     from labelloop.workspace import ENV_TRACKING_URI
 
-    from labelloop.tracking import mlflow_uri
-    from tasks.vendor import SECRET_BLOCKS, TOKEN_ENV
+    from labelloop.adapters.tracking import mlflow_uri
+    from labelloop.tasks.vendor import SECRET_BLOCKS, TOKEN_ENV
 
     # The tracking server the flows must use (labelloop reads $LABELLOOP_TRACKING_URI; else the workspace's SQLite).
     # Job variables are stored in Prefect's database: no credentials there. A password in the URI stays in
@@ -184,7 +184,7 @@ def register(workspace: Path, name: str, pool: str, mode: str = "stages", timezo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m labelloop.flows.deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", default=os.environ.get("LABELLOOP_WORKSPACE", "./workspace"))
     parser.add_argument("--name", default="production", help="Deployment name (flow/NAME).")
     parser.add_argument("--work-pool", default=os.environ.get("WORK_POOL", "labelloop"))
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.environ.get("PREFECT_API_URL"):
         parser.error("PREFECT_API_URL is not set: start the stack (make stack-up) and `source .stack/env`, or use `make deploy`")
-    from flows.cli import parse_overrides
+    from labelloop.flows.cli import parse_overrides
 
     created = register(Path(args.workspace).expanduser().resolve(), args.name, args.work_pool, args.mode, args.timezone,
                        args.paused, args.params, parse_overrides(args.set_), args.only)

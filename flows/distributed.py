@@ -2,9 +2,9 @@
 
 One Prefect task per log part, run by `DaskTaskRunner` on a LocalCluster (default) or on an existing
 Dask scheduler (`scheduler_address`, e.g. tcp://10.0.0.5:8786). The per-part logic and the merge are
-`labelloop.distributed.scan_partition` / `merge_scans`, the same code a single process runs.
+`labelloop.adapters.dask.scan_partition` / `merge_scans`, the same code a single process runs.
 
-    from flows.distributed import scale_out_scan_flow
+    from labelloop.flows.distributed import scale_out_scan_flow
     scale_out_scan_flow(pool="workspace/predictions", workspace="workspace", batch_size=100)
 """
 
@@ -16,7 +16,7 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from labelloop import distributed
+from labelloop.adapters import dask as distributed
 
 
 @task(name="scan-log-part", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -24,7 +24,7 @@ def scan_part_task(path: str, feature_columns: list[str], proba_columns: list[st
                    top_k: int, workspace: str | None, model_name: str | None) -> distributed.PartScan:
     model = None
     if workspace and model_name:
-        from labelloop import tracking
+        from labelloop.adapters import tracking
         from labelloop.workspace import Workspace
 
         champion = tracking.champion_model(Workspace.at(workspace), model_name)  # cached per worker process
@@ -41,7 +41,7 @@ def _columns(pool: str, workspace: str | None) -> tuple[list[str], list[str]]:
         return schema.feature_columns, schema.proba_columns
     import pyarrow.parquet as pq
 
-    from labelloop.acquisition.pool import _numeric_schema_columns, default_feature_columns, proba_columns
+    from labelloop.domain.acquisition.pool import _numeric_schema_columns, default_feature_columns, proba_columns
 
     schema = pq.read_schema(distributed.list_parts(pool)[0])
     names = list(schema.names)

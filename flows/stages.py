@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from labelloop import versioning
-from labelloop.capture import CaptureReport
+from labelloop.adapters import versioning
+from labelloop.stages.capture import CaptureReport
 from labelloop.config import (
     CaptureParams,
     ExportParams,
@@ -31,20 +31,20 @@ from labelloop.config import (
     SelectParams,
     TrainParams,
 )
-from labelloop.dataset import DatasetVersion
-from labelloop.gate import GateDecision
-from labelloop.lock import workspace_lock
-from labelloop.reports import batch_markdown, gate_markdown, gate_run_links, import_markdown, record_stage_params
-from labelloop.tracking import TrainResult
+from labelloop.stages.dataset import DatasetVersion
+from labelloop.domain.gate import GateDecision
+from labelloop.core.lock import workspace_lock
+from labelloop.apps.reports import batch_markdown, gate_markdown, gate_run_links, import_markdown, record_stage_params
+from labelloop.adapters.tracking import TrainResult
 from labelloop.workspace import Workspace
-from tasks.capture import capture_predictions
-from tasks.dataset import update_dataset
-from tasks.export import export_batches
-from tasks.gate import decide, promote, record
-from tasks.importing import import_labels
-from tasks.production import serve_traffic
-from tasks.select import select_batch
-from tasks.train import train_challenger
+from labelloop.tasks.capture import capture_predictions
+from labelloop.tasks.dataset import update_dataset
+from labelloop.tasks.export import export_batches
+from labelloop.tasks.gate import decide, promote, record
+from labelloop.tasks.importing import import_labels
+from labelloop.tasks.production import serve_traffic
+from labelloop.tasks.select import select_batch
+from labelloop.tasks.train import train_challenger
 
 DEFAULT_WORKSPACE = "./workspace"
 

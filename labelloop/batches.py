@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from labelloop.faults import crash_point
+from labelloop.core.faults import crash_point
 from labelloop.config import ExportParams, SelectParams
-from labelloop.io import read_json, read_parquet, write_json, write_parquet
+from labelloop.core.io import read_json, read_parquet, write_json, write_parquet
 from labelloop.workspace import Workspace
 
 ITEM_ID = "item_id"
@@ -136,7 +136,7 @@ def selection_context(workspace: Workspace, params: SelectParams, train_params, 
     """What the engine needs beyond the pool: the labelled set (committees, coreset centres),
     the label set, `train` settings, and a calibration split (the fixed holdout, scored by the
     champion; it only reorders candidates, the gate still evaluates on untouched predictions)."""
-    from labelloop.acquisition.pool import SelectionContext
+    from labelloop.domain.acquisition.pool import SelectionContext
 
     schema = workspace.schema()
     labeled = read_parquet(workspace.labeled_path)
@@ -171,7 +171,7 @@ def select_batch(
 
     `rescore(frame) -> probas` lets the caller refresh stale pool probabilities with the current champion.
     """
-    from labelloop.acquisition.pool import select_from_frame
+    from labelloop.domain.acquisition.pool import select_from_frame
 
     schema = workspace.schema()
     pool = load_pool(workspace)
@@ -269,7 +269,7 @@ def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, sto
     crowd labels); review items are the review queue's pending ones, with the row their source batch
     sent; easy items are the pool's most confident rows. Deterministic per batch id.
     """
-    from labelloop.quality import ReviewQueue, plan_quality_items
+    from labelloop.domain.quality import ReviewQueue, plan_quality_items
 
     items = store.selected_items(meta.batch_id)
     if len(items) > params.max_batch_size:
@@ -316,8 +316,8 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
     Only item ids, allow-listed features, the model's guess, the acquisition score and
     `annotators_wanted` leave: gold labels and the gold / review / easy marks stay here.
     """
-    from labelloop.quality import ReviewQueue
-    from labelloop.vendors import ExportBatch
+    from labelloop.domain.quality import ReviewQueue
+    from labelloop.adapters.vendors import ExportBatch
 
     schema = workspace.schema()
     columns = params.columns if params.columns is not None else schema.feature_columns

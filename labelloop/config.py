@@ -56,7 +56,7 @@ class SelectParams(Section):
     @field_validator("strategy", "selector")
     @classmethod
     def _registered(cls, value: str, info) -> str:
-        from labelloop.acquisition import selector_names, strategy_names
+        from labelloop.domain.acquisition import selector_names, strategy_names
 
         allowed = strategy_names() if info.field_name == "strategy" else selector_names()
         if value not in allowed:
@@ -175,7 +175,7 @@ class TrainParams(Section):
     @field_validator("n_jobs", mode="before")
     @classmethod
     def _n_jobs(cls, value: object) -> int | str:
-        from labelloop.threads import check_n_jobs
+        from labelloop.core.threads import check_n_jobs
 
         return check_n_jobs(value)
 

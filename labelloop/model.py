@@ -53,7 +53,7 @@ class LabelloopClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame | np.ndarray, y: pd.Series | np.ndarray, sample_weight: np.ndarray | None = None) -> LabelloopClassifier:
         from xgboost import XGBClassifier
 
-        from labelloop.threads import resolve_n_jobs
+        from labelloop.core.threads import resolve_n_jobs
 
         y = np.asarray(y).astype(str)
         classes = list(self.class_names) if self.class_names is not None else sorted(set(y))

@@ -2,7 +2,7 @@
 normalises before validating (README, "The prediction-log contract").
 
 Normalisation is vectorised and never raises on a value: a value it cannot read becomes null and the
-row is quarantined with the reason (by `labelloop.validation.validate_prediction_log`).
+row is quarantined with the reason (by `labelloop.adapters.validation.validate_prediction_log`).
 
 - ids (`prediction_id`, `item_id`) and `model_version`, `predicted`: text. Integers (a database
   autoincrement) print without a decimal point (also when nulls made the column float), UUIDs in

@@ -1,6 +1,6 @@
 from prefect import task
 
-from labelloop import capture
+from labelloop.stages import capture
 from labelloop.config import CaptureParams
 from labelloop.workspace import Workspace
 

@@ -1,6 +1,6 @@
 from prefect import task
 
-from labelloop import dataset
+from labelloop.stages import dataset
 from labelloop.workspace import Workspace
 
 

@@ -3,7 +3,7 @@ from prefect import task
 from labelloop import batches
 from labelloop.config import ExportParams
 from labelloop.workspace import Workspace
-from tasks.vendor import workspace_vendor
+from labelloop.tasks.vendor import workspace_vendor
 
 
 @task(name="export-batches", retries=3, retry_delay_seconds=[2, 10, 30])

@@ -1,8 +1,8 @@
 from prefect import task
 
-from labelloop import tracking
+from labelloop.adapters import tracking
 from labelloop.config import GateParams
-from labelloop.gate import GateDecision
+from labelloop.domain.gate import GateDecision
 from labelloop.workspace import Workspace
 
 

@@ -1,9 +1,9 @@
 from prefect import task
 
-from labelloop import labels
+from labelloop.stages import importing as labels
 from labelloop.config import ExportParams, ImportParams
 from labelloop.workspace import Workspace
-from tasks.vendor import workspace_vendor
+from labelloop.tasks.vendor import workspace_vendor
 
 
 @task(name="import-labels", retries=3, retry_delay_seconds=[2, 10, 30])

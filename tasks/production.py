@@ -1,6 +1,7 @@
 from prefect import task
 
-from labelloop import production, serving
+from labelloop.stages import production
+from labelloop.apps import serving
 from labelloop.config import ProductionParams
 from labelloop.workspace import Workspace
 

@@ -1,6 +1,7 @@
 from prefect import task
 
-from labelloop import batches, tracking
+from labelloop import batches
+from labelloop.adapters import tracking
 from labelloop.config import SelectParams, TrainParams
 from labelloop.workspace import Workspace
 

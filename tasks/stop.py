@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from prefect import task
 
-from labelloop import stopping, tracking
+from labelloop.stages import gate as stopping
+from labelloop.adapters import tracking
 from labelloop.config import GateParams
-from labelloop.reports import CycleRecord
+from labelloop.apps.reports import CycleRecord
 from labelloop.workspace import Workspace
 
 

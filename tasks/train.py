@@ -1,6 +1,6 @@
 from prefect import task
 
-from labelloop import tracking
+from labelloop.adapters import tracking
 from labelloop.config import TrainParams
 from labelloop.workspace import Workspace
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from labelloop.config import ExportParams
-from labelloop.vendors import Vendor, make_vendor
-from labelloop.vendors.labelstudio import TOKEN_ENV
+from labelloop.adapters.vendors import Vendor, make_vendor
+from labelloop.adapters.vendors.labelstudio import TOKEN_ENV
 from labelloop.workspace import Workspace
 
 # Prefect Secret block read when the environment variable is not set (`prefect block create secret`,

@@ -33,7 +33,7 @@ def prefect_api(tmp_path_factory):
 def workspace_template(tmp_path_factory):
     """One real workspace (git + DVC registry, holdout, data-v1) made once; tests get copies."""
     from labelloop.config import Params
-    from labelloop.init import init_workspace
+    from labelloop.apps.init import init_workspace
 
     root = tmp_path_factory.mktemp("template") / "ws"
     params = Params().with_overrides(production={"rows_per_cycle": 400}, select={"batch_size": 40},
@@ -43,7 +43,7 @@ def workspace_template(tmp_path_factory):
 
 def clone_workspace(template, destination: Path):
     """A private copy of a workspace, its DVC remote re-pointed at the copy's own remote."""
-    from labelloop import versioning
+    from labelloop.adapters import versioning
     from labelloop.workspace import Workspace
 
     shutil.copytree(template.root, destination, symlinks=True)
@@ -60,7 +60,7 @@ def workspace(workspace_template, tmp_path):
 @contextlib.contextmanager
 def lock_held_elsewhere(workspace):
     """The workspace lock held by another thread (as good as another process for flock) while the body runs."""
-    from labelloop.lock import workspace_lock
+    from labelloop.core.lock import workspace_lock
 
     held, release = threading.Event(), threading.Event()
 

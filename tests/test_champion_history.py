@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from labelloop import dataset, tracking
+from labelloop.stages import dataset
+from labelloop.adapters import tracking
 from labelloop.config import GateParams, TrainParams, dump_params
-from labelloop.faults import ENV
-from labelloop.io import write_text
+from labelloop.core.faults import ENV
+from labelloop.core.io import write_text
 from tests.conftest import clone_workspace
-from tests.test_dataset import _fake_imported_batch
+from tests.stages.test_dataset import _fake_imported_batch
 
 # A name of its own, written into the workspaces' params.yaml, so the CLI reads the same model.
 NAME = "champion-history-test"

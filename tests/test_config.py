@@ -106,7 +106,7 @@ def _nullable_keys(model, prefix=""):
 
 @pytest.mark.parametrize("key", sorted(_nullable_keys(Params)))
 def test_every_nullable_key_can_be_set_to_null_from_the_command_line(key):
-    from flows.cli import parse_overrides
+    from labelloop.flows.cli import parse_overrides
 
     overrides = parse_overrides([f"{key}=null"])
     params = Params().with_overrides(**overrides)

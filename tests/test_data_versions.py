@@ -15,9 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelloop import batches, capture, dataset, labels, production, versioning
+from labelloop import batches
+from labelloop.stages import capture
+from labelloop.stages import dataset
+from labelloop.stages import importing as labels
+from labelloop.stages import production
+from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
-from labelloop.vendors import make_vendor
+from labelloop.adapters.vendors import make_vendor
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -176,7 +181,7 @@ def test_a_corrected_answer_after_versioning_makes_one_new_version_with_the_rela
     message = versioning.tag_message(workspace.registry_dir, "data-v3")
     assert f"Relabel 1 item: {corrected} {wrong_label} -> {truth} ({batch_id})" in message
     assert "labelled batches" not in message.lower()
-    from labelloop.lineage import data_corrections
+    from labelloop.apps.lineage import data_corrections
 
     assert data_corrections(workspace, "data-v3")["relabels"] == [{"version": "data-v3", **relabel}]
     assert data_corrections(workspace, "data-v2")["relabels"] == []
@@ -338,7 +343,7 @@ def test_data_checkout_is_a_separate_clone_where_dvc_repro_and_exp_run_work(work
 def test_data_commands_give_one_error_line_for_unknown_tags_and_batches(workspace, tmp_path, args):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from labelloop.flows.cli import app
 
     saved = dict(os.environ)
     try:

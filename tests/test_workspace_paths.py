@@ -9,11 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labelloop import dataset, tracking, versioning
+from labelloop.stages import dataset
+from labelloop.adapters import tracking
+from labelloop.adapters import versioning
 from labelloop.config import DEFAULT_MODEL_NAME, Params, TrainParams
-from labelloop.init import init_workspace
+from labelloop.apps.init import init_workspace
 from labelloop.workspace import Workspace, WorkspaceError, sqlite_uri
-from tests.test_dataset import _fake_imported_batch
+from tests.stages.test_dataset import _fake_imported_batch
 
 SMALL = {"seed_size": 30}
 

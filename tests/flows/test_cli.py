@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app, parse_overrides
+from labelloop.flows.cli import app, parse_overrides
 
 runner = CliRunner()
 
@@ -72,7 +72,7 @@ def test_data_versions_lists_tags(workspace):
 
 
 def test_simulate_writes_curves_summary_and_plot(tmp_path):
-    from labelloop.init import shipped_dataset_path
+    from labelloop.apps.init import shipped_dataset_path
 
     data = tmp_path / "small.csv"
     pd.read_parquet(shipped_dataset_path()).sample(700, random_state=0).to_csv(data, index=False)
@@ -93,9 +93,10 @@ def test_simulate_with_an_unknown_metric_is_a_clear_error(tmp_path):
 
 
 def test_model_rollback_moves_champion_back_and_is_not_undone_by_resume_gate(workspace):
-    from labelloop import dataset, tracking
+    from labelloop.stages import dataset
+    from labelloop.adapters import tracking
     from labelloop.config import GateParams
-    from tests.test_dataset import _fake_imported_batch
+    from tests.stages.test_dataset import _fake_imported_batch
 
     # The workspace's own model name (labelloop-<workspace id>): the CLI reads it from params.yaml.
     fast = workspace.params().train.model_copy(update={"n_estimators": 20, "max_depth": 3})

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from labelloop import tracking
+from labelloop.flows.cli import app
+from labelloop.adapters import tracking
 from tests.test_champion_history import NAME, three_champions, three_champions_template  # noqa: F401 (fixtures)
 
 runner = CliRunner()
@@ -65,7 +65,7 @@ def test_model_history_lists_every_champion_newest_first_with_why_and_data_versi
 
 def test_model_history_never_imports_prefect(three_champions):
     """`model history` is a quick look: it must not pay for (or start) Prefect."""
-    code = ("import sys; from typer.testing import CliRunner; from flows.cli import app; "
+    code = ("import sys; from typer.testing import CliRunner; from labelloop.flows.cli import app; "
             f"r = CliRunner().invoke(app, ['model', 'history', '-w', {str(three_champions.root)!r}]); "
             "assert r.exit_code == 0, r.output; print('prefect' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),

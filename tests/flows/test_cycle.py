@@ -5,11 +5,12 @@ import hashlib
 import pandas as pd
 import pytest
 
-from labelloop import tracking, versioning
+from labelloop.adapters import tracking
+from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
 from labelloop.config import SelectParams
-from labelloop.lock import WorkspaceBusyError
-from labelloop.reports import load_history
+from labelloop.core.lock import WorkspaceBusyError
+from labelloop.apps.reports import load_history
 from tests.conftest import lock_held_elsewhere
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def two_cycles(prefect_api, workspace_template, tmp_path_factory):
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows.cycle import active_learning_cycle
     from tests.conftest import clone_workspace
 
     workspace = clone_workspace(workspace_template, tmp_path_factory.mktemp("cycles") / "ws")
@@ -69,7 +70,7 @@ def test_batches_record_strategy_seed_and_move_to_versioned(two_cycles):
 
 
 def test_per_run_override_applies_to_that_run_only(prefect_api, workspace):
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows.cycle import active_learning_cycle
 
     active_learning_cycle(str(workspace.root), select=SelectParams(strategy="entropy", batch_size=15, seed=7))
     meta = BatchStore(workspace).list()[-1]
@@ -78,7 +79,7 @@ def test_per_run_override_applies_to_that_run_only(prefect_api, workspace):
 
 
 def test_a_second_cycle_on_a_locked_workspace_fails_fast_and_writes_nothing(prefect_api, workspace):
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows.cycle import active_learning_cycle
 
     # The holder is another thread (as good as another process for flock): the lock is re-entrant
     # only within the thread that holds it, so the cycle calling its stage flows does not trip on it.
@@ -90,7 +91,7 @@ def test_a_second_cycle_on_a_locked_workspace_fails_fast_and_writes_nothing(pref
 
 
 def test_every_stage_flow_runs_alone(prefect_api, workspace):
-    from flows import stages
+    from labelloop.flows import stages
 
     root = str(workspace.root)
     stages.train_flow(root)
@@ -106,7 +107,7 @@ def test_every_stage_flow_runs_alone(prefect_api, workspace):
 
 
 def test_lineage_of_the_champion_traces_data_batches_params_and_gate(two_cycles):
-    from labelloop.lineage import lineage
+    from labelloop.apps.lineage import lineage
 
     ws, records, _ = two_cycles
     name = ws.params().train.model_name
@@ -125,8 +126,8 @@ def test_lineage_of_the_champion_traces_data_batches_params_and_gate(two_cycles)
 
 
 def test_every_cycle_reports_its_stop_rules_and_a_halted_cycle_buys_nothing(two_cycles):
-    from flows.cycle import active_learning_cycle
-    from labelloop import stopping
+    from labelloop.flows.cycle import active_learning_cycle
+    from labelloop.stages import gate as stopping
     from labelloop.config import GateParams, StopParams
 
     ws, records, _ = two_cycles

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from labelloop import dataset, tracking, versioning
+from labelloop.stages import dataset
+from labelloop.adapters import tracking
+from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
-from labelloop.reports import load_history, load_stage_params
+from labelloop.apps.reports import load_history, load_stage_params
 from tests.conftest import lock_held_elsewhere
 
 pytestmark = pytest.mark.slow
@@ -31,7 +33,7 @@ def _ui_overrides(ws) -> dict:
 
 
 def test_rollback_then_two_ui_cycles_with_overrides_keep_one_params_set_and_the_rollback(prefect_api, workspace):
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows.cycle import active_learning_cycle
 
     root = str(workspace.root)
     default_model = workspace.params().train.model_name
@@ -97,8 +99,8 @@ def test_rollback_then_two_ui_cycles_with_overrides_keep_one_params_set_and_the_
 
 
 def test_a_cycle_killed_after_its_dataset_step_is_completed_by_the_next(prefect_api, workspace):
-    from flows import stages
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows import stages
+    from labelloop.flows.cycle import active_learning_cycle
 
     root = str(workspace.root)
     active_learning_cycle(root)
@@ -121,7 +123,7 @@ def test_a_cycle_killed_after_its_dataset_step_is_completed_by_the_next(prefect_
 
 
 def test_a_registry_off_its_production_line_stops_the_cycle_before_any_write(prefect_api, workspace):
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows.cycle import active_learning_cycle
 
     root = str(workspace.root)
     registry = workspace.registry_dir
@@ -146,8 +148,8 @@ def test_a_registry_off_its_production_line_stops_the_cycle_before_any_write(pre
 
 
 def test_reruns_say_what_they_found_and_a_changed_gate_rule_is_not_silently_ignored(prefect_api, workspace):
-    from flows import stages
-    from flows.cli import app
+    from labelloop.flows import stages
+    from labelloop.flows.cli import app
     from labelloop.config import GateParams
 
     root = str(workspace.root)
@@ -169,7 +171,7 @@ def test_reruns_say_what_they_found_and_a_changed_gate_rule_is_not_silently_igno
 
 
 def test_select_override_to_null_keeps_its_type(prefect_api, workspace):
-    from flows.cli import app
+    from labelloop.flows.cli import app
 
     result = CliRunner().invoke(app, ["select", "-w", str(workspace.root), "--set", "select.calibration=null"])
     assert "got 'None'" not in result.output
@@ -177,7 +179,7 @@ def test_select_override_to_null_keeps_its_type(prefect_api, workspace):
 
 
 def test_demo_never_replaces_a_workspace_it_did_not_create(workspace):
-    from flows.cli import DEMO_MARKER, app
+    from labelloop.flows.cli import DEMO_MARKER, app
 
     before = sorted(p.relative_to(workspace.root) for p in workspace.root.rglob("*"))
     result = CliRunner().invoke(app, ["demo", "--workspace", str(workspace.root), "--cycles", "1"])

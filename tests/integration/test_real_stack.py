@@ -55,7 +55,7 @@ def assert_completed(run, stack) -> None:
 
 def snapshot(stack) -> dict:
     """Everything a duplicate would show up in: data tags, MLflow runs/versions/aliases (SQL), batches, labels."""
-    from labelloop import versioning
+    from labelloop.adapters import versioning
     from labelloop.batches import BatchStore
     from labelloop.workspace import Workspace
 
@@ -80,7 +80,7 @@ def child_runs(parent_id: UUID) -> list:
 def test_deployments_have_typed_forms_schedules_and_one_queue_per_workspace(stack_client):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState, FlowRunFilterStateType
 
-    from flows.deploy import queue_name
+    from labelloop.flows.deploy import queue_name
     from labelloop.workspace import Workspace
 
     with _client() as client:
@@ -118,7 +118,7 @@ def test_deployments_have_typed_forms_schedules_and_one_queue_per_workspace(stac
 
 
 def test_cycle_through_the_api_then_the_same_run_again_duplicates_nothing(stack_client):
-    from labelloop import tracking
+    from labelloop.adapters import tracking
     from labelloop.workspace import Workspace
 
     stack = stack_client
@@ -167,7 +167,7 @@ def test_cycle_through_the_api_then_the_same_run_again_duplicates_nothing(stack_
 
 
 def test_two_cycles_triggered_together_never_overlap(stack_client):
-    from labelloop import versioning
+    from labelloop.adapters import versioning
     from labelloop.workspace import Workspace
 
     stack = stack_client

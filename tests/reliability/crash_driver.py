@@ -13,9 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from labelloop import tracking
-from labelloop.faults import ENV
-from labelloop.lock import workspace_lock
+from labelloop.adapters import tracking
+from labelloop.core.faults import ENV
+from labelloop.core.lock import workspace_lock
 from labelloop.workspace import Workspace
 
 # Kill points INSIDE DVC and git, which labelloop's own crash points cannot reach. The driver arms the
@@ -104,14 +104,14 @@ def run_cycle_stages(root: str) -> None:
 
 
 def _run_stages(ws: Workspace, root: str) -> None:
-    from tasks.capture import capture_predictions
-    from tasks.dataset import update_dataset
-    from tasks.export import export_batches
-    from tasks.gate import decide, promote, record
-    from tasks.importing import import_labels
-    from tasks.production import serve_traffic
-    from tasks.select import select_batch
-    from tasks.train import train_challenger
+    from labelloop.tasks.capture import capture_predictions
+    from labelloop.tasks.dataset import update_dataset
+    from labelloop.tasks.export import export_batches
+    from labelloop.tasks.gate import decide, promote, record
+    from labelloop.tasks.importing import import_labels
+    from labelloop.tasks.production import serve_traffic
+    from labelloop.tasks.select import select_batch
+    from labelloop.tasks.train import train_challenger
 
     p = ws.params()
     tracking.resume_gate(ws, p.train.model_name)  # as the cycle flow does first

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from labelloop import versioning
+from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
-from labelloop.reports import load_history
+from labelloop.apps.reports import load_history
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -13,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labelloop import tracking, versioning
+from labelloop.adapters import tracking
+from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
 from labelloop.config import dump_params
-from labelloop.io import write_text
-from labelloop.faults import CRASH_POINTS, ENV
-from labelloop.production import list_log_parts
+from labelloop.core.io import write_text
+from labelloop.core.faults import CRASH_POINTS, ENV
+from labelloop.stages.production import list_log_parts
 from tests.reliability.crash_driver import REGISTRY_CRASH_POINTS, run_cycle_stages
 
 pytestmark = pytest.mark.slow
@@ -184,8 +185,8 @@ def test_disk_full_inside_dvc_add_fails_clearly_then_the_rerun_completes_the_ver
     """The workspace on a small filesystem, full when `dvc add` copies the labelled set into the DVC
     cache: one clear VersioningError, nothing versioned, no git lock, the labelled set and its pointer
     whole; space freed, the rerun clears DVC's partial copies and completes the version."""
-    from labelloop import dataset
-    from labelloop.lock import workspace_lock
+    from labelloop.stages import dataset
+    from labelloop.core.lock import workspace_lock
     from tests.conftest import clone_workspace
 
     mount = tmp_path / "small-fs"
@@ -224,7 +225,7 @@ def test_disk_full_inside_dvc_add_fails_clearly_then_the_rerun_completes_the_ver
 
 
 def test_after_the_matrix_a_real_prefect_cycle_still_runs_clean(prefect_api, crash_workspace):
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows.cycle import active_learning_cycle
 
     before = len(versioning.data_tags(crash_workspace.registry_dir))
     record = active_learning_cycle(str(crash_workspace.root))

@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from labelloop.vendors.labelstudio import LabelStudioVendor, project_title
+from labelloop.adapters.vendors.labelstudio import LabelStudioVendor, project_title
 from tests.reliability.fault_servers import lossy_proxy
-from tests.vendors.conftest import label_studio, make_batch  # noqa: F401  (the real server, once per session)
+from tests.adapters.vendors.conftest import label_studio, make_batch  # noqa: F401  (the real server, once per session)
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 

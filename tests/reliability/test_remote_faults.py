@@ -14,12 +14,13 @@ import json
 import pandas as pd
 import pytest
 
-from labelloop import batches, labels
+from labelloop import batches
+from labelloop.stages import importing as labels
 from labelloop.batches import BatchMeta, BatchStore
-from labelloop.io import write_json, write_parquet
-from labelloop.vendors import VendorError
-from labelloop.vendors.base import VendorUnavailable
-from labelloop.vendors.labelstudio import LabelStudioVendor
+from labelloop.core.io import write_json, write_parquet
+from labelloop.adapters.vendors import VendorError
+from labelloop.adapters.vendors.base import VendorUnavailable
+from labelloop.adapters.vendors.labelstudio import LabelStudioVendor
 from tests.reliability.fault_servers import closed_port, fault_server
 
 ATTEMPTS = 3
@@ -141,9 +142,10 @@ def in_remote(remote_dir, md5: str) -> bool:
 
 
 def test_dvc_remote_unreachable_push_fails_clearly_the_version_stays_local_and_the_next_run_pushes(workspace):
-    from labelloop import dataset, versioning
-    from labelloop.versioning import RemoteUnavailable
-    from tests.test_dataset import _fake_imported_batch
+    from labelloop.stages import dataset
+    from labelloop.adapters import versioning
+    from labelloop.adapters.versioning import RemoteUnavailable
+    from tests.stages.test_dataset import _fake_imported_batch
 
     _fake_imported_batch(workspace, "batch-0001-aaaaaa")
     registry, good_remote = workspace.registry_dir, workspace.dvc_remote_dir
@@ -169,9 +171,10 @@ def test_dvc_remote_unreachable_push_fails_clearly_the_version_stays_local_and_t
 
 
 def test_dvc_remote_answering_503_fails_after_bounded_retries(workspace):
-    from labelloop import dataset, versioning
-    from labelloop.versioning import RemoteUnavailable
-    from tests.test_dataset import _fake_imported_batch
+    from labelloop.stages import dataset
+    from labelloop.adapters import versioning
+    from labelloop.adapters.versioning import RemoteUnavailable
+    from tests.stages.test_dataset import _fake_imported_batch
 
     _fake_imported_batch(workspace, "batch-0001-aaaaaa")
     with fault_server("error") as server:
@@ -185,9 +188,10 @@ def test_dvc_remote_answering_503_fails_after_bounded_retries(workspace):
 
 
 def test_dvc_remote_that_cannot_be_a_directory_fails_at_once_and_works_once_fixed(workspace, tmp_path):
-    from labelloop import dataset, versioning
-    from labelloop.versioning import RemoteUnavailable, VersioningError
-    from tests.test_dataset import _fake_imported_batch
+    from labelloop.stages import dataset
+    from labelloop.adapters import versioning
+    from labelloop.adapters.versioning import RemoteUnavailable, VersioningError
+    from tests.stages.test_dataset import _fake_imported_batch
 
     _fake_imported_batch(workspace, "batch-0001-aaaaaa")
     blocker = tmp_path / "mnt"
@@ -205,7 +209,7 @@ def test_dvc_remote_that_cannot_be_a_directory_fails_at_once_and_works_once_fixe
 
 # ---------------------------------------------------------------------------------- MLflow server
 def test_mlflow_http_retries_are_bounded_by_default_and_a_user_value_is_kept():
-    from labelloop.tracking import MLFLOW_HTTP_BOUNDS, bound_mlflow_http
+    from labelloop.adapters.tracking import MLFLOW_HTTP_BOUNDS, bound_mlflow_http
 
     environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     applied = bound_mlflow_http(environ)
@@ -222,14 +226,14 @@ def quick_mlflow_retries(monkeypatch):
 
 
 def dataset_fingerprint(ws) -> tuple:
-    from labelloop import versioning
+    from labelloop.adapters import versioning
 
     return (versioning.data_tags(ws.registry_dir), versioning.head_sha(ws.registry_dir), ws.labeled_path.read_bytes())
 
 
 def test_mlflow_server_unreachable_train_fails_clearly_and_leaves_the_dataset_untouched(workspace, monkeypatch,
                                                                                        quick_mlflow_retries):
-    from labelloop import tracking
+    from labelloop.adapters import tracking
 
     before = dataset_fingerprint(workspace)
     uri = f"http://127.0.0.1:{closed_port()}"
@@ -246,7 +250,7 @@ def test_mlflow_server_unreachable_train_fails_clearly_and_leaves_the_dataset_un
 
 def test_mlflow_server_answering_503_fails_after_mlflows_bounded_retries_and_moves_no_alias(workspace, monkeypatch,
                                                                                           quick_mlflow_retries):
-    from labelloop import tracking
+    from labelloop.adapters import tracking
 
     before = dataset_fingerprint(workspace)
     params = workspace.params().train
@@ -270,7 +274,7 @@ def oracle_answers(ws, items: pd.DataFrame) -> bytes:
 
 
 def test_file_drop_unwritable_then_unmounted_fails_clearly_state_unchanged_and_reruns_proceed(workspace, tmp_path):
-    from labelloop.vendors.filedrop import FileDropVendor
+    from labelloop.adapters.vendors.filedrop import FileDropVendor
 
     items = selected_batch(workspace)
     blocker = tmp_path / "mnt"
@@ -300,8 +304,8 @@ def test_file_drop_unwritable_then_unmounted_fails_clearly_state_unchanged_and_r
 
 # ------------------------------------------------------------------------------- hostile payloads
 def drop_with_batch(tmp_path, **vendor_args):
-    from labelloop.vendors.filedrop import FileDropVendor
-    from tests.vendors.conftest import make_batch
+    from labelloop.adapters.vendors.filedrop import FileDropVendor
+    from tests.adapters.vendors.conftest import make_batch
 
     vendor = FileDropVendor(str(tmp_path / "drop"), **vendor_args)
     batch, items = make_batch("b1")
@@ -310,8 +314,8 @@ def drop_with_batch(tmp_path, **vendor_args):
 
 
 def import_outcome(vendor, items, state_dir):
-    from labelloop.quality import QualityParams, process_import
-    from tests.vendors.conftest import LABELS
+    from labelloop.domain.quality import QualityParams, process_import
+    from tests.adapters.vendors.conftest import LABELS
 
     fetched = vendor.fetch_labels("b1")
     return fetched, process_import(fetched.annotations, items, LABELS, batch_id="b1", params=QualityParams(), state_dir=state_dir)
@@ -373,8 +377,8 @@ def test_file_drop_oversized_file_refused_unread_and_a_giant_line_quarantined(tm
 
 
 def test_label_studio_export_with_garbage_inside_quarantines_each_piece_and_keeps_the_valid_answer(tmp_path):
-    from labelloop.quality import QualityParams, process_import
-    from tests.vendors.conftest import LABELS, make_batch
+    from labelloop.domain.quality import QualityParams, process_import
+    from tests.adapters.vendors.conftest import LABELS, make_batch
 
     vendor = LabelStudioVendor(f"http://127.0.0.1:{closed_port()}", "t", tmp_path / "ls")  # never contacted
     _, items = make_batch("b1", n=3)

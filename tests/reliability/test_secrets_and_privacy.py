@@ -9,8 +9,8 @@ import pytest
 
 from labelloop.batches import export_batches, select_batch
 from labelloop.config import ConfigError, ExportParams, SelectParams, parse_params
-from labelloop.vendors import make_vendor
-from tests.test_batches import _pool
+from labelloop.adapters.vendors import make_vendor
+from tests.stages.test_select_export import _pool
 
 TOKEN = "lbl-secret-7f3a9c1e-do-not-log"
 DB_PASSWORD = "pg-pass-51d0e-never-written"
@@ -23,7 +23,7 @@ def test_a_vendor_token_in_params_yaml_is_refused():
 
 @pytest.mark.slow
 def test_a_full_cycle_writes_the_token_and_password_nowhere(prefect_api, workspace, monkeypatch):
-    from flows.cycle import active_learning_cycle
+    from labelloop.flows.cycle import active_learning_cycle
 
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
     monkeypatch.setenv("PGPASSWORD", DB_PASSWORD)
@@ -38,7 +38,7 @@ def test_a_full_cycle_writes_the_token_and_password_nowhere(prefect_api, workspa
         assert TOKEN.encode() not in data, f"the vendor token leaked into {path}"
         assert DB_PASSWORD.encode() not in data, f"the database password leaked into {path}"
     assert scanned > 50  # logs, MLflow store + artifacts, batches, registry, Prefect home
-    from labelloop import tracking
+    from labelloop.adapters import tracking
 
     client = tracking.client(workspace)
     for run in client.search_runs([tracking.experiment_id(workspace)]):
@@ -85,7 +85,7 @@ URI_MARKERS = (TRACKING_PASSWORD, DVC_PASSWORD, LS_PASSWORD, PG_PASSWORD, QUERY_
     ("postgresql://postgres@db:5432/labelloop", "postgresql://postgres@db:5432/labelloop"),  # a user alone is no secret
 ])
 def test_a_uri_is_shown_with_its_credentials_masked_and_the_rest_kept(uri, shown):
-    from labelloop.redact import redact_text, redact_uri
+    from labelloop.core.redact import redact_text, redact_uri
 
     assert redact_uri(uri) == shown
     assert redact_text(f"push to '{uri}' failed: host=db password={PG_PASSWORD}") == f"push to '{shown}' failed: host=db password=***"
@@ -126,8 +126,9 @@ def test_the_tracking_password_reaches_the_server_but_no_error_or_gate_artifact(
     import base64
     import traceback
 
-    from labelloop import reports, tracking
-    from labelloop.gate import GateDecision
+    from labelloop.apps import reports
+    from labelloop.adapters import tracking
+    from labelloop.domain.gate import GateDecision
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -149,7 +150,7 @@ def test_the_tracking_password_reaches_the_server_but_no_error_or_gate_artifact(
 
 
 def test_a_label_studio_password_stays_out_of_its_errors_and_status(workspace):
-    from labelloop.vendors.labelstudio import LabelStudioVendor
+    from labelloop.adapters.vendors.labelstudio import LabelStudioVendor
     from tests.reliability.fault_servers import closed_port
 
     vendor = LabelStudioVendor(f"http://carol:{LS_PASSWORD}@127.0.0.1:{closed_port()}", "token", workspace.root / "ls")
@@ -168,11 +169,11 @@ def test_credentials_in_every_uri_reach_no_file_log_artifact_or_error_line(prefe
     searched for each password."""
     from prefect.logging.handlers import APILogHandler
 
-    from flows.cycle import active_learning_cycle
-    from flows.stages import dataset_flow
-    from labelloop import versioning
+    from labelloop.flows.cycle import active_learning_cycle
+    from labelloop.flows.stages import dataset_flow
+    from labelloop.adapters import versioning
     from tests.reliability.fault_servers import closed_port
-    from tests.test_dataset import _fake_imported_batch
+    from tests.stages.test_dataset import _fake_imported_batch
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("LABELLOOP_RETRY_ATTEMPTS", "1")

@@ -1,0 +1,1 @@
+"""Adapters to outside tools: MLflow (tracking), git + DVC (versioning), Great Expectations (validation), annotation vendors, Dask."""

@@ -1,0 +1,209 @@
+"""Markdown run reports (published as Prefect artifacts by the flows) and the cycle history."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from labelloop.core.io import read_json, write_json
+from labelloop.core.redact import redact_text, redact_uri
+from labelloop.workspace import Workspace
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def batch_markdown(meta, items: pd.DataFrame, price_per_label: float) -> str:
+    mix = Counter(items["predicted"].astype(str)) if "predicted" in items else Counter()
+    rows = [
+        ("batch", meta.batch_id), ("items", meta.n_items), ("strategy", meta.strategy), ("selector", meta.selector),
+        ("seed", meta.seed), ("champion that scored it", meta.champion_version),
+        # Every answer is paid: overlap, gold and re-sent review answers included (labels_ordered counts them).
+        ("labels ordered", meta.labels_ordered or meta.n_items),
+        ("estimated cost", f"{price_per_label * (meta.labels_ordered or meta.n_items):.2f}"),
+        ("predicted-class mix", ", ".join(f"{k}: {v}" for k, v in sorted(mix.items()))),
+        ("mean utility", f"{items['utility'].mean():.4f}" if "utility" in items else "-"),
+    ]
+    return f"## Batch {meta.batch_id}\n\n" + _table(rows)
+
+
+def import_markdown(reports: list) -> str:
+    if not reports:
+        return "## Import\n\nNo exported batch was waiting for labels."
+    lines = ["## Import", "", "| batch | items | answers | labelled | quarantined | status | agreement |", "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        agreement = f"{r.agreement:.3f}" if r.agreement is not None else "-"
+        lines.append(f"| {r.batch_id} | {r.n_items} | {r.n_answers} | {r.n_labelled} | {r.n_quarantined} | {r.status} | {agreement} |")
+    refused = [r for r in reports if getattr(r, "refused", None)]
+    if refused:  # the reason is labelloop's own words about the file, never the file's content
+        lines += ["", "### Refused unread", *(f"- {r.batch_id}: {r.refused}" for r in refused)]
+    return "\n".join(lines)
+
+
+def gate_markdown(decision, tracking_uri: str, run_links: dict[str, str] | None = None) -> str:
+    rows = [
+        ("decision", f"**{decision.label}**"), ("challenger version", decision.challenger_version),
+        ("champion version", decision.champion_version), ("primary metric", decision.primary_metric),
+        ("challenger value", f"{decision.challenger_value:.4f}"),
+        ("champion value", "-" if decision.champion_value is None else f"{decision.champion_value:.4f}"),
+        ("tracking", redact_uri(tracking_uri)),  # a tracking server's password never reaches the artifact
+    ]
+    for name, link in (run_links or {}).items():
+        rows.append((name, link))
+    reasons = "\n".join(f"- {r}" for r in decision.reasons)
+    return f"## Gate\n\n{_table(rows)}\n\n### Reasons\n{reasons}"
+
+
+def gate_run_links(workspace: Workspace, model_name: str, decision) -> dict[str, str]:
+    """Links to the MLflow runs and model versions the gate compared (for the gate artifact).
+
+    With a tracking server (http/https) these are clickable UI links; with a local store, `runs:/` URIs.
+    Never raises: a report must not fail the gate.
+    """
+    from labelloop.adapters import tracking
+
+    links: dict[str, str] = {}
+    base = redact_uri(workspace.tracking_uri).rstrip("/")
+    web = base.startswith(("http://", "https://"))
+    try:
+        mlflow_client = tracking.client(workspace)
+        for role, version in (("challenger", decision.challenger_version), ("champion", decision.champion_version)):
+            if version is None:
+                continue
+            model_version = mlflow_client.get_model_version(model_name, str(version))
+            run = mlflow_client.get_run(model_version.run_id)
+            if web:
+                links[f"{role} run"] = f"[{run.info.run_name or run.info.run_id}]({base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+                links[f"{role} model"] = f"[{model_name} v{version}]({base}/#/models/{model_name}/versions/{version})"
+            else:
+                links[f"{role} run"] = f"runs:/{run.info.run_id} ({run.info.run_name})"
+    except Exception as error:  # noqa: BLE001 - reporting is best effort
+        links["links"] = redact_text(f"unavailable: {error}")[:300]
+    return links
+
+
+@dataclass
+class CycleRecord:
+    cycle: int
+    labels: int
+    data_tag: str | None
+    champion_version: str | None
+    champion_accuracy: float | None
+    champion_macro_f1: float | None
+    decision: str
+    batch_id: str | None
+    new_labels: int
+    cost: float = 0.0  # spent on labels so far (every batch's labels_bought x export.price_per_label)
+    cost_per_point: float | None = None  # cost per percentage point of holdout accuracy gained since the seed model
+    primary_metric: float | None = None  # the champion's gate.primary_metric, what the stop rules watch
+    stop: dict | None = None  # the stop rules' report after this cycle (StopReport.to_dict())
+    capture_lost: str | None = None  # unreadable log parts capture gave up on this cycle, with their rows
+
+    def line(self) -> str:
+        acc = "-" if self.champion_accuracy is None else f"{self.champion_accuracy:.4f}"
+        f1 = "-" if self.champion_macro_f1 is None else f"{self.champion_macro_f1:.4f}"
+        return (f"cycle {self.cycle:>2} | labels {self.labels:>5} | champion v{self.champion_version} "
+                f"acc {acc} macro-F1 {f1} | gate {self.decision:<8} | data {self.data_tag}"
+                + (f" | cost {self.cost:.2f}" + (f" ({self.cost_per_point:.2f}/pt)" if self.cost_per_point is not None else "")
+                   if self.cost else "")
+                + (f" | stop: {'; '.join(self.stop['reasons'])}" if self.stop and self.stop.get("stop") else "")
+                + (f" | capture {self.capture_lost}" if self.capture_lost else ""))
+
+
+def label_spend(workspace: Workspace, champion_accuracy: float | None) -> tuple[float, float | None]:
+    """(total cost of labels bought so far, cost per percentage point of holdout accuracy gained since
+    the seed model); the second is None without a gain to divide by."""
+    from labelloop.batches import BatchStore
+
+    total = float(sum(meta.cost for meta in BatchStore(workspace).list()))
+    seed = next((r.champion_accuracy for r in load_history(workspace) if r.champion_accuracy is not None), None)
+    if champion_accuracy is None or seed is None or champion_accuracy <= seed:
+        return total, None
+    return total, total / ((champion_accuracy - seed) * 100.0)
+
+
+def history_path(workspace: Workspace) -> Path:
+    return workspace.reports_dir / "cycles.json"
+
+
+def load_history(workspace: Workspace) -> list[CycleRecord]:
+    return [CycleRecord(**r) for r in read_json(history_path(workspace), [])]
+
+
+def append_history(workspace: Workspace, record: CycleRecord) -> None:
+    history = [asdict(r) for r in load_history(workspace)]
+    write_json(history_path(workspace), [*history, asdict(record)])
+
+
+def plot_learning_curve(workspace: Workspace, out: Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = load_history(workspace)
+    out = out or workspace.reports_dir / "learning_curve.png"
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    labels = [r.labels for r in history]
+    ax.plot(labels, [r.champion_accuracy for r in history], marker="o", label="champion accuracy")
+    ax.plot(labels, [r.champion_macro_f1 for r in history], marker="s", label="champion macro-F1")
+    for r in history:
+        if r.decision == "promote":
+            ax.annotate(f"v{r.champion_version}", (r.labels, r.champion_accuracy), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    ax.set_xlabel("labelled examples")
+    ax.set_ylabel("holdout score")
+    ax.set_title("labelloop: champion on the fixed holdout, per cycle")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def stage_params_path(workspace: Workspace) -> Path:
+    return workspace.reports_dir / "stage-params.jsonl"
+
+
+def record_stage_params(workspace: Workspace, stage: str, params, sections: tuple[str, ...],
+                        run_ids: dict[str, str | None] | None = None) -> None:
+    """Append which params a stage ran with (one JSON line per stage run; the run's ids group a cycle's stages).
+
+    An append of one short line, flushed and fsynced: a kill leaves at most a torn last line, which
+    `load_stage_params` skips.
+    """
+    import json
+    import os
+    import time
+
+    data = params.to_dict()
+    line = {"stage": stage, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(run_ids or {}),
+            "params": {name: data[name] for name in sections}}
+    path = stage_params_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def load_stage_params(workspace: Workspace) -> list[dict]:
+    import json
+
+    path = stage_params_path(workspace)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from a killed run
+            continue
+    return records

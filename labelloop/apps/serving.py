@@ -1,0 +1,774 @@
+"""Online serving: the champion behind an HTTP API, every prediction appended to the prediction log.
+
+    POST /predict   {"rows": [{<feature>: number, ..., "prediction_id": "optional"}, ...]}
+    GET  /health    model version, buffered rows, rows logged, last error
+    GET  /schema    feature columns, label set, request limits, an example request
+
+One `PredictionService` does the work for both the HTTP app and `predict_log_in_process`:
+validate the features against the workspace schema, score with the model `models:/NAME@champion`
+points at, and log what was scored as rows in the prediction-log format
+(`labelloop.stages.production.predictions_frame`, each row with its own ts and model version). Two modes:
+
+- `durable` (the default of `serve`): a request is answered only once its rows are fsynced in a
+  write-ahead segment (`labelloop.apps.prediction_wal`: group commit, one append + fsync for the requests
+  that arrive together). Segments become ordinary log parts at `flush_rows` / `flush_seconds` and on
+  shutdown; a restart recovers what a hard kill left. A SIGKILL loses no answered row.
+- `buffered`: rows are kept in memory and written as one log part (`append_predictions`: temp name,
+  fsync, rename) when the buffer holds `flush_rows` rows, when its oldest row is `flush_seconds` old,
+  and on shutdown. A graceful shutdown loses nothing; a hard kill loses the unflushed buffer.
+
+Request bodies larger than `max_body_bytes` are refused with 413 before they are read whole.
+
+The champion alias is re-read every `alias_ttl_seconds` (a background thread while the app runs,
+inline on the next call otherwise); a version whose signature or label set does not match the
+workspace schema is refused and the running version keeps serving. Loading a version is cached
+per process (`labelloop.adapters.tracking.load_model`).
+
+FastAPI, uvicorn and MLflow are imported lazily; importing this module has no side effects. No
+`from __future__ import annotations` here: FastAPI reads the endpoint annotations, which refer to
+request models built at run time inside `create_app`.
+"""
+
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labelloop.apps import prediction_wal
+from labelloop.apps.prediction_wal import LogChunk, log_frame
+from labelloop.stages.production import append_predictions
+from labelloop.workspace import Schema, Workspace
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_ROWS = 1_000
+DEFAULT_FLUSH_SECONDS = 5.0
+DEFAULT_ALIAS_TTL_SECONDS = 5.0
+DEFAULT_MAX_ROWS_PER_REQUEST = 10_000
+# 10,000 rows of 36 full-precision float features are ~10 MB of JSON; 200 MB bodies are refused.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DURABLE, BUFFERED = "durable", "buffered"
+MODES = (DURABLE, BUFFERED)
+DEFAULT_MODE = DURABLE
+DEFAULT_COMMIT_WAIT_MS = prediction_wal.DEFAULT_COMMIT_WAIT_SECONDS * 1000
+MAX_PREDICTION_ID_LENGTH = 128
+PREDICTION_ID = "prediction_id"
+MAX_ERRORS_REPORTED = 50
+
+
+class InvalidRequest(ValueError):
+    """Features that cannot be scored; `errors` name each bad field: [{"loc": [...], "msg": ..., "type": ...}]."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors[:MAX_ERRORS_REPORTED]
+        shown = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in self.errors[:5])
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"invalid prediction request: {shown}{more}")
+
+
+class NoChampion(RuntimeError):
+    """The model has no usable `champion` version (yet)."""
+
+
+class LogUnavailable(OSError):
+    """Durable mode: the rows could not be appended to the prediction log, so the request is not answered."""
+
+
+SINGLE_THREAD_MAX_ROWS = 2_000
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    model: Any   # the cached registry model (its own n_jobs): for large batches
+    single: Any  # a copy predicting on one thread: small requests, run side by side by the server's threads
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        # XGBoost's OpenMP start-up dominates a one-row prediction (20x on a busy 2-core box).
+        return (self.single if len(X) <= SINGLE_THREAD_MAX_ROWS else self.model).predict_proba(X)
+
+
+def _single_threaded(model: Any) -> Any:
+    import copy
+
+    single = copy.deepcopy(model)
+    booster = getattr(single, "booster_", None)
+    if booster is not None and hasattr(booster, "set_params"):
+        booster.set_params(n_jobs=1)
+    return single
+
+
+@dataclass(frozen=True)
+class Scored(LogChunk):
+    """One scored request: what the log part and the response are built from."""
+
+    @property
+    def labels(self) -> list[str]:
+        return np.asarray(self.schema.class_names, dtype=object)[self.probas.argmax(axis=1)].tolist()
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probas.max(axis=1)
+
+    def frame(self) -> pd.DataFrame:
+        return log_frame([self])
+
+
+# -- validation --------------------------------------------------------------------------------
+
+def validate_features(features: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The schema's feature columns as finite float64, or InvalidRequest naming every bad field.
+
+    Columns not in the schema are ignored here (a frame may carry ids); the HTTP layer is stricter.
+    """
+    if not isinstance(features, pd.DataFrame):
+        raise InvalidRequest([{"loc": ["rows"], "msg": f"expected a DataFrame, got {type(features).__name__}", "type": "type_error"}])
+    if len(features) == 0:
+        raise InvalidRequest([{"loc": ["rows"], "msg": "no rows to score: send at least one row", "type": "too_short"}])
+    columns = schema.feature_columns
+    if all(c in features.columns for c in columns):
+        subset = features[columns]
+        if all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in subset.dtypes):
+            values = subset.to_numpy(dtype="float64", na_value=np.nan)
+            if np.isfinite(values).all():  # the common case: one vectorised check
+                return pd.DataFrame(values, columns=columns, index=pd.RangeIndex(len(features)))
+    errors: list[dict[str, Any]] = []
+    missing = [c for c in schema.feature_columns if c not in features.columns]
+    errors.extend({"loc": ["rows", c], "msg": "missing feature column", "type": "missing"} for c in missing)
+    out: dict[str, np.ndarray] = {}
+    for column in schema.feature_columns:
+        if column in missing:
+            continue
+        series = features[column]
+        if pd.api.types.is_bool_dtype(series):
+            errors.append({"loc": ["rows", column], "msg": "booleans are not numbers", "type": "float_type"})
+            continue
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(values))
+        for position in bad[:MAX_ERRORS_REPORTED]:
+            raw = series.iloc[position]
+            numeric = isinstance(raw, (int, float, np.number)) and not isinstance(raw, bool)
+            errors.append({
+                "loc": ["rows", int(position), column],
+                "msg": "Input should be a finite number" if numeric else "Input should be a valid number",
+                "type": "finite_number" if numeric else "float_type",
+            })
+        out[column] = values
+    if errors:
+        raise InvalidRequest(errors)
+    return pd.DataFrame(out, index=pd.RangeIndex(len(features)))
+
+
+def _prediction_ids(ids: Sequence[str | None] | None, n_rows: int) -> list[str]:
+    """Client ids passed through as given (uniqueness is capture's business); uuid4 hex for the rest."""
+    if ids is None:
+        return [uuid.uuid4().hex for _ in range(n_rows)]
+    ids = list(ids)
+    if len(ids) != n_rows:
+        raise InvalidRequest([{"loc": [PREDICTION_ID], "msg": f"{len(ids)} prediction ids for {n_rows} rows", "type": "value_error"}])
+    out: list[str] = []
+    errors: list[dict[str, Any]] = []
+    for position, value in enumerate(ids):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            out.append(uuid.uuid4().hex)
+        elif not isinstance(value, str) or not value or len(value) > MAX_PREDICTION_ID_LENGTH:
+            errors.append({"loc": ["rows", position, PREDICTION_ID],
+                           "msg": f"prediction_id must be a non-empty string of at most {MAX_PREDICTION_ID_LENGTH} characters",
+                           "type": "string_type"})
+        else:
+            out.append(value)
+    if errors:
+        raise InvalidRequest(errors)
+    return out
+
+
+# -- the service -------------------------------------------------------------------------------
+
+class PredictionService:
+    """Score with the champion and log every prediction; thread-safe; one per process and model."""
+
+    def __init__(self, workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_FLUSH_ROWS,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS, alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS,
+                 mode: str = DEFAULT_MODE, commit_wait_ms: float = DEFAULT_COMMIT_WAIT_MS) -> None:
+        if mode not in MODES:
+            raise ValueError(f"serving mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not 0 <= commit_wait_ms <= 1000:
+            raise ValueError(f"commit_wait_ms must be between 0 and 1000, got {commit_wait_ms}")
+        if int(flush_rows) < 1:
+            raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
+        if not flush_seconds > 0:
+            raise ValueError(f"flush_seconds must be > 0, got {flush_seconds}")
+        if not alias_ttl_seconds > 0:
+            raise ValueError(f"alias_ttl_seconds must be > 0, got {alias_ttl_seconds}")
+        self.workspace = workspace.require()
+        self.model_name = model_name
+        self.schema = workspace.schema()
+        self.flush_rows = int(flush_rows)
+        self.flush_seconds = float(flush_seconds)
+        self.alias_ttl_seconds = float(alias_ttl_seconds)
+        self._model: LoadedModel | None = None
+        self._refused: dict[str, str] = {}  # version -> why it may not serve
+        self._checked_at = -math.inf
+        self._buffer: list[pd.DataFrame] = []
+        self._buffered_rows = 0   # rows in the buffer list (what triggers a flush)
+        self._unwritten_rows = 0  # rows scored but not yet in a written part (buffer + a flush in progress)
+        self._oldest: float | None = None
+        self._lock = threading.Lock()          # the buffer
+        self._flush_lock = threading.Lock()    # one writer at a time
+        self._refresh_lock = threading.Lock()  # one alias lookup at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._rows_logged = 0
+        self._parts_written: list[Path] = []
+        self.last_error: str | None = None
+        self.mode = mode
+        # durable: every answered row is first fsynced in a write-ahead segment (group commit)
+        self._wal = prediction_wal.GroupCommitLog(self.workspace, self.schema, self.flush_rows, commit_wait_ms / 1000,
+                                                  on_full=self._wake.set) if mode == DURABLE else None
+        self.recovery: prediction_wal.RecoveryReport | None = None
+
+    @property
+    def rows_logged(self) -> int:
+        """Rows written to log parts by this service."""
+        return self._rows_logged + (self._wal.rows_converted if self._wal else 0)
+
+    @property
+    def parts_written(self) -> list[Path]:
+        return self._parts_written + (self._wal.parts_written if self._wal else [])
+
+    # context manager: start/close
+    def __enter__(self) -> "PredictionService":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- model --------------------------------------------------------------------------------
+    def refresh_model(self) -> LoadedModel | None:
+        """Read the champion alias now; load and switch to its version if it is new and usable."""
+        with self._refresh_lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> LoadedModel | None:
+        from labelloop.adapters import tracking
+
+        version = tracking.alias_version(self.workspace, self.model_name, tracking.CHAMPION)
+        self._checked_at = time.monotonic()
+        current = self._model
+        if version is None or (current is not None and current.version == version) or version in self._refused:
+            return current
+        model = tracking.load_model(self.workspace, self.model_name, version)
+        problem = self._incompatibility(version, model)
+        if problem:
+            self._refused[version] = problem
+            self.last_error = f"version {version} refused: {problem}"
+            logger.error("champion %s version %s not served: %s", self.model_name, version, problem)
+            return current
+        self._model = LoadedModel(version, model, _single_threaded(model))
+        logger.info("serving %s version %s (was %s)", self.model_name, version, current.version if current else None)
+        return self._model
+
+    def _incompatibility(self, version: str, model: Any) -> str | None:
+        classes = [str(c) for c in getattr(model, "classes_", [])]
+        if classes != list(self.schema.class_names):
+            return f"its label set {classes[:10]} differs from the workspace's {self.schema.class_names[:10]}"
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None and list(names) != list(self.schema.feature_columns):
+            return "its feature columns differ from the workspace schema's"
+        import mlflow
+
+        signature = mlflow.models.get_model_info(f"models:/{self.model_name}/{version}").signature
+        if signature is not None and signature.inputs is not None:
+            inputs = signature.inputs.input_names()
+            if sorted(inputs) != sorted(self.schema.feature_columns):
+                extra = sorted(set(inputs) - set(self.schema.feature_columns))[:5]
+                lacking = sorted(set(self.schema.feature_columns) - set(inputs))[:5]
+                return f"its signature inputs differ from the schema (signature only: {extra}, schema only: {lacking})"
+        return None
+
+    def current_model(self) -> LoadedModel:
+        """The version to score with; re-reads the alias inline when stale and no poller runs."""
+        stale = time.monotonic() - self._checked_at >= self.alias_ttl_seconds
+        if stale and (self._model is None or not self._poller_running()):
+            # Blocking only while there is nothing to serve; otherwise one caller looks up, the rest go on.
+            if self._refresh_lock.acquire(blocking=self._model is None):
+                try:
+                    if time.monotonic() - self._checked_at >= self.alias_ttl_seconds:
+                        self._refresh_guarded()
+                finally:
+                    self._refresh_lock.release()
+        model = self._model
+        if model is None:
+            raise NoChampion(f"model {self.model_name!r} has no usable 'champion' version; train and promote one first"
+                             + (f" ({self.last_error})" if self.last_error else ""))
+        return model
+
+    def _refresh_safely(self) -> None:
+        with self._refresh_lock:
+            self._refresh_guarded()
+
+    def _refresh_guarded(self) -> None:
+        try:
+            self._refresh_locked()
+        except Exception as error:  # noqa: BLE001 — MLflow/SQL/network errors of any kind; the running model keeps serving
+            self._checked_at = time.monotonic()
+            self.last_error = f"alias lookup failed: {type(error).__name__}: {error}"
+            logger.warning("could not re-read the champion alias of %s: %s", self.model_name, error)
+
+    # -- scoring + log --------------------------------------------------------------------------
+    def predict(self, features: pd.DataFrame, prediction_ids: Sequence[str | None] | None = None) -> "Scored":
+        """Validate, score with the champion, log the rows; what was scored.
+
+        Durable mode returns only once the rows are fsynced (an OSError if they could not be).
+        """
+        if self._wal is None:
+            scored = self._score(features, prediction_ids)
+            self._append(scored)
+            return scored
+        if self._closed:  # after shutdown: straight into a part of its own (fsynced before this returns)
+            scored = self._score(features, prediction_ids)
+            self._parts_written += prediction_wal.write_parts(self.workspace, [scored])
+            self._rows_logged += len(scored)
+            return scored
+        self._wal.begin()  # the writer waits (briefly) for requests being scored, to commit them together
+        try:
+            scored = self._score(features, prediction_ids)
+        except BaseException:
+            self._wal.abandon()
+            raise
+        try:
+            self._wal.commit(scored)
+        except OSError as error:
+            self.last_error = f"prediction log append failed, request not answered: {error}"
+            raise LogUnavailable(f"the prediction could not be logged durably, nothing was answered; retry: {error}") from error
+        if self._wal.has_sealed() and not self._poller_running():
+            self._convert_safely()
+        return scored
+
+    def _score(self, features: pd.DataFrame, prediction_ids: Sequence[str | None] | None) -> "Scored":
+        X = validate_features(features, self.schema)
+        ids = _prediction_ids(prediction_ids, len(X))
+        loaded = self.current_model()
+        probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
+        return Scored(self.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC))
+
+    def _convert_safely(self) -> None:
+        try:
+            self._wal.convert_sealed()
+        except OSError as error:  # the rows are durable in their segment; retried on the next tick and at shutdown
+            self.last_error = f"log part write failed, rows kept in the write-ahead log: {error}"
+            logger.error("prediction log part write failed (rows kept in the write-ahead log): %s", error)
+
+    def _append(self, scored: "Scored") -> None:
+        with self._lock:
+            self._buffer.append(scored)
+            self._buffered_rows += len(scored)
+            self._unwritten_rows += len(scored)
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            full = self._buffered_rows >= self.flush_rows
+            closed = self._closed
+        if closed or (full and not self._poller_running()):
+            self.flush()
+        elif full:
+            self._wake.set()
+
+    def _poller_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows answered but not yet in a log part (durable mode: they are in the write-ahead log)."""
+        return self._wal.unconverted_rows if self._wal else self._unwritten_rows
+
+    @property
+    def at_risk_rows(self) -> int:
+        """Rows answered that a hard kill would lose: 0 in durable mode."""
+        return 0 if self._wal else self._unwritten_rows
+
+    def flush(self) -> int:
+        """Write the buffered rows as new log part(s), one per UTC day; rows stay buffered if a write fails."""
+        if self._wal is not None:
+            self._wal.seal()
+            try:
+                return self._wal.convert_sealed()
+            except OSError as error:
+                self.last_error = f"log part write failed, rows kept in the write-ahead log: {error}"
+                raise
+        with self._flush_lock:
+            with self._lock:
+                chunks, self._buffer = self._buffer, []
+                self._buffered_rows = 0
+                self._oldest = None
+            if not chunks:
+                return 0
+            by_day: dict[str, list[Scored]] = {}
+            for chunk in chunks:
+                by_day.setdefault(chunk.ts.strftime("%Y-%m-%d"), []).append(chunk)
+            written = 0
+            for day in sorted(by_day):
+                group = by_day[day]
+                try:
+                    self._parts_written.append(append_predictions(self.workspace, log_frame(group)))
+                except OSError as error:
+                    unwritten = [c for d in sorted(by_day) if d >= day for c in by_day[d]]
+                    n_unwritten = sum(len(c) for c in unwritten)
+                    with self._lock:
+                        self._buffer[:0] = unwritten
+                        self._buffered_rows += n_unwritten
+                        self._oldest = self._oldest if self._oldest is not None else time.monotonic()
+                    self.last_error = f"log write failed, {n_unwritten} rows kept buffered: {error}"
+                    raise
+                rows = sum(len(c) for c in group)
+                with self._lock:
+                    self._unwritten_rows -= rows
+                self._rows_logged += rows
+                written += rows
+            return written
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "PredictionService":
+        """Load the champion (if any) and start the thread that polls the alias and flushes on time."""
+        if self._thread is not None:
+            return self
+        # What a hard-killed server left in the write-ahead log becomes log parts before anything is served.
+        try:
+            self.recovery = prediction_wal.recover(self.workspace)
+        except OSError as error:  # the segments stay as they are; the next start (or `recover`) takes them
+            self.last_error = f"write-ahead log recovery failed, segments kept for the next start: {error}"
+            logger.error("%s", self.last_error)
+        self._refresh_safely()
+        if self._model is None:
+            logger.warning("model %s has no usable champion yet; /predict answers 503 until one is promoted", self.model_name)
+        self._thread = threading.Thread(target=self._loop, name=f"labelloop-serving-{self.model_name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        tick = min(self.flush_seconds, self.alias_ttl_seconds, 1.0) / 2
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            if now - self._checked_at >= self.alias_ttl_seconds:
+                self._refresh_safely()
+            if self._wal is not None:
+                age = self._wal.oldest_row_age()
+                if age is not None and age >= self.flush_seconds:
+                    self._wal.seal()
+                if self._wal.has_sealed():
+                    self._convert_safely()
+                continue
+            oldest = self._oldest
+            if self._buffered_rows >= self.flush_rows or (oldest is not None and now - oldest >= self.flush_seconds):
+                try:
+                    self.flush()
+                except OSError as error:  # kept buffered; retried on the next tick and at shutdown
+                    logger.error("prediction log write failed (rows kept buffered): %s", error)
+
+    def close(self) -> int:
+        """Stop the poller and write everything buffered; later predictions are written at once."""
+        with self._lock:
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        if self._wal is not None:
+            try:
+                return self._wal.close()
+            except OSError as error:  # durable in the write-ahead log: the next start recovers them
+                self.last_error = f"log part write failed at shutdown, rows kept in the write-ahead log: {error}"
+                logger.error("%s", self.last_error)
+                return 0
+        return self.flush()
+
+    def health(self) -> dict[str, Any]:
+        model = self._model
+        return {
+            "status": "ok" if model is not None else "no_model",
+            "model_name": self.model_name,
+            "model_version": model.version if model else None,
+            "mode": self.mode,
+            "buffered_rows": self.buffered_rows,
+            "at_risk_rows": self.at_risk_rows,
+            "wal_groups_committed": self._wal.groups_committed if self._wal else None,
+            "recovered_rows": self.recovery.rows_recovered if self.recovery else 0,
+            "rows_logged": self.rows_logged,
+            "parts_written": len(self.parts_written),
+            "alias_checked_seconds_ago": None if math.isinf(self._checked_at) else round(time.monotonic() - self._checked_at, 3),
+            "refused_versions": dict(self._refused),
+            "last_error": self.last_error,
+        }
+
+
+def predict_log_in_process(workspace: Workspace, model_name: str, features_df: pd.DataFrame,
+                           prediction_ids: Sequence[str | None] | None = None) -> pd.DataFrame:
+    """Score `features_df` with the champion and append it to the log, exactly as POST /predict does.
+
+    Returns the logged rows (prediction-log format). The part is written before this returns.
+    Raises InvalidRequest (a ValueError naming the bad fields) or NoChampion.
+    """
+    # The part is written (fsync + rename) before this returns: no write-ahead log needed.
+    service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1), mode=BUFFERED)
+    try:
+        scored = service.predict(features_df, prediction_ids)
+    finally:
+        service.close()
+    return scored.frame()
+
+
+def score_for_log(workspace: Workspace, model_name: str, features_df: pd.DataFrame,
+                  prediction_ids: Sequence[str | None] | None = None) -> pd.DataFrame:
+    """POST /predict's validation and champion scoring, returning the log rows without writing them.
+
+    For callers that write the part themselves under a name of their own (the simulated production
+    traffic names parts by row range, so a rerun writes each part once).
+    """
+    service = PredictionService(workspace, model_name, flush_rows=max(len(features_df), 1), mode=BUFFERED)
+    X = validate_features(features_df, service.schema)
+    loaded = service.current_model()
+    probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
+    ids = _prediction_ids(prediction_ids, len(X))
+    return Scored(service.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC)).frame()
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+
+def _error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    detail = []
+    for error in errors[:MAX_ERRORS_REPORTED]:
+        loc = [p for p in error.get("loc", []) if p != "body"]
+        row = next((p for p in loc[1:2] if isinstance(p, int)), None) if loc[:1] == ["rows"] else None
+        field = next((p for p in reversed(loc) if isinstance(p, str)), "body")
+        detail.append({"loc": loc, "field": field, "row": row, "msg": error.get("msg", ""), "type": error.get("type", "")})
+    first = detail[0] if detail else {"field": None, "msg": "invalid request"}
+    where = f"{first['field']}" + (f" (row {first['row']})" if first.get("row") is not None else "")
+    return {"error": f"invalid request: {where}: {first['msg']}", "detail": detail,
+            "errors_total": len(errors)}
+
+
+def _request_models(schema: Schema, max_rows: int):
+    from typing import Annotated
+
+    from pydantic import AllowInfNan, ConfigDict, Field, Strict, StringConstraints, create_model
+    from typing_extensions import NotRequired, TypedDict
+
+    number = Annotated[float, Strict(), AllowInfNan(False)]
+    fields: dict[str, Any] = {c: number for c in schema.feature_columns}
+    if PREDICTION_ID in fields:
+        raise ValueError(f"a feature column may not be called {PREDICTION_ID!r}")
+    fields[PREDICTION_ID] = NotRequired[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_PREDICTION_ID_LENGTH)]]
+    Row = TypedDict("Row", fields)  # noqa: UP013 — feature names need not be identifiers
+    Row.__pydantic_config__ = ConfigDict(extra="forbid")
+    PredictRequest = create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        rows=(Annotated[list[Row], Field(min_length=1, max_length=max_rows,
+                                         description="Rows to score: every feature column, numbers only; optional prediction_id.")], ...),
+    )
+    return PredictRequest
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, decided before the body is read whole.
+
+    A Content-Length over the limit is refused before any of the body is read. A body without one
+    (chunked) is read here up to the limit (so memory stays bounded) and refused as soon as it passes
+    it; a body within the limit is handed on to the app unchanged.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            # The server (h11/httptools) has checked it is a valid number and never delivers more bytes than it says.
+            if int(length) > self.max_bytes:
+                await self._too_large(send, f"{int(length)} bytes")
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._too_large(send, f"more than {self.max_bytes} bytes (chunked)")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send, size: str) -> None:
+        payload = json.dumps({"error": f"request body too large: {size}; the limit is {self.max_bytes} bytes "
+                                       f"(max_body_bytes); send fewer rows per request",
+                              "max_body_bytes": self.max_bytes}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_FLUSH_ROWS,
+               flush_seconds: float = DEFAULT_FLUSH_SECONDS, alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS,
+               max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST, mode: str = DEFAULT_MODE,
+               commit_wait_ms: float = DEFAULT_COMMIT_WAIT_MS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    """The FastAPI app; its lifespan loads the champion, runs the poller and flushes the log on shutdown."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    if int(max_body_bytes) < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    service = PredictionService(workspace, model_name, flush_rows, flush_seconds, alias_ttl_seconds,
+                                mode=mode, commit_wait_ms=commit_wait_ms)
+    schema = service.schema
+    PredictRequest = _request_models(schema, max_rows_per_request)
+    class_names = list(schema.class_names)
+    features = list(schema.feature_columns)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            rows = service.buffered_rows
+            await run_in_threadpool(service.close)
+            logger.info("prediction log flushed on shutdown (%d rows); %d rows logged in all", rows, service.rows_logged)
+
+    app = FastAPI(title="labelloop serving", version="1", lifespan=lifespan,
+                  description=f"Model `{model_name}@champion` of workspace {workspace.root}; every prediction is logged.")
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        return JSONResponse(_error_body(list(exc.errors())), status_code=422)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid_frame(request, exc: InvalidRequest):
+        return JSONResponse(_error_body(exc.errors), status_code=422)
+
+    @app.exception_handler(NoChampion)
+    async def _no_model(request, exc: NoChampion):
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.exception_handler(LogUnavailable)
+    async def _log_unavailable(request, exc: LogUnavailable):
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.post("/predict", summary="Score rows with the champion; each row is logged")
+    def predict(body: PredictRequest):  # sync: runs in the thread pool
+        rows = body.rows
+        X = pd.DataFrame(np.array([[row[c] for c in features] for row in rows], dtype=np.float64), columns=features)
+        ids = [row.get(PREDICTION_ID) for row in rows]
+        scored = service.predict(X, ids if any(i is not None for i in ids) else None)
+        version = scored.model_version
+        predictions = [
+            {"prediction_id": pid, "label": label, "probabilities": dict(zip(class_names, p, strict=True)),
+             "confidence": conf, "model_version": version}
+            for pid, label, p, conf in zip(scored.prediction_ids, scored.labels, scored.probas.tolist(),
+                                           scored.confidence.tolist(), strict=True)
+        ]
+        return JSONResponse({"model_name": model_name, "model_version": version, "predictions": predictions})
+
+    @app.get("/health", summary="Serving version, buffered and logged rows")
+    def health():
+        body = service.health()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.get("/schema", summary="What /predict accepts")
+    def schema_endpoint():
+        example = {c: 0.0 for c in features}
+        return {**schema.to_json(), "model_name": model_name, "model_version": service.health()["model_version"],
+                "max_rows_per_request": max_rows_per_request, "max_body_bytes": int(max_body_bytes), "mode": mode,
+                "prediction_id": "optional string per row, at most "
+                f"{MAX_PREDICTION_ID_LENGTH} characters; uuid4 hex when absent",
+                "request_example": {"rows": [example]}}
+
+    return app
+
+
+def run(workspace_path: str | Path, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
+        flush_rows: int = DEFAULT_FLUSH_ROWS, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS, max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST,
+        log_level: str = "info", mode: str = DEFAULT_MODE, commit_wait_ms: float = DEFAULT_COMMIT_WAIT_MS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    """Serve until SIGINT/SIGTERM; then finish in-flight requests and flush the log."""
+    import uvicorn
+
+    workspace = Workspace.at(workspace_path).require()
+    name = model_name or workspace.params().train.model_name
+    app = create_app(workspace, name, flush_rows=flush_rows, flush_seconds=flush_seconds,
+                     alias_ttl_seconds=alias_ttl_seconds, max_rows_per_request=max_rows_per_request, mode=mode,
+                     commit_wait_ms=commit_wait_ms, max_body_bytes=max_body_bytes)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=30)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m labelloop.apps.serving", description=run.__doc__)
+    parser.add_argument("workspace")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model-name", default=None)
+    parser.add_argument("--flush-rows", type=int, default=DEFAULT_FLUSH_ROWS)
+    parser.add_argument("--flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS)
+    parser.add_argument("--alias-ttl-seconds", type=float, default=DEFAULT_ALIAS_TTL_SECONDS)
+    parser.add_argument("--max-rows-per-request", type=int, default=DEFAULT_MAX_ROWS_PER_REQUEST)
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                        help="durable: answer after the rows are fsynced (group commit); buffered: a hard kill loses the buffer")
+    parser.add_argument("--commit-wait-ms", type=float, default=DEFAULT_COMMIT_WAIT_MS,
+                        help="durable: longest wait for requests being scored to join a group commit")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(args.workspace, host=args.host, port=args.port, model_name=args.model_name, flush_rows=args.flush_rows,
+        flush_seconds=args.flush_seconds, alias_ttl_seconds=args.alias_ttl_seconds,
+        max_rows_per_request=args.max_rows_per_request, log_level=args.log_level, mode=args.mode,
+        commit_wait_ms=args.commit_wait_ms, max_body_bytes=args.max_body_bytes)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,1 @@
+"""Pure logic: acquisition, label quality, the gate, stop rules, metrics, calibration. No I/O to outside tools, no Prefect."""

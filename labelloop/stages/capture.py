@@ -1,0 +1,245 @@
+"""Capture: new prediction-log rows → normalised, validated → low-confidence → deduplicated → candidate pool.
+
+The high-water mark is the set of log parts already read (state/capture.json). Parts are immutable
+once written, so a part is read exactly once; the pool is written before the mark, and rows already
+pooled, batched or labelled are skipped, so a rerun after a crash adds nothing twice.
+
+A part that cannot be read (its producer may still be writing it) is not marked read: it is retried
+on later runs and given up (quarantined, its rows counted as lost) only after failing
+`unreadable_part_attempts` runs in a row unchanged and staying unmodified for
+`unreadable_part_min_age_seconds`. The state file keeps those attempts and every part given up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from labelloop.core.faults import crash_point
+from labelloop.batches import BatchStore, load_pool
+from labelloop.config import CaptureParams
+from labelloop.core.io import read_json, read_parquet, write_json, write_parquet
+from labelloop.prediction_log import storable
+from labelloop.stages.production import list_log_parts
+from labelloop.workspace import Workspace
+
+ITEM_ID = "item_id"
+
+
+@dataclass(frozen=True)
+class CaptureReport:
+    parts_read: int
+    rows_read: int
+    rows_quarantined: int
+    rows_low_confidence: int
+    rows_added: int
+    rows_skipped_seen: int
+    pool_size: int
+    quarantine_file: str | None
+    parts_pending: int = 0  # unreadable now, left unread to retry on a later run
+    parts_lost: int = 0  # unreadable past the limit: given up (quarantined) this run
+    rows_lost: int = 0  # rows of the parts given up whose footer still gave a row count
+    parts_lost_unknown_rows: int = 0  # parts given up whose row count cannot be read
+    bytes_lost: int = 0  # size of the parts given up
+
+    def lost_text(self) -> str:
+        """'' when nothing was given up, else e.g. 'lost 2 unreadable log parts: 120 rows + unknown rows (1 part, 4,096 bytes)'."""
+        return lost_text(self.parts_lost, self.rows_lost, self.parts_lost_unknown_rows, self.bytes_lost)
+
+    def summary(self) -> str:
+        """One line for the cycle line / logs."""
+        text = (f"capture: {self.parts_read} parts, {self.rows_read} rows read, {self.rows_added} added, "
+                f"{self.rows_quarantined} quarantined, pool {self.pool_size}")
+        if self.parts_pending:
+            text += f", {self.parts_pending} unreadable part{'s' if self.parts_pending != 1 else ''} to retry"
+        lost = self.lost_text()
+        return f"{text}; {lost}" if lost else text
+
+    def markdown(self) -> str:
+        """The capture artifact: every count, the lost ones included."""
+        rows = [
+            ("parts read", self.parts_read), ("rows read", self.rows_read), ("rows quarantined", self.rows_quarantined),
+            ("rows below the confidence threshold", self.rows_low_confidence), ("rows added to the pool", self.rows_added),
+            ("rows skipped (already pooled, batched or labelled)", self.rows_skipped_seen), ("pool size", self.pool_size),
+            ("unreadable parts left to retry", self.parts_pending), ("unreadable parts given up (lost)", self.parts_lost),
+            ("rows lost (known)", self.rows_lost), ("parts lost with unknown rows", self.parts_lost_unknown_rows),
+            ("bytes lost", self.bytes_lost),
+        ]
+        table = "| capture | count |\n|---|---|\n" + "".join(f"| {name} | {value:,} |\n" for name, value in rows)
+        notes = [n for n in (self.lost_text(), f"quarantine: `{self.quarantine_file}`" if self.quarantine_file else "") if n]
+        return table + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
+
+
+def lost_text(parts: int, rows: int, parts_unknown: int, size: int) -> str:
+    if not parts:
+        return ""
+    counted = [f"{rows:,} rows"] if parts > parts_unknown else []
+    if parts_unknown:
+        counted.append(f"unknown rows ({parts_unknown} part{'s' if parts_unknown != 1 else ''})")
+    return (f"lost {parts} unreadable log part{'s' if parts != 1 else ''}: {' + '.join(counted)}, "
+            f"{size:,} bytes (see quarantine/)")
+
+
+def _state_path(workspace: Workspace):
+    return workspace.state_dir / "capture.json"
+
+
+def _read_state(workspace: Workspace) -> dict:
+    state = read_json(_state_path(workspace), {})
+    return {"parts": set(state.get("parts", [])), "pending": dict(state.get("pending", {})),
+            "given_up": dict(state.get("given_up", {}))}
+
+
+def read_watermark(workspace: Workspace) -> set[str]:
+    """Parts read (or given up): never read again."""
+    return _read_state(workspace)["parts"]
+
+
+def capture_status(workspace: Workspace) -> dict:
+    """For `labelloop status`: parts read, unreadable parts waiting for a retry, everything given up so far."""
+    state = _read_state(workspace)
+    given_up = state["given_up"].values()
+    unknown = sum(1 for g in given_up if g.get("rows") is None)
+    return {
+        "parts_read": len(state["parts"]) - len(state["given_up"]),
+        "parts_pending": len(state["pending"]),
+        "pending": {name: entry["attempts"] for name, entry in sorted(state["pending"].items())},
+        "parts_lost": len(state["given_up"]),
+        "rows_lost": sum(int(g["rows"]) for g in given_up if g.get("rows") is not None),
+        "parts_lost_unknown_rows": unknown,
+        "bytes_lost": sum(int(g.get("bytes", 0)) for g in given_up),
+    }
+
+
+def capture_status_line(workspace: Workspace) -> str:
+    status = capture_status(workspace)
+    text = f"capture: {status['parts_read']} log parts read"
+    if status["parts_pending"]:
+        text += f", {status['parts_pending']} unreadable part(s) waiting for a retry"
+    lost = lost_text(status["parts_lost"], status["rows_lost"], status["parts_lost_unknown_rows"], status["bytes_lost"])
+    return f"{text}; {lost}" if lost else text
+
+
+def _row_count(path: Path) -> int | None:
+    """Rows in a part whose data cannot be read, if its footer still says (None when it does not)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.read_metadata(path).num_rows)
+    except (OSError, ValueError):
+        return None
+
+
+def _unreadable(path: Path, name: str, error: Exception, pending: dict, params: CaptureParams, now: float) -> dict | None:
+    """Count a failed read. None while the part is retried; the give-up record once it is past the limit."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:  # gone since it was listed: nothing to read or lose
+        pending.pop(name, None)
+        return None
+    before = pending.get(name)
+    unchanged = before is not None and (before["bytes"], before["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+    attempts = before["attempts"] + 1 if unchanged else 1  # a part that changed is still being written
+    age = max(0.0, now - stat.st_mtime)
+    entry = {"attempts": attempts, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "error": str(error)[:300]}
+    if attempts < params.unreadable_part_attempts or age < params.unreadable_part_min_age_seconds:
+        pending[name] = entry
+        return None
+    pending.pop(name, None)
+    return {**entry, "rows": _row_count(path), "age_seconds": round(age, 1),
+            "given_up_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+
+
+def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
+    from labelloop.apps import prediction_wal
+    from labelloop.adapters.validation import validate_prediction_log
+
+    # Rows a killed server had answered are still in its write-ahead log: make them log parts first
+    # (only segments whose server is gone; a live server's are left to it).
+    prediction_wal.recover(workspace)
+    schema = workspace.schema()
+    state = _read_state(workspace)
+    pending, given_up = state["pending"], state["given_up"]
+    parts = [p for p in list_log_parts(workspace) if str(p.relative_to(workspace.predictions_dir)) not in state["parts"]]
+    frames: list[pd.DataFrame] = []
+    quarantine: list[pd.DataFrame] = []
+    taken: list[str] = []
+    lost: list[dict] = []
+    rows = parts_read = 0
+    now = time.time()
+    for part in parts:
+        if rows >= params.max_rows_per_run:
+            break  # the rest waits for the next run; the mark only covers what was read
+        name = str(part.relative_to(workspace.predictions_dir))
+        try:
+            frame = read_parquet(part)
+        except (OSError, ValueError) as error:  # truncated (still being written?) or not parquet at all
+            record = _unreadable(part, name, error, pending, params, now)
+            if record is not None:
+                given_up[name] = record
+                lost.append(record)
+                taken.append(name)
+                count = "unknown rows" if record["rows"] is None else f"{record['rows']} rows"
+                quarantine.append(pd.DataFrame({
+                    "prediction_id": [None], "log_part": [part.name],
+                    "reason": [f"unreadable log part {part.name} after {record['attempts']} attempts "
+                               f"({count}, {record['bytes']} bytes lost): {record['error']}"],
+                }))
+            continue
+        pending.pop(name, None)
+        taken.append(name)
+        parts_read += 1
+        rows += len(frame)
+        try:
+            valid, bad = validate_prediction_log(frame, schema.feature_columns, schema.proba_columns, schema.class_names)
+        except ValueError as error:  # a whole-part problem: missing columns, another label set
+            quarantine.append(frame.assign(log_part=part.name, reason=f"{part.name}: {error}"))
+            continue
+        frames.append(valid)
+        if not bad.empty:
+            quarantine.append(bad.assign(log_part=part.name))
+    new = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["prediction_id", ITEM_ID, "confidence"])
+    # Across parts the same prediction (or item) may be logged twice: keep the first.
+    repeated_prediction = new.duplicated(subset=["prediction_id"], keep="first")
+    repeated_item = new.duplicated(subset=[ITEM_ID], keep="first") & ~repeated_prediction
+    for repeated, reason in ((repeated_prediction, "duplicate prediction_id across log parts"),
+                             (repeated_item, "duplicate item_id across log parts (its first prediction is kept)")):
+        if repeated.any():
+            quarantine.append(new.loc[repeated].assign(reason=reason))
+    new = new.loc[~(repeated_prediction | repeated_item)]
+    low = new[new["confidence"] < params.confidence_threshold] if len(new) else new
+    pool = load_pool(workspace)
+    store = BatchStore(workspace)
+    labeled_ids = set(read_parquet(workspace.labeled_path, columns=[ITEM_ID])[ITEM_ID].astype(str))
+    holdout_ids = set(read_parquet(workspace.holdout_path, columns=[ITEM_ID])[ITEM_ID].astype(str))
+    seen = set(pool[ITEM_ID].astype(str)) if len(pool) else set()
+    seen |= store.queued_ids() | labeled_ids | holdout_ids
+    fresh = low[~low[ITEM_ID].isin(seen)]
+    quarantine_file = None
+    if quarantine:
+        rejected = pd.concat(quarantine, ignore_index=True)
+        digest = hashlib.sha256("\n".join(sorted(taken)).encode()).hexdigest()[:12]
+        quarantine_path = workspace.quarantine_dir / f"capture-{digest}.parquet"
+        write_parquet(quarantine_path, rejected.astype(str))
+        quarantine_file = str(quarantine_path)
+    if len(fresh):
+        keep_columns = [c for c in fresh.columns if c != "log_part"]
+        combined = pd.concat([pool, fresh[keep_columns]], ignore_index=True) if len(pool) else fresh[keep_columns].reset_index(drop=True)
+        combined = storable(combined)  # e.g. an extra column an older part logged as int and this one as text
+        write_parquet(workspace.pool_path, combined)
+        pool_size = len(combined)
+        crash_point("capture.after_pool")
+    else:
+        pool_size = len(pool)
+    write_json(_state_path(workspace), {"parts": sorted(state["parts"] | set(taken)), "pending": pending, "given_up": given_up})
+    n_quarantined = int(sum(len(q) for q in quarantine)) - len(lost)
+    return CaptureReport(
+        parts_read, rows, n_quarantined, len(low), len(fresh), len(low) - len(fresh), pool_size, quarantine_file,
+        parts_pending=len(pending), parts_lost=len(lost),
+        rows_lost=sum(r["rows"] for r in lost if r["rows"] is not None),
+        parts_lost_unknown_rows=sum(1 for r in lost if r["rows"] is None), bytes_lost=sum(r["bytes"] for r in lost),
+    )

@@ -1,0 +1,87 @@
+"""Fixtures for vendor tests: a real Label Studio server (once per session), batches, annotator helpers.
+
+The `label_studio` fixture runs `infra/labelstudio.sh up` (install into ./.venv-labelstudio if needed,
+start headless on 127.0.0.1:$LABELLOOP_LS_PORT, create a personal access token) and stops the server
+at the end of the session if it started it. A failure to install or start fails the tests: they are
+never skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelloop.adapters.vendors.base import ExportBatch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "infra" / "labelstudio.sh"
+LABELS = ["cat", "dog", "bird"]
+FEATURES = ["f0", "f1"]
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    url: str
+    token: str
+
+    def client(self):
+        from label_studio_sdk import LabelStudio
+
+        return LabelStudio(base_url=self.url, api_key=self.token)
+
+
+def _script_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("LS_PORT", os.environ.get("LABELLOOP_LS_PORT", "8080"))
+    env.setdefault("LS_START_TIMEOUT", "600")
+    return env
+
+
+def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], env=_script_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def label_studio() -> LabelStudioServer:
+    already_running = _run("status", timeout=30).returncode == 0
+    up = _run("up")
+    if up.returncode != 0:
+        pytest.fail(f"infra/labelstudio.sh up failed (exit {up.returncode}):\n{up.stderr[-4000:]}", pytrace=False)
+    url = _run("url", timeout=30).stdout.strip()
+    data_dir = Path(_script_env().get("LS_DATA_DIR", ROOT / ".labelstudio"))
+    token = (data_dir / "token").read_text().strip()
+    yield LabelStudioServer(url=url, token=token)
+    if not already_running and os.environ.get("LABELLOOP_LS_KEEP") != "1":
+        _run("stop", timeout=120)
+
+
+def make_batch(batch_id: str, n: int = 6, *, seed: int = 0, wanted: list[int] | None = None,
+               gold: dict[str, str] | None = None) -> tuple[ExportBatch, pd.DataFrame]:
+    """An export batch of `n` items (+ gold items) and the batch's own item table (with gold labels)."""
+    rng = np.random.default_rng(seed)
+    items = pd.DataFrame({
+        "item_id": [f"{batch_id}-i{i}" for i in range(n)],
+        "f0": rng.normal(size=n).round(3),
+        "f1": rng.normal(size=n).round(3),
+        "private_note": ["do not export"] * n,
+        "predicted": rng.choice(LABELS, size=n),
+        "confidence": rng.uniform(0.4, 0.7, size=n).round(3),
+        "utility": rng.uniform(size=n).round(3),
+        "annotators_wanted": wanted if wanted is not None else [1] * n,
+        "is_gold": False,
+        "gold_label": None,
+    })
+    if gold:
+        extra = pd.DataFrame({
+            "item_id": list(gold), "f0": 0.0, "f1": 0.0, "private_note": "gold", "predicted": "cat",
+            "confidence": 0.5, "utility": 0.0, "annotators_wanted": 1, "is_gold": True, "gold_label": list(gold.values()),
+        })
+        items = pd.concat([items, extra], ignore_index=True)
+    exported = items.drop(columns=["is_gold", "gold_label"])
+    return ExportBatch(batch_id=batch_id, items=exported, label_set=list(LABELS), feature_columns=list(FEATURES)), items

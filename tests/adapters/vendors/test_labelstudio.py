@@ -1,0 +1,202 @@
+"""Label Studio vendor against the real server started by infra/labelstudio.sh (no mocks).
+
+Annotations are posted through the API as annotators' work would be: one user per annotator, each
+answer an annotation `completed_by` that user.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from xml.etree import ElementTree
+
+import pandas as pd
+import pytest
+
+from labelloop.domain.quality import GoldTracker, QualityParams, ReviewQueue, process_import
+from labelloop.adapters.vendors.base import VendorError
+from labelloop.adapters.vendors.labelstudio import FROM_NAME, TO_NAME, LabelStudioVendor, label_config, project_title
+
+from .conftest import FEATURES, LABELS, make_batch
+
+pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
+
+
+@pytest.fixture(scope="module")
+def client(label_studio):
+    return label_studio.client()
+
+
+@pytest.fixture(scope="module")
+def users(client):
+    """annotator name -> Label Studio user id (created once; reused if the server already has them)."""
+    wanted = ["ann-a", "ann-b", "ann-c", "spammer"]
+    known = {u.email: u.id for u in client.users.list()}
+    ids = {}
+    for name in wanted:
+        email = f"{name}@labelloop.test"
+        if email not in known:
+            known[email] = client.users.create(email=email, username=name, first_name=name).id
+        ids[name] = known[email]
+    return ids
+
+
+@pytest.fixture
+def vendor(label_studio, tmp_path):
+    return LabelStudioVendor(label_studio.url, label_studio.token, tmp_path / "ls-state")
+
+
+def new_batch_id() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def annotate(client, vendor, batch_id, user_id, item_id, label=None, *, result=None, cancelled=False):
+    state = json.loads((vendor.state_dir / f"{batch_id}.json").read_text())
+    task_id = state["tasks"][item_id] if item_id in state["tasks"] else item_id
+    if result is None:
+        result = [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}]
+    return client.annotations.create(id=int(task_id), result=result, completed_by=user_id, was_cancelled=cancelled)
+
+
+def run_import(vendor, items, batch_id, state_dir, **params):
+    fetched = vendor.fetch_labels(batch_id)
+    return fetched, process_import(fetched.annotations, items, LABELS, batch_id=batch_id,
+                                   params=QualityParams(**params), state_dir=state_dir)
+
+
+def test_label_config_is_generated_from_the_label_set():
+    labels = ["cat", 'say "hi"', "a&b", "x'y"]
+    root = ElementTree.fromstring(label_config(labels))
+    assert [c.get("value") for c in root.iter("Choice")] == labels
+    assert root.find("Choices").get("toName") == root.find("Text").get("name")
+    with pytest.raises(VendorError):
+        label_config([])
+
+
+def test_missing_token_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    with pytest.raises(VendorError, match="LABEL_STUDIO_API_KEY"):
+        LabelStudioVendor.from_env("http://127.0.0.1:1", tmp_path)
+
+
+def test_export_tasks_carry_item_features_prediction_and_utility(client, vendor):
+    batch_id = new_batch_id()
+    batch, items = make_batch(batch_id)
+    receipt = vendor.export_batch(batch)
+    assert receipt.created and receipt.n_items == 6
+    project = client.projects.get(id=int(receipt.vendor_ref))
+    assert project.title == project_title(batch_id)
+    assert all(f'<Choice value="{c}"/>' in project.label_config for c in LABELS)
+    tasks = list(client.tasks.list(project=project.id, fields="all"))
+    assert len(tasks) == 6
+    by_item = {t.data["item_id"]: t for t in tasks}
+    row = items.iloc[0]
+    task = by_item[row["item_id"]]
+    assert set(task.data["features"]) == set(FEATURES)
+    assert "private_note" not in json.dumps(task.data) and "gold" not in json.dumps(task.data)
+    assert task.data["utility"] == pytest.approx(row["utility"])
+    predictions = list(client.predictions.list(task=task.id))
+    assert len(predictions) == 1 and predictions[0].score == pytest.approx(row["confidence"])
+    assert predictions[0].result[0]["value"]["choices"] == [row["predicted"]]
+
+
+def test_reexport_creates_no_duplicate_tasks_and_resumes_a_half_done_export(client, vendor):
+    batch_id = new_batch_id()
+    batch, items = make_batch(batch_id, n=8)
+    # A previous export died after creating the project and importing half of the tasks.
+    payloads = vendor.task_payloads(batch)
+    project = client.projects.create(title=project_title(batch_id), label_config=label_config(LABELS))
+    client.projects.import_tasks(id=project.id, request=payloads[:4], return_task_ids=True)
+    receipt = vendor.export_batch(batch)
+    assert receipt.created and receipt.vendor_ref == str(project.id)
+    again = vendor.export_batch(batch)
+    assert not again.created
+    tasks = list(client.tasks.list(project=project.id, fields="all"))
+    assert sorted(t.data["item_id"] for t in tasks) == sorted(items["item_id"])  # 8 tasks, none twice
+    # A fresh state dir (e.g. another machine) still finds the project instead of making a second one.
+    other = LabelStudioVendor(vendor.url, vendor._api_key, vendor.state_dir.parent / "other-state")
+    assert not other.export_batch(batch).created
+    assert len([p for p in client.projects.list(title=project_title(batch_id)) if p.title == project_title(batch_id)]) == 1
+
+
+def test_partial_return_leaves_unfinished_tasks_for_the_next_import(client, vendor, users, tmp_path):
+    batch_id = new_batch_id()
+    batch, items = make_batch(batch_id, wanted=[2, 1, 1, 1, 1, 1])
+    vendor.export_batch(batch)
+    ids = items["item_id"].tolist()
+    annotate(client, vendor, batch_id, users["ann-a"], ids[0], "cat")  # overlap item: 1 of 2 answers
+    annotate(client, vendor, batch_id, users["ann-a"], ids[1], "dog")
+    annotate(client, vendor, batch_id, users["ann-b"], ids[2], "dog", cancelled=True)  # skipped: no answer
+    fetched, outcome = run_import(vendor, items, batch_id, tmp_path / "qc")
+    assert outcome.labels["item_id"].tolist() == [ids[1]]
+    assert set(outcome.pending) == set(ids) - {ids[1]}
+    assert vendor.status(batch_id).n_completed == 1
+    assert json.loads(fetched.raw_payload)  # the raw export, as received
+    annotate(client, vendor, batch_id, users["ann-b"], ids[0], "cat")
+    for item in ids[2:]:
+        annotate(client, vendor, batch_id, users["ann-c"], item, "bird")
+    _, outcome = run_import(vendor, items, batch_id, tmp_path / "qc")
+    assert len(outcome.labels) == 6 and outcome.pending == []
+    row = outcome.labels.set_index("item_id").loc[ids[0]]
+    assert row["label"] == "cat" and row["n_votes"] == 2 and row["agreement"] == 1.0
+    assert vendor.status(batch_id).done
+    annotators = set(vendor.fetch_labels(batch_id).annotations["annotator_id"])
+    assert annotators == {"ann-a@labelloop.test", "ann-b@labelloop.test", "ann-c@labelloop.test"}
+
+
+def test_duplicate_unknown_label_unknown_item_and_malformed_annotations(client, vendor, users, tmp_path):
+    batch_id = new_batch_id()
+    batch, items = make_batch(batch_id)
+    receipt = vendor.export_batch(batch)
+    ids = items["item_id"].tolist()
+    annotate(client, vendor, batch_id, users["ann-a"], ids[0], "dog")
+    annotate(client, vendor, batch_id, users["ann-a"], ids[0], "cat")  # same annotator again: duplicate
+    annotate(client, vendor, batch_id, users["ann-a"], ids[1], "horse")  # not in the label set
+    annotate(client, vendor, batch_id, users["ann-a"], ids[2], result=[])  # submitted with no choice
+    annotate(client, vendor, batch_id, users["ann-a"], ids[3], "bird")
+    # Someone added a task by hand in the Label Studio UI: its item is not part of the batch.
+    stray = client.projects.import_tasks(id=int(receipt.vendor_ref), request=[{"data": {"item_id": "stray-item", "features": {}, "utility": 0}}],
+                                         return_task_ids=True).task_ids[0]
+    annotate(client, vendor, batch_id, users["ann-a"], stray, "cat")
+    _, outcome = run_import(vendor, items, batch_id, tmp_path / "qc")
+    assert dict(zip(outcome.labels["item_id"], outcome.labels["label"])) == {ids[0]: "cat", ids[3]: "bird"}
+    reasons = outcome.quarantined.set_index("item_id")["reason"]
+    assert reasons[ids[1]] == "label is not in the label set"
+    assert reasons["stray-item"] == "item_id is not in this batch"
+    assert "has no choice" in reasons[ids[2]]
+    assert "duplicate" in reasons[ids[0]]
+
+
+def test_annotator_below_gold_threshold_and_reimport(client, vendor, users, tmp_path):
+    batch_id = new_batch_id()
+    gold = {f"{batch_id}-g{i}": "bird" for i in range(5)}
+    batch, items = make_batch(batch_id, n=4, gold=gold)
+    vendor.export_batch(batch)
+    ids = [i for i in items["item_id"] if i not in gold]
+    for g in gold:
+        annotate(client, vendor, batch_id, users["ann-a"], g, "bird")
+        annotate(client, vendor, batch_id, users["spammer"], g, "cat")
+    annotate(client, vendor, batch_id, users["spammer"], ids[0], "cat")
+    annotate(client, vendor, batch_id, users["spammer"], ids[1], "dog")
+    annotate(client, vendor, batch_id, users["ann-b"], ids[1], "dog")
+    annotate(client, vendor, batch_id, users["ann-b"], ids[2], "cat")
+    params = {"min_gold_accuracy": 0.8, "min_gold_answers": 5}
+    _, first = run_import(vendor, items, batch_id, tmp_path / "qc", **params)
+    assert first.report.excluded_annotators == ["spammer@labelloop.test"]
+    assert set(first.labels["item_id"]) == {ids[1], ids[2]}
+    assert ReviewQueue(tmp_path / "qc" / "review_queue.json").pending() == [ids[0]]
+    _, second = run_import(vendor, items, batch_id, tmp_path / "qc", **params)  # re-import: nothing doubles
+    pd.testing.assert_frame_equal(first.labels, second.labels)
+    summary = GoldTracker(tmp_path / "qc" / "gold_tracker.json").summary().set_index("annotator_id")
+    assert summary.loc["spammer@labelloop.test", "n_gold"] == 5
+    assert len(ReviewQueue(tmp_path / "qc" / "review_queue.json").frame()) == 1
+
+
+def test_unreachable_server_and_unknown_batch(vendor, tmp_path, label_studio):
+    with pytest.raises(VendorError, match="never exported"):
+        vendor.fetch_labels("never-exported")
+    dead = LabelStudioVendor("http://127.0.0.1:9", label_studio.token, tmp_path / "dead")
+    batch, _ = make_batch(new_batch_id())
+    with pytest.raises(VendorError, match="failed"):
+        dead.export_batch(batch)
+    assert not any((tmp_path / "dead").glob("*.json"))  # durable state unchanged

@@ -1,0 +1,50 @@
+"""Cycle reports: what the labels cost and what each point of holdout accuracy cost."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from labelloop.batches import BatchMeta, BatchStore
+from labelloop.apps.reports import CycleRecord, append_history, label_spend
+
+
+def _batch(n: int, cost: float) -> BatchMeta:
+    return BatchMeta(batch_id=f"batch-{n:04d}-abcdef", key=f"k{n}", status="imported", strategy="margin", selector="topk",
+                     seed=0, params={}, n_items=10, created_at="2026-11-21T00:00:00Z", cost=cost)
+
+
+def test_cost_per_point_of_holdout_gain_since_the_seed_model(workspace):
+    append_history(workspace, CycleRecord(cycle=0, labels=50, data_tag="data-v1", champion_version="1", champion_accuracy=0.70,
+                                          champion_macro_f1=0.6, decision="promote", batch_id=None, new_labels=0))
+    store = BatchStore(workspace)
+    store.put(_batch(1, 12.5))
+    store.put(_batch(2, 7.5))
+    total, per_point = label_spend(workspace, 0.75)
+    assert total == 20.0 and per_point == pytest.approx(20.0 / 5.0)
+    assert label_spend(workspace, 0.70) == (20.0, None)  # no gain: nothing to divide by
+    line = CycleRecord(cycle=1, labels=70, data_tag="data-v2", champion_version="2", champion_accuracy=0.75,
+                       champion_macro_f1=0.7, decision="promote", batch_id=None, new_labels=20, cost=total,
+                       cost_per_point=per_point).line()
+    assert "cost 20.00 (4.00/pt)" in line
+
+
+def test_batch_report_prices_every_answer_ordered():
+    from labelloop.apps.reports import batch_markdown
+
+    meta = _batch(3, 0.0)
+    items = pd.DataFrame({"predicted": ["a", "b", "a"], "utility": [0.3, 0.2, 0.1]})
+    assert "| estimated cost | 5.00 |" in batch_markdown(meta, items, 0.5)  # before the plan: the 10 new items
+    meta.labels_ordered = 24  # overlap and gold answers are paid too
+    report = batch_markdown(meta, items, 0.5)
+    assert "| labels ordered | 24 |" in report and "| estimated cost | 12.00 |" in report
+
+
+def test_the_cycle_line_says_what_capture_gave_up():
+    from labelloop.apps.reports import CycleRecord
+
+    record = CycleRecord(cycle=3, labels=250, data_tag="data-v3", champion_version="3", champion_accuracy=0.9,
+                         champion_macro_f1=0.8, decision="promote", batch_id="b", new_labels=100,
+                         capture_lost="lost 1 unreadable log part: 120 rows, 4,096 bytes (see quarantine/)")
+    assert "capture lost 1 unreadable log part: 120 rows" in record.line()
+    assert "capture" not in CycleRecord(**{**record.__dict__, "capture_lost": None}).line()

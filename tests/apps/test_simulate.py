@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelloop.apps.simulate import (
+    SimulationConfig,
+    area_under_curve,
+    labels_to_target,
+    run_simulation,
+    savings_vs_random,
+    summarize,
+)
+
+
+def hand_curves():
+    n = [50, 150, 250, 350, 450]
+    rows = []
+    # full-pool value 0.9 → target 0.891
+    for rep, jitter in ((0, 0.0), (1, 0.002)):
+        for k, v in zip(n, [0.5, 0.895, 0.9, 0.9, 0.9]):
+            rows.append({"strategy": "margin", "repeat": rep, "n_labels": k, "accuracy": v + jitter, "minority_recall": 0.5})
+        for k, v in zip(n, [0.5, 0.6, 0.7, 0.85, 0.892]):
+            rows.append({"strategy": "random", "repeat": rep, "n_labels": k, "accuracy": v - jitter, "minority_recall": 0.4})
+        for k, v in zip(n, [0.5, 0.6, 0.7, 0.8, 0.85]):
+            rows.append({"strategy": "entropy", "repeat": rep, "n_labels": k, "accuracy": v, "minority_recall": 0.4})
+    return pd.DataFrame(rows)
+
+
+def test_savings_on_a_hand_made_curve():
+    summary = summarize(hand_curves(), [0.9, 0.9], "accuracy")
+    assert summary["target"] == pytest.approx(0.891)
+    s = summary["strategies"]
+    assert s["random"]["labels_to_target"] == 450  # mean 0.891 at 450 (0.892 − 0.001 mean jitter)
+    assert s["margin"]["labels_to_target"] == 150
+    assert s["margin"]["savings_vs_random_pct"] == pytest.approx(100 * (1 - 150 / 450))
+    assert s["margin"]["savings_is_lower_bound"] is False
+    assert s["entropy"]["labels_to_target"] is None
+    assert s["entropy"]["savings_vs_random_pct"] is None
+    assert s["random"]["savings_vs_random_pct"] == pytest.approx(0.0)
+
+
+def test_random_never_reaching_uses_the_budget_as_a_lower_bound():
+    curves = hand_curves()
+    curves = curves[~((curves["strategy"] == "random") & (curves["n_labels"] == 450))]
+    curves = pd.concat([curves, pd.DataFrame([
+        {"strategy": "random", "repeat": r, "n_labels": 450, "accuracy": 0.86, "minority_recall": 0.4} for r in (0, 1)
+    ])])
+    s = summarize(curves, [0.9, 0.9], "accuracy")["strategies"]
+    assert s["random"]["labels_to_target"] is None
+    assert s["margin"]["savings_vs_random_pct"] == pytest.approx(100 * (1 - 150 / 450))
+    assert s["margin"]["savings_is_lower_bound"] is True
+
+
+def test_helpers():
+    assert labels_to_target(np.array([300, 100, 200]), np.array([0.9, 0.1, 0.95]), 0.9) == 200
+    assert labels_to_target(np.array([100]), np.array([0.1]), 0.9) is None
+    assert savings_vs_random(None, 100, 500) == (None, False)
+    assert area_under_curve(np.array([0, 100]), np.array([0.0, 1.0])) == pytest.approx(0.5)
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="metric"):
+        SimulationConfig(data="x", metric="auc").validate()
+    with pytest.raises(ValueError, match="unknown strategy"):
+        SimulationConfig(data="x", strategies=["nope"]).validate()
+    with pytest.raises(ValueError, match="does not exist"):
+        run_simulation(SimulationConfig(data=str(tmp_path / "none.csv"), log_mlflow=False, progress=False))
+
+
+def test_tiny_simulation_end_to_end(tmp_path):
+    from labelloop.config import TrainParams
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.choice(["a", "b", "c"], size=n, p=[0.5, 0.4, 0.1])
+    centers = {"a": 0.0, "b": 2.0, "c": 4.0}
+    frame = pd.DataFrame({"x1": [centers[v] for v in y] + rng.normal(size=n), "x2": rng.normal(size=n), "target": y})
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    cfg = SimulationConfig(
+        data=str(path), label_col="target", strategies=["random", "margin", "hybrid"], seed_size=20, batch_size=20,
+        rounds=2, repeats=2, out=str(tmp_path / "out"), train_params=TrainParams(n_estimators=10, max_depth=3),
+        log_mlflow=False, progress=False,
+    )
+    summary = run_simulation(cfg)
+    curves = pd.read_csv(tmp_path / "out" / "curves.csv")
+    assert set(curves["strategy"]) == {"random", "margin", "hybrid"}
+    assert sorted(curves["n_labels"].unique()) == [20, 40, 60]
+    assert {"accuracy", "macro_f1", "minority_recall"} <= set(curves.columns)
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["strategies"].keys() == summary["strategies"].keys()
+    assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
+    # Same seed set for every strategy within a repeat: identical first points.
+    first = curves[curves["round"] == 0].groupby("repeat")["accuracy"].nunique()
+    assert (first == 1).all()
+
+
+@pytest.mark.slow
+def test_simulation_logs_to_mlflow(tmp_path):
+    from labelloop.config import TrainParams
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=200), "label": rng.choice(["p", "q"], size=200)})
+    path = tmp_path / "d.parquet"
+    frame.to_parquet(path)
+    out = tmp_path / "out"
+    run_simulation(SimulationConfig(
+        data=str(path), strategies=["random", "margin"], seed_size=10, batch_size=10, rounds=1, repeats=1,
+        out=str(out), train_params=TrainParams(n_estimators=5), progress=False,
+    ))
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("labelloop-simulate").experiment_id])
+    assert len(runs) == 3

@@ -1,0 +1,325 @@
+"""Unit tests of labelloop.domain.quality: aggregation, agreement, gold tracking, review queue, CL flags."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelloop.domain import quality as q
+
+
+def answers(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["item_id", "annotator_id", "label"])
+
+
+def noisy_crowd(n_items: int, accuracies: list[float], per_item: int, k: int = 4, seed: int = 0, systematic: bool = True):
+    rng = np.random.default_rng(seed)
+    classes = [f"c{i}" for i in range(k)]
+    truth = rng.integers(k, size=n_items)
+    rows = []
+    for i, t in enumerate(truth):
+        for a in rng.choice(len(accuracies), per_item, replace=False):
+            if rng.random() < accuracies[a]:
+                label = t
+            else:
+                label = (t + 1) % k if systematic else rng.choice([c for c in range(k) if c != t])
+            rows.append((f"i{i}", f"a{a}", classes[label]))
+    return answers(rows), pd.Series([classes[t] for t in truth], index=[f"i{i}" for i in range(n_items)]), classes
+
+
+def accuracy(labels: pd.DataFrame, truth: pd.Series) -> float:
+    return float((labels["label"].to_numpy() == truth.reindex(labels["item_id"]).to_numpy()).mean())
+
+
+# ------------------------------------------------------------------------------------------ majority
+def test_majority_vote_columns_agreement_and_ties():
+    out = q.majority_vote(answers([
+        ("x", "a", "cat"), ("x", "b", "cat"), ("x", "c", "dog"),
+        ("y", "a", "cat"), ("y", "b", "dog"),
+        ("z", "a", "dog"),
+    ]))
+    assert list(out.columns) == q.AGGREGATION_COLUMNS
+    rows = out.set_index("item_id")
+    assert rows.loc["x", "label"] == "cat" and rows.loc["x", "n_votes"] == 3
+    assert rows.loc["x", "agreement"] == pytest.approx(2 / 3)
+    assert not rows.loc["x", "needs_review"]
+    assert rows.loc["y", "needs_review"] and rows.loc["y", "review_reason"] == q.REASON_NO_AGREEMENT
+    assert rows.loc["z", "agreement"] == 1.0 and rows.loc["z", "n_votes"] == 1
+    assert set(out["method"]) == {"majority"}
+
+
+def test_majority_vote_min_agreement_sends_weak_winners_to_review():
+    data = answers([("x", "a", "1"), ("x", "b", "1"), ("x", "c", "2"), ("x", "d", "3")])
+    assert not q.majority_vote(data, min_agreement=0.5)["needs_review"].iloc[0]
+    assert q.majority_vote(data, min_agreement=0.6)["needs_review"].iloc[0]
+    with pytest.raises(ValueError, match="min_agreement"):
+        q.majority_vote(data, min_agreement=1.5)
+
+
+def test_majority_vote_empty_and_missing_columns():
+    empty = q.majority_vote(answers([]))
+    assert empty.empty and list(empty.columns) == q.AGGREGATION_COLUMNS
+    with pytest.raises(ValueError, match="annotator_id"):
+        q.majority_vote(pd.DataFrame({"item_id": ["x"], "label": ["a"]}))
+
+
+# --------------------------------------------------------------------------------------- Dawid-Skene
+def test_dawid_skene_beats_majority_with_systematic_spammers():
+    data, truth, classes = noisy_crowd(1500, [0.92, 0.88, 0.85, 0.35, 0.3], per_item=3)
+    mv = q.majority_vote(data)
+    ds = q.dawid_skene(data, classes)
+    assert ds.converged
+    assert accuracy(ds.labels, truth) > accuracy(mv, truth) + 0.05
+    # The recovered confusion matrices rank annotators by their true accuracy.
+    diag = {a: float(np.mean(np.diag(m))) for a, m in ds.confusion.items()}
+    assert diag["a0"] > diag["a3"] and diag["a1"] > diag["a4"]
+    assert ds.labels["posterior"].between(0, 1).all()
+    assert set(ds.labels["method"]) == {"dawid_skene"}
+
+
+def test_dawid_skene_gold_pins_items_and_rejects_unknown_labels():
+    data, truth, classes = noisy_crowd(200, [0.9, 0.6, 0.6], per_item=3, seed=1)
+    gold = truth.iloc[:20]
+    ds = q.dawid_skene(data, classes, gold=gold)
+    pinned = ds.labels.set_index("item_id").loc[gold.index]
+    assert (pinned["label"] == gold).all() and (pinned["posterior"] == 1.0).all()
+    with pytest.raises(ValueError, match="not in the label set"):
+        q.dawid_skene(data, classes[:2])
+
+
+def test_aggregate_dispatch():
+    data = answers([("x", "a", "1"), ("x", "b", "1"), ("x", "c", "2")])
+    assert q.aggregate(data, "majority")["method"].iloc[0] == "majority"
+    assert q.aggregate(data, "dawid_skene", classes=["1", "2"])["label"].iloc[0] == "1"
+    with pytest.raises(ValueError, match="allowed"):
+        q.aggregate(data, "median")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------- agreement
+def test_cohen_kappa_known_values():
+    assert q.cohen_kappa(list("aabb"), list("aabb")) == pytest.approx(1.0)
+    # Classic example: observed .7, expected .5 -> .4
+    a = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert q.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert np.isnan(q.cohen_kappa(["a"], ["a"]))
+    with pytest.raises(ValueError):
+        q.cohen_kappa(["a", "b"], ["a"])
+
+
+def test_fleiss_kappa_matches_wikipedia_example():
+    # Fleiss (1971) example from Wikipedia: 10 items, 14 raters, 5 categories -> kappa 0.210
+    table = [
+        [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+    ]
+    rows = []
+    for i, counts in enumerate(table):
+        rater = 0
+        for category, n in enumerate(counts):
+            for _ in range(n):
+                rows.append((f"i{i}", f"r{rater}", f"c{category}"))
+                rater += 1
+    assert q.fleiss_kappa(answers(rows)) == pytest.approx(0.210, abs=1e-3)
+
+
+def test_agreement_report_only_counts_overlap_items():
+    data = answers([("x", "a", "1"), ("x", "b", "1"), ("y", "a", "1"), ("y", "b", "2"), ("z", "a", "2"),
+                    ("w", "a", "2"), ("w", "b", "2")])
+    report = q.agreement_report(data)
+    assert report["n_items"] == 4 and report["n_overlap_items"] == 3
+    assert report["percent_agreement"] == pytest.approx(2 / 3)
+    assert len(report["cohen_kappa_pairs"]) == 1 and report["cohen_kappa_pairs"][0]["n_items"] == 3
+    assert np.isfinite(report["fleiss_kappa"])
+    assert np.isnan(q.agreement_report(answers([("x", "a", "1")]))["fleiss_kappa"])
+
+
+# ---------------------------------------------------------------------------------------------- gold
+def test_gold_tracker_accumulates_is_idempotent_and_excludes(tmp_path):
+    gold = pd.Series({"g1": "1", "g2": "2", "g3": "1"})
+    batch1 = answers([("g1", "good", "1"), ("g2", "good", "2"), ("g3", "good", "1"),
+                      ("g1", "bad", "2"), ("g2", "bad", "2"), ("g3", "bad", "2"), ("x", "bad", "1")])
+    tracker = q.GoldTracker(tmp_path / "gold.json")
+    tracker.record("b1", q.gold_answers(batch1, gold))
+    tracker.record("b1", q.gold_answers(batch1, gold))  # re-run import: no double count
+    summary = tracker.summary().set_index("annotator_id")
+    assert summary.loc["good", "n_gold"] == 3 and summary.loc["bad", "n_correct"] == 1
+    assert tracker.excluded(threshold=0.7, min_answers=5) == []  # too few answers to judge yet
+    tracker.record("b2", q.gold_answers(batch1.replace({"b1": "b2"}), gold))
+    reloaded = q.GoldTracker(tmp_path / "gold.json")  # persisted across batches / processes
+    assert reloaded.summary().set_index("annotator_id").loc["bad", "n_gold"] == 6
+    assert reloaded.excluded(threshold=0.7, min_answers=5) == ["bad"]
+
+
+def test_gold_tracker_rejects_foreign_file(tmp_path):
+    path = tmp_path / "gold.json"
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="not a gold tracker"):
+        q.GoldTracker(path)
+
+
+def test_exclude_annotators_requeues_items_left_without_answers():
+    data = answers([("x", "bad", "1"), ("y", "bad", "1"), ("y", "ok", "2")])
+    kept, dropped, requeue = q.exclude_annotators(data, ["bad"])
+    assert len(kept) == 1 and len(dropped) == 2 and requeue == ["x"]
+
+
+# ---------------------------------------------------------------------------------- confident learning
+def test_confident_learning_flags_confident_contradictions_only():
+    labels = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "label": ["cat", "cat", "dog", "dog"]})
+    probas = pd.DataFrame({"item_id": ["a", "b", "c", "d"],
+                           "proba_cat": [0.9, 0.03, 0.2, 0.55], "proba_dog": [0.1, 0.97, 0.8, 0.45]})
+    flags = q.confident_learning_flags(labels, probas, min_confidence=0.9).set_index("item_id")
+    assert flags.loc["b", "flagged"] and flags.loc["b", "model_label"] == "dog"
+    assert not flags.loc["a", "flagged"] and not flags.loc["c", "flagged"]
+    assert not flags.loc["d", "flagged"]  # contradiction, but not confident
+    with pytest.raises(ValueError, match="proba_"):
+        q.confident_learning_flags(labels, probas[["item_id"]])
+
+
+# -------------------------------------------------------------------------------------- review queue
+def test_review_queue_add_is_idempotent_and_tracks_sending(tmp_path):
+    queue = q.ReviewQueue(tmp_path / "review.json")
+    entries = pd.DataFrame({"item_id": ["x", "y"], "reason": [q.REASON_NO_AGREEMENT, q.REASON_MODEL_CONTRADICTS]})
+    assert queue.add("b1", entries) == 2
+    assert queue.add("b1", entries) == 0
+    assert q.ReviewQueue(tmp_path / "review.json").pending() == ["x", "y"]
+    queue.mark_sent(["x"], "b2")
+    assert queue.pending() == ["y"]
+    queue.resolve(["x"])
+    frame = q.ReviewQueue(tmp_path / "review.json").frame().set_index("item_id")
+    assert frame.loc["x", "status"] == "resolved" and frame.loc["x", "sent_batch"] == "b2"
+
+
+def test_review_queue_stops_resending_an_item_after_max_sends(tmp_path):
+    queue = q.ReviewQueue(tmp_path / "review.json")
+    flagged = pd.DataFrame({"item_id": ["x"], "reason": [q.REASON_MODEL_CONTRADICTS]})
+    queue.add("b1", flagged)
+    queue.mark_sent(["x"], "b2")
+    queue.add("b2", flagged)  # the re-send came back flagged again
+    assert queue.pending(max_sends=2) == ["x"]
+    queue.mark_sent(["x"], "b3")
+    queue.add("b3", flagged)
+    assert queue.pending(max_sends=2) == [] and queue.pending() == ["x"]  # left to a human reviewer
+
+
+# ------------------------------------------------------------------------------------- export helpers
+def test_plan_quality_items_adds_gold_overlap_and_respects_guard():
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(20)], "f": range(20), "utility": np.linspace(1, 0, 20)})
+    gold_pool = pd.DataFrame({"item_id": [f"g{i}" for i in range(10)], "f": range(10), "label": ["a"] * 10})
+    plan = q.plan_quality_items(items, gold_pool=gold_pool, gold_share=0.1, overlap_share=0.25,
+                                overlap_annotators=3, max_batch_size=25, seed=3)
+    assert len(plan) == 22 and plan["is_gold"].sum() == 2  # gold is extra: the 20 new items all stay
+    assert (plan.loc[plan["is_gold"], "gold_label"] == "a").all()
+    assert (plan.loc[plan["is_gold"], "annotators_wanted"] == 3).all()
+    assert plan.loc[plan["is_gold"], "utility"].isin(items["utility"]).all()  # not spottable by score
+    new = plan[~plan["is_gold"]]
+    assert set(new["item_id"]) == set(items["item_id"])
+    assert (new["annotators_wanted"] == 3).sum() == round(0.25 * 20)
+    assert "label" not in plan.columns
+    with pytest.raises(ValueError, match="gold_share"):
+        q.plan_quality_items(items, gold_share=2)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        q.plan_quality_items(items, max_batch_size=19)
+
+
+def test_plan_quality_items_extras_fill_the_room_gold_then_review_then_easy():
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(10)], "utility": np.linspace(1, 0, 10), "confidence": 0.4})
+    gold_pool = pd.DataFrame({"item_id": [f"g{i}" for i in range(5)], "label": ["a"] * 5})
+    review = pd.DataFrame({"item_id": ["r1", "r2", "r3"], "utility": 0.5, "confidence": 0.5, "is_gold": False,
+                           "annotators_wanted": 1})
+    easy_pool = pd.DataFrame({"item_id": ["e1", "e2", "e3", "i0"], "confidence": [0.99, 0.97, 0.6, 1.0]})
+    plan = q.plan_quality_items(items, gold_pool=gold_pool, gold_share=0.2, review_items=review, easy_pool=easy_pool,
+                                easy_share=0.2, overlap_annotators=2, max_batch_size=14, seed=0)
+    assert len(plan) == 14
+    assert plan["is_gold"].sum() == 2 and sorted(plan.loc[plan["is_review"], "item_id"]) == ["r1", "r2"]
+    assert plan["is_easy"].sum() == 0  # no room left: r3 and the easy items wait
+    assert (plan.loc[plan["is_review"], "annotators_wanted"] == 2).all()  # a second look needs several eyes
+    roomy = q.plan_quality_items(items, review_items=review, easy_pool=easy_pool, easy_share=0.2, seed=0)
+    assert sorted(roomy.loc[roomy["is_easy"], "item_id"]) == ["e1", "e2"]  # most confident, not already in
+    assert set(items["item_id"]) <= set(roomy["item_id"]) and len(roomy) == 15
+
+
+def test_cost_helpers():
+    assert q.batch_cost(120, 0.05) == {"labels_bought": 120, "cost": pytest.approx(6.0)}
+    assert q.cost_per_point(6.0, 0.03) == pytest.approx(2.0)
+    assert np.isnan(q.cost_per_point(6.0, 0.0))
+
+
+# --------------------------------------------------------------------------------------- whole pass
+def test_run_quality_control_excludes_spammer_and_flags_review(tmp_path):
+    gold = pd.Series({f"g{i}": "1" for i in range(6)})
+    rows = []
+    for g in gold.index:
+        rows += [(g, "good", "1"), (g, "spam", "2")]
+    rows += [("x", "spam", "2"), ("y", "good", "1"), ("y", "spam", "2"), ("z", "good", "1"), ("z", "other", "2")]
+    report = q.run_quality_control(answers(rows), batch_id="b1", classes=["1", "2"], gold=gold,
+                                   tracker=q.GoldTracker(tmp_path / "g.json"), min_gold_accuracy=0.6, min_gold_answers=5)
+    assert report.excluded_annotators == ["spam"]
+    assert report.requeue == ["x"]
+    assert set(report.accepted["item_id"]) == {"y"}  # spam's vote removed; gold never accepted
+    review = report.review.set_index("item_id")["reason"]
+    assert review["z"] == q.REASON_NO_AGREEMENT and review["x"] == q.REASON_ANNOTATOR_EXCLUDED
+    assert report.summary["n_requeued"] == 1
+
+
+def test_process_import_end_to_end_is_idempotent(tmp_path):
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "g1"], "is_gold": [False, False, False, True],
+                          "gold_label": [None, None, None, "dog"]})
+    data = pd.DataFrame({
+        "item_id": ["a", "a", "b", "g1", "g1", "zzz", "b"],
+        "annotator_id": ["u1", "u2", "u1", "u1", "u2", "u1", "u2"],
+        "label": ["cat", "cat", "dog", "dog", "dog", "cat", "bird"],
+        "annotation_id": list("1234567"),
+    })
+    probas = pd.DataFrame({"item_id": ["a", "b", "c"], "proba_cat": [0.01, 0.5, 0.5], "proba_dog": [0.99, 0.5, 0.5]})
+    params = q.QualityParams(contradiction_confidence=0.95)
+    first = q.process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path, probas=probas)
+    second = q.process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path, probas=probas)
+    pd.testing.assert_frame_equal(first.labels, second.labels)
+    assert list(first.labels["item_id"]) == ["b"]  # a: model contradicts; g1: gold
+    assert set(first.quarantined["reason"]) == {"item_id is not in this batch", "label is not in the label set"}
+    assert first.pending == ["c"]
+    queue = q.ReviewQueue(tmp_path / "review_queue.json")
+    assert queue.pending() == ["a"] and len(queue.frame()) == 1
+    assert q.GoldTracker(tmp_path / "gold_tracker.json").summary()["n_gold"].tolist() == [1, 1]
+
+
+def test_dawid_skene_stays_sane_with_many_classes_and_few_answers():
+    # 26 classes, ~2 answers per item: without a diagonal prior EM can drift to a permuted solution.
+    data, truth, classes = noisy_crowd(60, [0.9, 0.85, 0.8, 0.8, 0.5], per_item=1, k=26, seed=4, systematic=False)
+    ds = q.dawid_skene(data, classes)
+    mv = q.majority_vote(data)
+    assert accuracy(ds.labels, truth) >= accuracy(mv, truth) - 0.02
+
+
+# ------------------------------------------------------------------------------ normalised annotators
+def test_look_alike_annotator_ids_are_one_voter_in_votes_gold_and_agreement(tmp_path):
+    """`alice` and `alice\\u200b` are one person: one vote, one gold record, no agreement with herself."""
+    items = pd.DataFrame({"item_id": ["a", "b", "g1", "g2", "g3", "g4"], "is_gold": [False, False, True, True, True, True],
+                          "gold_label": [None, None, "dog", "dog", "dog", "dog"]})
+    data = pd.DataFrame({
+        "item_id": ["a", "a", "b", "b", "g1", "g2", "g3", "g4"],
+        "annotator_id": ["alice", "alice\u200b", "carol", "ｃａｒｏｌ\ufeff", "spam", "spam\u200b", " spam", "spam\u2060"],
+        "label": ["cat", "cat", "dog", "dog", "cat", "cat", "cat", "cat"],
+    })
+    params = q.QualityParams(min_gold_accuracy=0.5, min_gold_answers=4)
+    outcome = q.process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path)
+    assert outcome.final.set_index("item_id").loc[["a", "b"], "n_votes"].tolist() == [1, 1]
+    assert outcome.report.agreement["n_overlap_items"] == 0  # nobody agreed with themself
+    gold = q.GoldTracker(tmp_path / "gold_tracker.json").summary()
+    assert gold[["annotator_id", "n_gold"]].values.tolist() == [["spam", 4]]
+    assert outcome.report.excluded_annotators == ["spam"]  # 4 wrong gold answers by one person
+
+
+def test_gold_records_written_before_normalisation_merge_into_one_annotator(tmp_path):
+    path = tmp_path / "gold_tracker.json"
+    path.write_text(json.dumps({"batches": {"b0": {"alice\u200b": [3, 0], "bob": [1, 1]}}}))
+    tracker = q.GoldTracker(path)
+    tracker.record("b1", pd.DataFrame({"annotator_id": ["alice"], "n_gold": [2], "n_correct": [0]}))
+    summary = tracker.summary().set_index("annotator_id")
+    assert summary.loc["alice", "n_gold"] == 5 and list(summary.index) == ["alice", "bob"]
+    assert tracker.excluded(0.5, min_answers=5) == ["alice"]

@@ -1,0 +1,112 @@
+"""The import stage on a real workspace: archive, GX validation, quarantine, aggregation, status."""
+
+import json
+
+import pandas as pd
+
+from labelloop.batches import BatchStore, export_batches, select_batch
+from labelloop.config import ExportParams, ImportParams, SelectParams
+from labelloop.stages.importing import import_labels
+from labelloop.adapters.vendors import make_vendor
+from labelloop.adapters.vendors.base import ANNOTATION_COLUMNS, FetchedLabels
+from tests.stages.test_select_export import _pool
+
+
+def _exported_batch(ws, size=12, annotators_wanted=1, export=None):
+    _pool(ws, n=40)
+    meta = select_batch(ws, SelectParams(batch_size=size))
+    export = export or ExportParams()
+    if annotators_wanted > 1:  # every item is an overlap item
+        export = export.model_copy(update={"overlap_share": 1.0, "overlap_annotators": annotators_wanted})
+    vendor = make_vendor(export, ws.root)
+    export_batches(ws, export, vendor)
+    return meta.batch_id, vendor
+
+
+class _Replay:
+    """A vendor returning a fixed payload (what a real vendor sent, replayed)."""
+
+    def __init__(self, batch_id, rows):
+        self.batch_id, self.rows = batch_id, rows
+
+    def fetch_labels(self, batch_id):
+        frame = pd.DataFrame(self.rows, columns=ANNOTATION_COLUMNS)
+        return FetchedLabels(batch_id, frame, frame.to_json(orient="records", lines=True).encode(), "labels.jsonl")
+
+
+def test_import_archives_raw_payload_aggregates_and_marks_the_batch(workspace):
+    batch_id, vendor = _exported_batch(workspace)
+    [report] = import_labels(workspace, ImportParams(), vendor)
+    assert (report.n_items, report.n_labelled, report.status) == (12, 12, "imported")
+    raw = list((workspace.raw_labels_dir / batch_id).iterdir())
+    assert len(raw) == 1 and raw[0].name.endswith("labels.jsonl")
+    assert BatchStore(workspace).get(batch_id).status == "imported"
+    assert import_labels(workspace, ImportParams(), vendor) == []  # nothing left to import
+
+
+def test_dawid_skene_is_used_when_configured(workspace):
+    export = ExportParams(simulated={"annotators": 3, "error_rate": 0.2, "seed": 1})
+    batch_id, vendor = _exported_batch(workspace, annotators_wanted=3, export=export)
+    [report] = import_labels(workspace, ImportParams(aggregation="dawid_skene", min_agreement=0.0), vendor)
+    final = BatchStore(workspace).final_labels(batch_id)
+    assert report.n_answers == 36
+    assert set(final["method"]) == {"dawid_skene"} and (final["n_votes"] == 3).all()
+
+
+def test_bad_answers_are_quarantined_with_the_failed_expectation_and_the_rest_kept(workspace):
+    batch_id, _ = _exported_batch(workspace, size=3)
+    items = BatchStore(workspace).items(batch_id).item_id.tolist()
+    label = workspace.schema().class_names[0]
+    rows = [(items[0], "ann1", label, "1"), ("not-in-batch", "ann1", label, "2"), (items[1], "ann1", "zebra", "3"),
+            (items[2], "ann1", None, "4"), (items[0], "ann1", label, "5")]
+    [report] = import_labels(workspace, ImportParams(), _Replay(batch_id, rows))
+    assert report.n_labelled == 1 and report.status == "partial"
+    [quarantine] = list(workspace.quarantine_dir.glob(f"labels-{batch_id}-*.jsonl"))
+    reasons = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert len(reasons) == 4 and all(r["reason"] for r in reasons)
+    assert {r["annotation_id"] for r in reasons} == {"1", "2", "3", "4"}  # an annotator's last answer counts
+
+
+def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(workspace):
+    from labelloop.config import dump_params
+    from labelloop.core.io import write_text
+    from labelloop.domain.quality import GoldTracker, ReviewQueue
+
+    # Two simulated annotators: sim-0 is right, sim-1 is wrong 95% of the time.
+    export = ExportParams(price_per_label=0.5, gold_share=0.5, overlap_share=0.2, overlap_annotators=2,
+                          simulated={"annotators": 2, "error_rates": [0.0, 0.95], "seed": 3})
+    write_text(workspace.params_path, dump_params(workspace.params().with_overrides(export=export)))
+    qc = ImportParams(min_gold_accuracy=0.8, min_gold_answers=5)
+    _pool(workspace, n=40)
+    store = BatchStore(workspace)
+    vendor = make_vendor(export, workspace.root)
+    first = select_batch(workspace, SelectParams(batch_size=10)).batch_id
+    export_batches(workspace, export, vendor)
+    plan = store.items(first)
+    answers = vendor.fetch_labels(first).annotations
+    per_item = answers.groupby("item_id")["annotator_id"].nunique()
+    assert (per_item.reindex(plan["item_id"]).to_numpy() == plan["annotators_wanted"].to_numpy()).all()  # overlap answered by N
+    [report] = import_labels(workspace, qc, vendor)
+    meta = store.get(first)
+    assert meta.labels_bought == len(answers) == meta.labels_ordered == 10 + 2 + 5 * 2
+    assert meta.cost == 0.5 * meta.labels_bought
+    assert GoldTracker(workspace.root / "quality" / "gold_tracker.json").excluded(0.8) == ["sim-1"]
+    final = store.final_labels(first)
+    only_sim1 = set(per_item[per_item == 1].index) & set(answers.loc[answers["annotator_id"] == "sim-1", "item_id"])
+    assert only_sim1 and not only_sim1 & set(final["item_id"])  # excluded answers never become labels
+    queue = ReviewQueue(workspace.root / "quality" / "review_queue.json")
+    assert only_sim1 <= set(queue.pending())
+
+    second = select_batch(workspace, SelectParams(batch_size=10, seed=1)).batch_id
+    export_batches(workspace, export, vendor)
+    plan2 = store.items(second)
+    resent = set(plan2.loc[plan2["is_review"], "item_id"])
+    assert only_sim1 <= resent and (plan2.loc[plan2["is_review"], "annotators_wanted"] == 2).all()
+    assert store.get(second).n_items == 10 and len(plan2) == 10 + 5 + len(resent)  # re-sends are outside the budget
+    assert store.get(second).quality["n_review"] == len(resent)
+    store.mark(second, status="selected")  # killed after the vendor call: the queue already says "sent"
+    export_batches(workspace, export, vendor)
+    pd.testing.assert_frame_equal(store.items(second), plan2)  # the rerun still sends the review items
+    import_labels(workspace, qc, vendor)
+    assert only_sim1 <= set(store.final_labels(second)["item_id"])  # sim-0's answer settles them
+    assert not only_sim1 & set(ReviewQueue(queue.path).pending())  # resolved once accepted
