@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labelloop import distributed  # noqa: E402
+from labelloop.adapters import dask as distributed  # noqa: E402
 
 N_FEATURES, CLASSES = 36, ["1", "2", "3", "4", "5", "7"]
 FEATURES = [f"f{i:02d}" for i in range(N_FEATURES)]

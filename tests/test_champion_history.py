@@ -133,7 +133,7 @@ def test_a_gate_killed_right_after_moving_the_alias_gets_its_record_from_the_nex
     tracking.train_challenger(ws, FAST)
     decision = tracking.evaluate_gate(ws, NAME, GateParams(min_delta=-1.0, min_new_labels=0))
     tracking.record_decision(ws, NAME, decision)
-    code = ("import sys; from labelloop import tracking; from labelloop.workspace import Workspace; "
+    code = ("import sys; from labelloop.adapters import tracking; from labelloop.workspace import Workspace; "
             "tracking.promote(Workspace.at(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])")
     killed = subprocess.run([sys.executable, "-c", code, str(ws.root), NAME, decision.challenger_version, "gate passed"],
                             cwd=REPO, env=dict(os.environ, **{ENV: "gate.after_champion"}, PYTHONPATH=str(REPO)),

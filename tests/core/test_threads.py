@@ -117,7 +117,7 @@ _PROBE = (
     "import labelloop.flows.cli\n"
     "gomp = lambda: any('libgomp' in line for line in open('/proc/self/maps'))\n"
     "print(os.environ.get('OMP_WAIT_POLICY'), gomp())\n"
-    "result = CliRunner().invoke(flows.cli.app, ['strategies'])\n"
+    "result = CliRunner().invoke(labelloop.flows.cli.app, ['strategies'])\n"
     "assert result.exit_code == 0, result.output\n"
     "import labelloop.model\n"
     "print(os.environ.get('OMP_WAIT_POLICY'), gomp())\n"
