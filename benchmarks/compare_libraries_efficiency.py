@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from labelloop.domain.acquisition.registry import register_strategy  # noqa: E402
+from labelloop.domain.acquisition.registry import STRATEGIES, StrategySpec
 
 BATCH = {"size": 100}  # set from --batch-size before the run: the library queries need it
 
@@ -50,8 +50,7 @@ def _picked(n: int, chosen: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return out
 
 
-@register_strategy("skactiveml_margin", chunkable=False, cost="scikit-activeml margin_sampling + simple_batch")
-def skactiveml_margin(probas, *, rng, **_):
+def skactiveml_margin(probas, *, rng):
     from skactiveml.pool import uncertainty_scores
     from skactiveml.utils import simple_batch
 
@@ -72,8 +71,7 @@ class _GivenProbas:
         return self.probas[np.asarray(dataset)]
 
 
-@register_strategy("smalltext_breaking_ties", chunkable=False, cost="small-text BreakingTies().query")
-def smalltext_breaking_ties(probas, **_):
+def smalltext_breaking_ties(probas):
     from small_text.query_strategies import BreakingTies
 
     probas, ok = _finite_rows(probas)
@@ -93,8 +91,7 @@ def _with_labelled(features, labelled_features, labelled_labels, class_names):
     return x, y, len(labelled_features)
 
 
-@register_strategy("skactiveml_typiclust", needs=("features", "labelled"), chunkable=False, cost="scikit-activeml TypiClust")
-def skactiveml_typiclust(probas, *, rng, features=None, labelled_features=None, labelled_labels=None, class_names=None, **_):
+def skactiveml_typiclust(probas, *, rng, features=None, labelled_features=None, labelled_labels=None, class_names=None):
     from skactiveml.pool import TypiClust
 
     probas, ok = _finite_rows(probas)
@@ -105,8 +102,7 @@ def skactiveml_typiclust(probas, *, rng, features=None, labelled_features=None, 
     return _picked(len(probas), np.asarray(chosen) - n_lab, ok)
 
 
-@register_strategy("skactiveml_coreset", needs=("features", "labelled"), chunkable=False, cost="scikit-activeml CoreSet")
-def skactiveml_coreset(probas, *, rng, features=None, labelled_features=None, labelled_labels=None, class_names=None, **_):
+def skactiveml_coreset(probas, *, rng, features=None, labelled_features=None, labelled_labels=None, class_names=None):
     from skactiveml.pool import CoreSet
 
     probas, ok = _finite_rows(probas)
@@ -117,9 +113,19 @@ def skactiveml_coreset(probas, *, rng, features=None, labelled_features=None, la
     return _picked(len(probas), np.asarray(chosen) - n_lab, ok)
 
 
+# The libraries' strategies, under the names --strategies takes; they join the strategy table in main().
+LIBRARY_STRATEGIES = {
+    "skactiveml_margin": StrategySpec(skactiveml_margin, "scikit-activeml margin_sampling + simple_batch", chunkable=False),
+    "smalltext_breaking_ties": StrategySpec(smalltext_breaking_ties, "small-text BreakingTies().query", chunkable=False),
+    "skactiveml_typiclust": StrategySpec(skactiveml_typiclust, "scikit-activeml TypiClust", chunkable=False),
+    "skactiveml_coreset": StrategySpec(skactiveml_coreset, "scikit-activeml CoreSet", chunkable=False),
+}
+
+
 def main(argv: list[str] | None = None) -> dict:
     import label_efficiency
 
+    STRATEGIES.update(LIBRARY_STRATEGIES)  # type: ignore[arg-type]  # benchmark-only names
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--batch-size" in argv:
         BATCH["size"] = int(argv[argv.index("--batch-size") + 1])

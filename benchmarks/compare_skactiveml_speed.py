@@ -21,9 +21,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
+    """Seconds `fn(*args, **kwargs)` took, and its result."""
     started = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return time.perf_counter() - started, out
 
 
@@ -45,17 +46,21 @@ def main() -> None:
         y = np.full(len(X), np.nan)
         y[: args.labelled] = probas[: args.labelled].argmax(axis=1)
         Xc, lab = X[args.labelled:], X[: args.labelled]
-        utilities = get_strategy("margin").fn(probas[args.labelled:], rng=None)
+        utilities = get_strategy("margin").fn(probas[args.labelled:])
         full_m = max(1, n // args.batch)
         get_selector("cluster").fn(utilities[:2000], 10, rng=np.random.default_rng(0), features=Xc[:2000])  # warm imports
         row = {"rows": n, "batch": args.batch}
-        row["labelloop_coreset_full_s"], _ = timed(lambda: get_selector("coreset").fn(utilities, args.batch, rng=np.random.default_rng(0), features=Xc, labelled_features=lab, top_m_factor=full_m))
-        row["labelloop_coreset_topM_s"], _ = timed(lambda: get_selector("coreset").fn(utilities, args.batch, rng=np.random.default_rng(0), features=Xc, labelled_features=lab))
-        row["labelloop_cluster_full_s"], _ = timed(lambda: get_selector("cluster").fn(utilities, args.batch, rng=np.random.default_rng(0), features=Xc, top_m_factor=full_m))
-        row["labelloop_cluster_topM_s"], _ = timed(lambda: get_selector("cluster").fn(utilities, args.batch, rng=np.random.default_rng(0), features=Xc))
+        coreset, cluster = get_selector("coreset").fn, get_selector("cluster").fn
+        row["labelloop_coreset_full_s"], _ = timed(coreset, utilities, args.batch, rng=np.random.default_rng(0), features=Xc,
+                                                   labelled_features=lab, top_m_factor=full_m)
+        row["labelloop_coreset_topM_s"], _ = timed(coreset, utilities, args.batch, rng=np.random.default_rng(0), features=Xc,
+                                                   labelled_features=lab)
+        row["labelloop_cluster_full_s"], _ = timed(cluster, utilities, args.batch, rng=np.random.default_rng(0), features=Xc,
+                                                   top_m_factor=full_m)
+        row["labelloop_cluster_topM_s"], _ = timed(cluster, utilities, args.batch, rng=np.random.default_rng(0), features=Xc)
         if n <= args.skip_skactiveml_above:
-            row["skactiveml_coreset_s"], _ = timed(lambda: CoreSet(random_state=0).query(X, y, batch_size=args.batch))
-            row["skactiveml_typiclust_s"], _ = timed(lambda: TypiClust(random_state=0).query(X, y, batch_size=args.batch))
+            row["skactiveml_coreset_s"], _ = timed(CoreSet(random_state=0).query, X, y, batch_size=args.batch)
+            row["skactiveml_typiclust_s"], _ = timed(TypiClust(random_state=0).query, X, y, batch_size=args.batch)
         results.append(row)
         print(json.dumps(row), flush=True)
     print("reproduce: benchmarks/.venv-bench/bin/python benchmarks/compare_skactiveml_speed.py " + " ".join(sys.argv[1:]))

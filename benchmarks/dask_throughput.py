@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labelloop.adapters import dask as distributed  # noqa: E402
+from labelloop.adapters import dask as distributed
 
 N_FEATURES, CLASSES = 36, ["1", "2", "3", "4", "5", "7"]
 FEATURES = [f"f{i:02d}" for i in range(N_FEATURES)]
@@ -61,7 +61,8 @@ def ensure_log(root: Path, rows: int, parts: int) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         make_part(rng, i * per_part, n, day).to_parquet(path, index=False)
     stamp.write_text(json.dumps(wanted))
-    print(f"wrote {rows:,} rows in {parts} parts under {root / 'predictions'} in {time.perf_counter() - started:.0f} s", flush=True)
+    seconds = time.perf_counter() - started
+    print(f"wrote {rows:,} rows in {parts} parts under {root / 'predictions'} in {seconds:.0f} s", flush=True)
     return distributed.list_parts(root / "predictions")
 
 
@@ -96,12 +97,14 @@ def main() -> int:
     distributed.scan_pool(parts[:1], FEATURES, PROBAS, **kwargs)  # warm GX and XGBoost in this process
 
     single = distributed.scan_pool(parts, FEATURES, PROBAS, **kwargs)
-    print(f"single process: {single.rows_read:,} rows in {single.seconds:.1f} s = {single.rows_per_second:,.0f} rows/s", flush=True)
+    print(f"single process: {single.rows_read:,} rows in {single.seconds:.1f} s = {single.rows_per_second:,.0f} rows/s",
+          flush=True)
     with distributed.dask_client(args.address, n_workers=args.workers, threads_per_worker=1) as client:
         client.run(lambda: __import__("labelloop.adapters.validation") and None)  # worker imports outside the timing
         distributed.scan_pool(parts[:args.workers], FEATURES, PROBAS, client=client, **kwargs)  # warm GX per worker
         on_dask = distributed.scan_pool(parts, FEATURES, PROBAS, client=client, **kwargs)
-    print(f"{on_dask.mode}: {on_dask.rows_read:,} rows in {on_dask.seconds:.1f} s = {on_dask.rows_per_second:,.0f} rows/s", flush=True)
+    print(f"{on_dask.mode}: {on_dask.rows_read:,} rows in {on_dask.seconds:.1f} s = {on_dask.rows_per_second:,.0f} rows/s",
+          flush=True)
     same = single.top["prediction_id"].tolist() == on_dask.top["prediction_id"].tolist()
     print(f"same batch of {len(single.top)}: {same}; low-confidence rows {single.rows_low_confidence:,}; "
           f"speed-up x{single.seconds / on_dask.seconds:.2f} on {os.cpu_count()} cores")

@@ -27,10 +27,10 @@ import pandas as pd
 def replay_random(config: dict, X, y, class_names, repeat: int, sizes: list[int], n_jobs: int | None) -> list[dict]:
     from sklearn.model_selection import train_test_split
 
-    from labelloop.domain.acquisition.pool import select_indices
-    from labelloop.config import TrainParams
-    from labelloop.model import LabelloopClassifier
     from labelloop.apps.simulate import evaluate
+    from labelloop.config import TrainParams
+    from labelloop.domain.acquisition.pool import select_indices
+    from labelloop.model import LabelloopClassifier
 
     seed, seed_size, batch = config["seed"], config["seed_size"], config["batch_size"]
     params = TrainParams(**{**config["train_params"], **({} if n_jobs is None else {"n_jobs": n_jobs})})

@@ -8,7 +8,7 @@ items per round (`--batch-size`); what QC adds is bought on top of that budget:
   qc-majority    the same new items, plus (outside the budget, as the export stage does it with
                  `labelloop.domain.quality.plan_quality_items`): 10% gold questions from the seed set, the review
                  queue's pending items re-sent to 3 annotators (each at most twice), and 30% of the new items
-                 labelled by 3 annotators. Import: `labelloop.domain.quality.process_import` as the import stage
+                 labelled by 3 annotators. Import: `labelloop.stages.importing.process_import` as the import stage
                  runs it (gold tracker with threshold 0.7 after 5 answers, exclusion + requeue, majority
                  vote, model-contradiction flags at p >= 0.9, review queue).
   qc-dawid-skene the same with Dawid-Skene aggregation (parameters fitted on overlap + gold items only).
@@ -44,13 +44,19 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labelloop.domain.acquisition import get_strategy  # noqa: E402
-from labelloop.config import SimulatedVendorParams, TrainParams  # noqa: E402
-from labelloop.core.io import write_json, write_parquet  # noqa: E402
-from labelloop.model import LabelloopClassifier  # noqa: E402
-from labelloop.domain.quality import QualityParams, ReviewQueue, batch_cost, cost_per_point, plan_quality_items, process_import  # noqa: E402
 from labelloop.adapters.vendors.base import ExportBatch  # noqa: E402
 from labelloop.adapters.vendors.simulated import SimulatedVendor  # noqa: E402
+from labelloop.batches import ReviewQueue  # noqa: E402
+from labelloop.config import (  # noqa: E402
+    ImportParams,
+    SimulatedVendorParams,
+    TrainParams,
+)
+from labelloop.core.io import write_json, write_parquet  # noqa: E402
+from labelloop.domain.acquisition import get_strategy  # noqa: E402
+from labelloop.domain.quality import batch_cost, cost_per_point, plan_quality_items  # noqa: E402
+from labelloop.model import LabelloopClassifier  # noqa: E402
+from labelloop.stages.importing import process_import  # noqa: E402
 
 DATASETS = Path("/work/shared/datasets")
 RATE_SPREAD = np.array([0.25, 0.5, 0.75, 1.0, 2.5])
@@ -107,8 +113,8 @@ def run_arm(setup: Setup, arm: str, noise: float, *, rounds: int, batch_size: in
     state = work / arm
     vendor = SimulatedVendor(state / "vendor", oracle, params)
     qc = arm.startswith("qc")
-    qparams = QualityParams(aggregation="dawid_skene" if arm == "qc-dawid-skene" else "majority", min_agreement=0.5,
-                            min_gold_accuracy=0.7, min_gold_answers=5, contradiction_confidence=contradiction)
+    qparams = ImportParams(aggregation="dawid_skene" if arm == "qc-dawid-skene" else "majority", min_agreement=0.5,
+                           min_gold_accuracy=0.7, min_gold_answers=5, contradiction_confidence=contradiction)
     queue = ReviewQueue(state / "qc" / "review_queue.json")
     train_ids = list(setup.seed_ids)
     train_labels = list(setup.y.loc[setup.seed_ids])
@@ -118,13 +124,12 @@ def run_arm(setup: Setup, arm: str, noise: float, *, rounds: int, batch_size: in
     model = fit(setup, train_ids, train_labels, train)
     start_acc = holdout_accuracy(model, setup)
     strategy = get_strategy("margin").fn
-    rng = np.random.default_rng(seed)
     history = []
     for r in range(rounds):
         n_new = budget[r] if budget is not None else batch_size
         candidates = sorted(pool)
         probas = model.predict_proba(setup.X.loc[candidates])
-        utilities = strategy(probas, rng=rng)
+        utilities = strategy(probas)
         order = np.argsort(-np.nan_to_num(utilities, nan=-np.inf), kind="stable")[:n_new]
         picked = [candidates[i] for i in order]
         items = pd.DataFrame({"item_id": picked, "utility": np.nan_to_num(utilities[order])})
@@ -258,7 +263,8 @@ def markdown_table(results: list[dict]) -> str:
                 continue
             diff = (acc[arm] - acc["raw"]).dropna()
             cells.append(f"{diff.mean() * 100:+.2f} ± {diff.std(ddof=1) * 100:.2f} pt")
-        lines.append(f"| {name} | {noise:.0%} | {acc.shape[0]} | {group['start_accuracy'].mean():.4f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {noise:.0%} | {acc.shape[0]} | {group['start_accuracy'].mean():.4f} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

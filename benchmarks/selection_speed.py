@@ -36,20 +36,20 @@ def memory_mode(rows: int, batch: int, calls: int = 3) -> list[dict]:
     """
     from synthetic_pool import arrays
 
-    from labelloop.domain.acquisition import get_strategy
-    from labelloop.domain.acquisition.pool import PeakMemory, resolve_selector, run_selector, select_indices
+    from labelloop.domain.acquisition import choose, resolve_selector, score
+    from labelloop.domain.acquisition.pool import PeakMemory, select_indices
 
     probas64, features = arrays(rows)
     probas32 = probas64.astype(np.float32)
     groups = probas64.argmax(axis=1)
     # Warm up imports (sklearn.cluster) so the timings are the selection's, not the import's.
-    run_selector("cluster", np.random.default_rng(0).random(5000), 10, rng=np.random.default_rng(0), features=features[:5000])
+    choose("cluster", np.random.default_rng(0).random(5000), 10, rng=np.random.default_rng(0), features=features[:5000])
     results = []
     cases = [(s, sel, "float64", "fn") for s, sel in CASES]
     cases += [(s, "topk", "float32", "fn") for s in ("margin", "entropy")]
     cases += [("margin", "topk", dt, "api") for dt in ("float64", "float32")]
-    for strategy, selector, dtype, entry in cases:
-        selector = resolve_selector(strategy, selector)
+    for strategy, named_selector, dtype, entry in cases:
+        selector = resolve_selector(strategy, named_selector)
         probas = probas64 if dtype == "float64" else probas32
         for call in range(1, calls + 1):
             load_before = _load()
@@ -59,15 +59,15 @@ def memory_mode(rows: int, batch: int, calls: int = 3) -> list[dict]:
                     chosen, _, seconds = select_indices(probas, batch, strategy=strategy, selector=selector, seed=0)
                     scored = started + seconds["score"]
                 else:
-                    utilities = get_strategy(strategy).fn(probas, rng=np.random.default_rng(0))
+                    utilities = score(strategy, probas, rng=np.random.default_rng(0))
                     scored = time.perf_counter()
-                    chosen = run_selector(selector, utilities, batch, rng=np.random.default_rng(0), features=features, groups=groups)
+                    chosen = choose(selector, utilities, batch, rng=np.random.default_rng(0), features=features, groups=groups)
                 done = time.perf_counter()
             results.append({"mode": "memory", "entry": entry, "dtype": dtype, "call": call, "rows": rows,
                             "strategy": strategy, "selector": selector, "batch": batch,
                             "score_s": round(scored - started, 4), "select_s": round(done - scored, 4),
                             "total_s": round(done - started, 4), "peak_rss_mib": round(memory.peak_mib),
-                            "n_selected": int(len(chosen)), "load1_before": load_before, "load1_after": _load()})
+                            "n_selected": len(chosen), "load1_before": load_before, "load1_after": _load()})
             print(json.dumps(results[-1]), flush=True)
     return results
 
@@ -83,7 +83,8 @@ def file_mode(rows: int, batch: int, pool: Path) -> list[dict]:
     for strategy, selector in CASES:
         code = (
             "import json,sys; from labelloop.domain.acquisition.pool import select_pool_to_file;"
-            f"r=select_pool_to_file({str(pool)!r}, {str(pool.with_suffix('.batch.parquet'))!r}, {strategy!r}, {batch}, selector={selector!r}, seed=0);"
+            f"r=select_pool_to_file({str(pool)!r}, {str(pool.with_suffix('.batch.parquet'))!r}, {strategy!r}, {batch}, "
+            f"selector={selector!r}, seed=0);"
             "print(json.dumps(r))"
         )
         load_before = _load()
@@ -91,7 +92,8 @@ def file_mode(rows: int, batch: int, pool: Path) -> list[dict]:
         report = json.loads(out.stdout.strip().splitlines()[-1])
         results.append({"mode": "file", "rows": rows, "strategy": strategy, "selector": report["selector"], "batch": batch,
                         "total_s": report["seconds"], "peak_rss_mib": report["peak_memory_mib"],
-                        "score_s": report["timings"]["score"], "select_s": report["timings"]["select"], "n_selected": report["n_selected"],
+                        "score_s": report["timings"]["score"], "select_s": report["timings"]["select"],
+                        "n_selected": report["n_selected"],
                         "load1_before": load_before, "load1_after": _load()})
         print(json.dumps(results[-1]), flush=True)
     return results

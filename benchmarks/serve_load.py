@@ -41,15 +41,16 @@ def free_port() -> int:
 
 
 def make_workspace(root: Path):
-    from labelloop.adapters import tracking
-    from labelloop.config import Params
     from labelloop.apps.init import init_workspace
+    from labelloop.config import Params
+    from labelloop.stages import gate
+    from labelloop.stages import train as train_stage
 
     ws = init_workspace(root, Params())
     train = ws.params().train  # the workspace's own model name
-    first = tracking.train_challenger(ws, train.model_copy(update={"n_estimators": 60, "max_depth": 4}))
-    tracking.promote(ws, model_name_of(ws), first.version, reason="benchmark: first champion")
-    second = tracking.train_challenger(ws, train.model_copy(update={"n_estimators": 100, "max_depth": 5}))
+    first = train_stage.train_challenger(ws, train.model_copy(update={"n_estimators": 60, "max_depth": 4}))
+    gate.promote(ws, model_name_of(ws), first.version, reason="benchmark: first champion")
+    second = train_stage.train_challenger(ws, train.model_copy(update={"n_estimators": 100, "max_depth": 5}))
     return ws, first.version, second.version
 
 
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alias-ttl-seconds", type=float, default=2.0)
     parser.add_argument("--mode", choices=["durable", "buffered", "both"], default="durable",
                         help="serving mode; both = buffered then durable on the same workspace, then a comparison")
-    parser.add_argument("--commit-wait-ms", type=float, default=None, help="durable mode: group commit wait (server default if unset)")
+    parser.add_argument("--commit-wait-ms", type=float, default=None,
+                        help="durable mode: group commit wait (server default if unset)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the workspace goes (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from labelloop.adapters import tracking
+    from labelloop.stages import gate
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="serve-load-"))
     t0 = time.perf_counter()
@@ -169,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     summaries = []
     for index, mode in enumerate(modes):
         if index:
-            tracking.promote(ws, name, v_first, reason="benchmark: same alias switch for the next mode")
+            gate.promote(ws, name, v_first, reason="benchmark: same alias switch for the next mode")
         summaries.append(run_mode(args, argv, ws, name, v_first, v_second, bodies, workdir, mode))
     if len(summaries) > 1:
         print("\ncomparison (same workspace, same requests, loopback):")
-        print(f"{'mode':<9} {'req/s':>8} {'rows/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'rows/fsync':>10} {'lost':>5} {'load avg (1/5/15 min)':>24}")
+        print(f"{'mode':<9} {'req/s':>8} {'rows/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'rows/fsync':>10} {'lost':>5} "
+              f"{'load avg (1/5/15 min)':>24}")
         for summary in summaries:
             print(f"{summary['mode']:<9} {summary['requests_per_s']:>8} {summary['rows_per_s']:>8} "
                   f"{summary['latency_ms']['p50']:>8} {summary['latency_ms']['p99']:>8} "
@@ -188,15 +191,16 @@ def run_mode(args, argv, ws, name, v_first, v_second, bodies, workdir: Path, mod
     import httpx
     import pandas as pd
 
-    from labelloop.adapters import tracking
-    from labelloop.stages.capture import capture
     from labelloop.config import CaptureParams
+    from labelloop.stages import gate
+    from labelloop.stages.capture import capture
     from labelloop.stages.production import list_log_parts
 
     parts_before = set(list_log_parts(ws))
     load_average = " ".join(f"{x:.2f}" for x in os.getloadavg())
     port = free_port()
-    server_cmd = [sys.executable, "-m", "labelloop.apps.serving", str(ws.root), "--host", "127.0.0.1", "--port", str(port),
+    server_cmd = [sys.executable, "-m", "labelloop.flows.cli", "serve", "--workspace", str(ws.root),
+                  "--host", "127.0.0.1", "--port", str(port),
                   "--flush-rows", str(args.flush_rows), "--flush-seconds", str(args.flush_seconds),
                   "--alias-ttl-seconds", str(args.alias_ttl_seconds), "--log-level", "warning", "--mode", mode]
     if args.commit_wait_ms is not None:
@@ -213,7 +217,7 @@ def run_mode(args, argv, ws, name, v_first, v_second, bodies, workdir: Path, mod
 
         def promote_second() -> None:
             promoted_at["t"] = time.perf_counter()
-            tracking.promote(ws, name, v_second, reason="benchmark: alias moved mid-load")
+            gate.promote(ws, name, v_second, reason="benchmark: alias moved mid-load")
 
         result = asyncio.run(load(base, bodies, args.concurrency, args.max_seconds, promote_second))
         health = httpx.get(f"{base}/health", timeout=30).json()

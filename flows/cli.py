@@ -50,9 +50,21 @@ SetOption = Annotated[
 
 
 def _workspace(path: Path | None):
-    from labelloop.workspace import Workspace
+    """The workspace a command works on: PATH, else $LABELLOOP_WORKSPACE, else ./workspace; its MLflow
+    store is the tracking server $LABELLOOP_TRACKING_URI names, if set."""
+    from labelloop.tasks.environment import open_workspace
 
-    return Workspace.at(path)
+    return open_workspace(path)
+
+
+def _retry_policy():
+    """The retries for outside services ($LABELLOOP_RETRY_*); a bad value is one error line."""
+    from labelloop.tasks.environment import retry_policy
+
+    try:
+        return retry_policy()
+    except ValueError as error:
+        _fail(error)
 
 
 def _quiet_environment(workspace_root: Path, verbose: bool = False) -> None:
@@ -63,7 +75,9 @@ def _quiet_environment(workspace_root: Path, verbose: bool = False) -> None:
     }.items():
         os.environ.setdefault(key, value)
     if not os.environ.get("PREFECT_API_URL"):
-        os.environ.setdefault("PREFECT_HOME", str(workspace_root / ".prefect"))
+        from labelloop.workspace import Workspace
+
+        os.environ.setdefault("PREFECT_HOME", str(Workspace.at(workspace_root).prefect_home))
         # Prefect's 20 s default for its temporary server to answer is too tight on a busy 2-core machine.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not verbose:
@@ -122,14 +136,16 @@ def _checked_params(ws, overrides: dict[str, dict[str, Any]]):
 @app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="Directory of the new workspace.")],
-    source: Annotated[Path | None, typer.Option(help="Labelled parquet/CSV to split into seed, holdout and traffic [default: the shipped satellite set].")] = None,
+    source: Annotated[Path | None, typer.Option(
+        help="Labelled parquet/CSV to split into seed, holdout and traffic [default: the shipped satellite set].")] = None,
     label_col: Annotated[str, typer.Option(help="Label column of --source.")] = "label",
-    params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml to start from [default: embedded defaults].")] = None,
+    params_file: Annotated[Path | None, typer.Option(
+        "--params", help="params.yaml to start from [default: embedded defaults].")] = None,
     set_: SetOption = None,
 ) -> None:
     """Create a workspace: data registry (git + DVC + local remote), fixed holdout, seed set `data-v1`, MLflow store."""
-    from labelloop.config import ConfigError, load_params
     from labelloop.apps.init import init_workspace
+    from labelloop.config import ConfigError, load_params
     from labelloop.workspace import WorkspaceError
 
     _quiet_environment(Path(path).resolve())
@@ -137,7 +153,7 @@ def init(
         params = load_params(params_file).with_overrides(**parse_overrides(set_))
         if source is not None:
             params = params.with_overrides(dataset={"source": str(source.resolve()), "label_column": label_col})
-        ws = init_workspace(path, params)
+        ws = init_workspace(path, params, retry=_retry_policy())
     except (ConfigError, WorkspaceError, ValueError, FileNotFoundError) as error:
         _fail(error)
     typer.echo(f"workspace ready at {ws.root} (data-v1: {params.dataset.seed_size} seed labels)")
@@ -146,7 +162,7 @@ def init(
 def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_lines: bool = True, after_cycle=None) -> list:
     from labelloop.flows.cycle import active_learning_cycle
 
-    sections = {k: v for k, v in _section_models(ws, overrides).items()}
+    sections = _section_models(ws, overrides)
     records = []
     for _ in range(cycles):
         started = time.perf_counter()
@@ -159,15 +175,20 @@ def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_line
     return records
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+def _label_studio_script() -> Path:
+    """The Label Studio install/start/token script labelloop ships (infra/labelstudio.sh runs it in a checkout)."""
+    from importlib import resources
+
+    return Path(str(resources.files("labelloop.resources").joinpath("labelstudio.sh")))
 
 
 def _label_studio_token(url: str) -> None:
     """Make sure the demo has a Label Studio to talk to.
 
-    With LABEL_STUDIO_API_KEY set, the server at `url` is yours. Otherwise infra/labelstudio.sh installs
-    Label Studio in its own venv (first time only), starts it headless on the URL's port and creates an
-    access token, which is put in this process's environment only (never in params.yaml or a log).
+    With LABEL_STUDIO_API_KEY set, the server at `url` is yours. Otherwise the script labelloop ships
+    (labelloop/resources/labelstudio.sh, = infra/labelstudio.sh in a checkout) installs Label Studio in
+    its own venv under the current directory (first time only), starts it headless on the URL's port and
+    creates an access token, which is put in this process's environment only (never in params.yaml or a log).
     """
     from urllib.parse import urlparse
 
@@ -176,30 +197,37 @@ def _label_studio_token(url: str) -> None:
     if os.environ.get(TOKEN_ENV):
         return
     parsed = urlparse(url)
-    script = REPO_ROOT / "infra" / "labelstudio.sh"
-    if parsed.hostname not in ("127.0.0.1", "localhost") or not script.exists():
+    if parsed.hostname not in ("127.0.0.1", "localhost"):
         _fail(ValueError(f"set {TOKEN_ENV} to an access token of the Label Studio at {redact_uri(url)} "
-                         f"(labelloop starts one itself only on localhost, from a checkout with infra/labelstudio.sh)"))
+                         f"(labelloop starts one itself only on localhost)"))
     env = dict(os.environ, LS_PORT=str(parsed.port or 8080))
-    typer.echo(f"starting Label Studio on {redact_uri(url)} with infra/labelstudio.sh (installs it in .venv-labelstudio the first time)")
-    up = subprocess.run([str(script), "up"], env=env, capture_output=True, text=True)
+    uv = Path(sys.executable).parent / "uv"  # installs Label Studio's venv much faster than pip
+    if uv.exists():
+        env.setdefault("LS_UV", str(uv))
+    typer.echo(f"starting Label Studio on {redact_uri(url)} (installs it in .venv-labelstudio the first time)")
+    script = _label_studio_script()
+    up = subprocess.run(["bash", str(script), "up"], env=env, capture_output=True, text=True, check=False)
     if up.returncode != 0:
-        _fail(RuntimeError(f"infra/labelstudio.sh up failed (exit {up.returncode}):\n{up.stderr[-3000:]}"))
-    token = subprocess.run([str(script), "token"], env=env, capture_output=True, text=True)
+        _fail(RuntimeError(f"labelstudio.sh up failed (exit {up.returncode}):\n{up.stderr[-3000:]}"))
+    token = subprocess.run(["bash", str(script), "token"], env=env, capture_output=True, text=True, check=False)
     if token.returncode != 0 or not token.stdout.strip():
-        _fail(RuntimeError(f"infra/labelstudio.sh token failed: {token.stderr[-2000:]}"))
+        _fail(RuntimeError(f"labelstudio.sh token failed: {token.stderr[-2000:]}"))
     os.environ[TOKEN_ENV] = token.stdout.strip()
 
 
 def _label_studio_team(ws, params):
     """The demo's simulated annotators, working in the real Label Studio between cycles."""
-    from labelloop.core.io import read_parquet
-    from labelloop.adapters.vendors import make_vendor
-    from labelloop.adapters.vendors.ls_annotators import LabelStudioAnnotators
+    from typing import cast
 
-    oracle = read_parquet(ws.simulator_dir / "oracle.parquet")
-    vendor = make_vendor(params.export, ws.root)
-    team = LabelStudioAnnotators(vendor.client, oracle.set_index("item_id")["label"], params.export.simulated,
+    from labelloop.adapters.vendors.labelstudio import LabelStudioVendor
+    from labelloop.adapters.vendors.ls_annotators import LabelStudioAnnotators
+    from labelloop.columns import ITEM_ID
+    from labelloop.core.io import read_parquet
+    from labelloop.tasks.vendor import workspace_vendor
+
+    oracle = read_parquet(ws.oracle_path)
+    vendor = cast(LabelStudioVendor, workspace_vendor(ws, params.export))  # the demo set export.vendor=label-studio
+    team = LabelStudioAnnotators(vendor.client, oracle.set_index(ITEM_ID)["label"], params.export.simulated,
                                  namespace=vendor.namespace)
 
     def annotate(_record) -> None:
@@ -254,8 +282,8 @@ def demo(
     workspace: WorkspaceOption = None,
     cycles: Annotated[int, typer.Option(min=1, help="Active-learning cycles to run.")] = 6,
     vendor: Annotated[str, typer.Option(help="Annotation vendor: simulated, or label-studio (a real server: yours with "
-                                              "LABEL_STUDIO_API_KEY set, else started by infra/labelstudio.sh; simulated "
-                                              "annotators answer in it between cycles).")] = "simulated",
+                                              "LABEL_STUDIO_API_KEY set, else installed and started in the current "
+                                              "directory; simulated annotators answer in it between cycles).")] = "simulated",
     label_studio_url: Annotated[str | None, typer.Option(help="Label Studio URL [default: export.label_studio_url].")] = None,
     set_: SetOption = None,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
@@ -267,27 +295,30 @@ def demo(
         _require_label_studio_sdk()  # before anything slow starts
     if ws.root.exists() and any(ws.root.iterdir()):
         _remove_demo_workspace(ws)
-    from labelloop.config import ConfigError, Params
     from labelloop.apps.init import init_workspace
+    from labelloop.config import ConfigError, Params
 
     started = time.perf_counter()
     try:
         overrides = parse_overrides(set_)
-        export = overrides.pop("export", {}) | {"vendor": vendor} | ({"label_studio_url": label_studio_url} if label_studio_url else {})
+        export = (overrides.pop("export", {}) | {"vendor": vendor}
+                  | ({"label_studio_url": label_studio_url} if label_studio_url else {}))
         params = Params().with_overrides(export=export, **overrides)
     except ConfigError as error:
         _fail(error)
     if vendor == "label-studio":
         _label_studio_token(params.export.label_studio_url)
-    init_workspace(ws.root, params)
+    init_workspace(ws.root, params, retry=_retry_policy())
     from labelloop.core.io import write_json
 
     write_json(ws.state_dir / DEMO_MARKER, {"created_by": "labelloop demo"})
-    typer.echo(f"workspace {ws.root}: seed set of {params.dataset.seed_size} labels, holdout {params.dataset.holdout_fraction:.0%} "
+    typer.echo(f"workspace {ws.root}: seed set of {params.dataset.seed_size} labels, "
+               f"holdout {params.dataset.holdout_fraction:.0%} "
                f"of the shipped satellite dataset; strategy {params.select.strategy}, batch {params.select.batch_size}")
     after_cycle = _label_studio_team(ws, params) if vendor == "label-studio" else None
     _run_cycles(ws, cycles, {}, after_cycle=after_cycle)
-    from labelloop.apps.reports import load_history, plot_learning_curve
+    from labelloop.apps.reports import plot_learning_curve
+    from labelloop.history import load_history
 
     png = plot_learning_curve(ws)
     history = load_history(ws)
@@ -297,12 +328,16 @@ def demo(
                f"with {last.labels} labels, in {time.perf_counter() - started:.0f} s")
     typer.echo("\nNext:")
     # Quoted: a workspace path may hold spaces, `?` or `#`; a password in the tracking URI is never printed.
-    typer.echo(f"  Prefect UI:    PREFECT_HOME={shlex.quote(str(ws.root / '.prefect'))} .venv/bin/prefect server start   # then http://127.0.0.1:4200")
-    typer.echo(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {shlex.quote(redact_uri(ws.tracking_uri))} --port 5000   # then http://127.0.0.1:5000")
-    typer.echo(f"  data versions: .venv/bin/labelloop data versions --workspace {shlex.quote(str(ws.root))}   (or git -C {shlex.quote(str(ws.registry_dir))} tag -n1)")
+    typer.echo(f"  Prefect UI:    PREFECT_HOME={shlex.quote(str(ws.prefect_home))} .venv/bin/prefect server start"
+               "   # then http://127.0.0.1:4200")
+    typer.echo(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {shlex.quote(redact_uri(ws.tracking_uri))} --port 5000"
+               "   # then http://127.0.0.1:5000")
+    typer.echo(f"  data versions: .venv/bin/labelloop data versions --workspace {shlex.quote(str(ws.root))}"
+               f"   (or git -C {shlex.quote(str(ws.registry_dir))} tag -n1)")
     if vendor == "label-studio":
-        typer.echo(f"  Label Studio:  {redact_uri(params.export.label_studio_url)}   (projects 'labelloop {ws.workspace_id} batch …'; "
-                   f"admin password in .labelstudio/admin-password; stop: infra/labelstudio.sh stop)")
+        typer.echo(f"  Label Studio:  {redact_uri(params.export.label_studio_url)}"
+                   f"   (projects 'labelloop {ws.workspace_id} batch …'; "
+                   f"admin password in .labelstudio/admin-password; stop: bash {shlex.quote(str(_label_studio_script()))} stop)")
 
 
 @app.command()
@@ -336,7 +371,6 @@ def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, v
     overrides = parse_overrides(set_)
     params = _checked_params(ws, overrides)
     import labelloop.flows.stages as stages
-
     from labelloop.core.lock import workspace_lock
 
     flow = getattr(stages, f"{flow_name}_flow")
@@ -345,7 +379,7 @@ def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, v
         # gets the whole resolved params, so `--set train.model_name=x select` scores with model x.
         with workspace_lock(ws):
             result = flow(str(ws.root), resolved=params)
-    except Exception as error:  # a stage's user-facing failure: one clear line, non-zero exit
+    except Exception as error:  # noqa: BLE001 — a stage's user-facing failure: one clear line, non-zero exit
         _fail(error)
     summary = _summary(result)
     if summary:
@@ -355,10 +389,10 @@ def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, v
 
 def _summary(result: Any) -> str | None:
     """The one line that says what a stage did — or, on a rerun, what it found already done."""
+    from labelloop.domain.gate import GateDecision
     from labelloop.flows.stages import describe_training, describe_version
     from labelloop.stages.dataset import DatasetVersion
-    from labelloop.domain.gate import GateDecision
-    from labelloop.adapters.tracking import TrainResult
+    from labelloop.stages.train import TrainResult
 
     if isinstance(result, DatasetVersion):
         return describe_version(result)
@@ -372,7 +406,7 @@ def _summary(result: Any) -> str | None:
 def _describe(result: Any) -> str:
     from dataclasses import asdict, is_dataclass
 
-    if is_dataclass(result):
+    if is_dataclass(result) and not isinstance(result, type):
         return yaml.safe_dump(asdict(result), sort_keys=False).rstrip()
     if isinstance(result, list):
         return "\n".join(_describe(r) for r in result) or "(nothing to do)"
@@ -387,19 +421,24 @@ def _stage_command(flow_name: str, section: str | None, doc: str):
     return command
 
 
-app.command("production")(_stage_command("production", "production", "Champion scores the next slice of traffic into the prediction log."))
-app.command("capture")(_stage_command("capture", "capture", "Read new prediction-log rows, validate (GX), keep low-confidence ones in the pool."))
+app.command("production")(_stage_command("production", "production",
+                                         "Champion scores the next slice of traffic into the prediction log."))
+app.command("capture")(_stage_command("capture", "capture",
+                                      "Read new prediction-log rows, validate (GX), keep low-confidence ones in the pool."))
 app.command("export")(_stage_command("export", "export", "Send selected batches to the annotation vendor."))
 app.command("import")(_stage_command("import", "import", "Fetch, validate and aggregate the vendor's labels."))
-app.command("dataset")(_stage_command("dataset", None, "Add imported labels to the labelled set as a new DVC version (tag data-vN)."))
-app.command("train")(_stage_command("train", "train", "Train a challenger on the current data version (MLflow run + registered version)."))
+app.command("dataset")(_stage_command("dataset", None,
+                                      "Add imported labels to the labelled set as a new DVC version (tag data-vN)."))
+app.command("train")(_stage_command("train", "train",
+                                    "Train a challenger on the current data version (MLflow run + registered version)."))
 app.command("gate")(_stage_command("gate", "gate", "Compare challenger with champion; promote only if the rules pass."))
 
 
 @app.command("select")
 def select_command(
     workspace: WorkspaceOption = None,
-    pool: Annotated[Path | None, typer.Option(help="Select from this parquet pool (prediction-log format) instead of a workspace.")] = None,
+    pool: Annotated[Path | None, typer.Option(
+        help="Select from this parquet pool (prediction-log format) instead of a workspace.")] = None,
     out: Annotated[Path | None, typer.Option(help="With --pool: where to write the batch parquet.")] = None,
     strategy: Annotated[str | None, typer.Option(help="Acquisition strategy (see `labelloop strategies`).")] = None,
     selector: Annotated[str | None, typer.Option(help="Batch selector: topk, ...")] = None,
@@ -410,7 +449,8 @@ def select_command(
 ) -> None:
     """Score candidates and write the next batch: the workspace's pool, or any pool file with --pool/--out."""
     overrides = parse_overrides(set_)
-    chosen = {k: v for k, v in {"strategy": strategy, "selector": selector, "batch_size": batch_size, "seed": seed}.items() if v is not None}
+    given = {"strategy": strategy, "selector": selector, "batch_size": batch_size, "seed": seed}
+    chosen = {k: v for k, v in given.items() if v is not None}
     if pool is not None:
         _select_pool_file(pool, out, chosen)
         return
@@ -423,8 +463,8 @@ def select_command(
 def _select_pool_file(pool: Path, out: Path | None, chosen: dict[str, Any]) -> None:
     from pydantic import ValidationError
 
-    from labelloop.domain.acquisition.pool import select_pool_to_file
     from labelloop.config import SelectParams
+    from labelloop.domain.acquisition.pool import select_pool_to_file
 
     if out is None:
         _fail(ValueError("--pool needs --out FILE for the selected batch"))
@@ -448,29 +488,33 @@ def _select_pool_file(pool: Path, out: Path | None, chosen: dict[str, Any]) -> N
 def simulate(
     data: Annotated[Path, typer.Option(help="Labelled parquet/CSV.")],
     label_col: Annotated[str, typer.Option(help="Label column.")] = "label",
-    strategies: Annotated[str, typer.Option(help="Comma-separated strategies, e.g. random,margin,hybrid.")] = "random,margin,hybrid",
+    strategies: Annotated[str, typer.Option(
+        help="Comma-separated strategies, e.g. random,margin,hybrid.")] = "random,margin,hybrid",
     seed_size: Annotated[int, typer.Option(min=1)] = 50,
     batch_size: Annotated[int, typer.Option(min=1)] = 100,
     rounds: Annotated[int, typer.Option(min=0)] = 10,
     repeats: Annotated[int, typer.Option(min=1)] = 3,
     test_size: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.2,
     metric: Annotated[str, typer.Option(help="accuracy, macro_f1 or balanced_accuracy.")] = "accuracy",
-    out: Annotated[Path, typer.Option(help="Output directory (curves.csv, summary.json, learning_curves.png).")] = Path("simulation"),
+    out: Annotated[Path, typer.Option(
+        help="Output directory (curves.csv, summary.json, learning_curves.png).")] = Path("simulation"),
     selector: Annotated[str | None, typer.Option(help="Override the selector for every strategy.")] = None,
-    params_file: Annotated[Path | None, typer.Option("--params", help="params.yaml whose `train` section sets the model.")] = None,
+    params_file: Annotated[Path | None, typer.Option(
+        "--params", help="params.yaml whose `train` and `select.hybrid` sections set the model and the hybrid mix.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [default: sqlite in OUT].")] = None,
 ) -> None:
     """Pool-based active-learning simulation on any labelled table: how many labels does each strategy save?"""
     _quiet_environment(out.resolve())
-    from labelloop.config import ConfigError, load_params
     from labelloop.apps.simulate import SimulationConfig, run_simulation
+    from labelloop.config import ConfigError, load_params
 
     try:
         params = load_params(params_file)
         config = SimulationConfig(
             data=str(data), label_col=label_col, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, repeats=repeats, test_size=test_size,
-            metric=metric, out=str(out), selector=selector, train_params=params.train, tracking_uri=tracking_uri,
+            metric=metric, out=str(out), selector=selector, train_params=params.train, hybrid=params.select.hybrid,
+            tracking_uri=tracking_uri,
         )
         config.validate()
         summary = run_simulation(config)
@@ -480,7 +524,7 @@ def simulate(
     for name, row in summary["strategies"].items():
         savings = row.get("savings_vs_random_pct")
         savings_text = "-" if savings is None else f"{savings:.0f}%{' (≥)' if row.get('savings_is_lower_bound') else ''}"
-        typer.echo(f"{name:<22} {str(row.get('labels_to_target')):>16} {savings_text:>18} "
+        typer.echo(f"{name:<22} {row.get('labels_to_target')!s:>16} {savings_text:>18} "
                    f"{row['final_value']:>7.4f} {row['aulc']:>7.4f}")
     typer.echo(f"wrote {out}/curves.csv, {out}/summary.json, {out}/learning_curves.png")
 
@@ -505,8 +549,7 @@ def status(workspace: WorkspaceOption = None) -> None:
     """Champion, data versions, pool and batches of a workspace."""
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
-    from labelloop.adapters import tracking
-    from labelloop.adapters import versioning
+    from labelloop.adapters import tracking, versioning
     from labelloop.batches import BatchStore, load_pool
     from labelloop.workspace import WorkspaceError
 
@@ -516,7 +559,8 @@ def status(workspace: WorkspaceOption = None) -> None:
         _fail(error)
     params = ws.params()
     typer.echo(f"workspace: {ws.root}")
-    typer.echo(f"data version: {versioning.current_data_tag(ws.registry_dir)} (all: {', '.join(versioning.data_tags(ws.registry_dir))})")
+    typer.echo(f"data version: {versioning.current_data_tag(ws.registry_dir)} "
+               f"(all: {', '.join(versioning.data_tags(ws.registry_dir))})")
     from labelloop.stages import dataset
 
     typer.echo(f"exclusions: {dataset.describe_exclusions(dataset.exclusions(ws))}")
@@ -532,13 +576,14 @@ def status(workspace: WorkspaceOption = None) -> None:
 
     typer.echo(capture_status_line(ws))
     for meta in BatchStore(ws).list():
-        typer.echo(f"  {meta.batch_id}: {meta.status}, {meta.n_items} items, {meta.strategy}, labelled {meta.n_labelled}, in {meta.versioned_in}")
-    from labelloop.stages import gate as stopping
-    from labelloop.apps.reports import load_history
+        typer.echo(f"  {meta.batch_id}: {meta.status}, {meta.n_items} items, {meta.strategy}, "
+                   f"labelled {meta.n_labelled}, in {meta.versioned_in}")
+    from labelloop.history import load_history
+    from labelloop.stages import gate
 
     history = load_history(ws)
     if len(history) > 1:
-        report = stopping.evaluate_history(ws, history, params.gate)  # with the rules as params.yaml says now
+        report = gate.stop_rules_over(ws, history, params.gate)  # with the rules as params.yaml says now
         fired = "; ".join(report.reasons) if report.stop else "none fired"
         typer.echo(f"stop rules after cycle {history[-1].cycle}: {fired}"
                    + (" (gate.stop.halt: the next cycle buys no labels)" if report.stop and params.gate.stop.halt else ""))
@@ -550,8 +595,9 @@ def data_versions(
     workspace: WorkspaceOption = None,
 ) -> None:
     """List data versions (tags) with their messages and what each rollback excluded."""
-    from labelloop.stages import dataset
     from labelloop.adapters import versioning
+    from labelloop.columns import ITEM_ID
+    from labelloop.stages import dataset
 
     ws = _workspace(workspace)
     try:
@@ -568,12 +614,13 @@ def data_versions(
         for entry in dataset.exclusions_at(ws, each):
             if entry["excluded_in"] == each:
                 undone = f", {len(entry['kept_labels'])} relabels undone" if entry.get("kept_labels") else ""
-                typer.echo(f"{'':13}excluded {entry['batch_id']} ({entry['n_items']} items{undone}, rolled back to {entry['rolled_back_to']})")
+                typer.echo(f"{'':13}excluded {entry['batch_id']} ({entry['n_items']} items{undone}, "
+                           f"rolled back to {entry['rolled_back_to']})")
     if tag:
         card = dataset.card_at(ws, tag)
         typer.echo(f"  rows: {card.get('rows')}; per batch: {card.get('per_batch')}")
         for relabel in card.get("relabels", []):
-            typer.echo(f"  relabel {relabel['item_id']}: {relabel['old_label']} -> {relabel['new_label']} "
+            typer.echo(f"  relabel {relabel[ITEM_ID]}: {relabel['old_label']} -> {relabel['new_label']} "
                        f"({relabel['batch_id']}; annotators {', '.join(relabel['annotators']) or 'unknown'})")
         typer.echo(f"  exclusions in force: {dataset.describe_exclusions(dataset.exclusions_at(ws, tag))}")
 
@@ -587,9 +634,9 @@ def data_rollback(
     """Make the labelled set the version at TAG again (a new commit and tag; history kept).
 
     What it removes is excluded: later dataset runs never add it back (`labelloop data readmit` does)."""
-    from labelloop.stages import dataset
     from labelloop.adapters import versioning
     from labelloop.core.lock import workspace_lock
+    from labelloop.stages import dataset
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -597,7 +644,7 @@ def data_rollback(
         ws.require()
         with workspace_lock(ws):  # not while a cycle or a stage writes the registry
             versioning.recover_registry(ws.registry_dir)
-            version = dataset.rollback(ws, tag)
+            version = dataset.rollback(ws, tag, retry=_retry_policy())
     except (ValueError, RuntimeError) as error:  # unknown tag, off the production line, busy, remote down
         _fail(error)
     if not version.created:
@@ -626,9 +673,9 @@ def data_readmit(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Lift a rollback's exclusion of BATCH_ID: a new data version with its items back in the labelled set."""
-    from labelloop.stages import dataset
     from labelloop.adapters import versioning
     from labelloop.core.lock import workspace_lock
+    from labelloop.stages import dataset
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -636,7 +683,7 @@ def data_readmit(
         ws.require()
         with workspace_lock(ws):
             versioning.recover_registry(ws.registry_dir)
-            version = dataset.readmit(ws, batch_id)
+            version = dataset.readmit(ws, batch_id, retry=_retry_policy())
     except (ValueError, RuntimeError) as error:  # not excluded / unknown batch, off the production line, busy
         _fail(error)
     typer.echo(f"re-admitted {batch_id} as {version.tag} ({version.n_rows} rows, +{version.n_new})")
@@ -667,13 +714,15 @@ def data_checkout(
 
 @model_app.command("rollback")
 def model_rollback(
-    version: Annotated[str | None, typer.Argument(help="Version number or alias to make champion [default: one step back along `labelloop model history`].")] = None,
-    reason: Annotated[str, typer.Option(help="Why; recorded in the champion history and on the demoted version.")] = "manual rollback",
+    version: Annotated[str | None, typer.Argument(
+        help="Version number or alias to make champion [default: one step back along `labelloop model history`].")] = None,
+    reason: Annotated[str, typer.Option(
+        help="Why; recorded in the champion history and on the demoted version.")] = "manual rollback",
     workspace: WorkspaceOption = None,
 ) -> None:
     """Make an earlier model champion: one step back along the champion history (twice: two steps, never forward)."""
-    from labelloop.adapters import tracking
     from labelloop.core.lock import workspace_lock
+    from labelloop.stages import gate
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -681,7 +730,7 @@ def model_rollback(
         ws.require()
         name = ws.params().train.model_name
         with workspace_lock(ws):  # not while a cycle's gate moves the same alias
-            left, target = tracking.rollback(ws, name, reason, version)
+            left, target = gate.rollback(ws, name, reason, version)
     except (ValueError, RuntimeError) as error:  # unknown version/alias, nothing to step back to, busy, server down
         _fail(error)
     if left == target:
@@ -721,26 +770,72 @@ def serve(
     workspace: WorkspaceOption = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    model_name: Annotated[str | None, typer.Option(
+        help="Registered model to serve (default: the workspace's train.model_name).")] = None,
     flush_rows: Annotated[int, typer.Option(min=1, help="Write a log part every N predictions...")] = 1000,
     flush_seconds: Annotated[float, typer.Option(min=0.01, help="...or when the oldest buffered one is this old.")] = 5.0,
     alias_ttl_seconds: Annotated[float, typer.Option(min=0.01, help="How often to look for a new champion.")] = 5.0,
+    max_rows_per_request: Annotated[int, typer.Option(min=1, help="Requests with more rows get 422.")] = 10_000,
     mode: Annotated[Literal["durable", "buffered"], typer.Option(help=(
         "durable: answer a request only once its rows are fsynced (group commit; a kill loses no answered row); "
         "buffered: keep rows in memory until a flush (a hard kill loses them)."))] = "durable",
+    commit_wait_ms: Annotated[float, typer.Option(min=0, max=1000, help=(
+        "durable: longest wait for requests being scored to join a group commit."))] = 2.0,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Request bodies larger than this get 413.")] = 16 * 1024 * 1024,
+    log_level: Annotated[Literal["critical", "error", "warning", "info", "debug", "trace"], typer.Option(
+        help="Log level of the server and of labelloop's own messages (stderr).")] = "info",
 ) -> None:
     """HTTP prediction service for models:/NAME@champion; every prediction is appended to the prediction log."""
+    import logging
+
     ws = _workspace(workspace)
     _quiet_environment(ws.root, verbose=True)
-    from labelloop.apps import serving
+    from labelloop.apps.serving import run_server
     from labelloop.workspace import WorkspaceError
 
     try:
         ws.require()
     except WorkspaceError as error:
         _fail(error)
-    serving.run(ws.root, host=host, port=port, flush_rows=flush_rows, flush_seconds=flush_seconds,
-                alias_ttl_seconds=alias_ttl_seconds, mode=mode, max_body_bytes=max_body_bytes)
+    level = logging.DEBUG if log_level == "trace" else getattr(logging, log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_server(ws, host=host, port=port, model_name=model_name, flush_rows=flush_rows, flush_seconds=flush_seconds,
+               alias_ttl_seconds=alias_ttl_seconds, max_rows_per_request=max_rows_per_request, log_level=log_level,
+               mode=mode, commit_wait_ms=commit_wait_ms, max_body_bytes=max_body_bytes)
+
+
+@app.command()
+def deploy(
+    workspace: WorkspaceOption = None,
+    name: Annotated[str, typer.Option(help="Deployment name (flow/NAME).")] = "production",
+    work_pool: Annotated[str, typer.Option(envvar="WORK_POOL", help="Prefect process work pool.")] = "labelloop",
+    mode: Annotated[Literal["stages", "cycle"], typer.Option(
+        help="stages: per-stage schedules active, cycle schedule paused; cycle: the reverse.")] = "stages",
+    timezone: Annotated[str, typer.Option(help="Time zone of the schedules.")] = "UTC",
+    paused: Annotated[bool, typer.Option("--paused", help="Register every schedule inactive.")] = False,
+    params_file: Annotated[Path | None, typer.Option(
+        "--params", help="params.yaml for a new workspace (default: the embedded defaults).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="SECTION.KEY=VALUE for a new workspace (repeatable).")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Register only these flows (repeatable): production, capture, "
+                                                        "select, export, import, retrain, dataset, train, gate, cycle.")] = None,
+) -> None:
+    """Register every deployment of a workspace (created if missing) with the Prefect API at $PREFECT_API_URL."""
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(ValueError("PREFECT_API_URL is not set: start the stack (make stack-up) and `source .stack/env`, "
+                         "or use `make deploy`"))
+    from labelloop.flows.deploy import SPECS, register
+
+    unknown = sorted(set(only or []) - set(SPECS))
+    if unknown:
+        _fail(ValueError(f"--only {', '.join(unknown)}: unknown flow; allowed: {', '.join(sorted(SPECS))}"))
+    created = register(_workspace(workspace), name, work_pool, mode, timezone, paused, params_file, parse_overrides(set_),
+                       only, retry=_retry_policy())
+    api = os.environ["PREFECT_API_URL"].removesuffix("/api")
+    for full_name, deployment_id in created.items():
+        typer.echo(f"deployment {full_name:<36} {api}/deployments/deployment/{deployment_id}")
+    typer.echo(f"{len(created)} deployments on work pool {work_pool!r}; start a worker: "
+               f"prefect worker start --pool {work_pool}  (make deploy does)")
 
 
 @app.command()

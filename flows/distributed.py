@@ -25,9 +25,9 @@ def scan_part_task(path: str, feature_columns: list[str], proba_columns: list[st
     model = None
     if workspace and model_name:
         from labelloop.adapters import tracking
-        from labelloop.workspace import Workspace
+        from labelloop.tasks.environment import open_workspace
 
-        champion = tracking.champion_model(Workspace.at(workspace), model_name)  # cached per worker process
+        champion = tracking.champion_model(open_workspace(workspace), model_name)  # cached per worker process
         model = champion[1] if champion else None
     return distributed.scan_partition(path, feature_columns, proba_columns, threshold=threshold, strategy=strategy,
                                       top_k=top_k, model=model)
@@ -35,9 +35,9 @@ def scan_part_task(path: str, feature_columns: list[str], proba_columns: list[st
 
 def _columns(pool: str, workspace: str | None) -> tuple[list[str], list[str]]:
     if workspace:
-        from labelloop.workspace import Workspace
+        from labelloop.tasks.environment import open_workspace
 
-        schema = Workspace.at(workspace).schema()
+        schema = open_workspace(workspace).schema()
         return schema.feature_columns, schema.proba_columns
     import pyarrow.parquet as pq
 
@@ -51,8 +51,8 @@ def _columns(pool: str, workspace: str | None) -> tuple[list[str], list[str]]:
 @flow(name="scale-out-scan-parts")
 def _scan_parts(parts: list[str], feature_columns: list[str], proba_columns: list[str], threshold: float, strategy: str,
                 top_k: int, workspace: str | None, model_name: str | None) -> list[distributed.PartScan]:
-    futures = scan_part_task.map(parts, feature_columns=unmapped(feature_columns), proba_columns=unmapped(proba_columns), threshold=threshold,
-                                 strategy=strategy, top_k=top_k, workspace=workspace, model_name=model_name)
+    futures = scan_part_task.map(parts, feature_columns=unmapped(feature_columns), proba_columns=unmapped(proba_columns),
+                                 threshold=threshold, strategy=strategy, top_k=top_k, workspace=workspace, model_name=model_name)
     return [f.result() for f in futures]
 
 
@@ -74,12 +74,15 @@ def scale_out_scan_flow(pool: str, workspace: str | None = None, threshold: floa
     if rescore:
         if not workspace:
             raise ValueError("rescore=True needs a workspace (its champion scores the pool)")
-        from labelloop.workspace import Workspace
+        from labelloop.tasks.environment import open_workspace
 
-        model_name = Workspace.at(workspace).params().train.model_name
+        model_name = open_workspace(workspace).params().train.model_name
     started = time.perf_counter()
-    scans = _scan_parts.with_options(task_runner=runner)(parts, features, probas, threshold, strategy, batch_size, workspace, model_name)
-    result = distributed.merge_scans(scans, batch_size, time.perf_counter() - started, f"dask ({scheduler_address or f'LocalCluster x{n_workers}'})")
+    # prefect-dask's runner is a TaskRunner[PrefectDaskFuture]; with_options is typed for TaskRunner[PrefectFuture].
+    scan_parts = _scan_parts.with_options(task_runner=runner)  # type: ignore[arg-type]
+    scans = scan_parts(parts, features, probas, threshold, strategy, batch_size, workspace, model_name)
+    mode = f"dask ({scheduler_address or f'LocalCluster x{n_workers}'})"
+    result = distributed.merge_scans(scans, batch_size, time.perf_counter() - started, mode)
     create_markdown_artifact(key="scale-out-scan", description="capture + scoring on Dask", markdown=(
         f"## Scale-out scan\n\n| | |\n|---|---|\n| parts | {result.parts} |\n| rows read | {result.rows_read} |\n"
         f"| quarantined | {result.rows_quarantined} |\n| low confidence | {result.rows_low_confidence} |\n"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from labelloop.flows.stages import DEFAULT_WORKSPACE, dataset_flow, gate_flow, resolve, train_flow
 from labelloop.config import GateParams, TrainParams
 from labelloop.core.lock import workspace_lock
+from labelloop.flows.stages import DEFAULT_WORKSPACE, dataset_flow, gate_flow, resolve, train_flow
 
 
 @flow(name="retrain")

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from labelloop.adapters import versioning
-from labelloop.stages.capture import CaptureReport
+from labelloop.apps.reports import batch_markdown, gate_markdown, gate_run_links, import_markdown, record_stage_params
 from labelloop.config import (
     CaptureParams,
     ExportParams,
@@ -31,20 +31,21 @@ from labelloop.config import (
     SelectParams,
     TrainParams,
 )
-from labelloop.stages.dataset import DatasetVersion
-from labelloop.domain.gate import GateDecision
 from labelloop.core.lock import workspace_lock
-from labelloop.apps.reports import batch_markdown, gate_markdown, gate_run_links, import_markdown, record_stage_params
-from labelloop.adapters.tracking import TrainResult
-from labelloop.workspace import Workspace
+from labelloop.domain.gate import GateDecision
+from labelloop.stages.capture import CaptureReport
+from labelloop.stages.dataset import DatasetVersion
+from labelloop.stages.train import TrainResult
 from labelloop.tasks.capture import capture_predictions
 from labelloop.tasks.dataset import update_dataset
+from labelloop.tasks.environment import open_workspace
 from labelloop.tasks.export import export_batches
 from labelloop.tasks.gate import decide, promote, record
 from labelloop.tasks.importing import import_labels
 from labelloop.tasks.production import serve_traffic
 from labelloop.tasks.select import select_batch
 from labelloop.tasks.train import train_challenger
+from labelloop.workspace import Workspace
 
 DEFAULT_WORKSPACE = "./workspace"
 
@@ -52,7 +53,7 @@ DEFAULT_WORKSPACE = "./workspace"
 def resolve(workspace: str, resolved: Params | None = None, **overrides) -> tuple[Workspace, Params]:
     """The workspace and the params of this run: `resolved` (a parent run's) or the file, plus overrides,
     validated as one file."""
-    ws = Workspace.at(workspace).require()
+    ws = open_workspace(workspace).require()
     return ws, (resolved if resolved is not None else ws.params()).with_overrides(**overrides)
 
 

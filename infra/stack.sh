@@ -7,7 +7,7 @@
 #   infra/stack.sh status    # one line per component; exit 0 only when all started components answer
 #   infra/stack.sh down      # stops what this script started (pid files), leaves databases and data
 #   infra/stack.sh worker    # start the worker alone (idempotent)
-#   infra/stack.sh deploy    # register the deployments (flows/deploy.py) against this stack, then ensure the worker
+#   infra/stack.sh deploy    # register the deployments (`labelloop deploy`) against this stack, then ensure the worker
 #   infra/stack.sh env       # print the exports a shell needs to talk to this stack
 #   infra/stack.sh drop-db   # DROP the two databases (asks nothing: only for throwaway stacks, e.g. tests)
 #
@@ -63,7 +63,7 @@ prepare_dir() {
 client_env() {
   export PREFECT_API_URL="${PREFECT_URL}/api"
   export PREFECT_HOME="$STACK_DIR/prefect-home"
-  export LABELLOOP_TRACKING_URI="$MLFLOW_URL"   # what labelloop's flows read (labelloop/workspace.py)
+  export LABELLOOP_TRACKING_URI="$MLFLOW_URL"   # what labelloop's CLI, flows and tasks read (labelloop/tasks/environment.py)
   export MLFLOW_TRACKING_URI="$MLFLOW_URL"      # for the mlflow CLI / client in a shell
 }
 
@@ -229,7 +229,7 @@ case "$cmd" in
     client_env
     curl -fsS -o /dev/null --max-time 5 "${PREFECT_URL}/api/health" || die "no Prefect server at $PREFECT_URL: run 'make stack-up' first"
     cd "$ROOT"
-    "$PYTHON_BIN/python" -m flows.deploy --work-pool "$WORK_POOL" "${@:2}"
+    "$PYTHON_BIN/labelloop" deploy --work-pool "$WORK_POOL" "${@:2}"
     start_worker
     ;;
   status)

@@ -7,10 +7,10 @@ Prefect flows, so a per-run override from the UI is validated exactly like the f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -37,30 +37,102 @@ class CaptureParams(Section):
         "retried; it is quarantined as lost only after failing this many capture runs in a row, unchanged in between."
     )
     unreadable_part_min_age_seconds: float = Field(
-        3600.0, ge=0, description="...and only once it has not been modified for this long (a part still growing is never given up)."
+        3600.0, ge=0,
+        description="...and only once it has not been modified for this long (a part still growing is never given up).",
     )
 
 
+# The names `params.yaml` may choose; the acquisition tables (labelloop/domain/acquisition/registry.py) and the
+# vendor table (labelloop/adapters/vendors/__init__.py) are keyed by exactly these (tests check it).
+StrategyName = Literal[
+    "least_confidence", "margin", "ratio", "entropy", "random", "vote_entropy", "kl_consensus", "bald",
+    "information_density", "expected_error_reduction", "hybrid",
+]
+SelectorName = Literal["topk", "cluster", "coreset", "hybrid"]
+VendorName = Literal["simulated", "filedrop", "label-studio"]
+HybridExplore = Literal["random", "representative"]
+HybridDiversity = Literal["cluster", "coreset", "none"]
+HybridQuotaBalance = Literal["batch", "labelled"]
+HybridExploitWeighting = Literal["none", "inverse_labelled"]
+
+
+class HybridParams(Section):
+    """The hybrid selector's settings (used whenever it runs: the `hybrid` strategy, or `selector: hybrid`).
+
+    A batch is filled in three shares: exploit (the most useful rows, spread out by `diversity`), quota
+    (round-robin over the groups: predicted class or `select.group_column`) and explore (rows drawn
+    regardless of utility). Defaults are the mix the label-efficiency benchmarks found best (docs/benchmarks.md).
+    """
+
+    exploit_fraction: float = Field(
+        0.7, ge=0, le=1, description="Share of the batch taken by utility (the three fractions are normalised to sum to 1)."
+    )
+    quota_fraction: float = Field(
+        0.2, ge=0, le=1, description="Share filled round-robin over the groups, the least-picked group first."
+    )
+    explore_fraction: float = Field(0.1, ge=0, le=1, description="Share drawn regardless of utility.")
+    explore: HybridExplore = Field(
+        "random", description="random: uniform rows; representative: the rows nearest k-means centroids of the pool."
+    )
+    diversity: HybridDiversity = Field(
+        "cluster",
+        description="How the exploit share is spread out: k-means clusters, greedy k-center (coreset) or none (plain top-k).",
+    )
+    top_m_factor: int = Field(
+        10, ge=1, description="The diversity step looks at the top top_m_factor × (exploit share) rows by utility."
+    )
+    representative_sample: int = Field(
+        20_000, ge=1, description="explore: representative fits its k-means on at most this many eligible rows."
+    )
+    min_quota_groups: int = Field(
+        0, ge=0,
+        description="Quotas only when the eligible rows span at least this many groups (0 = always); "
+        "else the share is exploited.",
+    )
+    quota_balance: HybridQuotaBalance = Field(
+        "batch",
+        description="batch: count this batch's picks per group; labelled: also count the labelled rows, so the rarest "
+        "labelled group fills first.",
+    )
+    exploit_weighting: HybridExploitWeighting = Field(
+        "none",
+        description="inverse_labelled: rank the exploit share by utility × "
+        "(mean labelled count / the row's group's labelled count).",
+    )
+
+    @model_validator(mode="after")
+    def _some_share(self) -> HybridParams:
+        if self.exploit_fraction + self.quota_fraction + self.explore_fraction <= 0:
+            raise ValueError("exploit_fraction, quota_fraction and explore_fraction are all 0; one must be positive")
+        return self
+
+
 class SelectParams(Section):
-    strategy: str = Field("hybrid", description="Acquisition strategy (see `labelloop strategies`); hybrid = best in docs/benchmarks.md.")
-    selector: str = Field("topk", description="How utilities become a batch.")
+    strategy: StrategyName = Field(
+        "hybrid", description="Acquisition strategy (see `labelloop strategies`); hybrid = best in docs/benchmarks.md."
+    )
+    selector: SelectorName = Field(
+        "topk", description="How utilities become a batch (the hybrid strategy brings its own selector)."
+    )
     batch_size: int = Field(100, gt=0)
     seed: int = Field(0, ge=0, description="Random seed; the batch records it.")
     chunk_size: int = Field(200_000, gt=0, description="Rows scored per chunk (bounds memory).")
-    committee_size: int = Field(5, ge=2, le=50, description="Members of the XGBoost committee (vote_entropy, kl_consensus, bald).")
+    committee_size: int = Field(
+        5, ge=2, le=50, description="Members of the XGBoost committee (vote_entropy, kl_consensus, bald)."
+    )
     calibration: Literal["temperature", "isotonic"] | None = Field(
         None, description="Calibrate the champion's probabilities before scoring (fitted on the holdout); ECE is reported."
     )
     group_column: str | None = Field(None, description="Hybrid quotas per value of this pool column; null = predicted class.")
+    hybrid: HybridParams = HybridParams()
 
-    @field_validator("strategy", "selector")
+    @field_validator("strategy", "selector", mode="before")
     @classmethod
-    def _registered(cls, value: str, info) -> str:
-        from labelloop.domain.acquisition import selector_names, strategy_names
-
-        allowed = strategy_names() if info.field_name == "strategy" else selector_names()
+    def _known(cls, value: object, info: ValidationInfo) -> object:
+        # Before the Literal check, so the message reads like the CLI's other choice errors.
+        allowed = get_args(StrategyName if info.field_name == "strategy" else SelectorName)
         if value not in allowed:
-            raise ValueError(f"unknown {info.field_name} {value!r}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"unknown {info.field_name} {value!r}; allowed: {', '.join(sorted(allowed))}")
         return value
 
 
@@ -94,14 +166,16 @@ class SimulatedVendorParams(Section):
 
 
 class ExportParams(Section):
-    vendor: Literal["simulated", "filedrop", "label-studio"] = "simulated"
+    vendor: VendorName = "simulated"
     columns: list[str] | None = Field(
         None, description="Feature columns allowed to leave for the vendor; null = all feature columns."
     )
     max_batch_size: int = Field(
         500, gt=0, description="Guard against annotator fatigue: most items one export sends (new + gold + review + easy)."
     )
-    price_per_label: float = Field(0.0, ge=0, description="Price of one answer; every answer is paid (overlap and gold included).")
+    price_per_label: float = Field(
+        0.0, ge=0, description="Price of one answer; every answer is paid (overlap and gold included)."
+    )
     gold_share: float = Field(
         0.0, ge=0, le=1,
         description="Gold questions added per batch, as a share of its new items: drawn from the labelled seed set, "
@@ -128,8 +202,12 @@ class ExportParams(Section):
 
 class ImportParams(Section):
     aggregation: Literal["majority", "dawid_skene"] = "majority"
-    min_agreement: float = Field(0.5, ge=0, le=1, description="Share of votes the winning label needs; below it, the item goes to review.")
-    min_gold_accuracy: float = Field(0.0, ge=0, le=1, description="Exclude annotators below this accuracy on gold questions (0 = off).")
+    min_agreement: float = Field(
+        0.5, ge=0, le=1, description="Share of votes the winning label needs; below it, the item goes to review."
+    )
+    min_gold_accuracy: float = Field(
+        0.0, ge=0, le=1, description="Exclude annotators below this accuracy on gold questions (0 = off)."
+    )
     min_gold_answers: int = Field(5, ge=1, description="Gold answers an annotator needs before the threshold applies.")
     contradiction_confidence: float = Field(
         0.0, ge=0, le=1, description="Flag labels the model contradicts with at least this confidence for review (0 = off)."
@@ -149,7 +227,9 @@ class DatasetParams(Section):
     seed_size: int = Field(50, gt=0, description="Labelled rows the first model is trained on.")
     split_seed: int = Field(0, ge=0)
     remote_url: str | None = Field(
-        None, description="DVC remote for data versions (e.g. s3://bucket/labelloop with the dvc-s3 extra); null = <workspace>/dvc-remote."
+        None,
+        description="DVC remote for data versions (e.g. s3://bucket/labelloop with the dvc-s3 extra); "
+        "null = <workspace>/dvc-remote.",
     )
 
 
@@ -184,13 +264,18 @@ class StopParams(Section):
     """Stop rules, evaluated after every cycle and reported with it (labelloop/stop_rules.py)."""
 
     label_budget: int | None = Field(None, gt=0, description="Stop once the labelled set has this many labels (null = off).")
-    target_metric: float | None = Field(None, description="Stop once the champion's gate.primary_metric reaches this (null = off).")
+    target_metric: float | None = Field(
+        None, description="Stop once the champion's gate.primary_metric reaches this (null = off)."
+    )
     plateau_gain_per_100: float | None = Field(
-        0.002, ge=0, description="Plateau: gain of the primary metric per 100 labels below this over the last plateau_cycles cycles (null = off)."
+        0.002, ge=0,
+        description="Plateau: gain of the primary metric per 100 labels below this over the last plateau_cycles cycles "
+        "(null = off).",
     )
     plateau_cycles: int = Field(3, ge=1)
     stable_agreement: float | None = Field(
-        0.99, gt=0, le=1, description="Stabilising predictions: consecutive models agree on this share of the stop set (null = off)."
+        0.99, gt=0, le=1,
+        description="Stabilising predictions: consecutive models agree on this share of the stop set (null = off).",
     )
     stable_cycles: int = Field(2, ge=1)
     stop_set_size: int = Field(1000, gt=0, description="Unlabelled rows drawn once from the prediction log to compare models on.")

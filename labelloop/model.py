@@ -6,7 +6,7 @@ every model of a workspace emits the same `proba_<class>` columns and can be com
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ class LabelloopClassifier(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_params(cls, params: TrainParams, class_names: list[str], **overrides: object) -> LabelloopClassifier:
-        values = {
+        values: dict[str, Any] = {
             "n_estimators": params.n_estimators,
             "max_depth": params.max_depth,
             "learning_rate": params.learning_rate,
@@ -50,7 +50,8 @@ class LabelloopClassifier(ClassifierMixin, BaseEstimator):
         values.update(overrides)
         return cls(class_names=list(class_names), **values)
 
-    def fit(self, X: pd.DataFrame | np.ndarray, y: pd.Series | np.ndarray, sample_weight: np.ndarray | None = None) -> LabelloopClassifier:
+    def fit(self, X: pd.DataFrame | np.ndarray, y: pd.Series | np.ndarray,
+            sample_weight: np.ndarray | None = None) -> LabelloopClassifier:
         from xgboost import XGBClassifier
 
         from labelloop.core.threads import resolve_n_jobs
@@ -98,3 +99,9 @@ class LabelloopClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def predict_in_batches(model: LabelloopClassifier, features: pd.DataFrame, batch_rows: int = 100_000) -> np.ndarray:
+    """`model.predict_proba` over `features`, `batch_rows` rows at a time (bounded memory on a large pool)."""
+    parts = [model.predict_proba(features.iloc[i:i + batch_rows]) for i in range(0, len(features), batch_rows)]
+    return np.vstack(parts) if parts else np.empty((0, len(model.classes_)))

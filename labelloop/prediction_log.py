@@ -20,16 +20,21 @@ import uuid
 import numpy as np
 import pandas as pd
 
-PREDICTION_ID = "prediction_id"
-ITEM_ID = "item_id"
-TS = "ts"
-PROBA_PREFIX = "proba_"
+from labelloop.columns import (
+    CONFIDENCE,
+    ITEM_ID,
+    MODEL_VERSION,
+    PREDICTED,
+    PREDICTION_ID,
+    PROBA_PREFIX,
+    TS,
+)
 
 # A part without one of these (or without a proba_<class> per class, or a feature column) is
 # quarantined whole: no row of it can be trusted.
-REQUIRED_COLUMNS = (PREDICTION_ID, TS, "model_version", "predicted", "confidence")
+REQUIRED_COLUMNS = (PREDICTION_ID, TS, MODEL_VERSION, PREDICTED, CONFIDENCE)
 OPTIONAL_COLUMNS = (ITEM_ID,)
-TEXT_COLUMNS = (PREDICTION_ID, ITEM_ID, "model_version", "predicted")
+TEXT_COLUMNS = (PREDICTION_ID, ITEM_ID, MODEL_VERSION, PREDICTED)
 TS_DTYPE = "datetime64[us, UTC]"
 
 # Epoch magnitude limits, exclusive: below 1e11 seconds, below 1e14 milliseconds, below 1e17
@@ -180,8 +185,8 @@ def normalise_prediction_log(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tu
         out[TS] = normalise_timestamps(raw)
         unreadable = np.flatnonzero(out[TS].isna().to_numpy() & raw.notna().to_numpy())
         reasons.extend(
-            (int(i), f"ts {_snippet(raw.iloc[i])} is not a timestamp (ISO 8601 text, an epoch number in s/ms/us/ns, "
-                     "or a timestamp)")
+            (int(i), (f"ts {_snippet(raw.iloc[i])} is not a timestamp (ISO 8601 text, an epoch number in s/ms/us/ns, "
+                      "or a timestamp)"))
             for i in unreadable
         )
     return out, reasons

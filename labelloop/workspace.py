@@ -14,20 +14,24 @@
       mlflow.db, mlartifacts/     MLflow tracking + registry (SQLite) and artifacts
       simulator/                  demo only: traffic.parquet (unlabelled stream) and oracle.parquet (its truth)
       state/                      watermarks and cursors
+      reports/                    cycle history, learning curve, stage params
+      quality/                    label-quality state: gold_tracker.json, review_queue.json
+      vendor/<vendor>/            each vendor's own state (simulated answers, Label Studio project ids)
+      filedrop/                   the file-drop vendor's default drop folder
+      .prefect/                   Prefect's home for runs without a Prefect server
+
+The MLflow store is SQLite in the workspace unless the workspace is opened with a tracking server
+(`tracking_server`, which the entry points read from `$LABELLOOP_TRACKING_URI`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from labelloop.config import Params, load_params
-
-ENV_WORKSPACE = "LABELLOOP_WORKSPACE"
-ENV_TRACKING_URI = "LABELLOOP_TRACKING_URI"
 
 
 def sqlite_uri(path: Path) -> str:
@@ -69,12 +73,11 @@ class Schema:
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+    tracking_server: str | None = None  # an MLflow tracking server's URI; None: SQLite in the workspace
 
     @classmethod
-    def at(cls, path: str | Path | None = None) -> Workspace:
-        if path is None:
-            path = os.environ.get(ENV_WORKSPACE) or "./workspace"
-        return cls(Path(path).expanduser().resolve())
+    def at(cls, path: str | Path, tracking_server: str | None = None) -> Workspace:
+        return cls(Path(path).expanduser().resolve(), tracking_server or None)
 
     # -- layout -----------------------------------------------------------------------------
     # params.yaml and schema.json live in the registry: versioned with every data version, and
@@ -86,6 +89,11 @@ class Workspace:
     @property
     def schema_path(self) -> Path:
         return self.registry_dir / "schema.json"
+
+    @property
+    def pipeline_path(self) -> Path:
+        """The registry's DVC pipeline (validate → train → evaluate)."""
+        return self.registry_dir / "dvc.yaml"
 
     @property
     def ready_marker(self) -> Path:
@@ -147,6 +155,44 @@ class Workspace:
         return self.root / "simulator"
 
     @property
+    def traffic_path(self) -> Path:
+        """Demo workspaces: the unlabelled production stream the production stage scores."""
+        return self.simulator_dir / "traffic.parquet"
+
+    @property
+    def oracle_path(self) -> Path:
+        """Demo workspaces: the true label of every traffic and seed row (what simulated annotators answer)."""
+        return self.simulator_dir / "oracle.parquet"
+
+    @property
+    def quality_dir(self) -> Path:
+        return self.root / "quality"
+
+    @property
+    def review_queue_path(self) -> Path:
+        return self.quality_dir / "review_queue.json"
+
+    @property
+    def vendor_dir(self) -> Path:
+        """Vendors' own state, one folder per vendor."""
+        return self.root / "vendor"
+
+    @property
+    def filedrop_dir(self) -> Path:
+        """The file-drop vendor's drop folder when `export.filedrop_url` names none."""
+        return self.root / "filedrop"
+
+    @property
+    def prefect_home(self) -> Path:
+        """PREFECT_HOME for commands run without a Prefect server: their runs stay with the workspace."""
+        return self.root / ".prefect"
+
+    @property
+    def gitignore_path(self) -> Path:
+        """Ignores everything: a workspace inside a git checkout never lands in it."""
+        return self.root / ".gitignore"
+
+    @property
     def state_dir(self) -> Path:
         return self.root / "state"
 
@@ -160,12 +206,8 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        """MLflow store: `$LABELLOOP_TRACKING_URI` (a tracking server) if set, else SQLite in the workspace.
-
-        Not `$MLFLOW_TRACKING_URI`: `mlflow.set_tracking_uri` exports that variable, so it would leak
-        one workspace's store into the next workspace opened in the same process.
-        """
-        return os.environ.get(ENV_TRACKING_URI) or sqlite_uri(self.root / "mlflow.db")
+        """MLflow store: the tracking server this workspace was opened with, else SQLite in the workspace."""
+        return self.tracking_server or sqlite_uri(self.root / "mlflow.db")
 
     def batch_dir(self, batch_id: str) -> Path:
         return self.batches_dir / batch_id

@@ -1,10 +1,10 @@
 from prefect import task
 
-from labelloop.stages import capture
 from labelloop.config import CaptureParams
-from labelloop.workspace import Workspace
+from labelloop.stages import capture
+from labelloop.tasks.environment import open_workspace
 
 
 @task(name="capture-low-confidence")
 def capture_predictions(workspace: str, params: CaptureParams) -> capture.CaptureReport:
-    return capture.capture(Workspace.at(workspace), params)
+    return capture.capture(open_workspace(workspace), params)

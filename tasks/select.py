@@ -1,17 +1,12 @@
 from prefect import task
 
-from labelloop import batches
-from labelloop.adapters import tracking
+from labelloop.batches import BatchMeta
 from labelloop.config import SelectParams, TrainParams
-from labelloop.workspace import Workspace
+from labelloop.stages import select
+from labelloop.tasks.environment import open_workspace
 
 
 @task(name="select-batch")
-def select_batch(workspace: str, params: SelectParams, train: TrainParams) -> batches.BatchMeta | None:
+def select_batch(workspace: str, params: SelectParams, train: TrainParams) -> BatchMeta | None:
     """Score the pool with the current champion and write the next batch."""
-    ws = Workspace.at(workspace)
-    champion = tracking.champion_model(ws, train.model_name)
-    version, model = champion if champion else (None, None)
-    rescore = (lambda frame: tracking.predict_in_batches(model, frame)) if model is not None else None
-    context = batches.selection_context(ws, params, train, rescore)
-    return batches.select_batch(ws, params, rescore=rescore, champion_version=version, context=context)
+    return select.select_next_batch(open_workspace(workspace), params, train)

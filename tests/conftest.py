@@ -18,14 +18,48 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
+# Session fixtures that stand for one thing on this machine (a server on a fixed port, a stack that
+# takes minutes to start): every test using one runs on the same xdist worker.
+SINGLETON_FIXTURES = {"label_studio": "label-studio", "real_stack": "real-stack"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """For `make test` (pytest-xdist, --dist loadgroup): tests that share an expensive fixture instance
+    run on one worker, so it is built once — a singleton's tests in its group, and the tests of a module
+    that use one of its module-scoped fixtures in the module's group. Other tests spread freely."""
+    if not getattr(config.option, "loadgroup", False):  # what an xdist worker is told for --dist loadgroup
+        return
+    for item in items:
+        group = next((name for fixture, name in SINGLETON_FIXTURES.items() if fixture in item.fixturenames), None)
+        if group is None and _uses_module_scoped_fixture(item):
+            group = item.nodeid.split("::", 1)[0]
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _uses_module_scoped_fixture(item) -> bool:
+    definitions = getattr(item, "_fixtureinfo", None)
+    if definitions is None:  # not a test function (a doctest, say): nothing shared
+        return False
+    return any(defs and defs[-1].scope in ("module", "package", "class")
+               for defs in definitions.name2fixturedefs.values())
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
-    """A real, temporary Prefect API for the whole session; cache records in a fresh dir."""
+    """A real, temporary Prefect API for the whole session (one per xdist worker); cache records in a fresh dir.
+
+    Flow-run heartbeats are off: they let a server mark the runs of a dead worker process as crashed,
+    and every flow here runs in this process; joining the heartbeat thread at each flow run's end took
+    ~0.6 s, 40% of a cycle's time in the tests. The cycles run in subprocesses (the two CLI cycles at
+    once, the real stack's worker) keep Prefect's default."""
     storage = tmp_path_factory.mktemp("prefect-storage")
     os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(storage)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

@@ -39,6 +39,40 @@ def test_bad_strategy_lists_allowed_strategies():
     assert "margin" in str(error.value) and "entropy" in str(error.value)
 
 
+def test_bad_selector_lists_allowed_selectors():
+    with pytest.raises(ConfigError) as error:
+        parse_params({"select": {"selector": "kmeans"}})
+    assert "select.selector" in str(error.value) and "coreset" in str(error.value) and "'kmeans'" in str(error.value)
+
+
+def test_choices_are_enums_in_the_flow_parameter_schema():
+    """Prefect builds its run form from this JSON schema: an enum is a dropdown, not a free-text box."""
+    schema = SelectParams.model_json_schema()
+    properties = schema["properties"]
+    assert "margin" in properties["strategy"]["enum"] and "coreset" in properties["selector"]["enum"]
+    hybrid = schema["$defs"]["HybridParams"]["properties"]
+    assert hybrid["diversity"]["enum"] == ["cluster", "coreset", "none"]
+    assert Params.model_json_schema()["$defs"]["ExportParams"]["properties"]["vendor"]["enum"] == [
+        "simulated", "filedrop", "label-studio"
+    ]
+
+
+def test_hybrid_section_is_strict_and_names_what_is_allowed():
+    with pytest.raises(ConfigError) as error:
+        parse_params({"select": {"hybrid": {"explore_fracton": 0.1}}})
+    assert "select.hybrid.explore_fracton" in str(error.value) and "explore_fraction" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        parse_params({"select": {"hybrid": {"diversity": "kmeans"}}})
+    assert "select.hybrid.diversity" in str(error.value) and "'coreset'" in str(error.value)
+    with pytest.raises(ConfigError, match="select.hybrid.quota_fraction"):
+        parse_params({"select": {"hybrid": {"quota_fraction": 1.5}}})
+    with pytest.raises(ConfigError, match="all 0"):
+        parse_params({"select": {"hybrid": {"exploit_fraction": 0, "quota_fraction": 0, "explore_fraction": 0}}})
+    params = parse_params({"select": {"hybrid": {"quota_balance": "labelled"}}})
+    assert params.select.hybrid.quota_balance == "labelled"
+    assert params.select.hybrid.exploit_fraction == 0.7  # the rest keep their defaults
+
+
 def test_bad_vendor_lists_allowed_vendors():
     with pytest.raises(ConfigError) as error:
         parse_params({"export": {"vendor": "mturk"}})

@@ -27,7 +27,7 @@ def test_probas_cover_the_whole_label_set_even_when_a_class_was_never_seen():
 
 
 def test_one_seen_class_predicts_it_with_certainty():
-    X, y = _data()
+    X, _ = _data()
     model = LabelloopClassifier(class_names=CLASSES).fit(X[:5], ["b"] * 5)
     assert np.all(model.predict(X) == "b")
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labelloop.stages import dataset
-from labelloop.adapters import tracking
-from labelloop.adapters import versioning
-from labelloop.config import DEFAULT_MODEL_NAME, Params, TrainParams
+from labelloop.adapters import tracking, versioning
 from labelloop.apps.init import init_workspace
+from labelloop.config import DEFAULT_MODEL_NAME, Params, TrainParams
+from labelloop.stages import dataset, train
 from labelloop.workspace import Workspace, WorkspaceError, sqlite_uri
 from tests.stages.test_dataset import _fake_imported_batch
 
@@ -21,7 +20,8 @@ SMALL = {"seed_size": 30}
 
 
 def _init(root: Path, **dataset) -> Workspace:
-    return init_workspace(root, Params().with_overrides(dataset=SMALL | dataset, train={"n_estimators": 10, "max_depth": 2, "n_jobs": 1}))
+    params = Params().with_overrides(dataset=SMALL | dataset, train={"n_estimators": 10, "max_depth": 2, "n_jobs": 1})
+    return init_workspace(root, params)
 
 
 def _store_file(ws: Workspace) -> Path:
@@ -40,7 +40,7 @@ def _store_file(ws: Workspace) -> Path:
 def test_init_train_version_and_read_back_under_an_odd_path(tmp_path, monkeypatch, directory):
     monkeypatch.chdir(tmp_path)
     ws = _init(tmp_path / directory / "ws")
-    trained = tracking.train_challenger(ws, ws.params().train)
+    trained = train.train_challenger(ws, ws.params().train)
     _fake_imported_batch(ws, "batch-0001-aaaaaa", n=10)
     version = dataset.update_dataset(ws)
     assert version.tag == "data-v2" and version.created
@@ -63,7 +63,7 @@ def test_init_train_version_and_read_back_under_an_odd_path(tmp_path, monkeypatc
 def test_two_workspaces_whose_paths_differ_after_a_question_mark_share_nothing(tmp_path):
     first, second = _init(tmp_path / "ws?1"), _init(tmp_path / "ws?2")
     for ws in (first, second):
-        tracking.train_challenger(ws, ws.params().train)
+        train.train_challenger(ws, ws.params().train)
     assert _store_file(first) == first.root / "mlflow.db" and _store_file(second) == second.root / "mlflow.db"
     assert not (tmp_path / "ws").exists()  # no store next to them, shared by both
     names = [ws.params().train.model_name for ws in (first, second)]

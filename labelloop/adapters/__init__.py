@@ -1,1 +1,2 @@
-"""Adapters to outside tools: MLflow (tracking), git + DVC (versioning), Great Expectations (validation), annotation vendors, Dask."""
+"""Adapters to outside tools: MLflow (tracking), git + DVC (versioning), Great Expectations (validation),
+annotation vendors, Dask."""

@@ -138,7 +138,8 @@ def scan_pool(parts: Sequence[str], feature_columns: list[str], proba_columns: l
               strategy: str = "margin", top_k: int = 100, model=None, validate: bool = True,
               keep_columns: Sequence[str] = (), client=None) -> ScanResult:
     """Capture + scoring over every part: in this process (client=None) or as one Dask task per part."""
-    kwargs = dict(threshold=threshold, strategy=strategy, top_k=top_k, validate=validate, keep_columns=tuple(keep_columns))
+    kwargs: dict[str, Any] = dict(threshold=threshold, strategy=strategy, top_k=top_k, validate=validate,
+                                  keep_columns=tuple(keep_columns))
     started = time.perf_counter()
     if client is None:
         scans = [scan_partition(p, feature_columns, proba_columns, model=model, **kwargs) for p in parts]
@@ -209,6 +210,6 @@ def train_dask(client, parts: Sequence[str] | str, feature_columns: list[str], c
     params = {"objective": "multi:softprob", "num_class": len(class_names), "max_depth": max_depth, "eta": learning_rate,
               "subsample": subsample, "seed": random_state, "tree_method": "hist", "eval_metric": "mlogloss"}
     output = dxgb.train(client, params, dtrain, num_boost_round=n_estimators)
-    n_rows = int(len(y))  # a lazy count by the workers
+    n_rows = len(y)  # a lazy count by the workers
     booster: xgboost.Booster = output["booster"]
     return DaskTrainResult(booster, list(class_names), list(feature_columns), n_rows, time.perf_counter() - started)

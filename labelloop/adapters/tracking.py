@@ -1,44 +1,35 @@
-"""Retraining tracked in MLflow, the registry aliases, and the gate's record.
+"""The MLflow adapter: a workspace's tracking store and model registry.
 
-One MLflow run per retrain; the model is registered as a new version with alias `challenger`.
-A retrain is keyed by (data tag, train params): rerunning it returns the version it already made.
-MLflow is imported lazily (it costs seconds), only by the functions that need it.
+The client and experiment, model versions found by their tags, the aliases (`champion`, `challenger`,
+`previous-champion`), a version's metrics, a version's model, and the champion history kept as
+registered-model tags. The train and gate stages (`labelloop.stages.train`, `labelloop.stages.gate`)
+build on these. MLflow is imported lazily (it costs seconds), only by the functions that need it.
 
 A tracking server that is down: MLflow retries each HTTP request itself (urllib3, with backoff);
 labelloop bounds those retries (`bound_mlflow_http`) unless the user set them, and turns the error
-MLflow finally raises into one `TrackingUnavailable` naming the tracking URI and the fault. The
-stages stay idempotent, so a rerun once the server answers completes the work.
+MLflow finally raises into one `TrackingUnavailable` naming the tracking URI and the fault
+(`server_faults`). The stages stay idempotent, so a rerun once the server answers completes the work.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import io
 import json
 import os
 import re
-import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, TypeVar
 
-import numpy as np
-import pandas as pd
-
-from labelloop.core.faults import crash_point
-from labelloop.adapters import versioning
-from labelloop.config import GateParams, TrainParams
-from labelloop.domain.gate import GateDecision, ModelMetrics, decide
-from labelloop.model import LabelloopClassifier
-from labelloop.stages.train import TRUSTED_TYPES
 from labelloop.core.redact import redact_text
 from labelloop.core.retry import TransientError
+from labelloop.domain.gate import ModelMetrics
+from labelloop.model import LabelloopClassifier
 from labelloop.workspace import Workspace
 
 EXPERIMENT = "labelloop"
-SKOPS_TRUSTED_TYPES = TRUSTED_TYPES
+
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 
 # MLflow's own defaults (7 retries, backoff factor 2, 120 s per request) keep one call to a dead server
@@ -48,6 +39,7 @@ MLFLOW_HTTP_BOUNDS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -81,7 +73,7 @@ def _server_fault(error: BaseException) -> str | None:
     return f"{fault} (MLflow retried each request {retries} times, MLFLOW_HTTP_REQUEST_MAX_RETRIES)"
 
 
-def _tracking_server_faults(what: str) -> Callable[[F], F]:
+def server_faults(what: str) -> Callable[[F], F]:
     """Decorate a function whose first argument is the workspace: an MLflow HTTP failure becomes one
     `TrackingUnavailable` naming the tracking URI; every other error passes through unchanged."""
 
@@ -104,15 +96,6 @@ def _tracking_server_faults(what: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_id: str
-    version: str
-    data_tag: str
-    metrics: dict[str, float]
-    created: bool
 
 
 def mlflow_uri(tracking_uri: str, environ: MutableMapping[str, str] | None = None) -> str:
@@ -149,24 +132,6 @@ def experiment_id(workspace: Workspace) -> str:
     return mlflow_client.create_experiment(EXPERIMENT, artifact_location=workspace.artifacts_dir.as_uri())
 
 
-def params_hash(params: TrainParams) -> str:
-    return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def file_digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def pinned_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("xgboost", "scikit-learn", "pandas", "numpy", "cloudpickle")]
-
-
-def _metric_key(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\- /]", "_", name)
-
-
 def find_version(workspace: Workspace, model_name: str, data_tag: str, phash: str):
     mlflow_client = client(workspace)
     try:
@@ -180,112 +145,7 @@ def find_version(workspace: Workspace, model_name: str, data_tag: str, phash: st
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
-@_tracking_server_faults("training a challenger")
-def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
-    """Train on the labelled set at the registry's HEAD version; register it as `challenger`."""
-    import mlflow
-
-    registry = workspace.registry_dir
-    data_tag = versioning.version_of(registry, workspace.labeled_path)
-    if data_tag is None:
-        raise RuntimeError("the labelled set is not a tagged data version (changed since its last tag); run the dataset stage first")
-    schema = workspace.schema()
-    phash = params_hash(params)
-    existing = find_version(workspace, params.model_name, data_tag, phash)
-    mlflow_client = client(workspace)
-    if existing is not None:
-        run = mlflow_client.get_run(existing.run_id)
-        mlflow_client.set_registered_model_alias(params.model_name, CHALLENGER, existing.version)
-        return TrainResult(existing.run_id, str(existing.version), data_tag, dict(run.data.metrics), created=False)
-
-    from labelloop.stages import train as pipeline
-
-    labeled = pd.read_parquet(workspace.labeled_path)
-    holdout = pd.read_parquet(workspace.holdout_path)
-    features = labeled[schema.feature_columns]
-    started = time.perf_counter()
-    model = pipeline.fit(labeled, schema, params)
-    fit_seconds = time.perf_counter() - started
-    evaluation = pipeline.evaluate(model, holdout, schema)
-    metrics, recall = evaluation.metrics, evaluation.class_recall
-
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(features.head(20), model.predict_proba(features.head(20)))
-    with mlflow.start_run(experiment_id=experiment_id(workspace), run_name=f"train-{data_tag}") as run:
-        from labelloop.core.threads import resolve_n_jobs
-
-        mlflow.log_params({**params.model_dump(mode="json"), "n_jobs_resolved": resolve_n_jobs(params.n_jobs)})
-        mlflow.log_metrics(metrics)
-        mlflow.log_metrics({f"recall.{_metric_key(c)}": r for c, r in recall.items()})
-        mlflow.log_metric("n_labels", len(labeled))
-        mlflow.log_metric("fit_seconds", fit_seconds)
-        tags = {
-            "data_tag": data_tag,
-            "data_commit": versioning.head_sha(registry),
-            "holdout_tag": versioning.HOLDOUT_TAG,
-            "holdout_digest": file_digest(workspace.holdout_path),
-            "params_hash": phash,
-            "n_labels": str(len(labeled)),
-            "batches": ",".join(sorted(set(labeled["batch_id"]))),
-            "class_recall": json.dumps(recall, sort_keys=True),
-        }
-        mlflow.set_tags(tags)
-        dataset = mlflow.data.from_pandas(labeled, name=data_tag, targets="label", source=workspace.labeled_path.as_uri())
-        mlflow.log_input(dataset, context="training")
-        info = mlflow.sklearn.log_model(
-            model, name="model", signature=signature, input_example=features.head(3),
-            pip_requirements=pinned_requirements(),
-            # skops, not pickle: loading runs no arbitrary code; these are the only non-builtin types.
-            serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES,
-        )
-        with contextlib.redirect_stderr(io.StringIO()):  # register_model eprints a banner per call
-            version = mlflow.register_model(info.model_uri, params.model_name, tags={"data_tag": data_tag, "params_hash": phash})
-        crash_point("train.after_register")
-        mlflow.set_tag("model_version", version.version)
-        _log_plots(workspace, evaluation, schema, run.info.run_id, len(labeled), metrics)
-    mlflow_client.set_registered_model_alias(params.model_name, CHALLENGER, version.version)
-    return TrainResult(run.info.run_id, str(version.version), data_tag, metrics, created=True)
-
-
-def _log_plots(workspace: Workspace, evaluation, schema, run_id: str, n_labels: int, metrics: dict[str, float]) -> None:
-    """Confusion matrix, reliability diagram, and the learning curve of all runs so far."""
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    from labelloop.stages import train as pipeline
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for png in pipeline.write_plots(evaluation, schema, Path(tmp)):
-            mlflow.log_artifact(str(png), artifact_path="plots")
-        mlflow.log_table(evaluation.calibration, artifact_file="plots/calibration.json")
-        history = [(int(r.data.metrics.get("n_labels", 0)), r.data.metrics.get("accuracy"), r.data.metrics.get("macro_f1"))
-                   for r in client(workspace).search_runs([experiment_id(workspace)]) if r.info.run_id != run_id
-                   and "accuracy" in r.data.metrics]
-        history.append((n_labels, metrics["accuracy"], metrics["macro_f1"]))
-        history.sort()
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([h[0] for h in history], [h[1] for h in history], marker="o", label="accuracy")
-        ax.plot([h[0] for h in history], [h[2] for h in history], marker="s", label="macro-F1")
-        ax.set_xlabel("labelled examples")
-        ax.set_ylabel("holdout")
-        ax.set_title("learning curve (all retrains so far)")
-        ax.legend()
-        fig.tight_layout()
-        curve = Path(tmp) / "learning_curve.png"
-        fig.savefig(curve, dpi=100)
-        plt.close(fig)
-        mlflow.log_artifact(str(curve), artifact_path="plots")
-
-
-@_tracking_server_faults("reading an alias")
+@server_faults("reading an alias")
 def alias_version(workspace: Workspace, model_name: str, alias: str) -> str | None:
     mlflow_client = client(workspace)
     try:
@@ -308,71 +168,6 @@ def model_metrics(workspace: Workspace, model_name: str, version: str) -> ModelM
         holdout_digest=tags.get("holdout_digest", ""),
         new_labels=int(tags.get("n_labels", 0)),
     )
-
-
-@_tracking_server_faults("evaluating the gate")
-def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> GateDecision:
-    """The decision for the current challenger against the current champion (pure once metrics are read)."""
-    challenger_version = alias_version(workspace, model_name, CHALLENGER)
-    if challenger_version is None:
-        raise RuntimeError(f"model {model_name!r} has no '{CHALLENGER}' version to gate; run the train stage first")
-    champion_version = alias_version(workspace, model_name, CHAMPION)
-    challenger = model_metrics(workspace, model_name, challenger_version)
-    recorded = client(workspace).get_model_version(model_name, challenger_version).tags
-    changed = rules_changed(recorded.get("gate.rules"), rules)
-    if champion_version == challenger_version:
-        # A rerun after promotion: the serving champion is not re-judged; say so, and what changed.
-        reasons = [f"version {challenger_version} is already champion; its recorded decision stands "
-                   f"({recorded.get('gate.decision', 'promote')}: {recorded.get('gate.reasons', 'no reasons recorded')})"]
-        if changed:
-            reasons.append(f"gate rules changed since that decision ({changed}); they apply to the next challenger — "
-                           "to undo this promotion use `labelloop model rollback`")
-        value = challenger.metrics[rules.primary_metric]
-        return GateDecision(recorded.get("gate.decision", "promote") == "promote", reasons, rules.primary_metric, value, value,
-                            challenger_version, champion_version)
-    champion = model_metrics(workspace, model_name, champion_version) if champion_version else None
-    if champion is not None:
-        challenger = ModelMetrics(challenger.version, challenger.metrics, challenger.class_recall, challenger.holdout_digest,
-                                  new_labels=challenger.new_labels - champion.new_labels)
-    decision = decide(challenger, champion, rules)
-    if "gate.decision" in recorded:
-        note = (f"re-decided under changed gate rules ({changed}); was {recorded['gate.decision']}" if changed
-                else f"re-decided with the same rules; was {recorded['gate.decision']}")
-        decision = GateDecision(decision.promote, [*decision.reasons, note], decision.primary_metric, decision.challenger_value,
-                                decision.champion_value, decision.challenger_version, decision.champion_version)
-    return decision
-
-
-def rules_changed(recorded_json: str | None, rules: GateParams) -> str:
-    """'' when `rules` equal the recorded ones (or none were recorded), else 'key old → new, ...'."""
-    if not recorded_json:
-        return ""
-    try:
-        recorded = json.loads(recorded_json)
-    except json.JSONDecodeError:
-        return ""
-    current = rules.model_dump(mode="json")
-    return ", ".join(f"{key} {recorded.get(key)!r} → {value!r}" for key, value in current.items() if recorded.get(key) != value)
-
-
-@_tracking_server_faults("recording the gate decision")
-def record_decision(workspace: Workspace, model_name: str, decision: GateDecision, rules: GateParams | None = None) -> None:
-    """Tags on the challenger's run and model version: decision, every reason, the champion it faced,
-    and the rules it was judged by (so a rerun with other rules can say what changed)."""
-    mlflow_client = client(workspace)
-    model_version = mlflow_client.get_model_version(model_name, decision.challenger_version)
-    tags: dict[str, Any] = {
-        "gate.decision": decision.label,
-        "gate.reasons": " | ".join(decision.reasons),
-        "gate.primary_metric": decision.primary_metric,
-        "gate.champion_version": str(decision.champion_version),
-    }
-    if rules is not None:
-        tags["gate.rules"] = json.dumps(rules.model_dump(mode="json"), sort_keys=True)
-    for key, value in tags.items():
-        mlflow_client.set_tag(model_version.run_id, key, value)
-        mlflow_client.set_model_version_tag(model_name, decision.challenger_version, key, value)
-    crash_point("gate.after_record")
 
 
 # The champion's history: one registered-model tag per change of `champion`, key
@@ -415,9 +210,9 @@ class UnknownModelVersion(ValueError):
 
 
 def _utc_now() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _registered_model(workspace: Workspace, model_name: str):
@@ -442,6 +237,12 @@ def _change(workspace: Workspace, model_name: str, version: str, by: str, reason
     return ChampionChange(str(version), at, by, reason, tags.get("data_tag"), replaced, recorded)
 
 
+def new_champion_change(workspace: Workspace, model_name: str, version: str, by: str, reason: str,
+                        replaced: str | None) -> ChampionChange:
+    """The record of a change of `champion` labelloop makes now (`by`: one of MOVED_BY)."""
+    return _change(workspace, model_name, version, by, reason, replaced, _utc_now())
+
+
 def champion_history(workspace: Workspace, model_name: str) -> list[ChampionChange]:
     """Every change of `champion`, oldest first. A store older than the history gets entries derived from
     its aliases (previous-champion, unless a rollback demoted it, then champion); an alias moved without a
@@ -450,7 +251,8 @@ def champion_history(workspace: Workspace, model_name: str) -> list[ChampionChan
     model = _registered_model(workspace, model_name)
     if model is None:
         return []
-    history = [ChampionChange.from_json(value) for key, value in sorted(model.tags.items()) if key.startswith(CHAMPION_HISTORY_TAG)]
+    history = [ChampionChange.from_json(value) for key, value in sorted(model.tags.items())
+               if key.startswith(CHAMPION_HISTORY_TAG)]
     aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
     champion = aliases.get(CHAMPION)
     if champion is None or (history and history[-1].version == champion):
@@ -458,8 +260,8 @@ def champion_history(workspace: Workspace, model_name: str) -> list[ChampionChan
     if not history:
         previous = aliases.get(PREVIOUS)
         if previous and previous != champion and not _version_tags(workspace, model_name, previous).get("rolled_back"):
-            history.append(_change(workspace, model_name, previous, "derived", "champion before labelloop kept a champion history",
-                                   None, None, recorded=False))
+            history.append(_change(workspace, model_name, previous, "derived",
+                                   "champion before labelloop kept a champion history", None, None, recorded=False))
         tags = _version_tags(workspace, model_name, champion)
         reason = tags.get("promoted_because") or tags.get("gate.reasons") or "champion before labelloop kept a champion history"
         history.append(ChampionChange(champion, None, "derived", reason, tags.get("data_tag"), previous, recorded=False))
@@ -470,34 +272,9 @@ def champion_history(workspace: Workspace, model_name: str) -> list[ChampionChan
     return history
 
 
-def champion_line(history: list[ChampionChange]) -> list[str]:
-    """The champions a rollback steps back along, oldest first; the last is the current champion.
-    A rollback removes the version it demoted, and a rollback to an earlier champion removes every
-    champion after it — so stepping back never returns to a rolled-back version (never forward)."""
-    line: list[str] = []
-    for change in history:
-        if change.by == "rollback" and change.version in line:
-            del line[line.index(change.version) + 1:]
-            continue
-        if change.by == "rollback" and line and line[-1] == change.replaced:
-            line.pop()
-        if change.version in line:
-            line.remove(change.version)
-        line.append(change.version)
-    return line
-
-
-def rolled_back(history: list[ChampionChange]) -> dict[str, ChampionChange]:
-    """Version → the rollback that demoted it, for versions no later change made champion again."""
-    demoted: dict[str, ChampionChange] = {}
-    for change in history:
-        demoted.pop(change.version, None)
-        if change.by == "rollback" and change.replaced:
-            demoted[change.replaced] = change
-    return demoted
-
-
-def _write_changes(workspace: Workspace, model_name: str, history: list[ChampionChange], new: list[ChampionChange]) -> None:
+def write_champion_changes(
+    workspace: Workspace, model_name: str, history: list[ChampionChange], new: list[ChampionChange]
+) -> None:
     """Write the not-yet-recorded entries of `history`, then `new`, each under the next sequence number."""
     mlflow_client = client(workspace)
     stored = sum(1 for change in history if change.recorded)
@@ -505,61 +282,9 @@ def _write_changes(workspace: Workspace, model_name: str, history: list[Champion
         mlflow_client.set_registered_model_tag(model_name, f"{CHAMPION_HISTORY_TAG}{stored + offset:06d}", change.to_json())
 
 
-@_tracking_server_faults("moving the champion alias")
-def promote(workspace: Workspace, model_name: str, version: str, reason: str = "", by: str = "gate") -> str | None:
-    """Move `champion` to `version`; the version it leaves keeps `previous-champion`; the change is
-    appended to the champion history (`by`: gate, rollback or resume). Idempotent: a rerun after the
-    alias moved only writes the history record a crash may have left unwritten."""
-    if by not in MOVED_BY:
-        raise ValueError(f"unknown champion change {by!r}; allowed: {', '.join(MOVED_BY)}")
-    version = str(version)
-    mlflow_client = client(workspace)
-    history = champion_history(workspace, model_name)  # read before the move, so the move is not taken for an unrecorded one
-    current = alias_version(workspace, model_name, CHAMPION)
-    if current == version:
-        if history and history[-1].version == version and history[-1].by == "unrecorded":
-            replaced = history[-1].replaced
-            _write_changes(workspace, model_name, history[:-1],
-                           [_change(workspace, model_name, version, by, reason or "resumed", replaced, _utc_now())])
-        return current
-    if current is not None:
-        mlflow_client.set_registered_model_alias(model_name, PREVIOUS, current)
-        crash_point("gate.after_previous")
-    mlflow_client.set_registered_model_alias(model_name, CHAMPION, version)
-    if reason:
-        because = f"rollback: {reason}" if by == "rollback" else reason
-        mlflow_client.set_model_version_tag(model_name, version, "promoted_because", because[:5000])
-    crash_point("gate.after_champion")
-    _write_changes(workspace, model_name, history, [_change(workspace, model_name, version, by, reason, current, _utc_now())])
-    return current
-
-
-@_tracking_server_faults("resuming the gate")
-def resume_gate(workspace: Workspace, model_name: str) -> str | None:
-    """Finish a gate a crash interrupted: the challenger's recorded decision is `promote` but it is
-    not champion, or it is champion but its history record was never written. A version a rollback
-    demoted is left alone. Returns the version promoted."""
-    challenger = alias_version(workspace, model_name, CHALLENGER)
-    if challenger is None:
-        return None
-    tags = client(workspace).get_model_version(model_name, challenger).tags
-    # The reasons as the gate stage passes them to promote ("; "-joined; the tag joins them with " | ").
-    reason = tags.get("gate.reasons", "resumed after an interrupted gate").replace(" | ", "; ")
-    if challenger == alias_version(workspace, model_name, CHAMPION):
-        history = champion_history(workspace, model_name)
-        if tags.get("gate.decision") == "promote" and history and history[-1].by == "unrecorded":
-            promote(workspace, model_name, challenger, reason, by="resume")  # writes only the missing record
-        return None
-    if (tags.get("gate.decision") != "promote" or tags.get("rolled_back")
-            or challenger in rolled_back(champion_history(workspace, model_name))):
-        return None
-    promote(workspace, model_name, challenger, reason, by="resume")
-    return challenger
-
-
 def _ranges(numbers: list[int]) -> str:
     """[1, 2, 3, 5] → '1–3, 5'."""
-    parts: list[str] = []
+    parts: list[tuple[int, int]] = []
     for number in sorted(numbers):
         if parts and parts[-1][1] == number - 1:
             parts[-1] = (parts[-1][0], number)
@@ -578,7 +303,7 @@ def describe_versions(workspace: Workspace, model_name: str) -> str:
     return f"model {model_name!r} has versions {_ranges(versions) or 'none'}; aliases {aliases}"
 
 
-@_tracking_server_faults("looking up a model version")
+@server_faults("looking up a model version")
 def resolve_version(workspace: Workspace, model_name: str, ref: str) -> str:
     """A version number ('3' or 'v3') or an alias (champion, challenger, previous-champion) → the version
     number; anything else is one `UnknownModelVersion` that names the versions and aliases that exist."""
@@ -602,45 +327,6 @@ def resolve_version(workspace: Workspace, model_name: str, ref: str) -> str:
     return aliases[ref]
 
 
-@_tracking_server_faults("rolling back the champion")
-def rollback(workspace: Workspace, model_name: str, reason: str, version: str | None = None) -> tuple[str | None, str]:
-    """Make an earlier model champion again; returns (the champion it demoted, the new champion).
-
-    Without `version`: one step back along the champion history — to the champion the current one
-    replaced, skipping versions a rollback demoted — so rollback twice goes v5 → v3 → v2, never forward.
-    With `version` (a number or alias): that version, which must exist. The demoted version is tagged
-    `rolled_back` (the gate's resume never re-promotes it) and the reason is kept in the history."""
-    history = champion_history(workspace, model_name)
-    current = alias_version(workspace, model_name, CHAMPION)
-    if version is None:
-        if current is None:
-            raise UnknownModelVersion(f"no champion to roll back: {describe_versions(workspace, model_name)}")
-        line = champion_line(history)
-        if len(line) < 2:
-            raise UnknownModelVersion(f"no earlier champion to roll back to: version {current} is the first in the champion "
-                                      f"history (`labelloop model history`); name a VERSION — {describe_versions(workspace, model_name)}")
-        target = line[-2]
-    else:
-        target = resolve_version(workspace, model_name, version)
-        if target == current:
-            return current, target
-    if current is not None:
-        mark_rolled_back(workspace, model_name, current, reason)
-    left = promote(workspace, model_name, target, reason, by="rollback")
-    return left, target
-
-
-@_tracking_server_faults("looking up the model of this data version")
-def needs_retrain(workspace: Workspace, params: TrainParams, data_tag: str) -> bool:
-    """True unless a model for this data version and these params has already been gated."""
-    version = find_version(workspace, params.model_name, data_tag, params_hash(params))
-    return version is None or "gate.decision" not in version.tags
-
-
-def mark_rolled_back(workspace: Workspace, model_name: str, version: str, reason: str) -> None:
-    client(workspace).set_model_version_tag(model_name, str(version), "rolled_back", reason[:5000])
-
-
 _MODEL_CACHE: dict[tuple[str, str, str], LabelloopClassifier] = {}
 
 
@@ -660,8 +346,3 @@ def champion_model(workspace: Workspace, model_name: str) -> tuple[str, Labelloo
     if version is None:
         return None
     return version, load_model(workspace, model_name, version)
-
-
-def predict_in_batches(model: LabelloopClassifier, features: pd.DataFrame, batch_rows: int = 100_000) -> np.ndarray:
-    parts = [model.predict_proba(features.iloc[i:i + batch_rows]) for i in range(0, len(features), batch_rows)]
-    return np.vstack(parts) if parts else np.empty((0, len(model.classes_)))

@@ -1,6 +1,17 @@
-"""Great Expectations suites over DataFrames, returning which rows failed which expectation.
+"""Great Expectations: one wrapper that runs a suite of expectations over a DataFrame and says which
+rows failed which expectation, and the loop's suites on top of it, as data:
 
-Great Expectations is imported lazily (4–6 s), only when a validation actually runs; the context is
+* the prediction log (capture, `validate_prediction_log`): the contract in labelloop.prediction_log;
+* the labelled set (the `validate` DVC stage, `labeled_set_checks`);
+* the vendor's answers (import, `validate_annotations`): item ids belong to this batch, labels are in
+  the label set, no nulls in `item_id` / `annotator_id` / `label`, and one answer per (item, annotator);
+  annotator ids are normalised first (`labelloop.domain.quality.normalize_annotator_id`), so one person
+  is one annotator in votes, gold tracking and agreement whichever vendor delivered the answer;
+* the aggregated final labels (import, `validate_final_labels`): the same membership and null checks,
+  and exactly one final label per item.
+
+Rows that fail go to a quarantine frame with the failed expectation and a readable reason; nothing is
+dropped silently. Great Expectations is imported lazily (4–6 s), only when a suite runs; the context is
 ephemeral and reused within a process.
 """
 
@@ -8,42 +19,65 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import math
-import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from labelloop.columns import (
+    ANNOTATOR_ID,
+    CONFIDENCE,
+    ITEM_ID,
+    LABEL,
+    PREDICTED,
+    PREDICTION_ID,
+    PROBA_PREFIX,
+    TS,
+)
+from labelloop.core.io import write_text
+from labelloop.domain.quality import normalize_annotator_id
 from labelloop.prediction_log import (
     CONFIDENCE_TOLERANCE,
-    ITEM_ID,
-    PROBA_PREFIX,
     REQUIRED_COLUMNS,
     normalise_prediction_log,
     unknown_proba_columns,
 )
 
+QUARANTINE_COLUMNS = ["expectation", "reason"]
+
 
 @dataclass(frozen=True)
-class Rule:
-    """One column expectation: GX class name and its keyword arguments."""
+class Check:
+    """One GX expectation (class name + kwargs) and the reason written for rows that fail it
+    (by default the expectation and its arguments, e.g. `ExpectColumnValuesToNotBeNull(x)`)."""
 
     expectation: str
     kwargs: dict[str, Any]
+    reason: str | None = None
 
     @property
-    def reason(self) -> str:
+    def why(self) -> str:
+        if self.reason is not None:
+            return self.reason
         column = self.kwargs.get("column", "")
         extra = {k: v for k, v in self.kwargs.items() if k != "column"}
         detail = ", ".join(f"{k}={v}" for k, v in extra.items() if not isinstance(v, list) or len(v) < 8)
         return f"{self.expectation}({column}{', ' + detail if detail else ''})"
 
+    def key(self) -> str:
+        return json.dumps([self.expectation, self.kwargs], sort_keys=True, default=str)
 
+
+# ----------------------------------------------------------------------------------- the GX wrapper
 @functools.lru_cache(maxsize=1)
 def _context():
+    """The process's one ephemeral GX context and whole-dataframe batch definition."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -58,94 +92,82 @@ def _context():
     return context, batch_definition
 
 
-def _suite_key(name: str, rules: tuple[Rule, ...]) -> str:
-    text = repr([(r.expectation, sorted(r.kwargs.items())) for r in rules])
-    return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-
-
 _DEFINITIONS: dict[str, Any] = {}
+_MAX_DEFINITIONS = 64
 
 
-def _validation_definition(name: str, rules: tuple[Rule, ...]):
-    key = _suite_key(name, rules)
-    if key not in _DEFINITIONS:
-        _DEFINITIONS[key] = _build_definition(key, rules)
-    return _DEFINITIONS[key]
-
-
-def _build_definition(key: str, rules: tuple[Rule, ...]):
+def _definition(name: str, checks: Sequence[Check]):
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     context, batch_definition = _context()
-    suite = gx.ExpectationSuite(name=key)
-    for rule in rules:
-        suite.add_expectation(getattr(gxe, rule.expectation)(**rule.kwargs))
-    suite = context.suites.add(suite)
-    return context.validation_definitions.add(gx.ValidationDefinition(name=key, data=batch_definition, suite=suite))
+    digest = hashlib.sha256("|".join(c.key() for c in checks).encode()).hexdigest()[:16]
+    key = f"{name}-{digest}"
+    if key not in _DEFINITIONS:
+        if len(_DEFINITIONS) >= _MAX_DEFINITIONS:  # one suite per batch id set: keep the cache bounded
+            old = next(iter(_DEFINITIONS))
+            _DEFINITIONS.pop(old)
+            context.validation_definitions.delete(old)
+            context.suites.delete(old)
+        expectations = [getattr(gxe, c.expectation)(**c.kwargs, meta={"check": i}) for i, c in enumerate(checks)]
+        suite = context.suites.add(gx.ExpectationSuite(name=key, expectations=expectations))
+        _DEFINITIONS[key] = context.validation_definitions.add(
+            gx.ValidationDefinition(name=key, data=batch_definition, suite=suite)
+        )
+    return _DEFINITIONS[key]
 
 
-def validate_rows(frame: pd.DataFrame, rules: list[Rule], name: str = "suite") -> pd.DataFrame:
-    """Run the suite; one row per (row position, failed expectation): columns `row`, `reason`."""
-    if frame.empty or not rules:
-        return pd.DataFrame({"row": pd.Series(dtype="int64"), "reason": pd.Series(dtype="str")})
-    definition = _validation_definition(name, tuple(rules))
-    indexed = frame.reset_index(drop=True)
-    result = definition.run(
-        batch_parameters={"dataframe": indexed},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": None},
+def run_checks(frame: pd.DataFrame, checks: Sequence[Check], name: str) -> pd.DataFrame:
+    """Run the checks as one GX suite; one row per (row position, failed check): row, expectation, reason."""
+    empty = pd.DataFrame(
+        {"row": pd.Series(dtype="int64"), "expectation": pd.Series(dtype=object), "reason": pd.Series(dtype=object)}
     )
-    failures: list[tuple[int, str]] = []
+    if frame.empty or not checks:
+        return empty
+    data = frame.reset_index(drop=True).copy()
+    data["_row"] = np.arange(len(data), dtype="int64")
+    result = _definition(name, checks).run(
+        batch_parameters={"dataframe": data},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]},
+    )
+    failures: list[tuple[int, str, str]] = []
     for outcome in result.results:
         if outcome.success:
             continue
-        rule = _rule_of(outcome.expectation_config, rules)
+        # GX does not keep the suite's order in its results: find the check by the index in `meta`.
+        check = checks[int(outcome.expectation_config.meta["check"])]
         indices = outcome.result.get("unexpected_index_list")
         if indices is None:
-            # Table-level expectation (no per-row indices): every row carries the reason.
-            failures.extend((i, rule.reason) for i in range(len(indexed)))
-            continue
+            raise RuntimeError(f"{check.expectation} failed without row indices; it cannot be used for row quarantine")
         for entry in indices:
-            position = entry if isinstance(entry, (int, np.integer)) else next(iter(entry.values())) if isinstance(entry, dict) else entry
-            failures.append((int(position), rule.reason))
-    return pd.DataFrame(failures, columns=["row", "reason"]).astype({"row": "int64", "reason": "str"})
+            row = entry["_row"] if isinstance(entry, dict) else entry
+            failures.append((int(row), check.expectation, check.why))
+    if not failures:
+        return empty
+    return pd.DataFrame(failures, columns=["row", "expectation", "reason"]).astype({"row": "int64"})
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _rule_of(config, rules: list[Rule]) -> Rule:
-    """The rule a GX result belongs to (GX does not keep the suite's order in its results)."""
-    for rule in rules:
-        if _snake(rule.expectation) != config.type:
-            continue
-        if all(config.kwargs.get(key) == value for key, value in rule.kwargs.items()):
-            return rule
-    raise LookupError(f"GX returned a result for an expectation not in the suite: {config.type} {config.kwargs}")
-
-
-def prediction_log_rules(feature_columns: list[str], proba_columns: list[str], class_names: list[str] | None = None) -> list[Rule]:
+# ------------------------------------------------------------------------------- the prediction log
+def prediction_log_checks(
+    feature_columns: list[str], proba_columns: list[str], class_names: list[str] | None = None
+) -> list[Check]:
     if class_names is None:
         class_names = [c.removeprefix(PROBA_PREFIX) for c in proba_columns]
-    rules = [
-        Rule("ExpectColumnValuesToNotBeNull", {"column": "prediction_id"}),
-        Rule("ExpectColumnValuesToNotBeNull", {"column": ITEM_ID}),
-        Rule("ExpectColumnValuesToNotBeNull", {"column": "ts"}),
-        Rule("ExpectColumnValuesToNotBeNull", {"column": "predicted"}),
-        Rule("ExpectColumnValuesToBeInSet", {"column": "predicted", "value_set": list(class_names)}),
-        Rule("ExpectColumnValuesToBeBetween", {"column": "confidence", "min_value": 0.0, "max_value": 1.0}),
-        Rule("ExpectColumnValuesToNotBeNull", {"column": "confidence"}),
+    checks = [
+        Check("ExpectColumnValuesToNotBeNull", {"column": PREDICTION_ID}),
+        Check("ExpectColumnValuesToNotBeNull", {"column": ITEM_ID}),
+        Check("ExpectColumnValuesToNotBeNull", {"column": TS}),
+        Check("ExpectColumnValuesToNotBeNull", {"column": PREDICTED}),
+        Check("ExpectColumnValuesToBeInSet", {"column": PREDICTED, "value_set": list(class_names)}),
+        Check("ExpectColumnValuesToBeBetween", {"column": CONFIDENCE, "min_value": 0.0, "max_value": 1.0}),
+        Check("ExpectColumnValuesToNotBeNull", {"column": CONFIDENCE}),
     ]
     for column in proba_columns:
-        rules.append(Rule("ExpectColumnValuesToNotBeNull", {"column": column}))
-        rules.append(Rule("ExpectColumnValuesToBeBetween", {"column": column, "min_value": 0.0, "max_value": 1.0}))
+        checks.append(Check("ExpectColumnValuesToNotBeNull", {"column": column}))
+        checks.append(Check("ExpectColumnValuesToBeBetween", {"column": column, "min_value": 0.0, "max_value": 1.0}))
     for column in feature_columns:
-        rules.append(Rule("ExpectColumnValuesToNotBeNull", {"column": column}))
-    return rules
-
-
-REQUIRED_LOG_COLUMNS = REQUIRED_COLUMNS
+        checks.append(Check("ExpectColumnValuesToNotBeNull", {"column": column}))
+    return checks
 
 
 def validate_prediction_log(frame: pd.DataFrame, feature_columns: list[str], proba_columns: list[str],
@@ -156,7 +178,7 @@ def validate_prediction_log(frame: pd.DataFrame, feature_columns: list[str], pro
     column, or a proba_<x> column for a class outside the label set, is a whole-file error (raised):
     no row of such a file can be trusted. `class_names` default to the proba columns' classes.
     """
-    missing = [c for c in (*REQUIRED_LOG_COLUMNS, *proba_columns, *feature_columns) if c not in frame.columns]
+    missing = [c for c in (*REQUIRED_COLUMNS, *proba_columns, *feature_columns) if c not in frame.columns]
     if missing:
         raise ValueError(f"prediction log is missing columns {missing[:10]}")
     if class_names is None:
@@ -169,25 +191,25 @@ def validate_prediction_log(frame: pd.DataFrame, feature_columns: list[str], pro
     # One type per contract column (ids as text, ts as UTC timestamps, item_id from prediction_id).
     normalised, extra = normalise_prediction_log(frame)
     # Coerce what should be numeric; unparseable values become NaN and fail the not-null rules.
-    numeric = [*proba_columns, *feature_columns, "confidence"]
+    numeric = [*proba_columns, *feature_columns, CONFIDENCE]
     coerced = normalised
     for column in numeric:
         coerced[column] = pd.to_numeric(coerced[column], errors="coerce").astype("float64")
         coerced.loc[~np.isfinite(coerced[column].to_numpy(dtype="float64", na_value=np.nan)), column] = np.nan
-    failures = validate_rows(coerced, prediction_log_rules(feature_columns, proba_columns, class_names), name="prediction_log")
+    failures = run_checks(coerced, prediction_log_checks(feature_columns, proba_columns, class_names), "prediction_log")
     # Cross-column and cross-row rules GX has no single expectation for.
     probas = coerced[proba_columns].to_numpy(dtype="float64", na_value=np.nan)
     sums = coerced[proba_columns].sum(axis=1, min_count=len(proba_columns)).to_numpy()
     bad_sum = ~np.isclose(np.nan_to_num(sums, nan=math.inf), 1.0, atol=1e-3)
     extra.extend((int(i), "probabilities do not sum to 1") for i in np.flatnonzero(bad_sum))
     extra.extend(_inconsistent_confidence(coerced, probas, list(class_names)))
-    duplicated = coerced["prediction_id"].duplicated(keep="first").to_numpy()
+    duplicated = coerced[PREDICTION_ID].duplicated(keep="first").to_numpy()
     extra.extend((int(i), "duplicate prediction_id in this read") for i in np.flatnonzero(duplicated))
     if ITEM_ID in frame.columns:  # given, not derived (a derived one repeats prediction_id's check)
         repeated = (coerced[ITEM_ID].duplicated(keep="first") & coerced[ITEM_ID].notna()).to_numpy()
         extra.extend((int(i), "duplicate item_id in this read (its first prediction is kept)") for i in np.flatnonzero(repeated))
     if extra:
-        failures = pd.concat([failures, pd.DataFrame(extra, columns=["row", "reason"])], ignore_index=True)
+        failures = pd.concat([failures[["row", "reason"]], pd.DataFrame(extra, columns=["row", "reason"])], ignore_index=True)
     reasons = failures.groupby("row")["reason"].agg(lambda r: "; ".join(sorted(set(r))))
     bad = np.zeros(len(coerced), dtype=bool)
     bad[reasons.index.to_numpy()] = True
@@ -201,17 +223,155 @@ def _inconsistent_confidence(frame: pd.DataFrame, probas: np.ndarray, class_name
 
     Rows with a missing confidence or probability already fail a GX rule and are not reported twice.
     """
-    confidence = frame["confidence"].to_numpy(dtype="float64", na_value=np.nan)
+    confidence = frame[CONFIDENCE].to_numpy(dtype="float64", na_value=np.nan)
     complete = np.isfinite(confidence) & np.isfinite(probas).all(axis=1) if probas.shape[1] else np.zeros(len(frame), bool)
     if not complete.any():
         return []
     top = np.where(complete, np.nan_to_num(probas, nan=-np.inf).max(axis=1), np.nan)
-    codes = pd.Categorical(frame["predicted"], categories=class_names).codes
+    codes = pd.Categorical(frame[PREDICTED], categories=class_names).codes
     of_predicted = np.full(len(frame), np.nan)
     known = complete & (codes >= 0)
     of_predicted[known] = probas[np.flatnonzero(known), codes[known]]
     matches = np.isclose(confidence, top, atol=CONFIDENCE_TOLERANCE, rtol=0) | np.isclose(
         confidence, of_predicted, atol=CONFIDENCE_TOLERANCE, rtol=0)
     wrong = np.flatnonzero(complete & ~matches)
-    return [(int(i), f"confidence {confidence[i]:.4g} is neither the top probability ({top[i]:.4g}) nor the predicted "
-                     f"class's probability (tolerance {CONFIDENCE_TOLERANCE})") for i in wrong]
+    return [(int(i), (f"confidence {confidence[i]:.4g} is neither the top probability ({top[i]:.4g}) nor the predicted "
+                      f"class's probability (tolerance {CONFIDENCE_TOLERANCE})")) for i in wrong]
+
+
+def labeled_set_checks(feature_columns: list[str], class_names: list[str]) -> list[Check]:
+    """The labelled set the model trains on: one row per item, a label from the label set, every feature."""
+    checks = [
+        Check("ExpectColumnValuesToNotBeNull", {"column": ITEM_ID}),
+        Check("ExpectColumnValuesToBeUnique", {"column": ITEM_ID}),
+        Check("ExpectColumnValuesToNotBeNull", {"column": LABEL}),
+        Check("ExpectColumnValuesToBeInSet", {"column": LABEL, "value_set": list(class_names)}),
+    ]
+    return checks + [Check("ExpectColumnValuesToNotBeNull", {"column": c}) for c in feature_columns]
+
+
+# ------------------------------------------------------------------------- answers and final labels
+def _as_str_or_null(series: pd.Series) -> pd.Series:
+    def convert(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            return None
+        text = str(value).strip()
+        return text if text else None
+
+    return pd.Series([convert(v) for v in series], index=series.index, dtype=object)
+
+
+def _split(frame: pd.DataFrame, failures: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if failures.empty:
+        quarantined = frame.iloc[0:0].copy()
+        for column in QUARANTINE_COLUMNS:
+            quarantined[column] = pd.Series(dtype=object)
+        return frame.reset_index(drop=True), quarantined
+    grouped = failures.sort_values(["row", "expectation"]).groupby("row").agg(
+        expectation=("expectation", lambda s: "; ".join(dict.fromkeys(s))),
+        reason=("reason", lambda s: "; ".join(dict.fromkeys(s))),
+    )
+    bad = np.zeros(len(frame), dtype=bool)
+    bad[grouped.index.to_numpy()] = True
+    quarantined = frame.loc[bad].copy()
+    quarantined["expectation"] = grouped["expectation"].to_numpy()
+    quarantined["reason"] = grouped["reason"].to_numpy()
+    return frame.loc[~bad].reset_index(drop=True), quarantined.reset_index(drop=True)
+
+
+def annotation_checks(batch_item_ids: Iterable[str], label_set: Sequence[str]) -> list[Check]:
+    items = sorted({str(i) for i in batch_item_ids})
+    labels = [str(c) for c in label_set]
+    return [
+        Check("ExpectColumnValuesToNotBeNull", {"column": ITEM_ID}, "item_id is missing"),
+        Check("ExpectColumnValuesToNotBeNull", {"column": ANNOTATOR_ID}, "annotator_id is missing"),
+        Check("ExpectColumnValuesToNotBeNull", {"column": LABEL}, "label is missing"),
+        Check("ExpectColumnValuesToBeInSet", {"column": ITEM_ID, "value_set": items}, "item_id is not in this batch"),
+        Check("ExpectColumnValuesToBeInSet", {"column": LABEL, "value_set": labels}, "label is not in the label set"),
+    ]
+
+
+def validate_annotations(
+    annotations: pd.DataFrame, batch_item_ids: Iterable[str], label_set: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split vendor answers into (accepted, quarantined); quarantined rows carry `expectation`, `reason`.
+
+    Rows a vendor adapter could not parse carry a non-null `parse_error` and are quarantined as
+    `malformed`. Of several answers by one annotator on one item the last one delivered is kept and
+    the earlier ones are quarantined as duplicates. Missing required columns raise ValueError: no row
+    of such a payload can be trusted.
+    """
+    missing = [c for c in (ITEM_ID, ANNOTATOR_ID, LABEL) if c not in annotations.columns]
+    if missing:
+        raise ValueError(f"annotations lack required columns {missing}; got {list(annotations.columns)}")
+    frame = annotations.reset_index(drop=True).copy()
+    given_annotators = _as_str_or_null(frame[ANNOTATOR_ID])
+    for column in (ITEM_ID, LABEL):
+        frame[column] = _as_str_or_null(frame[column])
+    frame[ANNOTATOR_ID] = pd.Series([normalize_annotator_id(v) for v in given_annotators], index=frame.index, dtype=object)
+    extra: list[tuple[int, str, str]] = []
+    clean = np.ones(len(frame), dtype=bool)
+    # An id made only of invisible characters names nobody: say so (escaped), rather than "missing".
+    invisible = (given_annotators.notna() & frame[ANNOTATOR_ID].isna()).to_numpy()
+    extra.extend((int(i), "annotator_id_normalized_empty",
+                  f"annotator_id {given_annotators.iat[i][:40]!r} is empty once normalised (only invisible or space characters)")
+                 for i in np.flatnonzero(invisible))
+    clean &= ~invisible
+    if "parse_error" in frame.columns:
+        malformed = frame["parse_error"].notna().to_numpy()
+        extra.extend((int(i), "malformed", f"malformed record: {frame.at[i, 'parse_error']}") for i in np.flatnonzero(malformed))
+        clean &= ~malformed
+    failures = run_checks(frame, annotation_checks(batch_item_ids, label_set), "annotations")
+    failures = failures[clean[failures["row"].to_numpy()]] if len(failures) else failures
+    # Duplicates among rows that pass every other check: keep the last answer per (item, annotator).
+    failed_rows = set(failures["row"].tolist()) | {r for r, _, _ in extra}
+    candidates = frame.loc[[i for i in range(len(frame)) if i not in failed_rows], [ITEM_ID, ANNOTATOR_ID]]
+    duplicated = candidates[candidates.duplicated(keep="last")].index
+    extra.extend(
+        (int(i), "ExpectCompoundColumnsToBeUnique", "duplicate answer by this annotator for this item (the last one is kept)")
+        for i in duplicated
+    )
+    if extra:
+        failures = pd.concat([failures, pd.DataFrame(extra, columns=["row", "expectation", "reason"])], ignore_index=True)
+    return _split(frame, failures)
+
+
+def final_label_checks(batch_item_ids: Iterable[str], label_set: Sequence[str]) -> list[Check]:
+    items = sorted({str(i) for i in batch_item_ids})
+    return [
+        Check("ExpectColumnValuesToNotBeNull", {"column": ITEM_ID}, "item_id is missing"),
+        Check("ExpectColumnValuesToNotBeNull", {"column": LABEL}, "final label is missing"),
+        Check("ExpectColumnValuesToBeInSet", {"column": ITEM_ID, "value_set": items}, "item_id is not in this batch"),
+        Check("ExpectColumnValuesToBeInSet", {"column": LABEL, "value_set": [str(c) for c in label_set]},
+              "final label is not in the label set"),
+        Check("ExpectColumnValuesToBeUnique", {"column": ITEM_ID}, "more than one final label for this item"),
+    ]
+
+
+def validate_final_labels(
+    final: pd.DataFrame, batch_item_ids: Iterable[str], label_set: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split aggregated labels into (accepted, quarantined): one final label per item, from the set."""
+    missing = [c for c in (ITEM_ID, LABEL) if c not in final.columns]
+    if missing:
+        raise ValueError(f"final labels lack required columns {missing}; got {list(final.columns)}")
+    frame = final.reset_index(drop=True).copy()
+    frame[ITEM_ID] = _as_str_or_null(frame[ITEM_ID])
+    frame[LABEL] = _as_str_or_null(frame[LABEL])
+    return _split(frame, run_checks(frame, final_label_checks(batch_item_ids, label_set), "final_labels"))
+
+
+def write_quarantine(path: str | Path, quarantined: pd.DataFrame, **context: Any) -> Path:
+    """Write quarantined rows as JSON lines (atomic; rewriting the same batch replaces the file).
+
+    Every line has the row's own fields plus `expectation`, `reason` and the given context (e.g.
+    `batch_id`). Values are kept as received (strings, numbers, null).
+    """
+    path = Path(path)
+    lines = []
+    for record in quarantined.to_dict(orient="records"):
+        clean = {k: (None if (isinstance(v, float) and np.isnan(v)) else v) for k, v in record.items()}
+        clean.update(context)
+        lines.append(json.dumps(clean, sort_keys=True, default=str))
+    write_text(path, "".join(line + "\n" for line in lines))
+    return path

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from labelloop.core.faults import crash_point
 from labelloop.core.redact import redact_text, redact_uri
-from labelloop.core.retry import TransientError, with_retries
+from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy, TransientError, with_retries
 
 DATA_TAG_PREFIX = "data-v"
 HOLDOUT_TAG = "holdout-v1"
@@ -40,7 +40,7 @@ PUSHED_MARKER = Path(".dvc") / "tmp" / "labelloop-pushed.json"
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
     result = subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, text=True,
+        ["git", *args], cwd=repo, capture_output=True, text=True, check=False,  # failures become VersioningError
         env=_git_env(),
     )
     if check and result.returncode != 0:
@@ -82,7 +82,7 @@ def dvc_reason(error: BaseException) -> str:
     """A readable reason for a DVC failure, its causes included (the root cause is what a user acts on)."""
     import errno
 
-    reasons = []
+    reasons: list[str] = []
     seen: BaseException | None = error
     while seen is not None and len(reasons) < 4:
         lock_file = getattr(seen, "lockfilename", None)
@@ -125,14 +125,13 @@ def init_registry(repo: Path, remote_dir: Path) -> None:
     remote_dir.mkdir(parents=True, exist_ok=True)
     from dvc.config_schema import RelPath
 
-    with _dvc_repo(repo) as dvc_repo:
-        with dvc_repo.config.edit() as conf:
-            conf["core"]["remote"] = "local"
-            conf["core"]["autostage"] = True
-            conf["core"]["analytics"] = False
-            # Written relative to .dvc/ (DVC's RelPath): DVC writes its config as ASCII, so an absolute
-            # path under a non-ASCII directory fails there; relative, it is also moved with the workspace.
-            conf["remote"]["local"] = {"url": RelPath(str(remote_dir.resolve()))}
+    with _dvc_repo(repo) as dvc_repo, dvc_repo.config.edit() as conf:
+        conf["core"]["remote"] = "local"
+        conf["core"]["autostage"] = True
+        conf["core"]["analytics"] = False
+        # Written relative to .dvc/ (DVC's RelPath): DVC writes its config as ASCII, so an absolute
+        # path under a non-ASCII directory fails there; relative, it is also moved with the workspace.
+        conf["remote"]["local"] = {"url": RelPath(str(remote_dir.resolve()))}
     (repo / "data").mkdir(exist_ok=True)
     git(repo, "add", "-A")
     if git(repo, "status", "--porcelain"):
@@ -224,8 +223,9 @@ def version_of(repo: Path, path: Path) -> str | None:
     return tag
 
 
-def commit_version(repo: Path, paths: list[Path], message: str, tag: str | None = None) -> tuple[str, bool]:
-    """`dvc add` the data files, commit them (and the plain-git files), tag, push.
+def commit_version(repo: Path, paths: list[Path], message: str, tag: str | None = None,
+                   retry: RetryPolicy = DEFAULT_RETRY) -> tuple[str, bool]:
+    """`dvc add` the data files, commit them (and the plain-git files), tag, push (with `retry`).
 
     Returns (tag, created). If HEAD already carries a data tag and nothing changed, that tag is
     returned with created=False: a rerun after success makes no second version.
@@ -237,7 +237,7 @@ def commit_version(repo: Path, paths: list[Path], message: str, tag: str | None 
     dirty = bool(git(repo, "status", "--porcelain"))
     existing = tag_of_head(repo)
     if not dirty and existing is not None and tag is None:
-        ensure_pushed(repo)
+        ensure_pushed(repo, retry)
         return existing, False
     if dirty:
         git(repo, "commit", "-q", "-m", message)
@@ -248,7 +248,7 @@ def commit_version(repo: Path, paths: list[Path], message: str, tag: str | None 
     if tag not in git(repo, "tag", "--points-at", "HEAD").split():
         git(repo, "tag", "-a", tag, "-m", message)
     crash_point("dataset.after_tag")
-    push(repo)
+    push(repo, retry)
     return tag, True
 
 
@@ -260,12 +260,12 @@ def remote_url(repo: Path) -> str:
         return str(config["remote"].get(name, {}).get("url", "")) if name else ""
 
 
-def push(repo: Path) -> None:
+def push(repo: Path, retry: RetryPolicy = DEFAULT_RETRY) -> None:
     """Push DVC-tracked data to the default remote (content-addressed, so repeats are cheap and a
-    retry is safe). Bounded retries with backoff (`labelloop.core.retry`); then one `RemoteUnavailable`
+    retry is safe). Bounded retries with backoff (`retry`); then one `RemoteUnavailable`
     naming the remote and DVC's own reason."""
     url = remote_url(repo)
-    with_retries(f"dvc push to {redact_uri(url)}", lambda: _push_once(repo, url))
+    with_retries(f"dvc push to {redact_uri(url)}", lambda: _push_once(repo, url), retry)
     _write_pushed_marker(repo, url)
 
 
@@ -292,7 +292,7 @@ def _push_once(repo: Path, url: str) -> None:
     try:
         with _dvc_repo(repo) as dvc_repo:
             dvc_repo.push()
-    except Exception as error:  # DVC raises many types (UploadError, OSError, config errors) for one failed push
+    except Exception as error:  # noqa: BLE001 — DVC raises many types (UploadError, OSError, config errors) for one failed push
         reason = errors.messages[0] if errors.messages else f"{type(error).__name__}: {error}"
         # A local path that cannot be a directory or is not writable does not heal by retrying.
         permanent = isinstance(error, (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError))
@@ -310,7 +310,7 @@ def _write_pushed_marker(repo: Path, url: str) -> None:
     write_json(repo / PUSHED_MARKER, {"commit": head_sha(repo), "remote": redact_uri(url)})
 
 
-def ensure_pushed(repo: Path) -> bool:
+def ensure_pushed(repo: Path, retry: RetryPolicy = DEFAULT_RETRY) -> bool:
     """Push unless HEAD was already pushed to the current remote; True when it pushed."""
     marker = repo / PUSHED_MARKER
     try:
@@ -319,7 +319,7 @@ def ensure_pushed(repo: Path) -> bool:
         last = {}
     if last == {"commit": head_sha(repo), "remote": redact_uri(remote_url(repo))}:
         return False
-    push(repo)
+    push(repo, retry)
     return True
 
 
@@ -344,13 +344,10 @@ def tag_message(repo: Path, tag: str) -> str:
     return git(repo, "tag", "-l", "--format=%(contents)", tag)
 
 
-def valid_tag(tag: str) -> bool:
-    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", tag) is not None
-
-
 def show_at(repo: Path, rev: str, relative_path: str) -> str | None:
     """A git-tracked file's text at `rev` (None when the file is not in that revision)."""
-    result = subprocess.run(["git", "show", f"{rev}:{relative_path}"], cwd=repo, capture_output=True, text=True, env=_git_env())
+    result = subprocess.run(["git", "show", f"{rev}:{relative_path}"], cwd=repo, capture_output=True, text=True,
+                            check=False, env=_git_env())
     return result.stdout if result.returncode == 0 else None
 
 
@@ -370,10 +367,12 @@ VERSION_FILES = frozenset({"data/labeled.parquet.dvc", "data/holdout.parquet.dvc
 
 def _changed_files(repo: Path) -> tuple[list[str], list[str]]:
     """(tracked files changed, untracked files not ignored) in the working tree, VERSION_FILES left out."""
-    result = subprocess.run(["git", "status", "--porcelain", "-z"], cwd=repo, capture_output=True, text=True, env=_git_env())
+    result = subprocess.run(["git", "status", "--porcelain", "-z"], cwd=repo, capture_output=True, text=True,
+                            check=False, env=_git_env())
     if result.returncode != 0:
         raise VersioningError(f"git status failed in {repo}: {result.stderr.strip()}")
-    tracked, untracked = [], []
+    tracked: list[str] = []
+    untracked: list[str] = []
     entries = iter(result.stdout.split("\0"))
     for entry in entries:
         if len(entry) < 4:
@@ -397,12 +396,13 @@ def require_production_line(repo: Path) -> None:
     """
     problems, fixes = [], []
     branch = subprocess.run(["git", "symbolic-ref", "-q", "--short", "HEAD"], cwd=repo, capture_output=True,
-                            text=True, env=_git_env()).stdout.strip()
+                            text=True, check=False, env=_git_env()).stdout.strip()  # fails on a detached HEAD: ""
     if branch != PRODUCTION_BRANCH:
         if branch:
             where = f"on branch {branch!r}"
         else:
-            at = git(repo, "describe", "--tags", "--exact-match", "HEAD", check=False) or git(repo, "rev-parse", "--short", "HEAD")
+            at = (git(repo, "describe", "--tags", "--exact-match", "HEAD", check=False)
+                  or git(repo, "rev-parse", "--short", "HEAD"))
             where = f"at a detached HEAD ({at})"
         problems.append(f"it is {where}, not on branch {PRODUCTION_BRANCH}")
         fixes.append(f"`git -C {repo} checkout {PRODUCTION_BRANCH} && dvc --cd {repo} checkout`")
@@ -587,7 +587,8 @@ def _restore_torn_pointers(repo: Path) -> list[str]:
             continue
         try:
             outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs")
-            whole = bool(outs) and all(isinstance(o, dict) and o.get("path") and o.get("md5") for o in outs)
+            whole = isinstance(outs, list) and bool(outs) and all(
+                isinstance(o, dict) and o.get("path") and o.get("md5") for o in outs)
         except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
             whole = False
         if whole:

@@ -1,1 +1,2 @@
-"""Entry points built on the stages: workspace creation, online serving and its write-ahead log, the simulator, lineage and reports."""
+"""Entry points built on the stages: workspace creation, online serving and its write-ahead log, the simulator,
+lineage and reports."""

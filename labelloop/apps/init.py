@@ -19,12 +19,12 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from labelloop.adapters import versioning
+from labelloop.columns import ITEM_ID
 from labelloop.config import DEFAULT_MODEL_NAME, Params, dump_params
-from labelloop.core.redact import redact_uri
 from labelloop.core.io import write_json, write_parquet, write_text
+from labelloop.core.redact import redact_uri
+from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy
 from labelloop.workspace import Schema, Workspace, WorkspaceError
-
-ITEM_ID = "item_id"
 
 
 def shipped_dataset_path() -> Path:
@@ -61,8 +61,9 @@ def _prepare(source: pd.DataFrame, label_column: str) -> tuple[pd.DataFrame, Sch
     return frame, Schema(feature_columns=features, class_names=class_names, label_column="label")
 
 
-def init_workspace(path: str | Path, params: Params | None = None, simulate_traffic: bool = True) -> Workspace:
-    """Create a workspace in a new or empty directory.
+def init_workspace(path: str | Path, params: Params | None = None, simulate_traffic: bool = True,
+                   retry: RetryPolicy = DEFAULT_RETRY) -> Workspace:
+    """Create a workspace in a new or empty directory; its first versions are pushed with `retry`.
 
     Refuses an existing workspace and any other non-empty directory (init never writes into, nor
     removes, what it did not create). An init that fails part-way removes everything it created, so
@@ -81,19 +82,22 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
     # The directory init creates first (the root itself, or its highest missing parent): what a failure removes.
     first_created = next((p for p in reversed([workspace.root, *workspace.root.parents]) if not p.exists()), None)
     try:
-        _create(workspace, params, frame, schema, source_path, simulate_traffic)
+        _create(workspace, params, frame, schema, source_path, simulate_traffic, retry)
     except BaseException:  # a failure or an interrupt: leave nothing half-made behind
         if first_created is not None:
             shutil.rmtree(first_created, ignore_errors=True)
         else:  # the root existed, empty: everything in it is ours
             for child in list(workspace.root.iterdir()):
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink(missing_ok=True)
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         raise
     return workspace
 
 
 def _create(workspace: Workspace, params: Params, frame: pd.DataFrame, schema: Schema, source_path: Path,
-            simulate_traffic: bool) -> None:
+            simulate_traffic: bool, retry: RetryPolicy) -> None:
     # The id namespaces this workspace's projects on a shared vendor server (batch ids repeat across
     # workspaces) and its registered model on a shared tracking server.
     workspace_id = uuid.uuid4().hex[:12]
@@ -108,7 +112,7 @@ def _create(workspace: Workspace, params: Params, frame: pd.DataFrame, schema: S
     for directory in (workspace.predictions_dir, workspace.batches_dir, workspace.state_dir, workspace.quarantine_dir,
                       workspace.reports_dir, workspace.artifacts_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    write_text(workspace.root / ".gitignore", "*\n")  # a workspace never lands in the user's checkout
+    write_text(workspace.gitignore_path, "*\n")
 
     rest, holdout = train_test_split(
         frame, test_size=params.dataset.holdout_fraction, stratify=frame["label"], random_state=params.dataset.split_seed
@@ -121,9 +125,10 @@ def _create(workspace: Workspace, params: Params, frame: pd.DataFrame, schema: S
         versioning.set_remote(workspace.registry_dir, remote_url)
     write_text(workspace.params_path, dump_params(params))
     write_json(workspace.schema_path, schema.to_json())
-    write_text(workspace.registry_dir / "dvc.yaml", pipeline_template())
+    write_text(workspace.pipeline_path, pipeline_template())
     write_parquet(workspace.holdout_path, holdout.sort_values(ITEM_ID).reset_index(drop=True))
-    versioning.commit_version(workspace.registry_dir, [workspace.holdout_path], "Fixed holdout set", tag=versioning.HOLDOUT_TAG)
+    versioning.commit_version(workspace.registry_dir, [workspace.holdout_path], "Fixed holdout set", tag=versioning.HOLDOUT_TAG,
+                              retry=retry)
 
     seed = seed.sort_values(ITEM_ID).reset_index(drop=True)
     seed["batch_id"] = "seed"
@@ -132,14 +137,14 @@ def _create(workspace: Workspace, params: Params, frame: pd.DataFrame, schema: S
     from labelloop.stages.dataset import write_card
 
     write_card(workspace, seed)
-    versioning.commit_version(workspace.registry_dir, [workspace.labeled_path], "data-v1: seed set", tag=None)
+    versioning.commit_version(workspace.registry_dir, [workspace.labeled_path], "data-v1: seed set", tag=None, retry=retry)
 
     if simulate_traffic:
         shuffled = stream.sample(frac=1.0, random_state=np.random.RandomState(params.dataset.split_seed)).reset_index(drop=True)
-        write_parquet(workspace.simulator_dir / "traffic.parquet", shuffled.drop(columns=["label"]))
+        write_parquet(workspace.traffic_path, shuffled.drop(columns=["label"]))
         # The seed set is in the oracle too: the simulated crowd answers gold questions drawn from it.
         oracle = pd.concat([shuffled[[ITEM_ID, "label"]], seed[[ITEM_ID, "label"]]], ignore_index=True)
-        write_parquet(workspace.simulator_dir / "oracle.parquet", oracle)
+        write_parquet(workspace.oracle_path, oracle)
     # The marker last: its presence means a complete workspace.
     write_json(workspace.ready_marker, {"created_from": str(source_path), "classes": schema.class_names,
                                         "workspace_id": workspace_id})

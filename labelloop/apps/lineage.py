@@ -3,8 +3,7 @@ agreement, train params, gate decision — everything needed to explain what is 
 
 from __future__ import annotations
 
-from labelloop.adapters import tracking
-from labelloop.adapters import versioning
+from labelloop.adapters import tracking, versioning
 from labelloop.batches import BatchStore
 from labelloop.workspace import Workspace
 

@@ -1,15 +1,16 @@
-"""Markdown run reports (published as Prefect artifacts by the flows) and the cycle history."""
+"""Markdown run reports (published as Prefect artifacts by the flows), the label spend and the learning curve
+over the cycle history, and the log of the params each stage ran with."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from labelloop.core.io import read_json, write_json
 from labelloop.core.redact import redact_text, redact_uri
+from labelloop.history import load_history
 from labelloop.workspace import Workspace
 
 
@@ -36,10 +37,12 @@ def batch_markdown(meta, items: pd.DataFrame, price_per_label: float) -> str:
 def import_markdown(reports: list) -> str:
     if not reports:
         return "## Import\n\nNo exported batch was waiting for labels."
-    lines = ["## Import", "", "| batch | items | answers | labelled | quarantined | status | agreement |", "|---|---|---|---|---|---|---|"]
+    lines = ["## Import", "", "| batch | items | answers | labelled | quarantined | status | agreement |",
+             "|---|---|---|---|---|---|---|"]
     for r in reports:
         agreement = f"{r.agreement:.3f}" if r.agreement is not None else "-"
-        lines.append(f"| {r.batch_id} | {r.n_items} | {r.n_answers} | {r.n_labelled} | {r.n_quarantined} | {r.status} | {agreement} |")
+        lines.append(f"| {r.batch_id} | {r.n_items} | {r.n_answers} | {r.n_labelled} | {r.n_quarantined} | {r.status} "
+                     f"| {agreement} |")
     refused = [r for r in reports if getattr(r, "refused", None)]
     if refused:  # the reason is labelloop's own words about the file, never the file's content
         lines += ["", "### Refused unread", *(f"- {r.batch_id}: {r.refused}" for r in refused)]
@@ -79,41 +82,14 @@ def gate_run_links(workspace: Workspace, model_name: str, decision) -> dict[str,
             model_version = mlflow_client.get_model_version(model_name, str(version))
             run = mlflow_client.get_run(model_version.run_id)
             if web:
-                links[f"{role} run"] = f"[{run.info.run_name or run.info.run_id}]({base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+                run_url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+                links[f"{role} run"] = f"[{run.info.run_name or run.info.run_id}]({run_url})"
                 links[f"{role} model"] = f"[{model_name} v{version}]({base}/#/models/{model_name}/versions/{version})"
             else:
                 links[f"{role} run"] = f"runs:/{run.info.run_id} ({run.info.run_name})"
     except Exception as error:  # noqa: BLE001 - reporting is best effort
         links["links"] = redact_text(f"unavailable: {error}")[:300]
     return links
-
-
-@dataclass
-class CycleRecord:
-    cycle: int
-    labels: int
-    data_tag: str | None
-    champion_version: str | None
-    champion_accuracy: float | None
-    champion_macro_f1: float | None
-    decision: str
-    batch_id: str | None
-    new_labels: int
-    cost: float = 0.0  # spent on labels so far (every batch's labels_bought x export.price_per_label)
-    cost_per_point: float | None = None  # cost per percentage point of holdout accuracy gained since the seed model
-    primary_metric: float | None = None  # the champion's gate.primary_metric, what the stop rules watch
-    stop: dict | None = None  # the stop rules' report after this cycle (StopReport.to_dict())
-    capture_lost: str | None = None  # unreadable log parts capture gave up on this cycle, with their rows
-
-    def line(self) -> str:
-        acc = "-" if self.champion_accuracy is None else f"{self.champion_accuracy:.4f}"
-        f1 = "-" if self.champion_macro_f1 is None else f"{self.champion_macro_f1:.4f}"
-        return (f"cycle {self.cycle:>2} | labels {self.labels:>5} | champion v{self.champion_version} "
-                f"acc {acc} macro-F1 {f1} | gate {self.decision:<8} | data {self.data_tag}"
-                + (f" | cost {self.cost:.2f}" + (f" ({self.cost_per_point:.2f}/pt)" if self.cost_per_point is not None else "")
-                   if self.cost else "")
-                + (f" | stop: {'; '.join(self.stop['reasons'])}" if self.stop and self.stop.get("stop") else "")
-                + (f" | capture {self.capture_lost}" if self.capture_lost else ""))
 
 
 def label_spend(workspace: Workspace, champion_accuracy: float | None) -> tuple[float, float | None]:
@@ -128,19 +104,6 @@ def label_spend(workspace: Workspace, champion_accuracy: float | None) -> tuple[
     return total, total / ((champion_accuracy - seed) * 100.0)
 
 
-def history_path(workspace: Workspace) -> Path:
-    return workspace.reports_dir / "cycles.json"
-
-
-def load_history(workspace: Workspace) -> list[CycleRecord]:
-    return [CycleRecord(**r) for r in read_json(history_path(workspace), [])]
-
-
-def append_history(workspace: Workspace, record: CycleRecord) -> None:
-    history = [asdict(r) for r in load_history(workspace)]
-    write_json(history_path(workspace), [*history, asdict(record)])
-
-
 def plot_learning_curve(workspace: Workspace, out: Path | None = None) -> Path:
     import matplotlib
 
@@ -151,11 +114,15 @@ def plot_learning_curve(workspace: Workspace, out: Path | None = None) -> Path:
     out = out or workspace.reports_dir / "learning_curve.png"
     fig, ax = plt.subplots(figsize=(7, 4.2))
     labels = [r.labels for r in history]
-    ax.plot(labels, [r.champion_accuracy for r in history], marker="o", label="champion accuracy")
-    ax.plot(labels, [r.champion_macro_f1 for r in history], marker="s", label="champion macro-F1")
+    # A cycle without a champion has no point (NaN leaves a gap, as None did).
+    accuracy = [math.nan if r.champion_accuracy is None else r.champion_accuracy for r in history]
+    macro_f1 = [math.nan if r.champion_macro_f1 is None else r.champion_macro_f1 for r in history]
+    ax.plot(labels, accuracy, marker="o", label="champion accuracy")
+    ax.plot(labels, macro_f1, marker="s", label="champion macro-F1")
     for r in history:
         if r.decision == "promote":
-            ax.annotate(f"v{r.champion_version}", (r.labels, r.champion_accuracy), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+            ax.annotate(f"v{r.champion_version}", (r.labels, r.champion_accuracy), textcoords="offset points", xytext=(0, 6),
+                        fontsize=7, ha="center")
     ax.set_xlabel("labelled examples")
     ax.set_ylabel("holdout score")
     ax.set_title("labelloop: champion on the fixed holdout, per cycle")

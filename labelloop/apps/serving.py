@@ -10,7 +10,7 @@ points at, and log what was scored as rows in the prediction-log format
 (`labelloop.stages.production.predictions_frame`, each row with its own ts and model version). Two modes:
 
 - `durable` (the default of `serve`): a request is answered only once its rows are fsynced in a
-  write-ahead segment (`labelloop.apps.prediction_wal`: group commit, one append + fsync for the requests
+  write-ahead segment (`labelloop.stages.production.wal`: group commit, one append + fsync for the requests
   that arrive together). Segments become ordinary log parts at `flush_rows` / `flush_seconds` and on
   shutdown; a restart recovers what a hard kill left. A SIGKILL loses no answered row.
 - `buffered`: rows are kept in memory and written as one log part (`append_predictions`: temp name,
@@ -44,9 +44,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labelloop.apps import prediction_wal
-from labelloop.apps.prediction_wal import LogChunk, log_frame
+from labelloop.columns import PREDICTION_ID
 from labelloop.stages.production import append_predictions
+from labelloop.stages.production import wal as prediction_wal
+from labelloop.stages.production.wal import LogChunk, log_frame
 from labelloop.workspace import Schema, Workspace
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ MODES = (DURABLE, BUFFERED)
 DEFAULT_MODE = DURABLE
 DEFAULT_COMMIT_WAIT_MS = prediction_wal.DEFAULT_COMMIT_WAIT_SECONDS * 1000
 MAX_PREDICTION_ID_LENGTH = 128
-PREDICTION_ID = "prediction_id"
 MAX_ERRORS_REPORTED = 50
 
 
@@ -132,7 +132,8 @@ def validate_features(features: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     Columns not in the schema are ignored here (a frame may carry ids); the HTTP layer is stricter.
     """
     if not isinstance(features, pd.DataFrame):
-        raise InvalidRequest([{"loc": ["rows"], "msg": f"expected a DataFrame, got {type(features).__name__}", "type": "type_error"}])
+        raise InvalidRequest([{"loc": ["rows"], "msg": f"expected a DataFrame, got {type(features).__name__}",
+                               "type": "type_error"}])
     if len(features) == 0:
         raise InvalidRequest([{"loc": ["rows"], "msg": "no rows to score: send at least one row", "type": "too_short"}])
     columns = schema.feature_columns
@@ -175,7 +176,8 @@ def _prediction_ids(ids: Sequence[str | None] | None, n_rows: int) -> list[str]:
         return [uuid.uuid4().hex for _ in range(n_rows)]
     ids = list(ids)
     if len(ids) != n_rows:
-        raise InvalidRequest([{"loc": [PREDICTION_ID], "msg": f"{len(ids)} prediction ids for {n_rows} rows", "type": "value_error"}])
+        raise InvalidRequest([{"loc": [PREDICTION_ID], "msg": f"{len(ids)} prediction ids for {n_rows} rows",
+                               "type": "value_error"}])
     out: list[str] = []
     errors: list[dict[str, Any]] = []
     for position, value in enumerate(ids):
@@ -257,12 +259,8 @@ class PredictionService:
         self.close()
 
     # -- model --------------------------------------------------------------------------------
-    def refresh_model(self) -> LoadedModel | None:
-        """Read the champion alias now; load and switch to its version if it is new and usable."""
-        with self._refresh_lock:
-            return self._refresh_locked()
-
     def _refresh_locked(self) -> LoadedModel | None:
+        """Read the champion alias now; load and switch to its version if it is new and usable."""
         from labelloop.adapters import tracking
 
         version = tracking.alias_version(self.workspace, self.model_name, tracking.CHAMPION)
@@ -302,14 +300,14 @@ class PredictionService:
     def current_model(self) -> LoadedModel:
         """The version to score with; re-reads the alias inline when stale and no poller runs."""
         stale = time.monotonic() - self._checked_at >= self.alias_ttl_seconds
-        if stale and (self._model is None or not self._poller_running()):
-            # Blocking only while there is nothing to serve; otherwise one caller looks up, the rest go on.
-            if self._refresh_lock.acquire(blocking=self._model is None):
-                try:
-                    if time.monotonic() - self._checked_at >= self.alias_ttl_seconds:
-                        self._refresh_guarded()
-                finally:
-                    self._refresh_lock.release()
+        # Blocking only while there is nothing to serve; otherwise one caller looks up, the rest go on.
+        if (stale and (self._model is None or not self._poller_running())
+                and self._refresh_lock.acquire(blocking=self._model is None)):
+            try:
+                if time.monotonic() - self._checked_at >= self.alias_ttl_seconds:
+                    self._refresh_guarded()
+            finally:
+                self._refresh_lock.release()
         model = self._model
         if model is None:
             raise NoChampion(f"model {self.model_name!r} has no usable 'champion' version; train and promote one first"
@@ -366,6 +364,8 @@ class PredictionService:
         return Scored(self.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC))
 
     def _convert_safely(self) -> None:
+        if self._wal is None:  # buffered mode: no write-ahead log
+            return
         try:
             self._wal.convert_sealed()
         except OSError as error:  # the rows are durable in their segment; retried on the next tick and at shutdown
@@ -564,25 +564,24 @@ def _error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _request_models(schema: Schema, max_rows: int):
-    from typing import Annotated
+    from typing import Annotated, NotRequired
 
     from pydantic import AllowInfNan, ConfigDict, Field, Strict, StringConstraints, create_model
-    from typing_extensions import NotRequired, TypedDict
+    from typing_extensions import TypedDict
 
     number = Annotated[float, Strict(), AllowInfNan(False)]
-    fields: dict[str, Any] = {c: number for c in schema.feature_columns}
+    fields: dict[str, Any] = dict.fromkeys(schema.feature_columns, number)
     if PREDICTION_ID in fields:
         raise ValueError(f"a feature column may not be called {PREDICTION_ID!r}")
-    fields[PREDICTION_ID] = NotRequired[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_PREDICTION_ID_LENGTH)]]
-    Row = TypedDict("Row", fields)  # noqa: UP013 — feature names need not be identifiers
-    Row.__pydantic_config__ = ConfigDict(extra="forbid")
-    PredictRequest = create_model(
-        "PredictRequest",
-        __config__=ConfigDict(extra="forbid"),
-        rows=(Annotated[list[Row], Field(min_length=1, max_length=max_rows,
-                                         description="Rows to score: every feature column, numbers only; optional prediction_id.")], ...),
-    )
-    return PredictRequest
+    prediction_id = StringConstraints(strict=True, min_length=1, max_length=MAX_PREDICTION_ID_LENGTH)
+    fields[PREDICTION_ID] = NotRequired[Annotated[str, prediction_id]]
+    # Built at run time from the schema: a type checker cannot follow either model.
+    Row = TypedDict("Row", fields)  # type: ignore[misc]
+    Row.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    rows: Any = Annotated[list[Row], Field(
+        min_length=1, max_length=max_rows,
+        description="Rows to score: every feature column, numbers only; optional prediction_id.")]
+    return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"), rows=(rows, ...))
 
 
 class BodySizeLimit:
@@ -697,14 +696,14 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
         return JSONResponse({"error": str(exc)}, status_code=503)
 
     @app.post("/predict", summary="Score rows with the champion; each row is logged")
-    def predict(body: PredictRequest):  # sync: runs in the thread pool
-        rows = body.rows
+    def predict(body: PredictRequest):  # type: ignore[valid-type]  # sync: runs in the thread pool
+        rows = body.rows  # type: ignore[attr-defined]
         X = pd.DataFrame(np.array([[row[c] for c in features] for row in rows], dtype=np.float64), columns=features)
         ids = [row.get(PREDICTION_ID) for row in rows]
         scored = service.predict(X, ids if any(i is not None for i in ids) else None)
         version = scored.model_version
         predictions = [
-            {"prediction_id": pid, "label": label, "probabilities": dict(zip(class_names, p, strict=True)),
+            {PREDICTION_ID: pid, "label": label, "probabilities": dict(zip(class_names, p, strict=True)),
              "confidence": conf, "model_version": version}
             for pid, label, p, conf in zip(scored.prediction_ids, scored.labels, scored.probas.tolist(),
                                            scored.confidence.tolist(), strict=True)
@@ -718,7 +717,7 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
 
     @app.get("/schema", summary="What /predict accepts")
     def schema_endpoint():
-        example = {c: 0.0 for c in features}
+        example = dict.fromkeys(features, 0.0)
         return {**schema.to_json(), "model_name": model_name, "model_version": service.health()["model_version"],
                 "max_rows_per_request": max_rows_per_request, "max_body_bytes": int(max_body_bytes), "mode": mode,
                 "prediction_id": "optional string per row, at most "
@@ -728,47 +727,17 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
     return app
 
 
-def run(workspace_path: str | Path, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
-        flush_rows: int = DEFAULT_FLUSH_ROWS, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
-        alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS, max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST,
-        log_level: str = "info", mode: str = DEFAULT_MODE, commit_wait_ms: float = DEFAULT_COMMIT_WAIT_MS,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-    """Serve until SIGINT/SIGTERM; then finish in-flight requests and flush the log."""
+def run_server(workspace: Workspace, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
+               flush_rows: int = DEFAULT_FLUSH_ROWS, flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+               alias_ttl_seconds: float = DEFAULT_ALIAS_TTL_SECONDS, max_rows_per_request: int = DEFAULT_MAX_ROWS_PER_REQUEST,
+               log_level: str = "info", mode: str = DEFAULT_MODE, commit_wait_ms: float = DEFAULT_COMMIT_WAIT_MS,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    """Serve until SIGINT/SIGTERM; then finish in-flight requests and flush the log (`labelloop serve`)."""
     import uvicorn
 
-    workspace = Workspace.at(workspace_path).require()
+    workspace.require()
     name = model_name or workspace.params().train.model_name
     app = create_app(workspace, name, flush_rows=flush_rows, flush_seconds=flush_seconds,
                      alias_ttl_seconds=alias_ttl_seconds, max_rows_per_request=max_rows_per_request, mode=mode,
                      commit_wait_ms=commit_wait_ms, max_body_bytes=max_body_bytes)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=30)
-
-
-def _main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m labelloop.apps.serving", description=run.__doc__)
-    parser.add_argument("workspace")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--model-name", default=None)
-    parser.add_argument("--flush-rows", type=int, default=DEFAULT_FLUSH_ROWS)
-    parser.add_argument("--flush-seconds", type=float, default=DEFAULT_FLUSH_SECONDS)
-    parser.add_argument("--alias-ttl-seconds", type=float, default=DEFAULT_ALIAS_TTL_SECONDS)
-    parser.add_argument("--max-rows-per-request", type=int, default=DEFAULT_MAX_ROWS_PER_REQUEST)
-    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
-                        help="durable: answer after the rows are fsynced (group commit); buffered: a hard kill loses the buffer")
-    parser.add_argument("--commit-wait-ms", type=float, default=DEFAULT_COMMIT_WAIT_MS,
-                        help="durable: longest wait for requests being scored to join a group commit")
-    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(args.workspace, host=args.host, port=args.port, model_name=args.model_name, flush_rows=args.flush_rows,
-        flush_seconds=args.flush_seconds, alias_ttl_seconds=args.alias_ttl_seconds,
-        max_rows_per_request=args.max_rows_per_request, log_level=args.log_level, mode=args.mode,
-        commit_wait_ms=args.commit_wait_ms, max_body_bytes=args.max_body_bytes)
-
-
-if __name__ == "__main__":
-    _main()

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labelloop.domain.stop_rules import CycleRecord, StopRules, evaluate_stop_rules
+from labelloop.domain.cycle import CycleRecord
+from labelloop.domain.stop_rules import StopRules, evaluate_stop_rules
 from labelloop.workspace import sqlite_uri
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
@@ -45,6 +46,7 @@ class SimulationConfig:
     selector: str | None = None  # None: topk, or the preset's own selector (hybrid)
     seed: int = 0
     train_params: Any = None  # labelloop.config.TrainParams; None = defaults of `train`
+    hybrid: Any = None  # labelloop.config.HybridParams (`select.hybrid`); None = its defaults
     committee_size: int = 5
     calibration: str | None = None  # None, "temperature" or "isotonic" (fitted on 20% of the labelled rows)
     tracking_uri: str | None = None  # default: sqlite:///<out>/mlflow.db
@@ -57,16 +59,19 @@ class SimulationConfig:
     selector_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy name
 
     def validate(self) -> None:
-        from labelloop.domain.acquisition import get_strategy, selector_names
+        from labelloop.domain.acquisition import get_selector, get_strategy, resolve_selector
 
         if self.metric not in METRICS:
             raise ValueError(f"--metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
         if not self.strategies:
             raise ValueError("--strategies needs at least one strategy name")
+        if self.selector is not None:
+            get_selector(self.selector)  # raises with the allowed names
         for name in self.strategies:
-            get_strategy(name)  # raises with the allowed names
-        if self.selector is not None and self.selector not in selector_names():
-            raise ValueError(f"unknown selector {self.selector!r}; allowed: {', '.join(selector_names())}")
+            # Unknown names and misspelt parameters fail here, before any model is trained.
+            get_strategy(name).check(f"strategy {name!r}", self.strategy_params.get(name, {}))
+            selector = resolve_selector(name, self.selector)
+            get_selector(selector).check(f"selector {selector!r} (for strategy {name!r})", self.selector_params.get(name, {}))
         for key in ("seed_size", "batch_size", "repeats"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
@@ -90,7 +95,8 @@ def load_table(path: str | Path, label_col: str) -> tuple[np.ndarray, np.ndarray
     if label_col not in frame.columns:
         raise ValueError(f"{path}: no label column {label_col!r}; columns: {list(frame.columns)[:20]}")
     frame = frame[frame[label_col].notna()]
-    features = [c for c in frame.columns if c != label_col and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+    features = [c for c in frame.columns
+                if c != label_col and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
     if not features:
         raise ValueError(f"{path}: no numeric feature columns besides {label_col!r}")
     return frame[features].to_numpy(dtype=np.float64), frame[label_col].astype(str).to_numpy(), features
@@ -225,14 +231,16 @@ def _run_strategy(
     rows: list[dict[str, Any]] = []
     stops: list[dict[str, Any]] = []
     history: list[CycleRecord] = []
+    stop_set_predictions: list[np.ndarray] = []
     select_seconds = 0.0
     for round_ in range(config.rounds + 1):
         lab = np.asarray(labelled)
         model = LabelloopClassifier.from_params(params, class_names).fit(X[lab], y[lab])
         scores = evaluate(y[test], model.predict(X[test]), minority)
         rows.append({"strategy": strategy, "repeat": repeat, "round": round_, "n_labels": len(lab), **scores})
-        history.append(CycleRecord(len(lab), scores[config.metric], model.predict(X[stop_rows])))
-        report = evaluate_stop_rules(history, config.stop_rules)
+        history.append(CycleRecord(cycle=round_, labels=len(lab), primary_metric=scores[config.metric]))
+        stop_set_predictions.append(model.predict(X[stop_rows]))
+        report = evaluate_stop_rules(history, config.stop_rules, stop_set_predictions)
         stops.append({
             "strategy": strategy, "repeat": repeat, "round": round_, "n_labels": len(lab), "stop": report.stop,
             **{f"{k}_triggered": v["triggered"] for k, v in report.rules.items()},
@@ -249,11 +257,12 @@ def _run_strategy(
             val = rng_val.permutation(lab)[: max(2, len(lab) // 5)]
             fit_rows = np.setdiff1d(lab, val)
             scorer = LabelloopClassifier.from_params(params, class_names).fit(X[fit_rows], y[fit_rows])
-            context_extra = {"calibration": config.calibration, "validation_probas": scorer.predict_proba(X[val]), "validation_labels": y[val]}
+            context_extra = {"calibration": config.calibration, "validation_probas": scorer.predict_proba(X[val]),
+                             "validation_labels": y[val]}
         probas = scorer.predict_proba(X[candidates])
         context = SelectionContext(
             labelled_features=X[lab], labelled_labels=y[lab], class_names=class_names, train_params=params,
-            committee_size=config.committee_size, committee_seed=config.seed + 1000 * repeat + round_,
+            committee_size=config.committee_size, committee_seed=config.seed + 1000 * repeat + round_, hybrid=config.hybrid,
             strategy_params=config.strategy_params.get(strategy, {}),
             selector_params=config.selector_params.get(strategy, {}),
             **context_extra,
@@ -294,7 +303,7 @@ def run_simulation(config: SimulationConfig) -> dict[str, Any]:
     all_rows: list[dict[str, Any]] = []
     all_stops: list[dict[str, Any]] = []
     full_values: list[float] = []
-    select_seconds: dict[str, float] = {s: 0.0 for s in config.strategies}
+    select_seconds: dict[str, float] = dict.fromkeys(config.strategies, 0.0)
     bar = _progress(config.repeats * len(config.strategies) * (config.rounds + 1), config.progress, "simulate")
     for repeat in range(config.repeats):
         idx = np.arange(len(X))
@@ -316,7 +325,8 @@ def run_simulation(config: SimulationConfig) -> dict[str, Any]:
             all_stops.extend(stops)
             select_seconds[strategy] += seconds / config.repeats
             # Curves so far, rewritten after every strategy: a long run that is stopped still leaves its data.
-            write_text(out / "curves.partial.csv", pd.DataFrame(all_rows).assign(full_pool_value=_full_for(all_rows, full_values)).to_csv(index=False))
+            partial = pd.DataFrame(all_rows).assign(full_pool_value=_full_for(all_rows, full_values))
+            write_text(out / "curves.partial.csv", partial.to_csv(index=False))
     bar.close()
     curves = pd.DataFrame(all_rows)
     summary = summarize(curves, full_values, config.metric, select_seconds)
@@ -324,7 +334,7 @@ def run_simulation(config: SimulationConfig) -> dict[str, Any]:
         "data": str(config.data),
         "label_col": config.label_col,
         "minority_class": minority,
-        "n_rows": int(len(X)),
+        "n_rows": len(X),
         "n_features": len(feature_names),
         "classes": class_names,
         "seconds_total": time.perf_counter() - started,
@@ -397,7 +407,7 @@ def log_to_mlflow(config: SimulationConfig, curves: pd.DataFrame, summary: dict[
             mlflow.log_artifact(str(out / "summary.json"))
             mlflow.log_artifact(str(out / "curves.csv"))
             mlflow.log_artifact(str(out / "learning_curves.png"))
-            mean = curves.groupby(["strategy", "n_labels"])[list(METRICS) + ["minority_recall"]].mean().reset_index()
+            mean = curves.groupby(["strategy", "n_labels"])[[*METRICS, "minority_recall"]].mean().reset_index()
             for name, entry in summary["strategies"].items():
                 with mlflow.start_run(run_name=name, nested=True):
                     mlflow.log_param("strategy", name)

@@ -123,7 +123,8 @@ def read_regular(root: str, parts: Sequence[str], limit: int) -> bytes:
             if not stat.S_ISREG(info.st_mode):
                 raise UnsafeFile(f"{where} is {describe_mode(info.st_mode)}, not a regular file")
             if info.st_nlink > 1:
-                raise UnsafeFile(f"{where} has {info.st_nlink} hard links (a hard link can expose a file its maker could not read)")
+                raise UnsafeFile(
+                    f"{where} has {info.st_nlink} hard links (a hard link can expose a file its maker could not read)")
             if info.st_size > limit:
                 raise FileTooLarge(f"{where} is {info.st_size:,} bytes, above the {limit:,}-byte limit",
                                    info.st_size, grew=False)

@@ -67,7 +67,3 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     return pd.read_parquet(path, columns=columns)
-
-
-def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records))

@@ -18,8 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from labelloop.workspace import Workspace
+from typing import Protocol
 
 WORKSPACE_LOCK = "cycle"  # the one lock every state-changing run takes (file name kept for old workspaces)
 
@@ -30,19 +29,26 @@ class WorkspaceBusyError(RuntimeError):
     """Another run holds this workspace's lock."""
 
 
+class LockableWorkspace(Protocol):
+    """What the lock needs of a `labelloop.workspace.Workspace` (core sits below it and does not import it)."""
+
+    @property
+    def state_dir(self) -> Path: ...
+
+
 def _depths() -> dict[Path, int]:
     if not hasattr(_held, "depths"):
         _held.depths = {}
     return _held.depths
 
 
-def holds_lock(workspace: Workspace, name: str = WORKSPACE_LOCK) -> bool:
+def holds_lock(workspace: LockableWorkspace, name: str = WORKSPACE_LOCK) -> bool:
     """True when this thread holds the workspace's lock."""
     return _depths().get(workspace.state_dir / f"{name}.lock", 0) > 0
 
 
 @contextmanager
-def workspace_lock(workspace: Workspace, name: str = WORKSPACE_LOCK, wait_seconds: float = 0.0) -> Iterator[None]:
+def workspace_lock(workspace: LockableWorkspace, name: str = WORKSPACE_LOCK, wait_seconds: float = 0.0) -> Iterator[None]:
     path = workspace.state_dir / f"{name}.lock"
     depths = _depths()
     if depths.get(path, 0) > 0:  # this thread already holds it: the cycle calling a stage flow
@@ -53,9 +59,8 @@ def workspace_lock(workspace: Workspace, name: str = WORKSPACE_LOCK, wait_second
             depths[path] -= 1
         return
     workspace.state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
     deadline = time.monotonic() + wait_seconds
-    try:
+    with open(path, "a+") as handle:  # closing it releases the flock
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,5 +82,3 @@ def workspace_lock(workspace: Workspace, name: str = WORKSPACE_LOCK, wait_second
             yield
         finally:
             depths.pop(path, None)
-    finally:
-        handle.close()

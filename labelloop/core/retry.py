@@ -9,25 +9,21 @@ Two layers retry, each bounded, with different jobs:
 - the Prefect task (`tasks/*.py`, `retries=` with delays of 2-30 s): reruns the whole stage after a
   longer outage. A stage run by hand or by the CLI gets only the first layer.
 
-The policy is read from the environment each time, so a test, a deployment or one shell can tighten
-or loosen it without a code change: LABELLOOP_RETRY_ATTEMPTS (default 3), LABELLOOP_RETRY_BACKOFF_SECONDS
-(first delay, doubled per retry, capped at 10 s; default 1) and LABELLOOP_HTTP_TIMEOUT_SECONDS (per
-request; default 30).
+The policy is an argument: the entry points (CLI, flows, tasks) build it from the environment
+(`labelloop.tasks.environment.retry_policy`: LABELLOOP_RETRY_ATTEMPTS, LABELLOOP_RETRY_BACKOFF_SECONDS,
+LABELLOOP_HTTP_TIMEOUT_SECONDS), so a test, a deployment or one shell can tighten or loosen it without
+a code change; code called without one uses the defaults below.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
-ENV_ATTEMPTS = "LABELLOOP_RETRY_ATTEMPTS"
-ENV_BACKOFF = "LABELLOOP_RETRY_BACKOFF_SECONDS"
-ENV_TIMEOUT = "LABELLOOP_HTTP_TIMEOUT_SECONDS"
 MAX_BACKOFF_SECONDS = 10.0
 
 logger = logging.getLogger("labelloop.core.retry")
@@ -39,43 +35,24 @@ class TransientError(RuntimeError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 3
-    backoff_seconds: float = 1.0
-    timeout_seconds: float = 30.0
-
-    @classmethod
-    def from_env(cls) -> RetryPolicy:
-        return cls(
-            attempts=int(_env_number(ENV_ATTEMPTS, cls.attempts, minimum=1)),
-            backoff_seconds=_env_number(ENV_BACKOFF, cls.backoff_seconds, minimum=0),
-            timeout_seconds=_env_number(ENV_TIMEOUT, cls.timeout_seconds, minimum=0.001),
-        )
+    attempts: int = 3  # per call, the first one included
+    backoff_seconds: float = 1.0  # before the first retry; doubled per retry, capped at MAX_BACKOFF_SECONDS
+    timeout_seconds: float = 30.0  # per HTTP request
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1-based)."""
         return min(self.backoff_seconds * 2 ** (retry - 1), MAX_BACKOFF_SECONDS)
 
 
-def _env_number(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+DEFAULT_RETRY = RetryPolicy()
 
 
-def with_retries(what: str, operation: Callable[[], T], policy: RetryPolicy | None = None) -> T:
+def with_retries(what: str, operation: Callable[[], T], policy: RetryPolicy) -> T:
     """Run `operation`; on a `TransientError` wait and try again, at most `policy.attempts` times.
 
     The last `TransientError` is raised again with how many attempts were made over how long, so
     the message a user sees says both what failed and that it was retried.
     """
-    policy = policy or RetryPolicy.from_env()
     started = time.monotonic()
     attempt = 1
     while True:

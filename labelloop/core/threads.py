@@ -22,7 +22,8 @@ AUTO = "auto"
 ALLOWED_N_JOBS = f'"{AUTO}" or a positive integer'
 
 
-def cgroup_cpu_limit(cpu_max: str | None = None, cfs_quota_us: str | None = None, cfs_period_us: str | None = None) -> float | None:
+def cgroup_cpu_limit(cpu_max: str | None = None, cfs_quota_us: str | None = None,
+                     cfs_period_us: str | None = None) -> float | None:
     """CPUs' worth of time the cgroup allows (e.g. 1.5), or None when unlimited or unknown.
 
     cgroup v2 `cpu.max` is "<quota> <period>" or "max <period>"; v1 has `cpu.cfs_quota_us` (-1 = none)
@@ -50,7 +51,8 @@ def _number(text: str) -> float | None:
         return None
 
 
-def available_cpus(affinity: int, cpu_max: str | None = None, cfs_quota_us: str | None = None, cfs_period_us: str | None = None) -> int:
+def available_cpus(affinity: int, cpu_max: str | None = None, cfs_quota_us: str | None = None,
+                   cfs_period_us: str | None = None) -> int:
     """Threads worth running: the CPUs in the affinity mask, capped by the cgroup quota rounded up; at least 1."""
     limit = cgroup_cpu_limit(cpu_max, cfs_quota_us, cfs_period_us)
     cpus = max(1, int(affinity))
@@ -104,7 +106,7 @@ def process_cpus(root: Path = Path("/"), affinity: int | None = None) -> int:
 def check_n_jobs(value: object) -> int | str:
     """`value` if it is "auto" or a positive int, else a ValueError naming the allowed values."""
     if value == AUTO or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return value  # type: ignore[return-value]
+        return value
     raise ValueError(f"n_jobs must be {ALLOWED_N_JOBS} (\"auto\" = the CPUs this process may use), got {value!r}")
 
 

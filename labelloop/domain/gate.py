@@ -63,7 +63,8 @@ def decide(challenger: ModelMetrics, champion: ModelMetrics | None, rules: GateP
     worst = max(drops.items(), key=lambda kv: kv[1], default=(None, 0.0))
     if worst[0] is not None and worst[1] > rules.max_class_recall_drop:
         failed = True
-        reasons.append(f"recall of class {worst[0]!r} drops by {worst[1]:.4f} > max_class_recall_drop {rules.max_class_recall_drop}")
+        reasons.append(f"recall of class {worst[0]!r} drops by {worst[1]:.4f} "
+                       f"> max_class_recall_drop {rules.max_class_recall_drop}")
     elif worst[0] is not None:
         reasons.append(f"largest class-recall drop {max(worst[1], 0.0):.4f} within {rules.max_class_recall_drop}")
     if "ece" in challenger.metrics and "ece" in champion.metrics:

@@ -1,4 +1,4 @@
-"""Holdout metrics shared by training, the gate, the simulator and the serving checks."""
+"""Holdout metrics shared by training, the gate, the simulator, calibration and the serving checks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from sklearn.metrics import accuracy_score, f1_score, log_loss, recall_score
 
 
 def expected_calibration_error(probas: np.ndarray, y_true_index: np.ndarray, bins: int = 15) -> float:
-    """Top-label ECE with equal-width confidence bins."""
+    """Top-label ECE: Σ_bins (|bin|/n)·|accuracy − mean confidence|, equal-width confidence bins;
+    `y_true_index` holds each row's true class as a column of `probas`. NaN without rows."""
     probas = np.asarray(probas, dtype=np.float64)
+    if len(probas) == 0:
+        return float("nan")
     confidence = probas.max(axis=1)
-    correct = (probas.argmax(axis=1) == y_true_index).astype(np.float64)
+    correct = (probas.argmax(axis=1) == np.asarray(y_true_index)).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     total = 0.0

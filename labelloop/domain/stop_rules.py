@@ -10,10 +10,15 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from labelloop.domain.cycle import CycleRecord
 
 
 @dataclass
@@ -35,13 +40,6 @@ class StopRules:
 
 
 @dataclass
-class CycleRecord:
-    n_labels: int
-    metric: float
-    stop_set_predictions: np.ndarray | None = None  # the cycle's model on the fixed unlabeled stop set
-
-
-@dataclass
 class StopReport:
     stop: bool
     reasons: list[str]
@@ -58,60 +56,57 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean()) if len(a) else float("nan")
 
 
-def evaluate_stop_rules(history: list[CycleRecord], rules: StopRules) -> StopReport:
-    """Evaluate every rule on the cycles so far (oldest first); each rule reports its value and whether it fired."""
+def evaluate_stop_rules(history: list[CycleRecord], rules: StopRules,
+                        stop_set_predictions: Sequence[np.ndarray | None] = ()) -> StopReport:
+    """Evaluate every rule on the cycles so far (oldest first, each with its `primary_metric`); each rule
+    reports its value and whether it fired. `stop_set_predictions`, one per cycle of `history` (None for a
+    cycle that trained no model), are each cycle's model's predictions on the fixed unlabelled stop set."""
     report: dict[str, dict[str, Any]] = {}
     reasons: list[str] = []
     if not history:
         return StopReport(False, [], {})
-    last = history[-1]
+    if len(stop_set_predictions) not in (0, len(history)):
+        raise ValueError(f"{len(stop_set_predictions)} stop-set predictions for {len(history)} cycles; "
+                         "give one per cycle (None: none)")
+    points = [(record.labels, record.primary_metric) for record in history if record.primary_metric is not None]
+    if len(points) != len(history):
+        raise ValueError("every cycle the stop rules read needs its primary_metric")
+    n_labels, metric = points[-1]
 
-    fired = rules.label_budget is not None and last.n_labels >= rules.label_budget
-    report["label_budget"] = {"enabled": rules.label_budget is not None, "value": last.n_labels, "threshold": rules.label_budget, "triggered": fired}
+    fired = rules.label_budget is not None and n_labels >= rules.label_budget
+    report["label_budget"] = {"enabled": rules.label_budget is not None, "value": n_labels, "threshold": rules.label_budget,
+                              "triggered": fired}
     if fired:
-        reasons.append(f"label budget reached: {last.n_labels} ≥ {rules.label_budget}")
+        reasons.append(f"label budget reached: {n_labels} ≥ {rules.label_budget}")
 
-    fired = rules.target_metric is not None and last.metric >= rules.target_metric
-    report["target_metric"] = {"enabled": rules.target_metric is not None, "value": last.metric, "threshold": rules.target_metric, "triggered": fired}
+    fired = rules.target_metric is not None and metric >= rules.target_metric
+    report["target_metric"] = {"enabled": rules.target_metric is not None, "value": metric, "threshold": rules.target_metric,
+                               "triggered": fired}
     if fired:
-        reasons.append(f"target metric reached: {last.metric:.4f} ≥ {rules.target_metric}")
+        reasons.append(f"target metric reached: {metric:.4f} ≥ {rules.target_metric}")
 
     gains = [
-        (b.metric - a.metric) / (b.n_labels - a.n_labels) * 100.0
-        for a, b in zip(history[:-1], history[1:])
-        if b.n_labels > a.n_labels
+        (b_metric - a_metric) / (b_labels - a_labels) * 100.0
+        for (a_labels, a_metric), (b_labels, b_metric) in itertools.pairwise(points)
+        if b_labels > a_labels
     ]
-    recent = gains[-rules.plateau_cycles :]
-    fired = (
-        rules.plateau_gain_per_100 is not None
-        and len(recent) >= rules.plateau_cycles
-        and all(g < rules.plateau_gain_per_100 for g in recent)
-    )
-    report["plateau"] = {
-        "enabled": rules.plateau_gain_per_100 is not None,
-        "value": recent[-1] if recent else None,
-        "recent_gains_per_100": recent,
-        "threshold": rules.plateau_gain_per_100,
-        "triggered": fired,
-    }
-    if fired:
+    report["plateau"] = _streak(gains, rules.plateau_gain_per_100, rules.plateau_cycles, operator.lt, "recent_gains_per_100")
+    if report["plateau"]["triggered"]:
         reasons.append(f"plateau: gain per 100 labels < {rules.plateau_gain_per_100} over the last {rules.plateau_cycles} cycles")
 
-    preds = [h.stop_set_predictions for h in history if h.stop_set_predictions is not None]
-    agreements = [agreement(a, b) for a, b in zip(preds[:-1], preds[1:])]
-    recent = agreements[-rules.stable_cycles :]
-    fired = (
-        rules.stable_agreement is not None
-        and len(recent) >= rules.stable_cycles
-        and all(a >= rules.stable_agreement for a in recent)
-    )
-    report["stable_predictions"] = {
-        "enabled": rules.stable_agreement is not None,
-        "value": recent[-1] if recent else None,
-        "recent_agreements": recent,
-        "threshold": rules.stable_agreement,
-        "triggered": fired,
-    }
-    if fired:
+    preds = [p for p in stop_set_predictions if p is not None]
+    agreements = [agreement(a, b) for a, b in itertools.pairwise(preds)]
+    report["stable_predictions"] = _streak(agreements, rules.stable_agreement, rules.stable_cycles, operator.ge,
+                                           "recent_agreements")
+    if report["stable_predictions"]["triggered"]:
         reasons.append(f"predictions stable: agreement ≥ {rules.stable_agreement} over the last {rules.stable_cycles} cycles")
     return StopReport(bool(reasons), reasons, report)
+
+
+def _streak(values: list[float], threshold: float | None, cycles: int, holds: Callable[[float, float], bool],
+            recent_key: str) -> dict[str, Any]:
+    """A rule that fires once each of the last `cycles` values holds against `threshold` (off without one)."""
+    recent = values[-cycles:]
+    fired = threshold is not None and len(recent) >= cycles and all(holds(value, threshold) for value in recent)
+    return {"enabled": threshold is not None, "value": recent[-1] if recent else None, recent_key: recent,
+            "threshold": threshold, "triggered": fired}

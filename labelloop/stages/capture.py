@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from labelloop.core.faults import crash_point
 from labelloop.batches import BatchStore, load_pool
 from labelloop.config import CaptureParams
+from labelloop.core.faults import crash_point
 from labelloop.core.io import read_json, read_parquet, write_json, write_parquet
 from labelloop.prediction_log import storable
 from labelloop.stages.production import list_log_parts
@@ -47,7 +47,8 @@ class CaptureReport:
     bytes_lost: int = 0  # size of the parts given up
 
     def lost_text(self) -> str:
-        """'' when nothing was given up, else e.g. 'lost 2 unreadable log parts: 120 rows + unknown rows (1 part, 4,096 bytes)'."""
+        """'' when nothing was given up, else e.g.
+        'lost 2 unreadable log parts: 120 rows + unknown rows (1 part, 4,096 bytes)'."""
         return lost_text(self.parts_lost, self.rows_lost, self.parts_lost_unknown_rows, self.bytes_lost)
 
     def summary(self) -> str:
@@ -142,8 +143,10 @@ def _unreadable(path: Path, name: str, error: Exception, pending: dict, params: 
         pending.pop(name, None)
         return None
     before = pending.get(name)
-    unchanged = before is not None and (before["bytes"], before["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
-    attempts = before["attempts"] + 1 if unchanged else 1  # a part that changed is still being written
+    if before is not None and (before["bytes"], before["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+        attempts = before["attempts"] + 1
+    else:
+        attempts = 1  # the first failure, or a part that changed (still being written)
     age = max(0.0, now - stat.st_mtime)
     entry = {"attempts": attempts, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "error": str(error)[:300]}
     if attempts < params.unreadable_part_attempts or age < params.unreadable_part_min_age_seconds:
@@ -155,8 +158,8 @@ def _unreadable(path: Path, name: str, error: Exception, pending: dict, params: 
 
 
 def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
-    from labelloop.apps import prediction_wal
     from labelloop.adapters.validation import validate_prediction_log
+    from labelloop.stages.production import wal as prediction_wal
 
     # Rows a killed server had answered are still in its write-ahead log: make them log parts first
     # (only segments whose server is gone; a live server's are left to it).
@@ -186,8 +189,8 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
                 count = "unknown rows" if record["rows"] is None else f"{record['rows']} rows"
                 quarantine.append(pd.DataFrame({
                     "prediction_id": [None], "log_part": [part.name],
-                    "reason": [f"unreadable log part {part.name} after {record['attempts']} attempts "
-                               f"({count}, {record['bytes']} bytes lost): {record['error']}"],
+                    "reason": [(f"unreadable log part {part.name} after {record['attempts']} attempts "
+                                f"({count}, {record['bytes']} bytes lost): {record['error']}")],
                 }))
             continue
         pending.pop(name, None)
@@ -228,7 +231,8 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
         quarantine_file = str(quarantine_path)
     if len(fresh):
         keep_columns = [c for c in fresh.columns if c != "log_part"]
-        combined = pd.concat([pool, fresh[keep_columns]], ignore_index=True) if len(pool) else fresh[keep_columns].reset_index(drop=True)
+        combined = (pd.concat([pool, fresh[keep_columns]], ignore_index=True) if len(pool)
+                    else fresh[keep_columns].reset_index(drop=True))
         combined = storable(combined)  # e.g. an extra column an older part logged as int and this one as text
         write_parquet(workspace.pool_path, combined)
         pool_size = len(combined)

@@ -14,16 +14,18 @@ import io
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 
-from labelloop.core.faults import crash_point
 from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
+from labelloop.columns import ITEM_ID
+from labelloop.core.faults import crash_point
 from labelloop.core.io import read_json, read_parquet, write_json, write_parquet
+from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy
 from labelloop.workspace import Workspace
 
-ITEM_ID = "item_id"
 SEED_BATCH = "seed"
 EXCLUSIONS_FILE = "exclusions.json"
 MAX_RELABELS_IN_MESSAGE = 20  # the card lists them all; a tag message names the first ones
@@ -64,10 +66,6 @@ def load_labeled(workspace: Workspace) -> pd.DataFrame:
     return read_parquet(workspace.labeled_path)
 
 
-def load_holdout(workspace: Workspace) -> pd.DataFrame:
-    return read_parquet(workspace.holdout_path)
-
-
 def labeled_at(workspace: Workspace, tag: str) -> pd.DataFrame:
     """The labelled set of a data version, read from git + DVC without touching the working tree."""
     return pd.read_parquet(io.BytesIO(versioning.read_at(workspace.registry_dir, workspace.labeled_path, tag)))
@@ -77,7 +75,8 @@ def check_no_holdout_leak(workspace: Workspace, item_ids: pd.Series) -> None:
     holdout_ids = set(read_parquet(workspace.holdout_path, columns=[ITEM_ID])[ITEM_ID])
     leaked = sorted(set(item_ids) & holdout_ids)
     if leaked:
-        raise HoldoutLeakError(f"{len(leaked)} labelled items are in the holdout set (e.g. {leaked[:5]}); refusing to version them")
+        raise HoldoutLeakError(
+            f"{len(leaked)} labelled items are in the holdout set (e.g. {leaked[:5]}); refusing to version them")
 
 
 # -- exclusions --------------------------------------------------------------------------------------
@@ -157,7 +156,7 @@ def latest_answers(workspace: Workspace, store: BatchStore | None = None) -> pd.
 
 
 def _apply_answers(labeled: pd.DataFrame, answers: pd.DataFrame, excluded: set[str],
-                   kept: set[str] = frozenset()) -> tuple[pd.DataFrame, bool]:
+                   kept: set[str] | frozenset[str] = frozenset()) -> tuple[pd.DataFrame, bool]:
     """The labelled set with every non-excluded answer in it: new items appended, changed labels of
     versioned items replaced (the last answer counts). Seed labels are curated and never replaced, nor
     are labels a rollback restored (`kept`)."""
@@ -197,7 +196,7 @@ def diff_versions(previous: pd.DataFrame | None, labeled: pd.DataFrame, answers:
     both = labeled.assign(**{ITEM_ID: ids}).merge(
         previous.assign(**{ITEM_ID: previous_ids})[[ITEM_ID, "label"]], on=ITEM_ID, suffixes=("", "_old"))
     changed = both[both["label"].astype(str) != both["label_old"].astype(str)]
-    relabels = [{"item_id": row[ITEM_ID], "old_label": str(row["label_old"]), "new_label": str(row["label"]),
+    relabels = [{ITEM_ID: row[ITEM_ID], "old_label": str(row["label_old"]), "new_label": str(row["label"]),
                  "batch_id": str(row["batch_id"]),
                  "annotators": [a for a in str(annotators.get(row[ITEM_ID], "") or "").split(",") if a]}
                 for _, row in changed.sort_values(ITEM_ID).iterrows()]
@@ -216,9 +215,10 @@ def _message(changes: dict, n_rows: int, readmitted: list[str] | None = None) ->
             f"{a['batch_id']} ({a['rows']} {'late ' if a['late'] else ''}rows)" for a in changes["added"]))
     relabels = changes["relabels"]
     if relabels:
-        shown = ", ".join(f"{r['item_id']} {r['old_label']} -> {r['new_label']} ({r['batch_id']})"
+        shown = ", ".join(f"{r[ITEM_ID]} {r['old_label']} -> {r['new_label']} ({r['batch_id']})"
                           for r in relabels[:MAX_RELABELS_IN_MESSAGE])
-        more = f" and {len(relabels) - MAX_RELABELS_IN_MESSAGE} more (dataset_card.json)" if len(relabels) > MAX_RELABELS_IN_MESSAGE else ""
+        more = (f" and {len(relabels) - MAX_RELABELS_IN_MESSAGE} more (dataset_card.json)"
+                if len(relabels) > MAX_RELABELS_IN_MESSAGE else "")
         parts.append(f"relabel {len(relabels)} item{'s' if len(relabels) != 1 else ''}: {shown}{more}")
     if not parts:
         parts.append("no label changes")
@@ -226,8 +226,9 @@ def _message(changes: dict, n_rows: int, readmitted: list[str] | None = None) ->
     return f"{text[0].upper()}{text[1:]} ({n_rows} rows)"
 
 
-def update_dataset(workspace: Workspace) -> DatasetVersion:
-    """Bring every final label into the labelled set and make a new version if anything changed.
+def update_dataset(workspace: Workspace, retry: RetryPolicy = DEFAULT_RETRY) -> DatasetVersion:
+    """Bring every final label into the labelled set and make a new version if anything changed
+    (pushed to the DVC remote with `retry`).
 
     Works per item, not per batch: labels that arrive late (a partial import) join a later version,
     and a versioned item whose final label changed (a corrected answer) is relabelled in a new
@@ -241,10 +242,10 @@ def update_dataset(workspace: Workspace) -> DatasetVersion:
     # safe only under the workspace lock (no other labelloop process can be writing them).
     if holds_lock(workspace):
         versioning.recover_registry(workspace.registry_dir)
-    return _version(workspace)
+    return _version(workspace, retry)
 
 
-def _version(workspace: Workspace, readmitted: list[str] | None = None) -> DatasetVersion:
+def _version(workspace: Workspace, retry: RetryPolicy, readmitted: list[str] | None = None) -> DatasetVersion:
     store = BatchStore(workspace)
     labeled = load_labeled(workspace)
     answers = latest_answers(workspace, store)
@@ -258,14 +259,14 @@ def _version(workspace: Workspace, readmitted: list[str] | None = None) -> Datas
     current = versioning.version_of(repo, workspace.labeled_path)
     if not changed and current is not None and not readmitted:
         # A version tagged by a run whose push failed is pushed now; the batches are marked only after.
-        versioning.ensure_pushed(repo)
+        versioning.ensure_pushed(repo, retry)
         _mark_versioned(store, labeled, current)
         return DatasetVersion(current, False, len(labeled), 0, [])
     previous_tag = versioning.current_data_tag(repo)
     changes = diff_versions(labeled_at(workspace, previous_tag) if previous_tag else None, labeled, answers)
     write_card(workspace, labeled, changes["relabels"])
     message = _message(changes, len(labeled), readmitted)
-    tag, created = versioning.commit_version(repo, [workspace.labeled_path], message)
+    tag, created = versioning.commit_version(repo, [workspace.labeled_path], message, retry=retry)
     _mark_versioned(store, labeled, tag)
     return DatasetVersion(tag, created, len(labeled), sum(a["rows"] for a in changes["added"]),
                           [a["batch_id"] for a in changes["added"]], changes["relabels"], [], list(readmitted or []))
@@ -278,7 +279,7 @@ def _mark_versioned(store: BatchStore, labeled: pd.DataFrame, tag: str) -> None:
             store.mark(batch_id, versioned_in=tag)
 
 
-def rollback(workspace: Workspace, tag: str) -> DatasetVersion:
+def rollback(workspace: Workspace, tag: str, retry: RetryPolicy = DEFAULT_RETRY) -> DatasetVersion:
     """The labelled set becomes the version at `tag` again, as a new commit and tag (history kept).
 
     Everything in the set now that is not in `tag` is recorded as excluded (per batch, with its item
@@ -295,7 +296,7 @@ def rollback(workspace: Workspace, tag: str) -> DatasetVersion:
     head_tag = versioning.tag_of_head(repo)
     if removed.empty and head_tag is not None and versioning.version_of(repo, workspace.labeled_path) == head_tag \
             and _same_set(labeled, target):
-        versioning.ensure_pushed(repo)  # already that version's content (a second rollback, or a rerun)
+        versioning.ensure_pushed(repo, retry)  # already that version's content (a second rollback, or a rerun)
         return DatasetVersion(head_tag, False, len(labeled), 0, [])
     new_tag = versioning.next_data_tag(repo)
     entries = exclusions(workspace)
@@ -304,8 +305,9 @@ def rollback(workspace: Workspace, tag: str) -> DatasetVersion:
     # later answer made the relabel, so that answer is not applied again (until that batch is re-admitted).
     both = labeled.assign(**{ITEM_ID: labeled[ITEM_ID].astype(str)}).merge(
         target.assign(**{ITEM_ID: target[ITEM_ID].astype(str)})[[ITEM_ID, "label"]], on=ITEM_ID, suffixes=("", "_restored"))
-    undone = both[(both["label"].astype(str) != both["label_restored"].astype(str)) & (both["batch_id"].astype(str) != SEED_BATCH)]
-    new_entries = {}
+    undone = both[(both["label"].astype(str) != both["label_restored"].astype(str))
+                  & (both["batch_id"].astype(str) != SEED_BATCH)]
+    new_entries: dict[str, dict[str, Any]] = {}
     for batch_id, group in removed.groupby(removed["batch_id"].astype(str), sort=True):
         new_entries[batch_id] = {"item_ids": sorted(group[ITEM_ID].astype(str))}
     for batch_id, group in undone.groupby(undone["batch_id"].astype(str), sort=True):
@@ -331,7 +333,7 @@ def rollback(workspace: Workspace, tag: str) -> DatasetVersion:
     undone_text = ", ".join(f"{e['batch_id']} ({len(e['kept_labels'])} items)" for e in this_rollback if e.get("kept_labels"))
     message = (f"Roll the labelled set back to {tag}" + (f"; exclude {excluded_text}" if excluded_text else "")
                + (f"; undo relabels of {undone_text}" if undone_text else "") + f" ({len(labeled)} rows)")
-    new_tag, created = versioning.commit_version(repo, [workspace.labeled_path], message, tag=new_tag)
+    new_tag, created = versioning.commit_version(repo, [workspace.labeled_path], message, tag=new_tag, retry=retry)
     return DatasetVersion(new_tag, created, len(labeled), 0, [], [], exclusion_summaries(this_rollback))
 
 
@@ -341,7 +343,7 @@ def _same_set(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return left.equals(right)
 
 
-def readmit(workspace: Workspace, batch_id: str) -> DatasetVersion:
+def readmit(workspace: Workspace, batch_id: str, retry: RetryPolicy = DEFAULT_RETRY) -> DatasetVersion:
     """Lift a batch's exclusion and make a new version with its items back in the labelled set
     (with their latest labels); the tag message says it re-admits the batch."""
     repo = workspace.registry_dir
@@ -352,9 +354,10 @@ def readmit(workspace: Workspace, batch_id: str) -> DatasetVersion:
     if batch_id not in excluded_batches:
         store = BatchStore(workspace)
         known = "" if store.exists(batch_id) else f"there is no batch {batch_id!r} in this workspace; "
-        raise ValueError(f"{known}batch {batch_id!r} is not excluded; excluded batches: {', '.join(excluded_batches) or '(none)'}")
+        raise ValueError(
+            f"{known}batch {batch_id!r} is not excluded; excluded batches: {', '.join(excluded_batches) or '(none)'}")
     _write_exclusions(workspace, [e for e in entries if e["batch_id"] != batch_id])
-    return _version(workspace, readmitted=[batch_id])
+    return _version(workspace, retry, readmitted=[batch_id])
 
 
 def relabels_through(workspace: Workspace, tag: str) -> list[dict]:

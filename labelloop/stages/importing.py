@@ -1,8 +1,10 @@
-"""Import: fetch the vendor's answers, archive them unchanged, validate, aggregate, write final labels.
+"""Import: fetch the vendor's answers, archive them unchanged, validate, aggregate, write final labels
+(`import` in params.yaml).
 
 Order of durable writes, each safe to repeat: raw payload archive (content-addressed name) →
-quarantine file for this fetch → final labels for the batch (replaced whole) → batch status.
-A rerun after a crash anywhere recomputes the same final labels from the same answers.
+quarantine file for this fetch → gold tracker and review queue (keyed by batch id) → final labels for
+the batch (replaced whole) → batch status. A rerun after a crash anywhere recomputes the same final
+labels from the same answers.
 
 A fully imported batch stays open for corrections for `import.recheck_days`: each import fetches it
 again, and only a payload that differs from the one its final labels came from (sha256 kept in
@@ -14,18 +16,126 @@ answers fewer items than are final (an expired project, a truncated file) change
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 
-from labelloop.core.faults import crash_point
-from labelloop.batches import BatchStore
+from labelloop.adapters.validation import (
+    validate_annotations,
+    validate_final_labels,
+    write_quarantine,
+)
+from labelloop.adapters.vendors.base import VendorRefused
+from labelloop.batches import BatchStore, ReviewQueue, utc_timestamp
+from labelloop.columns import ANNOTATOR_ID, ITEM_ID, LABEL
 from labelloop.config import ImportParams
+from labelloop.core.faults import crash_point
 from labelloop.core.io import read_json, write_bytes, write_json, write_parquet
+from labelloop.domain.quality import (
+    QualityReport,
+    batch_cost,
+    gold_accuracy,
+    gold_record,
+    low_accuracy_annotators,
+    require_columns,
+    run_quality_control,
+)
 from labelloop.workspace import Workspace
 
-ITEM_ID = "item_id"
+
+class GoldTracker:
+    """Each annotator's answers on gold items across batches, persisted as JSON (atomic writes).
+
+    Recording a batch twice replaces that batch's counts, so a re-run import does not double count.
+    An annotator is excluded once they have answered at least `min_answers` gold items and their
+    accuracy over all batches is below `threshold` (`labelloop.domain.quality.gold_accuracy`).
+    """
+
+    FILE_NAME = "gold_tracker.json"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        data = read_json(self.path, default=None) or {"batches": {}}
+        if not isinstance(data, dict) or not isinstance(data.get("batches"), dict):
+            raise ValueError(f"{self.path} is not a gold tracker file (expected a 'batches' mapping)")
+        self._batches: dict[str, dict[str, list[int]]] = data["batches"]
+
+    def record(self, batch_id: str, answers: pd.DataFrame) -> None:
+        """Store one batch's `gold_answers(...)` (replacing any earlier record of the batch)."""
+        entry = gold_record(answers)
+        if self._batches.get(batch_id) == entry:
+            return
+        self._batches[batch_id] = entry
+        write_json(self.path, {"batches": self._batches})
+
+    def other_batches(self, batch_id: str) -> list[dict[str, list[int]]]:
+        """The records of every batch but `batch_id` (what a re-run of that batch's import adds to)."""
+        return [entry for key, entry in self._batches.items() if key != batch_id]
+
+    def summary(self) -> pd.DataFrame:
+        return gold_accuracy(self._batches.values())
+
+    def excluded(self, threshold: float, min_answers: int = 5) -> list[str]:
+        return low_accuracy_annotators(self.summary(), threshold, min_answers)
+
+
+@dataclass
+class ImportOutcome:
+    answers: pd.DataFrame  # validated answers (one per item x annotator)
+    quarantined: pd.DataFrame  # rejected answers and final labels, with `expectation`, `reason`, `stage`
+    final: pd.DataFrame  # every aggregated item (AGGREGATION_COLUMNS + is_gold, model_flagged)
+    labels: pd.DataFrame  # the labels to add to the dataset: item_id, label, n_votes, agreement, method
+    review: pd.DataFrame  # item_id, reason: sent again by the next export
+    pending: list[str]  # batch items with no answer yet (left for a later import)
+    report: QualityReport
+
+
+def process_import(
+    annotations: pd.DataFrame,
+    batch_items: pd.DataFrame,
+    label_set: Sequence[str],
+    *,
+    batch_id: str,
+    params: ImportParams,
+    state_dir: str | Path | None = None,
+    probas: pd.DataFrame | None = None,
+) -> ImportOutcome:
+    """Validate -> gold tracking / exclusion -> aggregation -> model-contradiction flags -> final checks.
+
+    `batch_items` has `item_id` and optionally `is_gold` + `gold_label` (see `plan_quality_items`).
+    With `state_dir` (a workspace's `quality_dir`), the gold tracker (`gold_tracker.json`) and the review
+    queue (`review_queue.json`) are updated there, both keyed by batch id: running the same import twice
+    changes nothing more. The caller archives the raw payload first and writes `outcome.labels` /
+    `outcome.quarantined`.
+    """
+    require_columns(batch_items, [ITEM_ID], "batch items")
+    item_ids = batch_items[ITEM_ID].astype(str).tolist()
+    gold = pd.Series(dtype=str)
+    if "is_gold" in batch_items.columns and "gold_label" in batch_items.columns:
+        marked = batch_items[batch_items["is_gold"].fillna(False).astype(bool)]
+        gold = pd.Series(marked["gold_label"].astype(str).to_numpy(), index=marked[ITEM_ID].astype(str).to_numpy())
+    answers, bad_answers = validate_annotations(annotations, item_ids, label_set)
+    tracker = GoldTracker(Path(state_dir) / GoldTracker.FILE_NAME) if state_dir is not None else None
+    report = run_quality_control(answers, classes=label_set, params=params, gold=gold, probas=probas,
+                                 earlier_gold=tracker.other_batches(batch_id) if tracker is not None else ())
+    if tracker is not None:
+        tracker.record(batch_id, report.gold_answers)
+    labels, bad_final = validate_final_labels(report.accepted, item_ids, label_set)
+    quarantined = pd.concat(
+        [bad_answers.assign(stage="answer"), bad_final.assign(stage="final_label")], ignore_index=True
+    ) if len(bad_answers) or len(bad_final) else bad_answers.assign(stage=pd.Series(dtype=object))
+    answered = set(answers[ITEM_ID]) | set(report.dropped_annotations[ITEM_ID].astype(str))
+    pending = [i for i in item_ids if i not in answered]
+    if state_dir is not None:
+        queue = ReviewQueue(Path(state_dir) / "review_queue.json")
+        queue.add(batch_id, report.review)
+        queue.resolve(labels[ITEM_ID])
+    keep = [ITEM_ID, LABEL, "n_votes", "agreement", "method"]
+    return ImportOutcome(answers, quarantined, report.final, labels[keep].reset_index(drop=True),
+                         report.review, pending, report)
 
 
 @dataclass(frozen=True)
@@ -55,13 +165,10 @@ def imported_marker(workspace: Workspace, batch_id: str):
 
 def import_batch(workspace: Workspace, batch_id: str, vendor, params: ImportParams, recheck: bool = False) -> ImportReport | None:
     """Fetch → archive raw → validate (GX) → gold tracking / exclusion → aggregation (majority or
-    Dawid–Skene) → model-contradiction flags → final labels. See `labelloop.domain.quality.process_import`.
+    Dawid–Skene) → model-contradiction flags → final labels (`process_import`).
 
     `recheck`: the batch is already imported; process the payload only if it changed and still
     answers every item that has a final label (else None: nothing written but the raw archive)."""
-    from labelloop.adapters.label_validation import write_quarantine
-    from labelloop.domain.quality import QualityParams, batch_cost, process_import
-
     store = BatchStore(workspace)
     schema = workspace.schema()
     meta = store.get(batch_id)
@@ -78,8 +185,8 @@ def import_batch(workspace: Workspace, batch_id: str, vendor, params: ImportPara
             return None
     has_probas = all(c in items.columns for c in schema.proba_columns)
     outcome = process_import(
-        fetched.annotations, items, schema.class_names, batch_id=batch_id, params=QualityParams.from_params(params),
-        state_dir=workspace.root / "quality", probas=items[[ITEM_ID, *schema.proba_columns]] if has_probas else None,
+        fetched.annotations, items, schema.class_names, batch_id=batch_id, params=params,
+        state_dir=workspace.quality_dir, probas=items[[ITEM_ID, *schema.proba_columns]] if has_probas else None,
     )
     if len(outcome.quarantined):
         digest = hashlib.sha256(fetched.raw_payload).hexdigest()[:16]
@@ -96,7 +203,7 @@ def import_batch(workspace: Workspace, batch_id: str, vendor, params: ImportPara
     store.mark(batch_id, status=status, n_labelled=len(final), n_quarantined=len(outcome.quarantined),
                labels_bought=bought, cost=batch_cost(bought, price)["cost"])
     write_json(imported_marker(workspace, batch_id), {"payload_sha256": payload_sha, "status": status,
-                                                      "at": datetime.now(UTC).isoformat(timespec="seconds")})
+                                                      "at": utc_timestamp()})
     agreement = float(final["agreement"].mean()) if len(final) else None
     return ImportReport(batch_id, len(items), len(fetched.annotations), len(final), len(outcome.quarantined), status, agreement)
 
@@ -105,8 +212,6 @@ def import_labels(workspace: Workspace, params: ImportParams, vendor, now: datet
     """Import every exported batch whose labels are not all final yet, and fetch again every imported
     batch still open for corrections (`import.recheck_days`); a recheck is reported only when it
     changed the batch's final labels."""
-    from labelloop.adapters.vendors.base import VendorRefused
-
     store = BatchStore(workspace)
     now = now or datetime.now(UTC)
     reports = []
@@ -125,8 +230,6 @@ def import_labels(workspace: Workspace, params: ImportParams, vendor, now: datet
 
 def refused_import(workspace: Workspace, meta, reason: str) -> ImportReport:
     """One quarantine line with the reason; the batch's status, final labels and spend stay as they were."""
-    from labelloop.adapters.label_validation import write_quarantine
-
     digest = hashlib.sha256(reason.encode()).hexdigest()[:16]
     row = pd.DataFrame({"expectation": ["payload_refused"], "reason": [reason], "stage": ["payload"]})
     write_quarantine(workspace.quarantine_dir / f"labels-{meta.batch_id}-refused-{digest}.jsonl", row, batch_id=meta.batch_id)
@@ -152,5 +255,5 @@ def _annotators_per_item(answers: pd.DataFrame, excluded: list[str]) -> pd.Serie
     """item_id → the annotators whose answers counted, comma-separated (recorded with a relabel)."""
     if answers.empty:
         return pd.Series(dtype=object)
-    kept = answers[~answers["annotator_id"].astype(str).isin(set(map(str, excluded)))]
-    return kept.groupby(kept[ITEM_ID].astype(str))["annotator_id"].agg(lambda s: ",".join(sorted(set(map(str, s)))))
+    kept = answers[~answers[ANNOTATOR_ID].astype(str).isin(set(map(str, excluded)))]
+    return kept.groupby(kept[ITEM_ID].astype(str))[ANNOTATOR_ID].agg(lambda s: ",".join(sorted(set(map(str, s)))))

@@ -60,7 +60,8 @@ def model(partitioned_log):
 
     _, whole = partitioned_log
     train = whole.sample(2000, random_state=0)
-    return LabelloopClassifier.from_params(TrainParams(n_estimators=20, max_depth=3, n_jobs=1), CLASSES).fit(train[FEATURES], train["label"])
+    params = TrainParams(n_estimators=20, max_depth=3, n_jobs=1)
+    return LabelloopClassifier.from_params(params, CLASSES).fit(train[FEATURES], train["label"])
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_scale_out_flow_on_dask_task_runner_equals_single_process(prefect_api, p
 def test_xgboost_dask_training_matches_single_process_quality(partitioned_log, client):
     from xgboost import XGBClassifier
 
-    root, whole = partitioned_log
+    root, _ = partitioned_log
     parts = distributed.list_parts(root)
     trained = distributed.train_dask(client, parts[:-1], FEATURES, CLASSES, n_estimators=30, max_depth=3)
     holdout = pd.read_parquet(parts[-1])

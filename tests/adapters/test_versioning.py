@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from labelloop.stages import dataset
 from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
 from labelloop.core.lock import workspace_lock
+from labelloop.stages import dataset
 from tests.stages.test_dataset import _fake_imported_batch
 
 

@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from labelloop.adapters import versioning
-from labelloop.config import Params
 from labelloop.apps.init import init_workspace
+from labelloop.config import Params
 from labelloop.workspace import Workspace, WorkspaceError
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from labelloop.apps.reports import label_spend
 from labelloop.batches import BatchMeta, BatchStore
-from labelloop.apps.reports import CycleRecord, append_history, label_spend
+from labelloop.domain.cycle import CycleRecord
+from labelloop.history import append_history
 
 
 def _batch(n: int, cost: float) -> BatchMeta:
@@ -39,12 +41,3 @@ def test_batch_report_prices_every_answer_ordered():
     report = batch_markdown(meta, items, 0.5)
     assert "| labels ordered | 24 |" in report and "| estimated cost | 12.00 |" in report
 
-
-def test_the_cycle_line_says_what_capture_gave_up():
-    from labelloop.apps.reports import CycleRecord
-
-    record = CycleRecord(cycle=3, labels=250, data_tag="data-v3", champion_version="3", champion_accuracy=0.9,
-                         champion_macro_f1=0.8, decision="promote", batch_id="b", new_labels=100,
-                         capture_lost="lost 1 unreadable log part: 120 rows, 4,096 bytes (see quarantine/)")
-    assert "capture lost 1 unreadable log part: 120 rows" in record.line()
-    assert "capture" not in CycleRecord(**{**record.__dict__, "capture_lost": None}).line()

@@ -13,18 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelloop.adapters import tracking
-from labelloop.adapters import versioning
-from labelloop.stages.capture import capture
-from labelloop.config import CaptureParams, TrainParams
-from labelloop.stages.production import list_log_parts, predictions_frame
+from labelloop.adapters import tracking, versioning
 from labelloop.apps.serving import InvalidRequest, NoChampion, PredictionService, create_app, predict_log_in_process
+from labelloop.config import CaptureParams, TrainParams
+from labelloop.stages import gate, train
+from labelloop.stages.capture import capture
+from labelloop.stages.production import list_log_parts, predictions_frame
 from tests.conftest import clone_workspace
 
 NAME = TrainParams().model_name
 V1 = TrainParams(n_estimators=20, max_depth=3)
 V2 = TrainParams(n_estimators=25, max_depth=3)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,10 @@ def served_template(workspace_template, tmp_path_factory):
     # init names models per workspace, so point the workspace at NAME (the server process reads it).
     ws.params_path.write_text(ws.params_path.read_text().replace(ws.params().train.model_name, NAME))
     versioning.git(ws.registry_dir, "commit", "-qam", "serve the model these tests train")
-    first = tracking.train_challenger(ws, V1)
-    tracking.promote(ws, NAME, first.version)
-    second = tracking.train_challenger(ws, V2)
-    tracking.promote(ws, NAME, second.version)
+    first = train.train_challenger(ws, V1)
+    gate.promote(ws, NAME, first.version)
+    second = train.train_challenger(ws, V2)
+    gate.promote(ws, NAME, second.version)
     assert (first.version, second.version) == ("1", "2")
     return ws
 
@@ -224,10 +224,12 @@ def test_every_prediction_is_in_the_log_after_shutdown_and_capture_reads_it(serv
     assert {"ts", "predicted", "confidence", "item_id", *schema.feature_columns, *schema.proba_columns} <= set(log.columns)
 
     # Parts built from many requests have the same column types as the canonical predictions_frame.
-    reference = predictions_frame(pd.DataFrame(traffic_rows(served, 1)), np.full((1, len(schema.class_names)), 1 / len(schema.class_names)),
-                                  schema, "2", ["x"])
+    n_classes = len(schema.class_names)
+    uniform = np.full((1, n_classes), 1 / n_classes)
+    reference = predictions_frame(pd.DataFrame(traffic_rows(served, 1)), uniform, schema, "2", ["x"])
     for part in list_log_parts(served):
-        assert pd.read_parquet(part).dtypes.to_dict() == pd.read_parquet(_roundtrip(reference, part.parent.parent)).dtypes.to_dict()
+        expected = pd.read_parquet(_roundtrip(reference, part.parent.parent)).dtypes.to_dict()
+        assert pd.read_parquet(part).dtypes.to_dict() == expected
 
     report = capture(served, CaptureParams(confidence_threshold=1.0))
     assert (report.parts_read, report.rows_read, report.rows_quarantined) == (3, 26, 0)
@@ -302,10 +304,10 @@ def test_rollback_of_the_champion_is_served_without_restart(served):
     rows = traffic_rows(served, 3)
     with client_for(served, alias_ttl_seconds=0.2, flush_rows=10_000, flush_seconds=3600) as client:
         assert client.post("/predict", json={"rows": rows}).json()["model_version"] == "2"
-        tracking.promote(served, NAME, "1", reason="rollback")
+        gate.promote(served, NAME, "1", reason="rollback")
         seen = _wait_for_version(client, rows, "1")
         assert client.get("/health").json()["model_version"] == "1"
-        tracking.promote(served, NAME, "2", reason="roll forward")
+        gate.promote(served, NAME, "2", reason="roll forward")
         seen += _wait_for_version(client, rows, "2")
     log = read_log(served)
     assert set(log["model_version"]) == {"1", "2"}
@@ -324,7 +326,7 @@ def test_without_a_champion_predict_is_503_until_one_is_promoted(served):
         response = client.post("/predict", json={"rows": rows})
         assert response.status_code == 503 and "champion" in response.json()["error"]
         assert client.get("/health").status_code == 503
-        tracking.promote(served, NAME, "1")
+        gate.promote(served, NAME, "1")
         assert _wait_for_version(client, rows, "1", allow_503=True)[-1] == "1"
     client_mlflow.delete_registered_model_alias(NAME, tracking.CHAMPION)
     with pytest.raises(NoChampion):
@@ -346,8 +348,9 @@ def test_real_uvicorn_server_logs_every_prediction_after_sigterm(served):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "labelloop.apps.serving", str(served.root), "--port", str(port), "--mode", "buffered", "--flush-rows", "50",
-         "--flush-seconds", "3600", "--alias-ttl-seconds", "0.5", "--log-level", "warning"],
+        [sys.executable, "-m", "labelloop.flows.cli", "serve", "--workspace", str(served.root), "--port", str(port),
+         "--mode", "buffered", "--flush-rows", "50", "--flush-seconds", "3600", "--alias-ttl-seconds", "0.5",
+         "--log-level", "warning"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -365,7 +368,7 @@ def test_real_uvicorn_server_logs_every_prediction_after_sigterm(served):
             ids, versions = [], set()
             for i in range(40):
                 if i == 20:
-                    tracking.promote(served, NAME, "1")
+                    gate.promote(served, NAME, "1")
                 response = http.post("/predict", json={"rows": traffic_rows(served, 1 + i % 3, offset=i * 3)})
                 assert response.status_code == 200, response.text
                 ids += [p["prediction_id"] for p in response.json()["predictions"]]

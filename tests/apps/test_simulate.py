@@ -69,6 +69,19 @@ def test_config_validation(tmp_path):
         run_simulation(SimulationConfig(data=str(tmp_path / "none.csv"), log_mlflow=False, progress=False))
 
 
+def test_a_misspelt_strategy_or_selector_parameter_fails_before_the_simulation():
+    def config(**kw):
+        return SimulationConfig(data="x", **kw)
+
+    with pytest.raises(ValueError, match="strategy 'information_density' has no parameter 'betta'; allowed: beta"):
+        config(strategies=["information_density"], strategy_params={"information_density": {"betta": 2}}).validate()
+    with pytest.raises(ValueError, match="selector 'hybrid' .*'explore_fracton'; allowed: exploit_fraction, quota_fraction"):
+        config(strategies=["hybrid"], selector_params={"hybrid": {"explore_fracton": 0.0}}).validate()
+    with pytest.raises(ValueError, match="selector 'coreset' .*'explore_fraction'; allowed: top_m_factor"):
+        config(strategies=["hybrid"], selector="coreset", selector_params={"hybrid": {"explore_fraction": 0.0}}).validate()
+    config(strategies=["hybrid"], selector_params={"hybrid": {"explore_fraction": 0.0}}).validate()
+
+
 def test_tiny_simulation_end_to_end(tmp_path):
     from labelloop.config import TrainParams
 

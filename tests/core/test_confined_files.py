@@ -41,4 +41,4 @@ def test_links_on_the_way_or_at_the_end_are_refused_and_writes_never_go_through_
     for bad in ("..", ".", "a/b", ""):
         with pytest.raises(UnsafeFile, match="cannot name one entry"):
             read_regular(str(root), ["real", bad], limit=100)
-    assert not [p for p in root.rglob("*.tmp")]  # no temp file left behind
+    assert not list(root.rglob("*.tmp"))  # no temp file left behind

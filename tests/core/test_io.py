@@ -7,10 +7,9 @@ from labelloop.core.io import atomic_path, read_json, write_json, write_parquet
 def test_failed_write_leaves_the_previous_file_and_no_temp(tmp_path):
     target = tmp_path / "state.json"
     write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
     assert read_json(target) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 

@@ -43,14 +43,6 @@ def test_a_permanent_error_is_not_retried():
     assert len(calls) == 1
 
 
-def test_policy_from_the_environment_is_validated(monkeypatch):
-    monkeypatch.setenv("LABELLOOP_RETRY_ATTEMPTS", "5")
-    monkeypatch.setenv("LABELLOOP_RETRY_BACKOFF_SECONDS", "0.5")
-    policy = RetryPolicy.from_env()
-    assert (policy.attempts, policy.delay(1), policy.delay(2), policy.delay(10)) == (5, 0.5, 1.0, 10.0)
-    monkeypatch.setenv("LABELLOOP_RETRY_ATTEMPTS", "0")
-    with pytest.raises(ValueError, match="LABELLOOP_RETRY_ATTEMPTS='0' must be at least 1"):
-        RetryPolicy.from_env()
-    monkeypatch.setenv("LABELLOOP_RETRY_ATTEMPTS", "many")
-    with pytest.raises(ValueError, match="is not a number"):
-        RetryPolicy.from_env()
+def test_the_delay_doubles_per_retry_up_to_a_cap():
+    policy = RetryPolicy(attempts=5, backoff_seconds=0.5)
+    assert (policy.delay(1), policy.delay(2), policy.delay(10)) == (0.5, 1.0, 10.0)

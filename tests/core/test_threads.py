@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from labelloop.config import ConfigError, TrainParams, load_params, parse_params
-from labelloop.core.threads import auto_threads, available_cpus, cgroup_cpu_limit, process_cpus, resolve_n_jobs, thread_environment
+from labelloop.core.threads import (
+    auto_threads,
+    available_cpus,
+    cgroup_cpu_limit,
+    process_cpus,
+    resolve_n_jobs,
+    thread_environment,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from labelloop.domain.metrics import expected_calibration_error, holdout_metrics
 
@@ -13,6 +14,17 @@ def test_ece_of_an_overconfident_model_equals_its_gap():
     probas = np.tile([0.9, 0.1], (10, 1))
     truth = np.array([0, 1] * 5)
     assert np.isclose(expected_calibration_error(probas, truth), 0.4)
+
+
+def test_ece_of_a_hand_made_case():
+    probas = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    labels = np.array([0, 1, 0, 0])
+    # bin 0.9: accuracy 0.5 vs 0.9 → 0.4·2/4; bin 0.6: accuracy 1 vs 0.6 → 0.4·2/4
+    assert expected_calibration_error(probas, labels) == pytest.approx(0.4)
+
+
+def test_ece_without_rows_is_undefined():
+    assert np.isnan(expected_calibration_error(np.empty((0, 2)), np.array([], dtype=int)))
 
 
 def test_holdout_metrics_per_class_recall_and_accuracy():

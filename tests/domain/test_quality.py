@@ -1,13 +1,12 @@
-"""Unit tests of labelloop.domain.quality: aggregation, agreement, gold tracking, review queue, CL flags."""
+"""Unit tests of labelloop.domain.quality: aggregation, agreement, gold accuracy, CL flags, the QC plan and pass."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from labelloop.config import ImportParams
 from labelloop.domain import quality as q
 
 
@@ -90,6 +89,13 @@ def test_dawid_skene_gold_pins_items_and_rejects_unknown_labels():
         q.dawid_skene(data, classes[:2])
 
 
+def test_dawid_skene_runs_at_least_one_iteration():
+    data, _, classes = noisy_crowd(50, [0.9, 0.6, 0.6], per_item=3, seed=2)
+    assert q.dawid_skene(data, classes, max_iter=1).n_iter == 1
+    with pytest.raises(ValueError, match="max_iter must be at least 1"):  # it used to end in an UnboundLocalError
+        q.dawid_skene(data, classes, max_iter=0)
+
+
 def test_aggregate_dispatch():
     data = answers([("x", "a", "1"), ("x", "b", "1"), ("x", "c", "2")])
     assert q.aggregate(data, "majority")["method"].iloc[0] == "majority"
@@ -138,27 +144,18 @@ def test_agreement_report_only_counts_overlap_items():
 
 
 # ---------------------------------------------------------------------------------------------- gold
-def test_gold_tracker_accumulates_is_idempotent_and_excludes(tmp_path):
+def test_gold_accuracy_sums_batches_and_low_accuracy_needs_enough_answers():
     gold = pd.Series({"g1": "1", "g2": "2", "g3": "1"})
-    batch1 = answers([("g1", "good", "1"), ("g2", "good", "2"), ("g3", "good", "1"),
-                      ("g1", "bad", "2"), ("g2", "bad", "2"), ("g3", "bad", "2"), ("x", "bad", "1")])
-    tracker = q.GoldTracker(tmp_path / "gold.json")
-    tracker.record("b1", q.gold_answers(batch1, gold))
-    tracker.record("b1", q.gold_answers(batch1, gold))  # re-run import: no double count
-    summary = tracker.summary().set_index("annotator_id")
-    assert summary.loc["good", "n_gold"] == 3 and summary.loc["bad", "n_correct"] == 1
-    assert tracker.excluded(threshold=0.7, min_answers=5) == []  # too few answers to judge yet
-    tracker.record("b2", q.gold_answers(batch1.replace({"b1": "b2"}), gold))
-    reloaded = q.GoldTracker(tmp_path / "gold.json")  # persisted across batches / processes
-    assert reloaded.summary().set_index("annotator_id").loc["bad", "n_gold"] == 6
-    assert reloaded.excluded(threshold=0.7, min_answers=5) == ["bad"]
-
-
-def test_gold_tracker_rejects_foreign_file(tmp_path):
-    path = tmp_path / "gold.json"
-    path.write_text(json.dumps([1, 2]))
-    with pytest.raises(ValueError, match="not a gold tracker"):
-        q.GoldTracker(path)
+    batch = answers([("g1", "good", "1"), ("g2", "good", "2"), ("g3", "good", "1"),
+                     ("g1", "bad", "2"), ("g2", "bad", "2"), ("g3", "bad", "2"), ("x", "bad", "1")])
+    record = q.gold_record(q.gold_answers(batch, gold))
+    assert record == {"bad": [3, 1], "good": [3, 3]}  # `x` is not a gold item
+    one = q.gold_accuracy([record]).set_index("annotator_id")
+    assert one.loc["bad", "accuracy"] == pytest.approx(1 / 3) and one.loc["good", "accuracy"] == 1.0
+    assert q.low_accuracy_annotators(one.reset_index(), threshold=0.7, min_answers=5) == []  # too few answers yet
+    two = q.gold_accuracy([record, {"bad\u200b": [3, 1]}])  # a look-alike id is the same annotator
+    assert two.set_index("annotator_id").loc["bad", "n_gold"] == 6
+    assert q.low_accuracy_annotators(two, threshold=0.7, min_answers=5) == ["bad"]
 
 
 def test_exclude_annotators_requeues_items_left_without_answers():
@@ -178,32 +175,6 @@ def test_confident_learning_flags_confident_contradictions_only():
     assert not flags.loc["d", "flagged"]  # contradiction, but not confident
     with pytest.raises(ValueError, match="proba_"):
         q.confident_learning_flags(labels, probas[["item_id"]])
-
-
-# -------------------------------------------------------------------------------------- review queue
-def test_review_queue_add_is_idempotent_and_tracks_sending(tmp_path):
-    queue = q.ReviewQueue(tmp_path / "review.json")
-    entries = pd.DataFrame({"item_id": ["x", "y"], "reason": [q.REASON_NO_AGREEMENT, q.REASON_MODEL_CONTRADICTS]})
-    assert queue.add("b1", entries) == 2
-    assert queue.add("b1", entries) == 0
-    assert q.ReviewQueue(tmp_path / "review.json").pending() == ["x", "y"]
-    queue.mark_sent(["x"], "b2")
-    assert queue.pending() == ["y"]
-    queue.resolve(["x"])
-    frame = q.ReviewQueue(tmp_path / "review.json").frame().set_index("item_id")
-    assert frame.loc["x", "status"] == "resolved" and frame.loc["x", "sent_batch"] == "b2"
-
-
-def test_review_queue_stops_resending_an_item_after_max_sends(tmp_path):
-    queue = q.ReviewQueue(tmp_path / "review.json")
-    flagged = pd.DataFrame({"item_id": ["x"], "reason": [q.REASON_MODEL_CONTRADICTS]})
-    queue.add("b1", flagged)
-    queue.mark_sent(["x"], "b2")
-    queue.add("b2", flagged)  # the re-send came back flagged again
-    assert queue.pending(max_sends=2) == ["x"]
-    queue.mark_sent(["x"], "b3")
-    queue.add("b3", flagged)
-    assert queue.pending(max_sends=2) == [] and queue.pending() == ["x"]  # left to a human reviewer
 
 
 # ------------------------------------------------------------------------------------- export helpers
@@ -250,42 +221,37 @@ def test_cost_helpers():
 
 
 # --------------------------------------------------------------------------------------- whole pass
-def test_run_quality_control_excludes_spammer_and_flags_review(tmp_path):
+def test_run_quality_control_excludes_spammer_and_flags_review():
     gold = pd.Series({f"g{i}": "1" for i in range(6)})
     rows = []
     for g in gold.index:
         rows += [(g, "good", "1"), (g, "spam", "2")]
     rows += [("x", "spam", "2"), ("y", "good", "1"), ("y", "spam", "2"), ("z", "good", "1"), ("z", "other", "2")]
-    report = q.run_quality_control(answers(rows), batch_id="b1", classes=["1", "2"], gold=gold,
-                                   tracker=q.GoldTracker(tmp_path / "g.json"), min_gold_accuracy=0.6, min_gold_answers=5)
+    report = q.run_quality_control(answers(rows), classes=["1", "2"], gold=gold,
+                                   params=ImportParams(min_gold_accuracy=0.6, min_gold_answers=5))
     assert report.excluded_annotators == ["spam"]
     assert report.requeue == ["x"]
     assert set(report.accepted["item_id"]) == {"y"}  # spam's vote removed; gold never accepted
     review = report.review.set_index("item_id")["reason"]
     assert review["z"] == q.REASON_NO_AGREEMENT and review["x"] == q.REASON_ANNOTATOR_EXCLUDED
     assert report.summary["n_requeued"] == 1
+    assert report.gold_answers.set_index("annotator_id")["n_gold"].to_dict() == {"good": 6, "spam": 6}
 
 
-def test_process_import_end_to_end_is_idempotent(tmp_path):
-    items = pd.DataFrame({"item_id": ["a", "b", "c", "g1"], "is_gold": [False, False, False, True],
-                          "gold_label": [None, None, None, "dog"]})
-    data = pd.DataFrame({
-        "item_id": ["a", "a", "b", "g1", "g1", "zzz", "b"],
-        "annotator_id": ["u1", "u2", "u1", "u1", "u2", "u1", "u2"],
-        "label": ["cat", "cat", "dog", "dog", "dog", "cat", "bird"],
-        "annotation_id": list("1234567"),
-    })
-    probas = pd.DataFrame({"item_id": ["a", "b", "c"], "proba_cat": [0.01, 0.5, 0.5], "proba_dog": [0.99, 0.5, 0.5]})
-    params = q.QualityParams(contradiction_confidence=0.95)
-    first = q.process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path, probas=probas)
-    second = q.process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path, probas=probas)
-    pd.testing.assert_frame_equal(first.labels, second.labels)
-    assert list(first.labels["item_id"]) == ["b"]  # a: model contradicts; g1: gold
-    assert set(first.quarantined["reason"]) == {"item_id is not in this batch", "label is not in the label set"}
-    assert first.pending == ["c"]
-    queue = q.ReviewQueue(tmp_path / "review_queue.json")
-    assert queue.pending() == ["a"] and len(queue.frame()) == 1
-    assert q.GoldTracker(tmp_path / "gold_tracker.json").summary()["n_gold"].tolist() == [1, 1]
+def test_run_quality_control_counts_earlier_batches_gold_and_flags_contradictions_only_when_asked():
+    data = answers([("g1", "u1", "cat"), ("a", "u2", "cat"), ("b", "u2", "dog")])
+    probas = pd.DataFrame({"item_id": ["a", "b"], "proba_cat": [0.01, 0.5], "proba_dog": [0.99, 0.5]})
+    gold = pd.Series({"g1": "dog"})
+    default = q.run_quality_control(data, classes=["cat", "dog"], gold=gold, probas=probas, params=ImportParams())
+    assert not default.final["model_flagged"].any()  # import.contradiction_confidence defaults to 0: off
+    assert default.excluded_annotators == [] and set(default.accepted["item_id"]) == {"a", "b"}
+    strict = ImportParams(min_gold_accuracy=0.5, min_gold_answers=3, contradiction_confidence=0.95)
+    report = q.run_quality_control(data, classes=["cat", "dog"], gold=gold, probas=probas, params=strict,
+                                   earlier_gold=[{"u1": [2, 0]}])
+    assert report.excluded_annotators == ["u1"]  # 0 of 3 gold answers right, over two batches
+    assert report.gold.set_index("annotator_id").loc["u1", "n_gold"] == 3
+    assert report.final.set_index("item_id").loc["a", "review_reason"] == q.REASON_MODEL_CONTRADICTS
+    assert set(report.accepted["item_id"]) == {"b"}
 
 
 def test_dawid_skene_stays_sane_with_many_classes_and_few_answers():
@@ -297,29 +263,12 @@ def test_dawid_skene_stays_sane_with_many_classes_and_few_answers():
 
 
 # ------------------------------------------------------------------------------ normalised annotators
-def test_look_alike_annotator_ids_are_one_voter_in_votes_gold_and_agreement(tmp_path):
-    """`alice` and `alice\\u200b` are one person: one vote, one gold record, no agreement with herself."""
-    items = pd.DataFrame({"item_id": ["a", "b", "g1", "g2", "g3", "g4"], "is_gold": [False, False, True, True, True, True],
-                          "gold_label": [None, None, "dog", "dog", "dog", "dog"]})
-    data = pd.DataFrame({
-        "item_id": ["a", "a", "b", "b", "g1", "g2", "g3", "g4"],
-        "annotator_id": ["alice", "alice\u200b", "carol", "ｃａｒｏｌ\ufeff", "spam", "spam\u200b", " spam", "spam\u2060"],
-        "label": ["cat", "cat", "dog", "dog", "cat", "cat", "cat", "cat"],
-    })
-    params = q.QualityParams(min_gold_accuracy=0.5, min_gold_answers=4)
-    outcome = q.process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path)
-    assert outcome.final.set_index("item_id").loc[["a", "b"], "n_votes"].tolist() == [1, 1]
-    assert outcome.report.agreement["n_overlap_items"] == 0  # nobody agreed with themself
-    gold = q.GoldTracker(tmp_path / "gold_tracker.json").summary()
-    assert gold[["annotator_id", "n_gold"]].values.tolist() == [["spam", 4]]
-    assert outcome.report.excluded_annotators == ["spam"]  # 4 wrong gold answers by one person
+ALICE_SPELLINGS = ["alice", "alice\u200b", " alice ", "\ufeffal\u2060ice", "ａｌｉｃｅ", "al\u200cice\u200d"]
 
 
-def test_gold_records_written_before_normalisation_merge_into_one_annotator(tmp_path):
-    path = tmp_path / "gold_tracker.json"
-    path.write_text(json.dumps({"batches": {"b0": {"alice\u200b": [3, 0], "bob": [1, 1]}}}))
-    tracker = q.GoldTracker(path)
-    tracker.record("b1", pd.DataFrame({"annotator_id": ["alice"], "n_gold": [2], "n_correct": [0]}))
-    summary = tracker.summary().set_index("annotator_id")
-    assert summary.loc["alice", "n_gold"] == 5 and list(summary.index) == ["alice", "bob"]
-    assert tracker.excluded(0.5, min_answers=5) == ["alice"]
+def test_normalize_annotator_id_one_spelling_per_person():
+    assert {q.normalize_annotator_id(s) for s in ALICE_SPELLINGS} == {"alice"}
+    assert q.normalize_annotator_id("José") == q.normalize_annotator_id("Jose\u0301") == "José"  # NFC/NFD forms meet
+    assert q.normalize_annotator_id("Bob Smith") == "Bob Smith"  # inner spaces and case are kept
+    for nothing in (None, float("nan"), pd.NA, "", "   ", "\u200b\u2060\ufeff"):
+        assert q.normalize_annotator_id(nothing) is None

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from labelloop.domain.stop_rules import CycleRecord, StopRules, evaluate_stop_rules
+from labelloop.domain.cycle import CycleRecord
+from labelloop.domain.stop_rules import StopRules, evaluate_stop_rules
 
 
-def hist(points, preds=None):
-    return [CycleRecord(n, m, None if preds is None else np.array(preds[i])) for i, (n, m) in enumerate(points)]
+def hist(points):
+    return [CycleRecord(cycle=i + 1, labels=n, primary_metric=m) for i, (n, m) in enumerate(points)]
 
 
 def test_nothing_fires_early():
@@ -35,13 +36,13 @@ def test_stabilising_predictions():
     rules = StopRules(plateau_gain_per_100=None, stable_agreement=0.75, stable_cycles=2)
     preds = [[0, 1, 1, 0], [0, 1, 0, 0], [0, 1, 0, 1], [0, 1, 0, 1]]
     points = [(100, 0.5), (200, 0.6), (300, 0.7), (400, 0.7)]
-    report = evaluate_stop_rules(hist(points, preds), rules)
+    report = evaluate_stop_rules(hist(points), rules, [np.array(p) for p in preds])
     assert report.rules["stable_predictions"]["recent_agreements"] == [0.75, 1.0]
     assert report.stop
-    assert evaluate_stop_rules(hist(points[:3], preds[:3]), rules).stop  # 0.75, 0.75 at threshold 0.75
-    assert not evaluate_stop_rules(hist(points[:2], preds[:2]), rules).stop  # only one agreement so far
+    assert evaluate_stop_rules(hist(points[:3]), rules, [np.array(p) for p in preds[:3]]).stop  # 0.75, 0.75 at threshold 0.75
+    assert not evaluate_stop_rules(hist(points[:2]), rules, [np.array(p) for p in preds[:2]]).stop  # only one agreement so far
     rules = StopRules(plateau_gain_per_100=None, stable_agreement=0.9, stable_cycles=2)
-    assert not evaluate_stop_rules(hist(points, preds), rules).stop
+    assert not evaluate_stop_rules(hist(points), rules, [np.array(p) for p in preds]).stop
 
 
 def test_invalid_rules():
@@ -49,3 +50,15 @@ def test_invalid_rules():
         StopRules(label_budget=0)
     with pytest.raises(ValueError):
         StopRules(stable_agreement=1.5)
+
+
+def test_a_cycle_that_trained_no_model_has_no_predictions_and_every_cycle_needs_its_metric():
+    rules = StopRules(plateau_gain_per_100=None, stable_agreement=0.75, stable_cycles=1)
+    points = [(100, 0.5), (200, 0.6), (300, 0.7)]
+    # The middle cycle trained no model: the first and last models are compared (agreement 0.75).
+    report = evaluate_stop_rules(hist(points), rules, [np.array([0, 1, 1, 0]), None, np.array([0, 1, 0, 0])])
+    assert report.rules["stable_predictions"]["recent_agreements"] == [0.75] and report.stop
+    with pytest.raises(ValueError, match="one per cycle"):
+        evaluate_stop_rules(hist(points), rules, [np.array([0])])
+    with pytest.raises(ValueError, match="primary_metric"):
+        evaluate_stop_rules([CycleRecord(cycle=1, labels=100)], rules)

@@ -12,8 +12,8 @@ runner = CliRunner()
 
 COMMANDS = [[], ["init"], ["demo"], ["cycle"], ["production"], ["capture"], ["select"], ["export"], ["import"],
             ["dataset"], ["train"], ["gate"], ["status"], ["strategies"], ["data", "versions"], ["data", "rollback"],
-            ["model", "rollback"], ["model", "history"], ["serve"], ["lineage"], ["simulate"], ["pipeline", "validate"],
-            ["pipeline", "train"], ["pipeline", "evaluate"]]
+            ["model", "rollback"], ["model", "history"], ["serve"], ["deploy"], ["lineage"], ["simulate"],
+            ["pipeline", "validate"], ["pipeline", "train"], ["pipeline", "evaluate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -21,7 +21,8 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
-    if command and command[0] not in ("init", "strategies", "data", "model", "simulate", "pipeline") or command == ["data", "versions"]:
+    exempt = ("init", "strategies", "data", "model", "simulate", "pipeline")
+    if (command and command[0] not in exempt) or command == ["data", "versions"]:
         assert "--workspace" in result.output
 
 
@@ -62,7 +63,8 @@ def test_select_from_any_pool_file_prints_seconds_and_peak_memory(tmp_path):
 
 
 def test_select_pool_with_an_unknown_strategy_is_a_clear_error(tmp_path):
-    result = runner.invoke(app, ["select", "--pool", str(tmp_path / "x.parquet"), "--strategy", "best", "--out", str(tmp_path / "o")])
+    result = runner.invoke(app, ["select", "--pool", str(tmp_path / "x.parquet"), "--strategy", "best",
+                                 "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "unknown strategy 'best'" in result.output
 
 
@@ -93,26 +95,26 @@ def test_simulate_with_an_unknown_metric_is_a_clear_error(tmp_path):
 
 
 def test_model_rollback_moves_champion_back_and_is_not_undone_by_resume_gate(workspace):
-    from labelloop.stages import dataset
     from labelloop.adapters import tracking
     from labelloop.config import GateParams
+    from labelloop.stages import dataset, gate, train
     from tests.stages.test_dataset import _fake_imported_batch
 
     # The workspace's own model name (labelloop-<workspace id>): the CLI reads it from params.yaml.
     fast = workspace.params().train.model_copy(update={"n_estimators": 20, "max_depth": 3})
-    first = tracking.train_challenger(workspace, fast)
-    tracking.promote(workspace, fast.model_name, first.version)
+    first = train.train_challenger(workspace, fast)
+    gate.promote(workspace, fast.model_name, first.version)
     _fake_imported_batch(workspace, "batch-0001-aaaaaa", n=40)
     dataset.update_dataset(workspace)
-    second = tracking.train_challenger(workspace, fast)
-    decision = tracking.evaluate_gate(workspace, fast.model_name, GateParams(min_delta=-1.0))
-    tracking.record_decision(workspace, fast.model_name, decision)
-    tracking.promote(workspace, fast.model_name, second.version)
+    second = train.train_challenger(workspace, fast)
+    decision = gate.evaluate_gate(workspace, fast.model_name, GateParams(min_delta=-1.0))
+    gate.record_decision(workspace, fast.model_name, decision)
+    gate.promote(workspace, fast.model_name, second.version)
 
     result = runner.invoke(app, ["model", "rollback", "--reason", "bad labels in batch-0001", "--workspace", str(workspace.root)])
     assert result.exit_code == 0, result.output
     assert tracking.alias_version(workspace, fast.model_name, tracking.CHAMPION) == first.version
     tags = tracking.client(workspace).get_model_version(fast.model_name, second.version).tags
     assert tags["rolled_back"] == "bad labels in batch-0001"
-    assert tracking.resume_gate(workspace, fast.model_name) is None  # the next cycle leaves the rollback alone
+    assert gate.resume_gate(workspace, fast.model_name) is None  # the next cycle leaves the rollback alone
     assert tracking.alias_version(workspace, fast.model_name, tracking.CHAMPION) == first.version

@@ -5,12 +5,11 @@ import hashlib
 import pandas as pd
 import pytest
 
-from labelloop.adapters import tracking
-from labelloop.adapters import versioning
+from labelloop.adapters import tracking, versioning
 from labelloop.batches import BatchStore
 from labelloop.config import SelectParams
 from labelloop.core.lock import WorkspaceBusyError
-from labelloop.apps.reports import load_history
+from labelloop.history import load_history
 from tests.conftest import lock_held_elsewhere
 
 pytestmark = pytest.mark.slow
@@ -60,7 +59,7 @@ def test_two_cycles_make_two_data_versions_runs_and_a_consistent_champion(two_cy
 
 
 def test_batches_record_strategy_seed_and_move_to_versioned(two_cycles):
-    ws, records, _ = two_cycles
+    ws, _, _ = two_cycles
     metas = BatchStore(ws).list()
     assert len(metas) == 2
     for meta, tag in zip(metas, ["data-v2", "data-v3"], strict=True):
@@ -83,9 +82,8 @@ def test_a_second_cycle_on_a_locked_workspace_fails_fast_and_writes_nothing(pref
 
     # The holder is another thread (as good as another process for flock): the lock is re-entrant
     # only within the thread that holds it, so the cycle calling its stage flows does not trip on it.
-    with lock_held_elsewhere(workspace):
-        with pytest.raises(WorkspaceBusyError, match="another cycle"):
-            active_learning_cycle(str(workspace.root))
+    with lock_held_elsewhere(workspace), pytest.raises(WorkspaceBusyError, match="another cycle"):
+        active_learning_cycle(str(workspace.root))
     assert BatchStore(workspace).list() == []
     assert versioning.data_tags(workspace.registry_dir) == ["data-v1"]
 
@@ -109,7 +107,7 @@ def test_every_stage_flow_runs_alone(prefect_api, workspace):
 def test_lineage_of_the_champion_traces_data_batches_params_and_gate(two_cycles):
     from labelloop.apps.lineage import lineage
 
-    ws, records, _ = two_cycles
+    ws, _, _ = two_cycles
     name = ws.params().train.model_name
     info = lineage(ws, name)  # the champion
     assert info["aliases"][0] == "champion"
@@ -126,11 +124,11 @@ def test_lineage_of_the_champion_traces_data_batches_params_and_gate(two_cycles)
 
 
 def test_every_cycle_reports_its_stop_rules_and_a_halted_cycle_buys_nothing(two_cycles):
+    from labelloop.config import GateParams, StopParams
     from labelloop.flows.cycle import active_learning_cycle
     from labelloop.stages import gate as stopping
-    from labelloop.config import GateParams, StopParams
 
-    ws, records, _ = two_cycles
+    ws, _, _ = two_cycles
     for record in load_history(ws)[1:]:
         assert set(record.stop["rules"]) == {"label_budget", "target_metric", "plateau", "stable_predictions"}
         assert record.primary_metric == record.champion_accuracy  # gate.primary_metric is accuracy

@@ -4,16 +4,15 @@ completed, the production line enforced, the demo never deleting a workspace it 
 
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from labelloop.stages import dataset
-from labelloop.adapters import tracking
-from labelloop.adapters import versioning
+from labelloop.adapters import tracking, versioning
+from labelloop.apps.reports import load_stage_params
 from labelloop.batches import BatchStore
-from labelloop.apps.reports import load_history, load_stage_params
+from labelloop.history import load_history
+from labelloop.stages import dataset, train
 from tests.conftest import lock_held_elsewhere
 
 pytestmark = pytest.mark.slow
@@ -115,7 +114,7 @@ def test_a_cycle_killed_after_its_dataset_step_is_completed_by_the_next(prefect_
     assert [h.data_tag for h in history] == ["data-v1", "data-v2", "data-v3", "data-v4"]
     name = workspace.params().train.model_name
     for tag in ("data-v3", "data-v4"):
-        model = tracking.find_version(workspace, name, tag, tracking.params_hash(workspace.params().train))
+        model = tracking.find_version(workspace, name, tag, train.params_hash(workspace.params().train))
         assert model is not None and model.tags.get("gate.decision") in ("promote", "reject"), tag
     # Rerun-safe: another cycle adds exactly one row.
     active_learning_cycle(root)
@@ -148,9 +147,9 @@ def test_a_registry_off_its_production_line_stops_the_cycle_before_any_write(pre
 
 
 def test_reruns_say_what_they_found_and_a_changed_gate_rule_is_not_silently_ignored(prefect_api, workspace):
+    from labelloop.config import GateParams
     from labelloop.flows import stages
     from labelloop.flows.cli import app
-    from labelloop.config import GateParams
 
     root = str(workspace.root)
     runner = CliRunner()

@@ -135,7 +135,7 @@ def stack_client(real_stack):
     """Prefect client settings and MLflow URI of the real stack for this process, restored afterwards."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from labelloop.workspace import ENV_TRACKING_URI
+    from labelloop.tasks.environment import ENV_TRACKING_URI
 
     saved = {k: os.environ.get(k) for k in (ENV_TRACKING_URI, "MLFLOW_TRACKING_URI")}
     os.environ[ENV_TRACKING_URI] = real_stack.mlflow_url

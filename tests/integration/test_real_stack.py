@@ -137,7 +137,7 @@ def test_cycle_through_the_api_then_the_same_run_again_duplicates_nothing(stack_
     data_tags = stack.mlflow_sql("SELECT value FROM tags WHERE key = 'data_tag' ORDER BY value")
     assert [t[0] for t in data_tags] == ["data-v1", "data-v2"]
     aliases = dict(after["aliases"])
-    ws = Workspace.at(stack.workspace)
+    ws = Workspace.at(stack.workspace, tracking_server=stack.mlflow_url)
     name = ws.params().train.model_name
     assert str(aliases["champion"]) == tracking.alias_version(ws, name, tracking.CHAMPION)  # SQL == MLflow server
     assert str(aliases["champion"]) in {"1", "2"}

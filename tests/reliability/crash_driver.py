@@ -2,18 +2,30 @@
 that a test kills with SIGKILL at a named crash point (LABELLOOP_CRASH_AT). No Prefect engine is
 needed for that: durable state is written by the same `labelloop` calls the flow makes.
 
-    python -m tests.reliability.crash_driver WORKSPACE
+    python -m tests.reliability.crash_driver WORKSPACE     # one run, killed at $LABELLOOP_CRASH_AT
+    python -m tests.reliability.crash_driver --serve       # what the crash matrix starts: a fork server
+
+The fork server pays the imports of a cycle (about 70% of a fresh worker's CPU time) once: for each
+request line on stdin, {"point": ..., "root": ..., "log": ...}, it forks a child that arms the point and
+runs the stages, waits for it, and answers {"returncode": ...} (negative: killed by that signal). Each
+child is a process of its own that the OS kills with SIGKILL, exactly as before; only its imports are
+inherited.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import signal
 import sys
 import tempfile
+import threading
+import traceback
 from pathlib import Path
 
-from labelloop.adapters import tracking
+from labelloop.stages import gate as gate_stage
+from labelloop.stages import train as train_stage
 from labelloop.core.faults import ENV
 from labelloop.core.lock import workspace_lock
 from labelloop.workspace import Workspace
@@ -114,14 +126,14 @@ def _run_stages(ws: Workspace, root: str) -> None:
     from labelloop.tasks.train import train_challenger
 
     p = ws.params()
-    tracking.resume_gate(ws, p.train.model_name)  # as the cycle flow does first
+    gate_stage.resume_gate(ws, p.train.model_name)  # as the cycle flow does first
     serve_traffic.fn(root, p.production, p.train.model_name)
     capture_predictions.fn(root, p.capture)
     select_batch.fn(root, p.select, p.train)
     export_batches.fn(root, p.export)
     import_labels.fn(root, p.import_, p.export)
     version = update_dataset.fn(root)
-    if version.created or tracking.needs_retrain(ws, p.train, version.tag):
+    if version.created or train_stage.needs_retrain(ws, p.train, version.tag):
         train_challenger.fn(root, p.train)
         decision = decide.fn(root, p.train.model_name, p.gate)
         if decision.challenger_version != decision.champion_version:
@@ -130,6 +142,54 @@ def _run_stages(ws: Workspace, root: str) -> None:
                 promote.fn(root, p.train.model_name, decision)
 
 
+# What the stages import, their lazy imports included (found from sys.modules after one run).
+PRELOAD = (
+    "dulwich.index", "dvc.dvcfile", "dvc.repo", "dvc_objects.fs.local", "great_expectations", "matplotlib.pyplot",
+    "mlflow.tracking", "scmrepo.git", "skops.io", "sklearn.metrics", "xgboost",
+    "labelloop.tasks.capture", "labelloop.tasks.dataset", "labelloop.tasks.export", "labelloop.tasks.gate",
+    "labelloop.tasks.importing", "labelloop.tasks.production", "labelloop.tasks.select", "labelloop.tasks.train",
+)
+
+
+def _run_forked(point: str, root: str, log: str) -> None:
+    """In the forked child: output to `log`, arm `point`, run the stages, never return."""
+    code = 0
+    try:
+        descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(descriptor, 1)
+        os.dup2(descriptor, 2)
+        os.environ[ENV] = point
+        arm_registry_crash_point(point)
+        run_cycle_stages(root)
+    except BaseException:  # noqa: BLE001 - the child reports any failure by its exit code and log
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve_crashes() -> None:
+    """The fork server (see the module docstring): one child per request line, one answer line each."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    # fork() copies only the calling thread: a lock held by another thread would stay locked in the child.
+    if threading.active_count() != 1:
+        raise RuntimeError(f"the crash driver must fork from a single thread: {threading.enumerate()}")
+    for line in sys.stdin:
+        request = json.loads(line)
+        child = os.fork()
+        if child == 0:
+            _run_forked(request["point"], request["root"], request["log"])
+        _, status = os.waitpid(child, 0)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        print(json.dumps({"returncode": code}), flush=True)
+
+
 if __name__ == "__main__":
-    arm_registry_crash_point(os.environ.get(ENV))
-    run_cycle_stages(sys.argv[1])
+    if sys.argv[1:] == ["--serve"]:
+        serve_crashes()
+    else:
+        arm_registry_crash_point(os.environ.get(ENV))
+        run_cycle_stages(sys.argv[1])

@@ -13,7 +13,7 @@ import pytest
 
 from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
-from labelloop.apps.reports import load_history
+from labelloop.history import load_history
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

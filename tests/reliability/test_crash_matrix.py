@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import pandas as pd
 import pytest
 
 from labelloop.adapters import tracking
+from labelloop.stages import gate, train
 from labelloop.adapters import versioning
 from labelloop.batches import BatchStore
 from labelloop.config import dump_params
 from labelloop.core.io import write_text
-from labelloop.core.faults import CRASH_POINTS, ENV
+from labelloop.core.faults import CRASH_POINTS
 from labelloop.stages.production import list_log_parts
 from tests.reliability.crash_driver import REGISTRY_CRASH_POINTS, run_cycle_stages
 
@@ -26,11 +28,42 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _crash(ws, point: str) -> tuple[int, str]:
-    env = dict(os.environ, **{ENV: point}, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", "tests.reliability.crash_driver", str(ws.root)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    return result.returncode, result.stderr[-2000:]
+class CrashDriver:
+    """The crash driver's fork server (`crash_driver --serve`), started once: each crash runs in a new
+    child process of it, killed by SIGKILL at its point, without paying a cycle's imports again."""
+
+    def __init__(self, logs: Path):
+        self.logs = logs
+        with open(logs / "driver.log", "wb") as driver_log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.reliability.crash_driver", "--serve"], cwd=REPO,
+                env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=driver_log, text=True)
+
+    def crash(self, ws, point: str, timeout: float = 600) -> tuple[int, str]:
+        """Run the stages on `ws` with `point` armed; the child's exit code and the tail of its output."""
+        log = self.logs / f"{point}-{ws.root.name}.log"
+        self.process.stdin.write(json.dumps({"point": point, "root": str(ws.root), "log": str(log)}) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        answer = self.process.stdout.readline() if ready else ""
+        if not answer:
+            self.process.kill()
+            raise AssertionError(f"the crash driver gave no answer for {point} within {timeout:.0f} s (exit "
+                                 f"{self.process.poll()}): {(self.logs / 'driver.log').read_text()[-2000:]}")
+        output = log.read_text(errors="replace") if log.exists() else ""
+        return json.loads(answer)["returncode"], output[-2000:]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def crash_driver(tmp_path_factory):
+    driver = CrashDriver(tmp_path_factory.mktemp("crash-logs"))
+    yield driver
+    driver.close()
 
 
 def check_invariants(ws) -> dict:
@@ -89,17 +122,17 @@ def crash_workspace(workspace_template, tmp_path_factory):
     # would skip the alias moves and the gate's crash points would never be reached).
     params = ws.params().with_overrides(gate={"min_delta": -1.0})
     write_text(ws.params_path, dump_params(params))
-    tracking.train_challenger(ws, params.train)
-    decision = tracking.evaluate_gate(ws, params.train.model_name, params.gate)
-    tracking.record_decision(ws, params.train.model_name, decision)
-    tracking.promote(ws, params.train.model_name, decision.challenger_version)
+    train.train_challenger(ws, params.train)
+    decision = gate.evaluate_gate(ws, params.train.model_name, params.gate)
+    gate.record_decision(ws, params.train.model_name, decision)
+    gate.promote(ws, params.train.model_name, decision.challenger_version)
     return ws
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
-def test_sigkill_at_each_durable_write_then_rerun_loses_and_duplicates_nothing(crash_workspace, point):
+def test_sigkill_at_each_durable_write_then_rerun_loses_and_duplicates_nothing(crash_driver, crash_workspace, point):
     ws = crash_workspace
-    code, stderr = _crash(ws, point)
+    code, stderr = crash_driver.crash(ws, point)
     assert code == -signal.SIGKILL, f"the worker was not killed at {point} (exit {code}): {stderr}"
     run_cycle_stages(str(ws.root))  # the rerun finishes what the killed run started
     check_invariants(ws)
@@ -138,12 +171,12 @@ def _stale_locks(repo: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("point", list(REGISTRY_CRASH_POINTS))
-def test_sigkill_inside_dvc_and_git_then_rerun_completes_the_version(crash_workspace, point):
+def test_sigkill_inside_dvc_and_git_then_rerun_completes_the_version(crash_driver, crash_workspace, point):
     """Killed inside `dvc add`, `git commit` or `git tag` (not at labelloop's own writes): the rerun
     clears the dead run's locks and temp files under the workspace lock and completes the version."""
     ws, repo = crash_workspace, crash_workspace.registry_dir
     tags_before = versioning.data_tags(repo)
-    code, stderr = _crash(ws, point)
+    code, stderr = crash_driver.crash(ws, point)
     assert code == -signal.SIGKILL, f"the worker was not killed at {point} (exit {code}): {stderr}"
     assert versioning.data_tags(repo) == tags_before, f"{point}: the killed run must not have tagged"
     assert _left_behind(repo, point), f"the kill at {point} did not leave what {REGISTRY_CRASH_POINTS[point]!r} says"
@@ -181,7 +214,7 @@ def _fill(directory: Path, leave_bytes: int) -> Path:
     return filler
 
 
-def test_disk_full_inside_dvc_add_fails_clearly_then_the_rerun_completes_the_version(crash_workspace, tmp_path):
+def test_disk_full_inside_dvc_add_fails_clearly_then_the_rerun_completes_the_version(crash_driver, crash_workspace, tmp_path):
     """The workspace on a small filesystem, full when `dvc add` copies the labelled set into the DVC
     cache: one clear VersioningError, nothing versioned, no git lock, the labelled set and its pointer
     whole; space freed, the rerun clears DVC's partial copies and completes the version."""
@@ -198,7 +231,7 @@ def test_disk_full_inside_dvc_add_fails_clearly_then_the_rerun_completes_the_ver
         ws = clone_workspace(crash_workspace, mount / "ws")
         repo = ws.registry_dir
         tags_before, head_before = versioning.data_tags(repo), versioning.head_sha(repo)
-        code, stderr = _crash(ws, "dataset.after_write")  # the labelled set written, not yet `dvc add`-ed
+        code, stderr = crash_driver.crash(ws, "dataset.after_write")  # the labelled set written, not yet `dvc add`-ed
         assert code == -signal.SIGKILL, f"the worker was not killed at dataset.after_write (exit {code}): {stderr}"
         labeled_bytes = ws.labeled_path.read_bytes()
         # Room for the small files written first (the dataset card), not for DVC's copy into its cache.

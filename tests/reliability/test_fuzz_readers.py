@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labelloop.adapters.label_validation import validate_annotations
-from labelloop.adapters.validation import validate_prediction_log
+from labelloop.adapters.validation import validate_annotations, validate_prediction_log
 
 FEATURES = ["f1", "f2"]
 PROBAS = ["proba_a", "proba_b"]
@@ -206,7 +205,8 @@ def producer_parts(draw, class_names, feature_columns):
 def test_no_row_level_problem_stops_capture_or_select(workspace):
     """Whatever shapes and bad rows producers send, capture and select run, and every row written is
     in the pool, a batch or quarantine (confidence_threshold=1.0: every valid row is a candidate)."""
-    from labelloop.batches import load_pool, select_batch
+    from labelloop.batches import load_pool
+    from labelloop.stages.select import select_batch
     from labelloop.stages.capture import capture
     from labelloop.config import CaptureParams, SelectParams
     from labelloop.prediction_log import TS_DTYPE

@@ -9,19 +9,19 @@ import uuid
 import pytest
 
 from labelloop.adapters.vendors.labelstudio import LabelStudioVendor, project_title
+from labelloop.core.retry import RetryPolicy
 from tests.reliability.fault_servers import lossy_proxy
 from tests.adapters.vendors.conftest import label_studio, make_batch  # noqa: F401  (the real server, once per session)
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 
 
-def test_lost_answer_to_a_task_import_is_retried_without_duplicating_anything(label_studio, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("LABELLOOP_RETRY_ATTEMPTS", "3")
-    monkeypatch.setenv("LABELLOOP_RETRY_BACKOFF_SECONDS", "0.1")
+def test_lost_answer_to_a_task_import_is_retried_without_duplicating_anything(label_studio, tmp_path):  # noqa: F811
     batch_id = f"t{uuid.uuid4().hex[:10]}"
     batch, items = make_batch(batch_id, n=8)
     with lossy_proxy(label_studio.url, lambda method, path: method == "POST" and "/import" in path) as proxy:
-        vendor = LabelStudioVendor(proxy.url, label_studio.token, tmp_path / "ls-state")
+        vendor = LabelStudioVendor(proxy.url, label_studio.token, tmp_path / "ls-state",
+                                   retry=RetryPolicy(attempts=3, backoff_seconds=0.1))
         receipt = vendor.export_batch(batch)
         requests = list(proxy.requests)
     imports = [i for i, r in enumerate(requests) if r.startswith("POST") and "/import" in r]

@@ -10,28 +10,25 @@ never answers, or fails a few times before answering. The code under test is the
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
-from labelloop import batches
 from labelloop.stages import importing as labels
 from labelloop.batches import BatchMeta, BatchStore
+from labelloop.config import ImportParams
+from labelloop.stages.export import export_batches
 from labelloop.core.io import write_json, write_parquet
 from labelloop.adapters.vendors import VendorError
 from labelloop.adapters.vendors.base import VendorUnavailable
 from labelloop.adapters.vendors.labelstudio import LabelStudioVendor
+from labelloop.core.retry import RetryPolicy
 from tests.reliability.fault_servers import closed_port, fault_server
 
 ATTEMPTS = 3
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch):
-    """Small, bounded retries so a fault costs well under a second per attempt here."""
-    monkeypatch.setenv("LABELLOOP_RETRY_ATTEMPTS", str(ATTEMPTS))
-    monkeypatch.setenv("LABELLOOP_RETRY_BACKOFF_SECONDS", "0.05")
-    monkeypatch.setenv("LABELLOOP_HTTP_TIMEOUT_SECONDS", "1")
+# Small, bounded retries so a fault costs well under a second per attempt here.
+FAST = RetryPolicy(attempts=ATTEMPTS, backoff_seconds=0.05, timeout_seconds=1)
 
 
 def selected_batch(ws, batch_id: str = "batch-0001-faults", n: int = 8, status: str = "selected") -> pd.DataFrame:
@@ -57,7 +54,7 @@ def one_clear_line(error: BaseException, *needles: str) -> str:
 
 # ------------------------------------------------------------------------------------ Label Studio
 def ls_vendor(ws, url: str) -> LabelStudioVendor:
-    return LabelStudioVendor(url, "test-token-not-a-secret", ws.root / "vendor" / "label-studio")
+    return LabelStudioVendor(url, "test-token-not-a-secret", ws.root / "vendor" / "label-studio", retry=FAST)
 
 
 def ls_export_payload(items: pd.DataFrame, oracle: pd.DataFrame) -> bytes:
@@ -75,7 +72,7 @@ def test_label_studio_unreachable_export_gives_up_after_bounded_retries_and_the_
     selected_batch(workspace)
     url = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(VendorUnavailable) as caught:
-        batches.export_batches(workspace, workspace.params().export, ls_vendor(workspace, url))
+        export_batches(workspace, workspace.params().export, ls_vendor(workspace, url))
     one_clear_line(caught.value, url, "cannot connect", f"gave up after {ATTEMPTS} attempts")
     assert BatchStore(workspace).get("batch-0001-faults").status == "selected"
     assert not (workspace.root / "vendor" / "label-studio").exists()  # nothing remembered of a project
@@ -85,7 +82,7 @@ def test_label_studio_answering_503_is_retried_a_bounded_number_of_times(workspa
     selected_batch(workspace)
     with fault_server("error") as server:
         with pytest.raises(VendorUnavailable) as caught:
-            batches.export_batches(workspace, workspace.params().export, ls_vendor(workspace, server.url))
+            export_batches(workspace, workspace.params().export, ls_vendor(workspace, server.url))
     one_clear_line(caught.value, server.url, "HTTP 503", f"gave up after {ATTEMPTS} attempts")
     # One request per attempt: the SDK's own retries are off, labelloop's are the only layer.
     assert len(server.requests) == ATTEMPTS and all(r.startswith("GET /api/projects") for r in server.requests)
@@ -122,7 +119,7 @@ def test_label_studio_4xx_fails_at_once_without_retries(workspace):
     selected_batch(workspace)
     with fault_server("error", status=401) as server:
         with pytest.raises(VendorError) as caught:
-            batches.export_batches(workspace, workspace.params().export, ls_vendor(workspace, server.url))
+            export_batches(workspace, workspace.params().export, ls_vendor(workspace, server.url))
     assert not isinstance(caught.value, VendorUnavailable)
     one_clear_line(caught.value, server.url, "HTTP 401")
     assert len(server.requests) == 1  # a bad token does not get better by asking again
@@ -152,7 +149,7 @@ def test_dvc_remote_unreachable_push_fails_clearly_the_version_stays_local_and_t
     url = f"http://127.0.0.1:{closed_port()}/dvc-remote"
     versioning.set_remote(registry, url)
     with pytest.raises(RemoteUnavailable) as caught:
-        dataset.update_dataset(workspace)
+        dataset.update_dataset(workspace, retry=FAST)
     one_clear_line(caught.value, url, "Cannot connect", f"gave up after {ATTEMPTS} attempts")
     # Consistent, only local: the labelled set is committed and tagged, nothing on the remote, the
     # batch not yet marked as versioned.
@@ -162,12 +159,12 @@ def test_dvc_remote_unreachable_push_fails_clearly_the_version_stays_local_and_t
     assert not in_remote(good_remote, labelled_md5(workspace))
 
     versioning.set_remote(registry, str(good_remote))  # the remote is back
-    version = dataset.update_dataset(workspace)
+    version = dataset.update_dataset(workspace, retry=FAST)
     assert (version.tag, version.created, version.n_new) == ("data-v2", False, 0)  # no second version
     assert in_remote(good_remote, labelled_md5(workspace)), "the rerun did not push the local version"
     assert BatchStore(workspace).get("batch-0001-aaaaaa").versioned_in == "data-v2"
     assert len(pd.read_parquet(workspace.labeled_path)) == 60
-    assert dataset.update_dataset(workspace).created is False  # and a third run has nothing to do
+    assert dataset.update_dataset(workspace, retry=FAST).created is False  # and a third run has nothing to do
 
 
 def test_dvc_remote_answering_503_fails_after_bounded_retries(workspace):
@@ -180,7 +177,7 @@ def test_dvc_remote_answering_503_fails_after_bounded_retries(workspace):
     with fault_server("error") as server:
         versioning.set_remote(workspace.registry_dir, f"{server.url}/dvc-remote")
         with pytest.raises(RemoteUnavailable) as caught:
-            dataset.update_dataset(workspace)
+            dataset.update_dataset(workspace, retry=FAST)
         uploads = [r for r in server.requests if r.startswith("POST")]
     one_clear_line(caught.value, server.url, "503", f"gave up after {ATTEMPTS} attempts")
     assert len(uploads) == ATTEMPTS * 2  # each attempt tries each missing object once (labelled set + card)
@@ -199,11 +196,11 @@ def test_dvc_remote_that_cannot_be_a_directory_fails_at_once_and_works_once_fixe
     remote = blocker / "dvc-remote"
     versioning.set_remote(workspace.registry_dir, str(remote))
     with pytest.raises(VersioningError) as caught:
-        dataset.update_dataset(workspace)
+        dataset.update_dataset(workspace, retry=FAST)
     assert not isinstance(caught.value, RemoteUnavailable)  # a local path error is not retried
     one_clear_line(caught.value, str(remote), "Not a directory")
     blocker.unlink()  # the operator fixes the mount; same remote URL
-    assert dataset.update_dataset(workspace).tag == "data-v2"
+    assert dataset.update_dataset(workspace, retry=FAST).tag == "data-v2"
     assert in_remote(remote, labelled_md5(workspace))
 
 
@@ -234,13 +231,13 @@ def dataset_fingerprint(ws) -> tuple:
 def test_mlflow_server_unreachable_train_fails_clearly_and_leaves_the_dataset_untouched(workspace, monkeypatch,
                                                                                        quick_mlflow_retries):
     from labelloop.adapters import tracking
+    from labelloop.stages import train
 
     before = dataset_fingerprint(workspace)
     uri = f"http://127.0.0.1:{closed_port()}"
-    monkeypatch.setenv("LABELLOOP_TRACKING_URI", uri)
     params = workspace.params().train
     with pytest.raises(tracking.TrackingUnavailable) as caught:
-        tracking.train_challenger(workspace, params)
+        train.train_challenger(replace(workspace, tracking_server=uri), params)
     one_clear_line(caught.value, uri, "training a challenger failed: connection refused", "retried each request 2 times")
     assert dataset_fingerprint(workspace) == before
     assert not any(p.is_file() for p in workspace.artifacts_dir.rglob("*"))  # no model written anywhere
@@ -251,17 +248,18 @@ def test_mlflow_server_unreachable_train_fails_clearly_and_leaves_the_dataset_un
 def test_mlflow_server_answering_503_fails_after_mlflows_bounded_retries_and_moves_no_alias(workspace, monkeypatch,
                                                                                           quick_mlflow_retries):
     from labelloop.adapters import tracking
+    from labelloop.stages import gate, train
 
     before = dataset_fingerprint(workspace)
     params = workspace.params().train
     with fault_server("error") as server:
-        monkeypatch.setenv("LABELLOOP_TRACKING_URI", server.url)
+        on_server = replace(workspace, tracking_server=server.url)
         with pytest.raises(tracking.TrackingUnavailable) as caught:
-            tracking.train_challenger(workspace, params)
+            train.train_challenger(on_server, params)
         assert len(server.requests) == 3  # 1 + MLFLOW_HTTP_REQUEST_MAX_RETRIES, then one clear error
         one_clear_line(caught.value, server.url, "HTTP 503")
         with pytest.raises(tracking.TrackingUnavailable, match="HTTP 503"):
-            tracking.promote(workspace, params.model_name, "1", "gate passed")
+            gate.promote(on_server, params.model_name, "1", "gate passed")
         assert not [r for r in server.requests if "/registered-models/alias" in r and r.startswith(("POST", "PATCH"))]
     assert dataset_fingerprint(workspace) == before
 
@@ -282,23 +280,23 @@ def test_file_drop_unwritable_then_unmounted_fails_clearly_state_unchanged_and_r
     url = str(blocker / "drop")
     export, store = workspace.params().export, BatchStore(workspace)
     with pytest.raises(VendorError) as caught:
-        batches.export_batches(workspace, export, FileDropVendor(url))
+        export_batches(workspace, export, FileDropVendor(url, retry=FAST))
     assert not isinstance(caught.value, VendorUnavailable)  # a path error is not retried
     one_clear_line(caught.value, url, "Not a directory")
     assert store.get("batch-0001-faults").status == "selected"
     blocker.unlink()  # fixed: the same stage, rerun, exports
-    assert batches.export_batches(workspace, export, FileDropVendor(url)) == ["batch-0001-faults"]
+    assert export_batches(workspace, export, FileDropVendor(url, retry=FAST)) == ["batch-0001-faults"]
     assert store.get("batch-0001-faults").status == "exported"
 
     drop = blocker / "drop"
     (drop / "batch-0001-faults" / "labels.jsonl").write_bytes(oracle_answers(workspace, items))
     drop.rename(tmp_path / "unmounted")  # the share goes away between export and import
     with pytest.raises(VendorError) as caught:
-        labels.import_labels(workspace, workspace.params().import_, FileDropVendor(url))
+        labels.import_labels(workspace, workspace.params().import_, FileDropVendor(url, retry=FAST))
     one_clear_line(caught.value, url, "does not exist", "not mounted")
     assert (store.get("batch-0001-faults").status, store.get("batch-0001-faults").n_labelled) == ("exported", 0)
     (tmp_path / "unmounted").rename(drop)  # back
-    reports = labels.import_labels(workspace, workspace.params().import_, FileDropVendor(url))
+    reports = labels.import_labels(workspace, workspace.params().import_, FileDropVendor(url, retry=FAST))
     assert [(r.status, r.n_labelled) for r in reports] == [("imported", len(items))]
 
 
@@ -307,18 +305,18 @@ def drop_with_batch(tmp_path, **vendor_args):
     from labelloop.adapters.vendors.filedrop import FileDropVendor
     from tests.adapters.vendors.conftest import make_batch
 
-    vendor = FileDropVendor(str(tmp_path / "drop"), **vendor_args)
+    vendor = FileDropVendor(str(tmp_path / "drop"), retry=FAST, **vendor_args)
     batch, items = make_batch("b1")
     vendor.export_batch(batch)
     return vendor, items, tmp_path / "drop" / "b1"
 
 
 def import_outcome(vendor, items, state_dir):
-    from labelloop.domain.quality import QualityParams, process_import
+    from labelloop.stages.importing import process_import
     from tests.adapters.vendors.conftest import LABELS
 
     fetched = vendor.fetch_labels("b1")
-    return fetched, process_import(fetched.annotations, items, LABELS, batch_id="b1", params=QualityParams(), state_dir=state_dir)
+    return fetched, process_import(fetched.annotations, items, LABELS, batch_id="b1", params=ImportParams(), state_dir=state_dir)
 
 
 def test_file_drop_wrong_encodings_one_clear_error_or_the_bad_line_quarantined(tmp_path):
@@ -377,7 +375,7 @@ def test_file_drop_oversized_file_refused_unread_and_a_giant_line_quarantined(tm
 
 
 def test_label_studio_export_with_garbage_inside_quarantines_each_piece_and_keeps_the_valid_answer(tmp_path):
-    from labelloop.domain.quality import QualityParams, process_import
+    from labelloop.stages.importing import process_import
     from tests.adapters.vendors.conftest import LABELS, make_batch
 
     vendor = LabelStudioVendor(f"http://127.0.0.1:{closed_port()}", "t", tmp_path / "ls")  # never contacted
@@ -405,7 +403,7 @@ def test_label_studio_export_with_garbage_inside_quarantines_each_piece_and_keep
             vendor.parse_export(garbage, {})
     fetched, n_tasks, _ = vendor.parse_export(json.dumps(payload).encode(), {})
     assert n_tasks == len(payload)
-    outcome = process_import(fetched, items, LABELS, batch_id="b1", params=QualityParams(), state_dir=tmp_path / "qc")
+    outcome = process_import(fetched, items, LABELS, batch_id="b1", params=ImportParams(), state_dir=tmp_path / "qc")
     assert outcome.labels[["item_id", "label"]].values.tolist() == [[ids[1], "dog"]]  # the one valid answer, kept
     assert len(outcome.quarantined) == len(fetched) - 1 >= 10  # every broken piece, each with a reason
     assert outcome.quarantined["reason"].str.len().gt(0).all()

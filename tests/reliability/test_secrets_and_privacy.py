@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from labelloop.batches import export_batches, select_batch
+from labelloop.stages.export import export_batches
+from labelloop.stages.select import select_batch
 from labelloop.config import ConfigError, ExportParams, SelectParams, parse_params
 from labelloop.adapters.vendors import make_vendor
-from tests.stages.test_select_export import _pool
+from tests.stages.test_select import _pool
 
 TOKEN = "lbl-secret-7f3a9c1e-do-not-log"
 DB_PASSWORD = "pg-pass-51d0e-never-written"
@@ -128,18 +130,19 @@ def test_the_tracking_password_reaches_the_server_but_no_error_or_gate_artifact(
 
     from labelloop.apps import reports
     from labelloop.adapters import tracking
+    from labelloop.stages import train
     from labelloop.domain.gate import GateDecision
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     with _AuthRecorder() as server:
         uri = f"http://alice:{TRACKING_PASSWORD}@127.0.0.1:{server.port}"
-        monkeypatch.setenv("LABELLOOP_TRACKING_URI", uri)
+        on_server = replace(workspace, tracking_server=uri)
         with pytest.raises(tracking.TrackingUnavailable) as caught:
-            tracking.train_challenger(workspace, workspace.params().train)
+            train.train_challenger(on_server, workspace.params().train)
         decision = GateDecision(True, ["better"], "accuracy", 0.9, 0.8, "2", "1")
-        artifact = reports.gate_markdown(decision, workspace.tracking_uri,
-                                         reports.gate_run_links(workspace, "m", decision))
+        artifact = reports.gate_markdown(decision, on_server.tracking_uri,
+                                         reports.gate_run_links(on_server, "m", decision))
     # MLflow still authenticates: the credentials travel as basic auth, only never as text.
     assert server.authorizations and set(server.authorizations) == {
         "Basic " + base64.b64encode(f"alice:{TRACKING_PASSWORD}".encode()).decode()}

@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from labelloop.stages.capture import capture, capture_status, read_watermark
-from labelloop.batches import load_pool, select_batch
+from labelloop.batches import load_pool
 from labelloop.config import CaptureParams, SelectParams
 from labelloop.prediction_log import TS_DTYPE
+from labelloop.stages.capture import capture, capture_status, read_watermark
 from labelloop.stages.production import append_predictions, predictions_frame
+from labelloop.stages.select import select_batch
 
 
 def _log_rows(ws, ids, confidence=0.4, ts="2026-03-01"):
@@ -100,7 +101,8 @@ def _write(ws, frame, name, day="2026-03-01"):
 def test_common_producer_shapes_are_normalised_and_never_jam_capture(workspace):
     instant = pd.Timestamp("2026-03-01T08:00:00Z")
     seconds = instant.value // 10**9
-    append_predictions(workspace, _log_rows(workspace, ["first"], ts="2026-03-01T08:00:00"))  # the pool holds text ids, timestamps
+    # the pool holds text ids, timestamps
+    append_predictions(workspace, _log_rows(workspace, ["first"], ts="2026-03-01T08:00:00"))
     capture(workspace, CaptureParams())
     # A database autoincrement id, no item_id column, ts as ISO text in three spellings of one instant.
     autoincrement = _log_rows(workspace, ["x", "y", "z"]).drop(columns=["item_id"])
@@ -249,6 +251,7 @@ def test_a_part_that_stays_broken_is_given_up_after_the_limit_with_its_row_count
     assert "part-corrupt.parquet after 2 attempts (5 rows" in reasons and "part-truncated.parquet" in reasons
     assert "unknown rows" in reasons
     status = capture_status(workspace)
-    assert (status["parts_lost"], status["rows_lost"], status["parts_lost_unknown_rows"], status["bytes_lost"]) == (2, 5, 1, sizes)
+    lost = (status["parts_lost"], status["rows_lost"], status["parts_lost_unknown_rows"], status["bytes_lost"])
+    assert lost == (2, 5, 1, sizes)
     fourth = capture(workspace, params)  # given up means read: never counted twice
     assert (fourth.parts_read, fourth.parts_lost, fourth.parts_pending) == (0, 0, 0)

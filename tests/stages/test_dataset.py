@@ -5,10 +5,10 @@ import hashlib
 import pandas as pd
 import pytest
 
-from labelloop.stages import dataset
 from labelloop.adapters import versioning
 from labelloop.batches import BatchMeta, BatchStore
 from labelloop.core.io import write_parquet
+from labelloop.stages import dataset
 
 
 def _fake_imported_batch(ws, batch_id, n=10, offset=0):

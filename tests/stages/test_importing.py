@@ -3,13 +3,17 @@
 import json
 
 import pandas as pd
+import pytest
 
-from labelloop.batches import BatchStore, export_batches, select_batch
-from labelloop.config import ExportParams, ImportParams, SelectParams
-from labelloop.stages.importing import import_labels
 from labelloop.adapters.vendors import make_vendor
 from labelloop.adapters.vendors.base import ANNOTATION_COLUMNS, FetchedLabels
-from tests.stages.test_select_export import _pool
+from labelloop.batches import BatchStore, ReviewQueue
+from labelloop.config import ExportParams, ImportParams, SelectParams
+from labelloop.domain.quality import gold_answers
+from labelloop.stages.export import export_batches
+from labelloop.stages.importing import GoldTracker, import_labels, process_import
+from labelloop.stages.select import select_batch
+from tests.stages.test_select import _pool
 
 
 def _exported_batch(ws, size=12, annotators_wanted=1, export=None):
@@ -70,7 +74,6 @@ def test_bad_answers_are_quarantined_with_the_failed_expectation_and_the_rest_ke
 def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(workspace):
     from labelloop.config import dump_params
     from labelloop.core.io import write_text
-    from labelloop.domain.quality import GoldTracker, ReviewQueue
 
     # Two simulated annotators: sim-0 is right, sim-1 is wrong 95% of the time.
     export = ExportParams(price_per_label=0.5, gold_share=0.5, overlap_share=0.2, overlap_annotators=2,
@@ -86,15 +89,15 @@ def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(
     answers = vendor.fetch_labels(first).annotations
     per_item = answers.groupby("item_id")["annotator_id"].nunique()
     assert (per_item.reindex(plan["item_id"]).to_numpy() == plan["annotators_wanted"].to_numpy()).all()  # overlap answered by N
-    [report] = import_labels(workspace, qc, vendor)
+    [_] = import_labels(workspace, qc, vendor)  # one report
     meta = store.get(first)
     assert meta.labels_bought == len(answers) == meta.labels_ordered == 10 + 2 + 5 * 2
     assert meta.cost == 0.5 * meta.labels_bought
-    assert GoldTracker(workspace.root / "quality" / "gold_tracker.json").excluded(0.8) == ["sim-1"]
+    assert GoldTracker(workspace.quality_dir / "gold_tracker.json").excluded(0.8) == ["sim-1"]
     final = store.final_labels(first)
     only_sim1 = set(per_item[per_item == 1].index) & set(answers.loc[answers["annotator_id"] == "sim-1", "item_id"])
     assert only_sim1 and not only_sim1 & set(final["item_id"])  # excluded answers never become labels
-    queue = ReviewQueue(workspace.root / "quality" / "review_queue.json")
+    queue = ReviewQueue(workspace.review_queue_path)
     assert only_sim1 <= set(queue.pending())
 
     second = select_batch(workspace, SelectParams(batch_size=10, seed=1)).batch_id
@@ -110,3 +113,81 @@ def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(
     import_labels(workspace, qc, vendor)
     assert only_sim1 <= set(store.final_labels(second)["item_id"])  # sim-0's answer settles them
     assert not only_sim1 & set(ReviewQueue(queue.path).pending())  # resolved once accepted
+
+
+# ------------------------------------------------------------------------- gold tracker and QC pass
+def _answers(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["item_id", "annotator_id", "label"])
+
+
+def test_gold_tracker_accumulates_is_idempotent_and_excludes(tmp_path):
+    gold = pd.Series({"g1": "1", "g2": "2", "g3": "1"})
+    batch1 = _answers([("g1", "good", "1"), ("g2", "good", "2"), ("g3", "good", "1"),
+                      ("g1", "bad", "2"), ("g2", "bad", "2"), ("g3", "bad", "2"), ("x", "bad", "1")])
+    tracker = GoldTracker(tmp_path / "gold.json")
+    tracker.record("b1", gold_answers(batch1, gold))
+    tracker.record("b1", gold_answers(batch1, gold))  # re-run import: no double count
+    summary = tracker.summary().set_index("annotator_id")
+    assert summary.loc["good", "n_gold"] == 3 and summary.loc["bad", "n_correct"] == 1
+    assert tracker.excluded(threshold=0.7, min_answers=5) == []  # too few answers to judge yet
+    tracker.record("b2", gold_answers(batch1.replace({"b1": "b2"}), gold))
+    reloaded = GoldTracker(tmp_path / "gold.json")  # persisted across batches / processes
+    assert reloaded.summary().set_index("annotator_id").loc["bad", "n_gold"] == 6
+    assert reloaded.excluded(threshold=0.7, min_answers=5) == ["bad"]
+
+
+def test_gold_tracker_rejects_foreign_file(tmp_path):
+    path = tmp_path / "gold.json"
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="not a gold tracker"):
+        GoldTracker(path)
+
+
+def test_gold_records_written_before_normalisation_merge_into_one_annotator(tmp_path):
+    path = tmp_path / "gold_tracker.json"
+    path.write_text(json.dumps({"batches": {"b0": {"alice\u200b": [3, 0], "bob": [1, 1]}}}))
+    tracker = GoldTracker(path)
+    tracker.record("b1", pd.DataFrame({"annotator_id": ["alice"], "n_gold": [2], "n_correct": [0]}))
+    summary = tracker.summary().set_index("annotator_id")
+    assert summary.loc["alice", "n_gold"] == 5 and list(summary.index) == ["alice", "bob"]
+    assert tracker.excluded(0.5, min_answers=5) == ["alice"]
+
+
+def test_process_import_end_to_end_is_idempotent(tmp_path):
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "g1"], "is_gold": [False, False, False, True],
+                          "gold_label": [None, None, None, "dog"]})
+    data = pd.DataFrame({
+        "item_id": ["a", "a", "b", "g1", "g1", "zzz", "b"],
+        "annotator_id": ["u1", "u2", "u1", "u1", "u2", "u1", "u2"],
+        "label": ["cat", "cat", "dog", "dog", "dog", "cat", "bird"],
+        "annotation_id": list("1234567"),
+    })
+    probas = pd.DataFrame({"item_id": ["a", "b", "c"], "proba_cat": [0.01, 0.5, 0.5], "proba_dog": [0.99, 0.5, 0.5]})
+    params = ImportParams(contradiction_confidence=0.95)
+    first = process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path, probas=probas)
+    second = process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path, probas=probas)
+    pd.testing.assert_frame_equal(first.labels, second.labels)
+    assert list(first.labels["item_id"]) == ["b"]  # a: model contradicts; g1: gold
+    assert set(first.quarantined["reason"]) == {"item_id is not in this batch", "label is not in the label set"}
+    assert first.pending == ["c"]
+    queue = ReviewQueue(tmp_path / "review_queue.json")
+    assert queue.pending() == ["a"] and len(queue.frame()) == 1
+    assert GoldTracker(tmp_path / "gold_tracker.json").summary()["n_gold"].tolist() == [1, 1]
+
+
+def test_look_alike_annotator_ids_are_one_voter_in_votes_gold_and_agreement(tmp_path):
+    """`alice` and `alice\\u200b` are one person: one vote, one gold record, no agreement with herself."""
+    items = pd.DataFrame({"item_id": ["a", "b", "g1", "g2", "g3", "g4"], "is_gold": [False, False, True, True, True, True],
+                          "gold_label": [None, None, "dog", "dog", "dog", "dog"]})
+    data = pd.DataFrame({
+        "item_id": ["a", "a", "b", "b", "g1", "g2", "g3", "g4"],
+        "annotator_id": ["alice", "alice\u200b", "carol", "ｃａｒｏｌ\ufeff", "spam", "spam\u200b", " spam", "spam\u2060"],
+        "label": ["cat", "cat", "dog", "dog", "cat", "cat", "cat", "cat"],
+    })
+    params = ImportParams(min_gold_accuracy=0.5, min_gold_answers=4)
+    outcome = process_import(data, items, ["cat", "dog"], batch_id="b1", params=params, state_dir=tmp_path)
+    assert outcome.final.set_index("item_id").loc[["a", "b"], "n_votes"].tolist() == [1, 1]
+    assert outcome.report.agreement["n_overlap_items"] == 0  # nobody agreed with themself
+    gold = GoldTracker(tmp_path / "gold_tracker.json").summary()
+    assert gold[["annotator_id", "n_gold"]].values.tolist() == [["spam", 4]]
+    assert outcome.report.excluded_annotators == ["spam"]  # 4 wrong gold answers by one person

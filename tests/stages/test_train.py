@@ -1,4 +1,6 @@
-"""The DVC pipeline (validate → train → evaluate) run by real `dvc repro` / `dvc exp run` in a workspace registry."""
+"""The train stage: a challenger trained, tracked and registered in MLflow (a real store, SQLite in the
+workspace), and the DVC pipeline (validate → train → evaluate) run by real `dvc repro` / `dvc exp run`
+in a workspace registry."""
 
 import json
 import os
@@ -9,26 +11,59 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labelloop.stages import train as pipeline
 from labelloop.adapters import tracking
-from labelloop.config import TrainParams
+from labelloop.config import TrainParams, dump_params
+from labelloop.stages import train
 
-pytestmark = pytest.mark.slow
+FAST = TrainParams(n_estimators=30, max_depth=3)
+
+
+def test_train_registers_a_challenger_with_data_tag_and_metrics(workspace):
+    result = train.train_challenger(workspace, FAST)
+    assert result.created and result.data_tag == "data-v1"
+    assert tracking.alias_version(workspace, FAST.model_name, tracking.CHALLENGER) == result.version
+    run = tracking.client(workspace).get_run(result.run_id)
+    assert run.data.tags["data_tag"] == "data-v1"
+    assert {"accuracy", "macro_f1", "log_loss", "ece"} <= set(run.data.metrics)
+    assert run.data.params["n_estimators"] == "30"
+    from labelloop.core.threads import resolve_n_jobs  # n_jobs "auto" is logged with the count the fit used (issue 15)
+
+    assert (run.data.params["n_jobs"], run.data.params["n_jobs_resolved"]) == ("auto", str(resolve_n_jobs("auto")))
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "data-v1"
+
+
+def test_retrain_on_the_same_version_and_params_reuses_the_version(workspace):
+    first = train.train_challenger(workspace, FAST)
+    again = train.train_challenger(workspace, FAST)
+    assert (again.version, again.run_id, again.created) == (first.version, first.run_id, False)
+    other = train.train_challenger(workspace, TrainParams(n_estimators=31, max_depth=3))
+    assert other.version != first.version
+
+
+def test_train_refuses_an_untagged_dataset(workspace):
+    labeled = pd.read_parquet(workspace.labeled_path)
+    labeled.head(10).to_parquet(workspace.labeled_path)  # edited by hand, never versioned
+    with pytest.raises(RuntimeError, match="not a tagged data version"):
+        train.train_challenger(workspace, FAST)
+
+
+# -- the DVC pipeline --------------------------------------------------------------------------------
 
 
 def _dvc(registry: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=registry, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
 
 
-def _small_train(ws, **train):
-    params = ws.params().with_overrides(train={"n_estimators": 20, "max_depth": 3, **train})
-    ws.params_path.write_text(__import__("labelloop.config", fromlist=["dump_params"]).dump_params(params))
+def _small_train(ws, **overrides):
+    params = ws.params().with_overrides(train={"n_estimators": 20, "max_depth": 3, **overrides})
+    ws.params_path.write_text(dump_params(params))
     return params
 
 
+@pytest.mark.slow
 def test_dvc_repro_rebuilds_the_same_model_metrics_as_the_train_task(workspace):
     params = _small_train(workspace)
     from labelloop.adapters import versioning
@@ -38,11 +73,12 @@ def test_dvc_repro_rebuilds_the_same_model_metrics_as_the_train_task(workspace):
     assert result.returncode == 0, result.stderr + result.stdout
     metrics = json.loads((workspace.registry_dir / "metrics.json").read_text())
     assert (workspace.registry_dir / "plots/confusion.csv").exists()
-    trained = tracking.train_challenger(workspace, params.train)
+    trained = train.train_challenger(workspace, params.train)
     assert metrics["accuracy"] == pytest.approx(trained.metrics["accuracy"])
     assert metrics["log_loss"] == pytest.approx(trained.metrics["log_loss"])
 
 
+@pytest.mark.slow
 def test_dvc_exp_run_compares_a_variant(workspace):
     _small_train(workspace)
     from labelloop.adapters import versioning
@@ -58,23 +94,25 @@ def test_dvc_exp_run_compares_a_variant(workspace):
     assert '"max_depth": 2' in shown.stdout.replace("'", '"') or "max_depth\": 2" in shown.stdout
 
 
+@pytest.mark.slow
 def test_validate_stage_fails_on_a_holdout_leak_and_names_it(workspace):
     labeled = pd.read_parquet(workspace.labeled_path)
     holdout = pd.read_parquet(workspace.holdout_path)
     leaked = pd.concat([labeled, holdout.head(1).assign(batch_id="x", source="x")], ignore_index=True)
     leaked.to_parquet(workspace.labeled_path)
-    with pytest.raises(pipeline.DataValidationError, match="holdout overlap"):
-        pipeline.stage_validate(workspace.registry_dir)
+    with pytest.raises(train.DataValidationError, match="holdout overlap"):
+        train.stage_validate(workspace.registry_dir)
     report = json.loads((workspace.registry_dir / "reports/validation.json").read_text())
     assert report["holdout_overlap"] == [holdout.item_id.iloc[0]]
 
 
+@pytest.mark.slow
 def test_validate_stage_reports_unknown_labels_and_duplicates(workspace):
     labeled = pd.read_parquet(workspace.labeled_path)
     broken = pd.concat([labeled, labeled.head(1)], ignore_index=True)
     broken.loc[0, "label"] = "not-a-class"
     broken.to_parquet(workspace.labeled_path)
-    with pytest.raises(pipeline.DataValidationError) as error:
-        pipeline.stage_validate(workspace.registry_dir)
+    with pytest.raises(train.DataValidationError) as error:
+        train.stage_validate(workspace.registry_dir)
     assert "ExpectColumnValuesToBeInSet(label" in str(error.value)
     assert "ExpectColumnValuesToBeUnique(item_id)" in str(error.value)

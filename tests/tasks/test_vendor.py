@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from labelloop.config import ExportParams
 from labelloop.adapters.vendors.labelstudio import TOKEN_ENV, LabelStudioVendor
+from labelloop.config import ExportParams
 from labelloop.tasks.vendor import SECRET_BLOCKS, secret, workspace_vendor
 
 pytestmark = pytest.mark.slow  # needs the session's Prefect API

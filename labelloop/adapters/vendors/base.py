@@ -10,16 +10,12 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from labelloop.core.retry import TransientError
-
-if TYPE_CHECKING:
-    from labelloop.config import ExportParams
 
 # Columns of `FetchedLabels.annotations`: one row per (item, annotator) answer.
 ANNOTATION_COLUMNS = ["item_id", "annotator_id", "label", "annotation_id"]
@@ -112,28 +108,3 @@ class Vendor(abc.ABC):
 
     @abc.abstractmethod
     def status(self, batch_id: str) -> VendorStatus: ...
-
-
-def make_vendor(params: ExportParams, workspace_root: Path, api_key: str | None = None) -> Vendor:
-    """The vendor named by `export.vendor`, configured for one workspace.
-
-    `api_key` is the Label Studio token when the caller found one (tasks/vendor.py reads a Prefect
-    Secret block); without it the vendor reads LABEL_STUDIO_API_KEY from the environment.
-    """
-    if params.vendor == "simulated":
-        from labelloop.adapters.vendors.simulated import SimulatedVendor
-
-        return SimulatedVendor(workspace_root / "vendor" / "simulated", workspace_root / "simulator" / "oracle.parquet", params.simulated)
-    if params.vendor == "filedrop":
-        from labelloop.adapters.vendors.filedrop import FileDropVendor
-
-        return FileDropVendor(params.filedrop_url or str(workspace_root / "filedrop"))
-    if params.vendor == "label-studio":
-        from labelloop.adapters.vendors.labelstudio import LabelStudioVendor
-        from labelloop.workspace import Workspace
-
-        state_dir, namespace = workspace_root / "vendor" / "label-studio", Workspace.at(workspace_root).workspace_id
-        if api_key:
-            return LabelStudioVendor(params.label_studio_url, api_key, state_dir, namespace)
-        return LabelStudioVendor.from_env(params.label_studio_url, state_dir, namespace=namespace)
-    raise ValueError(f"unknown vendor {params.vendor!r}; allowed: simulated, filedrop, label-studio")

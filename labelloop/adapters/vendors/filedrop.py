@@ -38,10 +38,6 @@ from typing import Any
 
 import pandas as pd
 
-from labelloop.core.confined_files import FileTooLarge, UnsafeFile, lexists, read_regular, write_regular
-from labelloop.core.redact import redact_uri
-from labelloop.core.retry import with_retries
-from labelloop.adapters.vendors.base import json_value as _json_value
 from labelloop.adapters.vendors.base import (
     ANNOTATION_COLUMNS,
     ExportBatch,
@@ -53,6 +49,10 @@ from labelloop.adapters.vendors.base import (
     VendorStatus,
     VendorUnavailable,
 )
+from labelloop.adapters.vendors.base import json_value as _json_value
+from labelloop.core.confined_files import FileTooLarge, UnsafeFile, lexists, read_regular, write_regular
+from labelloop.core.redact import redact_uri
+from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
 FORMAT = "labelloop-filedrop/1"
 LABEL_FIELDS = ("item_id", "annotator_id", "label")
@@ -60,7 +60,9 @@ FETCHED_COLUMNS = [*ANNOTATION_COLUMNS, "line", "parse_error"]
 MAX_LABELS_BYTES = 256 * 2**20  # a labels file larger than this is refused unread (one batch is at most thousands of answers)
 MAX_LINE_BYTES = 64 * 2**10  # one answer is a few hundred bytes; a longer line is quarantined unparsed
 # Byte-order marks of encodings that are not UTF-8 (checked longest first: UTF-32 LE starts like UTF-16 LE).
-FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+FOREIGN_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"),
+)
 
 
 def _sha256(data: bytes) -> str:
@@ -77,12 +79,13 @@ def _as_int(value: Any) -> int | None:
 class FileDropVendor(Vendor):
     name = "filedrop"
 
-    def __init__(self, url: str, max_labels_bytes: int = MAX_LABELS_BYTES) -> None:
+    def __init__(self, url: str, max_labels_bytes: int = MAX_LABELS_BYTES, retry: RetryPolicy = DEFAULT_RETRY) -> None:
         import fsspec
 
         if max_labels_bytes < 1:
             raise ValueError(f"max_labels_bytes must be positive, got {max_labels_bytes}")
         self.max_labels_bytes = int(max_labels_bytes)
+        self.retry = retry
         self.url = str(url)  # for fsspec only: it may carry credentials
         self.shown_url = redact_uri(self.url)  # the URL in every message, credentials masked
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
@@ -106,7 +109,7 @@ class FileDropVendor(Vendor):
             except OSError as error:
                 raise VendorError(f"file drop {self.shown_url}: {what} failed: {error}") from error
 
-        return with_retries(f"file drop {self.shown_url}: {what}", attempt)
+        return with_retries(f"file drop {self.shown_url}: {what}", attempt, self.retry)
 
     def _root_exists(self) -> bool:
         return bool(self._io(f"looking for {self.root}", lambda: self.fs.exists(self.root)))
@@ -124,7 +127,8 @@ class FileDropVendor(Vendor):
     def _exists(self, batch_id: str, *parts: str) -> bool:
         path = self._path(batch_id, *parts)
         if self._local:  # a dangling link counts as found: it is then refused, not silently skipped
-            return bool(self._io(f"looking for {path}", lambda: self._confined(batch_id, lambda: lexists(self.root, [batch_id, *parts]))))
+            return bool(self._io(f"looking for {path}",
+                                 lambda: self._confined(batch_id, lambda: lexists(self.root, [batch_id, *parts]))))
         return bool(self._io(f"looking for {path}", lambda: self.fs.exists(path)))
 
     def _read(self, batch_id: str, *parts: str) -> bytes:
@@ -256,7 +260,8 @@ class FileDropVendor(Vendor):
             raise VendorRefused(f"the labels file of batch {batch_id} does not match labels.manifest.json "
                                 "(sha256 differs: upload incomplete or file changed after the manifest)")
         if "row_count" in returned and _as_int(returned["row_count"]) != n_rows:
-            raise VendorRefused(f"the labels file of batch {batch_id} has {n_rows} rows, labels.manifest.json says {returned['row_count']!r:.40}")
+            raise VendorRefused(f"the labels file of batch {batch_id} has {n_rows} rows, "
+                                f"labels.manifest.json says {returned['row_count']!r:.40}")
 
     def fetch_labels(self, batch_id: str) -> FetchedLabels:
         manifest = self._manifest(batch_id)
@@ -279,7 +284,7 @@ class FileDropVendor(Vendor):
         answers = ok.groupby("item_id")["annotator_id"].nunique() if len(ok) else pd.Series(dtype=int)
         wanted = tasks.set_index("item_id")["annotators_wanted"] if len(tasks) else pd.Series(dtype=int)
         done = int((answers.reindex(wanted.index, fill_value=0) >= wanted).sum()) if len(wanted) else 0
-        return VendorStatus(batch_id, len(tasks), done, extra={"answers": int(len(ok))})
+        return VendorStatus(batch_id, len(tasks), done, extra={"answers": len(ok)})
 
 
 def _record(line_no: int, values: dict[str, Any], batch_id: str) -> dict[str, Any]:
@@ -381,7 +386,8 @@ def parse_labels_csv(raw: bytes, batch_id: str) -> tuple[pd.DataFrame, int]:
             continue
         if len(fields) != len(header):
             rows.append({**dict.fromkeys(ANNOTATION_COLUMNS), "line": line_no,
-                         "parse_error": f"line {line_no}: {len(fields)} fields, header has {len(header)}: {','.join(fields)[:200]!r}"})
+                         "parse_error": f"line {line_no}: {len(fields)} fields, header has {len(header)}: "
+                                        f"{','.join(fields)[:200]!r}"})
             continue
         values = {h: (v.strip() or None) for h, v in zip(header, fields, strict=True)}
         rows.append(_record(line_no, values, batch_id))

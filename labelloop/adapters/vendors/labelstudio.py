@@ -15,30 +15,26 @@ Overlap: Label Studio community edition sets overlap per project, not per task, 
 for overlap on some items is exported with `maximum_annotations = max(annotators_wanted)` for all
 tasks; completion still follows each task's own `annotators_wanted`, and extra answers are returned.
 
-Faults: every request has a timeout (LABELLOOP_HTTP_TIMEOUT_SECONDS, default 30 s) and the SDK's own
+Faults: every request has a timeout (`retry.timeout_seconds`, default 30 s) and the SDK's own
 retries are off, so one layer decides: an unreachable server, a 5xx or a timeout makes the whole
-export / fetch (idempotent) run again a bounded number of times with backoff (`labelloop.core.retry`), then
+export / fetch (idempotent) run again a bounded number of times with backoff (`retry`), then
 fail with one `VendorUnavailable` naming the URL and the fault. A 4xx (bad token, unknown project)
 fails at once.
 
-The access token comes from LABEL_STUDIO_API_KEY (a personal access token; see infra/labelstudio.sh),
-never from params.yaml, and is never logged.
+The access token is an argument: the entry points read LABEL_STUDIO_API_KEY (a personal access token;
+`infra/labelstudio.sh token` prints one) or a Prefect Secret block (`labelloop.tasks.vendor`), never
+params.yaml, and it is never logged.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from labelloop.core.io import read_json, write_json
-from labelloop.core.redact import redact_uri
-from labelloop.core.retry import RetryPolicy, with_retries
-from labelloop.adapters.vendors.base import json_value as _json_value
 from labelloop.adapters.vendors.base import (
     ANNOTATION_COLUMNS,
     ExportBatch,
@@ -49,6 +45,10 @@ from labelloop.adapters.vendors.base import (
     VendorStatus,
     VendorUnavailable,
 )
+from labelloop.adapters.vendors.base import json_value as _json_value
+from labelloop.core.io import read_json, write_json
+from labelloop.core.redact import redact_uri
+from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 FROM_NAME = "label"
@@ -105,7 +105,8 @@ def _malformed(item_id: str | None, task_id: int | None, reason: str) -> dict[st
 class LabelStudioVendor(Vendor):
     name = "label-studio"
 
-    def __init__(self, url: str, api_key: str, state_dir: Path, namespace: str | None = None) -> None:
+    def __init__(self, url: str, api_key: str, state_dir: Path, namespace: str | None = None,
+                 retry: RetryPolicy = DEFAULT_RETRY) -> None:
         if not api_key:
             raise VendorError(f"no Label Studio access token; set {TOKEN_ENV} (infra/labelstudio.sh token prints one)")
         self.url = url.rstrip("/")
@@ -114,7 +115,7 @@ class LabelStudioVendor(Vendor):
         self.namespace = namespace
         self._client: Any = None
         self._emails: dict[int, str] = {}
-        self.policy = RetryPolicy.from_env()
+        self.policy = retry
         # The SDK's own retries (5xx only, 1-60 s sleeps) are switched off: labelloop.core.retry is the one layer.
         self._options: dict[str, Any] = {"max_retries": 0}
 
@@ -125,10 +126,6 @@ class LabelStudioVendor(Vendor):
     def shown_url(self) -> str:
         """The server's URL for messages, reports and status: any credential in it redacted."""
         return redact_uri(self.url)
-
-    @classmethod
-    def from_env(cls, url: str, state_dir: Path, namespace: str | None = None) -> LabelStudioVendor:
-        return cls(url, os.environ.get(TOKEN_ENV, ""), state_dir, namespace)
 
     @property
     def client(self) -> Any:
@@ -163,7 +160,8 @@ class LabelStudioVendor(Vendor):
         else:
             detail = f"{type(error).__name__}: {error}"
             transient = isinstance(error, (httpx.TransportError, ConnectionError, TimeoutError))
-        return (VendorUnavailable if transient else VendorError)(f"Label Studio at {self.shown_url}: {what} failed: {detail[:500]}")
+        error_type = VendorUnavailable if transient else VendorError
+        return error_type(f"Label Studio at {self.shown_url}: {what} failed: {detail[:500]}")
 
     # ----------------------------------------------------------------------------------------- state
     def _state_path(self, batch_id: str) -> Path:
@@ -239,7 +237,8 @@ class LabelStudioVendor(Vendor):
                 "creating the project",
                 self.client.projects.create,
                 title=title,
-                description=f"labelloop batch {batch.batch_id}: {len(payloads)} items; sort by `utility` to label the most useful first.",
+                description=f"labelloop batch {batch.batch_id}: {len(payloads)} items; "
+                            "sort by `utility` to label the most useful first.",
                 label_config=label_config(list(batch.label_set)),
                 maximum_annotations=int(wanted),
                 show_skip_button=True,
@@ -252,7 +251,8 @@ class LabelStudioVendor(Vendor):
         todo = [p for p in payloads if p["data"]["item_id"] not in existing]
         for start in range(0, len(todo), IMPORT_CHUNK):
             chunk = todo[start:start + IMPORT_CHUNK]
-            self._call("importing tasks", self.client.projects.import_tasks, id=int(project.id), request=chunk, return_task_ids=True)
+            self._call("importing tasks", self.client.projects.import_tasks,
+                       id=int(project.id), request=chunk, return_task_ids=True)
         if todo:
             existing = self._project_tasks(int(project.id))
         unknown = [p["data"]["item_id"] for p in payloads if p["data"]["item_id"] not in existing]
@@ -310,7 +310,9 @@ class LabelStudioVendor(Vendor):
                 rows.append(_malformed(None, None, f"task #{position} is a {type(task).__name__}, not an object"))
                 continue
             task_id = _as_int(task.get("id"))
-            data = task.get("data") if isinstance(task.get("data"), dict) else {}
+            data = task.get("data")
+            if not isinstance(data, dict):
+                data = {}
             item_id = data.get("item_id")
             if isinstance(item_id, (dict, list)):
                 rows.append(_malformed(None, task_id, f"task {task_id}: item_id is a {type(item_id).__name__}"))
@@ -318,7 +320,8 @@ class LabelStudioVendor(Vendor):
             item_id = None if item_id is None else str(item_id)
             annotations = task.get("annotations") or []
             if not isinstance(annotations, list):
-                rows.append(_malformed(item_id, task_id, f"task {task_id}: annotations is a {type(annotations).__name__}, not a list"))
+                rows.append(_malformed(item_id, task_id,
+                                       f"task {task_id}: annotations is a {type(annotations).__name__}, not a list"))
                 continue
             answers = [self._answer(annotation, item_id, task_id) for annotation in annotations
                        if not (isinstance(annotation, dict) and annotation.get("was_cancelled"))]  # skipped: no answer
@@ -347,7 +350,8 @@ class LabelStudioVendor(Vendor):
         if not choices:
             error = f"annotation {annotation_id} has no choice for '{FROM_NAME}'"
         elif len(choices) > 1 or not isinstance(choices[0], list) or len(choices[0]) != 1:
-            error = f"annotation {annotation_id} has {sum(len(c) if isinstance(c, list) else 1 for c in choices)} choices, expected one"
+            n_choices = sum(len(c) if isinstance(c, list) else 1 for c in choices)
+            error = f"annotation {annotation_id} has {n_choices} choices, expected one"
         elif not isinstance(choices[0][0], str):
             error = f"annotation {annotation_id}: the choice is a {type(choices[0][0]).__name__}, not a label"
         else:
@@ -369,5 +373,6 @@ class LabelStudioVendor(Vendor):
         if not state or "project_id" not in state:
             return VendorStatus(batch_id, 0, 0)
         _, n_tasks, n_complete = with_retries(f"Label Studio status of batch {batch_id}",
-                                              lambda: self.parse_export(self._download(int(state["project_id"])), state), self.policy)
+                                              lambda: self.parse_export(self._download(int(state["project_id"])), state),
+                                              self.policy)
         return VendorStatus(batch_id, n_tasks, n_complete, extra={"project_id": state["project_id"], "url": self.shown_url})

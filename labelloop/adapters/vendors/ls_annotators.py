@@ -16,11 +16,13 @@ from xml.etree import ElementTree
 
 import pandas as pd
 
-from labelloop.config import SimulatedVendorParams
 from labelloop.adapters.vendors.base import VendorError
 from labelloop.adapters.vendors.labelstudio import FROM_NAME, TO_NAME, project_title
-from labelloop.adapters.vendors.simulated import _pick_annotators as pick_annotators  # the same assignment as the simulated vendor
+from labelloop.adapters.vendors.simulated import (
+    _pick_annotators as pick_annotators,  # the same assignment as the simulated vendor
+)
 from labelloop.adapters.vendors.simulated import simulate_answer
+from labelloop.config import SimulatedVendorParams
 
 EMAIL_DOMAIN = "annotators.labelloop.local"
 

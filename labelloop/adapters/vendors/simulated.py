@@ -24,10 +24,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labelloop.adapters.vendors.base import (
+    ANNOTATION_COLUMNS,
+    ExportBatch,
+    ExportReceipt,
+    FetchedLabels,
+    Vendor,
+    VendorError,
+    VendorStatus,
+)
 from labelloop.config import SimulatedVendorParams
 from labelloop.core.io import read_json, read_parquet, write_json, write_parquet
-from labelloop.adapters.vendors.base import ANNOTATION_COLUMNS, ExportBatch, ExportReceipt, FetchedLabels, Vendor, VendorError, VendorStatus
-
 
 FAVOURITE_SHARE = 0.7  # `noise: confusion`: share of an annotator's mistakes on a class that go to one class
 
@@ -49,7 +56,7 @@ def _confusion_rows(seed: int, annotator: int, label_set: tuple[str, ...]) -> di
     rng = np.random.default_rng(_stable_seed(seed, "confusion", annotator, *label_set))
     rows = {}
     k = len(label_set)
-    for j, truth in enumerate(label_set):
+    for truth in label_set:
         if k < 2:
             rows[truth] = np.zeros(0)
             continue
@@ -60,7 +67,9 @@ def _confusion_rows(seed: int, annotator: int, label_set: tuple[str, ...]) -> di
     return rows
 
 
-def simulate_answer(params: SimulatedVendorParams, label_set: list[str], batch_id: str, item_id: str, annotator: int, truth: str) -> str:
+def simulate_answer(
+    params: SimulatedVendorParams, label_set: list[str], batch_id: str, item_id: str, annotator: int, truth: str
+) -> str:
     """The label annotator `annotator` gives to an item whose true label is `truth` (deterministic)."""
     rng = np.random.default_rng(_stable_seed(params.seed, batch_id, item_id, annotator))
     rate = annotator_error_rates(params)[annotator]
@@ -100,7 +109,8 @@ class SimulatedVendor(Vendor):
     def oracle(self) -> pd.Series:
         if self._oracle is None:
             if not self.oracle_path.exists():
-                raise VendorError(f"simulated vendor has no oracle at {self.oracle_path}; create the workspace with `labelloop init`")
+                raise VendorError(f"simulated vendor has no oracle at {self.oracle_path}; "
+                                  "create the workspace with `labelloop init`")
             frame = read_parquet(self.oracle_path)
             self._oracle = frame.assign(item_id=frame["item_id"].astype(str)).set_index("item_id")["label"].astype(str)
         return self._oracle
@@ -112,8 +122,10 @@ class SimulatedVendor(Vendor):
         tasks = batch.items[["item_id"]].copy()
         tasks["item_id"] = tasks["item_id"].astype(str)
         if tasks["item_id"].duplicated().any():
-            raise VendorError(f"batch {batch.batch_id} lists item ids more than once: {tasks.loc[tasks['item_id'].duplicated(), 'item_id'].tolist()[:5]}")
-        tasks["annotators_wanted"] = batch.items.get("annotators_wanted", pd.Series(1, index=batch.items.index)).astype(int).to_numpy()
+            repeated = tasks.loc[tasks["item_id"].duplicated(), "item_id"].tolist()[:5]
+            raise VendorError(f"batch {batch.batch_id} lists item ids more than once: {repeated}")
+        annotators_wanted = batch.items.get("annotators_wanted", pd.Series(1, index=batch.items.index))
+        tasks["annotators_wanted"] = annotators_wanted.astype(int).to_numpy()
         tasks["label_set"] = json.dumps(batch.label_set)
         write_parquet(path, tasks)
         return ExportReceipt(batch.batch_id, self.name, len(tasks), created=True, vendor_ref=str(path.parent))

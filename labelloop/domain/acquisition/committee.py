@@ -33,7 +33,8 @@ def train_committee(
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels).astype(str)
     if len(features) != len(labels) or len(labels) == 0:
-        raise ValueError(f"a committee needs a non-empty labelled set with one label per row ({len(features)} rows, {len(labels)} labels)")
+        raise ValueError(f"a committee needs a non-empty labelled set with one label per row "
+                         f"({len(features)} rows, {len(labels)} labels)")
     params = train_params if train_params is not None else TrainParams()
     rng = np.random.default_rng(seed)
     members = []

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from labelloop.domain.acquisition.registry import get_selector, get_strategy, resolve_selector
-from labelloop.domain.acquisition.selectors import BatchShrunkWarning, top_candidates
+from labelloop.domain.acquisition.registry import choose, get_selector, get_strategy, resolve_selector, score
+from labelloop.domain.acquisition.selectors import BatchShrunkWarning
 
 if TYPE_CHECKING:
-    from labelloop.config import TrainParams
+    from labelloop.config import HybridParams, TrainParams
 
 PROBA_PREFIX = "proba_"
 
@@ -74,7 +74,10 @@ class SelectionContext:
       (class names) before scoring; the ECE before and after is reported in Selection.metrics.
     - group_column: the pool column whose values get quotas in the hybrid selector (default: the
       predicted class).
-    - strategy_params / selector_params: extra keyword arguments (e.g. beta, explore_fraction).
+    - hybrid: the hybrid selector's settings (`select.hybrid` of params.yaml), used whenever it runs;
+      None = its defaults.
+    - strategy_params / selector_params: parameters of the strategy / the selector that runs (e.g. beta,
+      explore_fraction; selector_params win over `hybrid`); a name it does not declare is an error.
     """
 
     labelled_features: np.ndarray | None = None
@@ -87,8 +90,14 @@ class SelectionContext:
     validation_probas: np.ndarray | None = None
     validation_labels: np.ndarray | None = None
     group_column: str | None = None
+    hybrid: HybridParams | None = None
     strategy_params: dict[str, Any] = field(default_factory=dict)
     selector_params: dict[str, Any] = field(default_factory=dict)
+
+    def params_of_selector(self, selector: str) -> dict[str, Any]:
+        """The parameters the selector that runs gets: the `hybrid` settings for the hybrid selector, then selector_params."""
+        settings = self.hybrid.model_dump() if selector == "hybrid" and self.hybrid is not None else {}
+        return {**settings, **self.selector_params}
 
 
 @dataclass
@@ -99,8 +108,8 @@ class Selection:
     selector: str
     seed: int
     n_candidates: int
+    rows: pd.DataFrame  # the selected pool rows, in batch order
     seconds: dict[str, float] = field(default_factory=dict)
-    rows: pd.DataFrame | None = None  # the selected pool rows, in batch order
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. ece_before / ece_after
 
 
@@ -113,8 +122,10 @@ class _Prepared:
     """Things built once per selection: calibrator, committee members."""
 
     def __init__(self, strategy: str, context: SelectionContext | None, class_names: list[str]) -> None:
+        self.strategy = strategy
         self.spec = get_strategy(strategy)
         self.context = context or SelectionContext()
+        self.spec.check(f"strategy {strategy!r}", self.context.strategy_params)  # before any committee is trained
         self.class_names = list(self.context.class_names or class_names)
         self.calibrator = None
         self.metrics: dict[str, float] = {}
@@ -137,15 +148,15 @@ class _Prepared:
                     f"strategy {strategy!r} needs the labelled set: pass context=SelectionContext("
                     "labelled_features=..., labelled_labels=..., train_params=...)"
                 )
-        if "committee" in self.spec.needs:
-            from labelloop.domain.acquisition.committee import train_committee
+            if "committee" in self.spec.needs:
+                from labelloop.domain.acquisition.committee import train_committee
 
-            started = time.perf_counter()
-            self.members = train_committee(
-                ctx.labelled_features, ctx.labelled_labels, self.class_names,
-                size=ctx.committee_size, seed=ctx.committee_seed, train_params=ctx.train_params,
-            )
-            self.seconds["committee_train"] = time.perf_counter() - started
+                started = time.perf_counter()
+                self.members = train_committee(
+                    ctx.labelled_features, ctx.labelled_labels, self.class_names,
+                    size=ctx.committee_size, seed=ctx.committee_seed, train_params=ctx.train_params,
+                )
+                self.seconds["committee_train"] = time.perf_counter() - started
 
     def probas(self, probas: np.ndarray) -> np.ndarray:
         if self.calibrator is not None and len(probas):
@@ -153,25 +164,23 @@ class _Prepared:
         return _float_probas(probas)
 
     def utilities(self, probas: np.ndarray, features: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-        kwargs: dict[str, object] = {"rng": rng, **self.context.strategy_params}
-        if "features" in self.spec.needs:
-            if features is None:
-                raise ValueError(f"strategy {self.spec.name!r} needs feature columns")
-            kwargs["features"] = features
+        if "features" in self.spec.needs and features is None:
+            raise ValueError(f"strategy {self.strategy!r} needs feature columns")
+        committee = None
         if self.members is not None:
+            if features is None:
+                raise ValueError(f"strategy {self.strategy!r} needs feature columns: its committee predicts from them")
             from labelloop.domain.acquisition.committee import committee_probas
 
             started = time.perf_counter()
-            kwargs["committee"] = committee_probas(self.members, features)
+            committee = committee_probas(self.members, features)
             self.seconds["committee_predict"] = self.seconds.get("committee_predict", 0.0) + time.perf_counter() - started
-        if "labelled" in self.spec.needs:
-            kwargs.update(
-                labelled_features=self.context.labelled_features,
-                labelled_labels=self.context.labelled_labels,
-                class_names=self.class_names,
-                train_params=self.context.train_params,
-            )
-        return self.spec.fn(self.probas(probas), **kwargs)
+        ctx = self.context
+        return score(
+            self.strategy, self.probas(probas), ctx.strategy_params, rng=rng, features=features, committee=committee,
+            labelled_features=ctx.labelled_features, labelled_labels=ctx.labelled_labels,
+            class_names=self.class_names, train_params=ctx.train_params,
+        )
 
 
 def _float_probas(probas: np.ndarray) -> np.ndarray:
@@ -187,34 +196,6 @@ def _label_indices(labels: np.ndarray, class_names: list[str]) -> np.ndarray:
     if unknown:
         raise ValueError(f"validation labels {unknown[:5]} are not in the label set {class_names}")
     return np.array([index[v] for v in labels], dtype=np.int64)
-
-
-def run_selector(
-    selector: str,
-    utilities: np.ndarray,
-    batch_size: int,
-    *,
-    rng: np.random.Generator,
-    features: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
-    labelled_features: np.ndarray | None = None,
-    labelled_groups: np.ndarray | None = None,
-    explore_pool: np.ndarray | None = None,
-    params: dict[str, Any] | None = None,
-) -> np.ndarray:
-    spec = get_selector(selector)
-    kwargs: dict[str, object] = {"rng": rng, **(params or {})}
-    if "features" in spec.needs:
-        kwargs["features"] = features
-    if "groups" in spec.needs:
-        kwargs["groups"] = groups
-    if "labelled" in spec.needs and labelled_features is not None:
-        kwargs["labelled_features"] = labelled_features
-    if "labelled" in spec.needs and "groups" in spec.needs and labelled_groups is not None:
-        kwargs["labelled_groups"] = labelled_groups
-    if explore_pool is not None:
-        kwargs["explore_pool"] = explore_pool
-    return np.asarray(spec.fn(utilities, batch_size, **kwargs), dtype=np.int64)
 
 
 def select_indices(
@@ -245,11 +226,12 @@ def select_indices(
     if groups is None and len(probas) and "groups" in get_selector(selector).needs:
         groups = np.argmax(probas, axis=1)  # only the quota selector reads groups: skip the O(n·k) pass otherwise
     ctx = prepared.context
+    selector_params = ctx.params_of_selector(selector)
     sel_needs = get_selector(selector).needs
-    labelled_groups = _labelled_class_indices(ctx, names) if {"groups", "labelled"} <= sel_needs else None
-    chosen = run_selector(
-        selector, utilities, batch_size, rng=rng, features=features, groups=groups,
-        labelled_features=ctx.labelled_features, labelled_groups=labelled_groups, params=ctx.selector_params,
+    labelled_groups = _labelled_class_indices(ctx, names, selector_params) if {"groups", "labelled"} <= sel_needs else None
+    chosen = choose(
+        selector, utilities, batch_size, selector_params, rng=rng, features=features, groups=groups,
+        labelled_features=ctx.labelled_features, labelled_groups=labelled_groups,
     ) if len(probas) else _empty_batch(batch_size)
     done = time.perf_counter()
     seconds = {"score": scored - started, "select": done - scored, **prepared.seconds}
@@ -258,13 +240,13 @@ def select_indices(
     return chosen, utilities, seconds
 
 
-def _labelled_class_indices(context: SelectionContext, class_names: list[str]) -> np.ndarray | None:
+def _labelled_class_indices(context: SelectionContext, class_names: list[str], params: dict[str, Any]) -> np.ndarray | None:
     """The labelled rows' class indices (the coding of the default argmax groups); -1 for unknown labels.
 
-    None unless a hybrid option reads them (`quota_balance="labelled"`, `exploit_weighting="inverse_labelled"`),
-    and None when the groups are a pool column (`group_column`): the labelled rows have no value for it here.
+    None unless a hybrid option in the selector's `params` reads them (`quota_balance="labelled"`,
+    `exploit_weighting="inverse_labelled"`), and None when the groups are a pool column (`group_column`):
+    the labelled rows have no value for it here.
     """
-    params = context.selector_params
     wanted = params.get("quota_balance") == "labelled" or params.get("exploit_weighting") == "inverse_labelled"
     if not wanted or context.group_column is not None or context.labelled_labels is None:
         return None
@@ -326,7 +308,9 @@ def select_from_frame(
     resolved = resolve_selector(strategy, selector)
     probas = _float_probas(pool[proba_columns(columns)].to_numpy())
     spec, sel_spec = get_strategy(strategy), get_selector(resolved)
-    needs_features = "features" in spec.needs or "committee" in spec.needs or "labelled" in spec.needs or "features" in sel_spec.needs
+    needs_features = (
+        "features" in spec.needs or "committee" in spec.needs or "labelled" in spec.needs or "features" in sel_spec.needs
+    )
     features = _features_of(pool, feature_columns) if needs_features and feature_columns else None
     groups = _groups_of(pool, context.group_column if context else None, probas)
     metrics: dict[str, float] = {}
@@ -428,7 +412,10 @@ def select_from_parquet(
         chunk["_rand"] = stream_rng.random(len(chunk))
         chunk["_group"] = _groups_of(chunk, group_column, prepared.probas(probas[finite]))
         chunk = _prune(chunk, keep, batch_size, keep_random, keep_groups)
-        kept = chunk if kept is None else _prune(pd.concat([kept, chunk], ignore_index=True), keep, batch_size, keep_random, keep_groups)
+        if kept is None:
+            kept = chunk
+        else:
+            kept = _prune(pd.concat([kept, chunk], ignore_index=True), keep, batch_size, keep_random, keep_groups)
     scored = time.perf_counter()
     if kept is None or len(kept) == 0:
         chosen = _empty_batch(batch_size)
@@ -442,16 +429,16 @@ def select_from_parquet(
             rand = kept["_rand"].to_numpy()
             explore_pool = np.zeros(len(kept), dtype=bool)
             explore_pool[np.argsort(rand)[:keep]] = True
+        selector_params = prepared.context.params_of_selector(resolved)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BatchShrunkWarning)
-            chosen = run_selector(
-                resolved, kept["_utility"].to_numpy(), batch_size, rng=rng,
+            chosen = choose(
+                resolved, kept["_utility"].to_numpy(), batch_size, selector_params, rng=rng,
                 features=_features_of(kept, feature_columns) if "features" in sel_spec.needs and feature_columns else None,
                 groups=kept["_group"].to_numpy(),
                 labelled_features=prepared.context.labelled_features,
-                labelled_groups=_labelled_class_indices(prepared.context, class_names),
+                labelled_groups=_labelled_class_indices(prepared.context, class_names, selector_params),
                 explore_pool=explore_pool,
-                params=prepared.context.selector_params,
             )
     done = time.perf_counter()
     utilities = kept["_utility"].to_numpy()[chosen] if len(chosen) else np.empty(0)
@@ -559,7 +546,7 @@ def select_pool_to_file(
             feature_columns=feature_columns, chunk_size=chunk_size, keep_factor=keep_factor,
             id_column=id_column, context=context,
         )
-        batch = selection.rows.copy() if selection.rows is not None else pd.DataFrame()
+        batch = selection.rows.copy()
         batch["acquisition_score"] = selection.utilities
         batch["rank"] = np.arange(len(batch), dtype=np.int64)
         batch["strategy"] = strategy

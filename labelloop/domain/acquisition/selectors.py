@@ -1,12 +1,16 @@
-"""Selectors: utilities → batch of row indices, best first."""
+"""Selectors: `(utilities, batch_size, *, <what each reads>) -> row indices`, best first.
+
+Each declares exactly the keywords it reads; the table naming them is registry.py.
+"""
 
 from __future__ import annotations
 
 import warnings
+from typing import get_args
 
 import numpy as np
 
-from labelloop.domain.acquisition.registry import register_selector
+from labelloop.config import HybridDiversity, HybridExploitWeighting, HybridExplore, HybridParams, HybridQuotaBalance
 
 
 class BatchShrunkWarning(UserWarning):
@@ -35,8 +39,7 @@ def rank_by_utility(utilities: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return finite[order]
 
 
-@register_selector("topk", cost="O(n) time (argpartition) + O(b log b)")
-def topk(utilities: np.ndarray, batch_size: int, *, rng: np.random.Generator, **_: object) -> np.ndarray:
+def topk(utilities: np.ndarray, batch_size: int, *, rng: np.random.Generator) -> np.ndarray:
     utilities = np.asarray(utilities, dtype=np.float64)
     size = eligible_count_or_warn(utilities, batch_size)
     if size == 0:
@@ -57,7 +60,6 @@ def topk(utilities: np.ndarray, batch_size: int, *, rng: np.random.Generator, **
 # ---------------------------------------------------------------------------------------------
 
 TOP_M_FACTOR = 10
-REPRESENTATIVE_SAMPLE = 20_000
 
 
 def top_candidates(utilities: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -125,11 +127,6 @@ def _cluster_pick(utilities, size, rng, features, top_m_factor, exclude=None) ->
     return _fill(chosen, ranked, size)
 
 
-@register_selector(
-    "cluster",
-    needs=("features",),
-    cost="O(n) to take the top M=10·b, then k-means (k=b, random init, ≤30 Lloyd iterations) on M×d",
-)
 def cluster(
     utilities: np.ndarray,
     batch_size: int,
@@ -137,7 +134,6 @@ def cluster(
     rng: np.random.Generator,
     features: np.ndarray | None = None,
     top_m_factor: int = TOP_M_FACTOR,
-    **_: object,
 ) -> np.ndarray:
     """k-means (k = batch) over the top-M candidates by utility; the best candidate of each cluster."""
     utilities = np.asarray(utilities, dtype=np.float64)
@@ -168,11 +164,6 @@ def _k_center(x: np.ndarray, size: int, labelled: np.ndarray | None) -> np.ndarr
     return chosen
 
 
-@register_selector(
-    "coreset",
-    needs=("features", "labelled"),
-    cost="O(n) to take the top M=10·b, then greedy k-center: b passes over M×d (~1 s for b=1,000, d=32)",
-)
 def coreset(
     utilities: np.ndarray,
     batch_size: int,
@@ -181,7 +172,6 @@ def coreset(
     features: np.ndarray | None = None,
     labelled_features: np.ndarray | None = None,
     top_m_factor: int = TOP_M_FACTOR,
-    **_: object,
 ) -> np.ndarray:
     """Greedy k-center (Sener & Savarese) on standardized features, restricted to the top-M by utility.
 
@@ -207,20 +197,12 @@ def coreset(
 # Hybrid: exploitation (uncertainty + diversity) + per-group quotas + exploration.
 # ---------------------------------------------------------------------------------------------
 
-# The mix the label-efficiency benchmarks found best (docs/benchmarks.md); the `hybrid` preset uses it.
-HYBRID_DEFAULTS: dict[str, object] = {
-    "exploit_fraction": 0.7,
-    "quota_fraction": 0.2,
-    "explore_fraction": 0.1,
-    "explore": "random",  # or "representative": rows nearest k-means centroids of the pool
-    "diversity": "cluster",  # or "coreset" or "none" (plain top-k)
-    "min_quota_groups": 0,  # quotas only when the eligible rows span at least this many groups (0: always)
-    "quota_balance": "batch",  # or "labelled": the quota also counts the labelled rows of each group
-    "exploit_weighting": "none",  # or "inverse_labelled": exploit on utility × 1/(labelled share of the group)
-}
-
-QUOTA_BALANCES = ("batch", "labelled")
-EXPLOIT_WEIGHTINGS = ("none", "inverse_labelled")
+# The hybrid settings are one definition: `select.hybrid` of params.yaml (HybridParams); its defaults are these.
+HYBRID = HybridParams()
+EXPLORES = get_args(HybridExplore)
+DIVERSITIES = get_args(HybridDiversity)
+QUOTA_BALANCES = get_args(HybridQuotaBalance)
+EXPLOIT_WEIGHTINGS = get_args(HybridExploitWeighting)
 
 
 def inverse_labelled_weights(utilities: np.ndarray, groups: np.ndarray, labelled_groups: np.ndarray) -> np.ndarray:
@@ -276,7 +258,7 @@ def _quota_pick(utilities, n_quota, groups, taken, rng, prior_groups=None) -> np
     return eligible[order][pick]
 
 
-def _explore_pick(utilities, n_explore, taken, rng, features, explore, explore_pool) -> np.ndarray:
+def _explore_pick(utilities, n_explore, taken, rng, features, explore, explore_pool, representative_sample) -> np.ndarray:
     mask = np.isfinite(utilities) & ~taken
     if explore_pool is not None:
         restricted = mask & np.asarray(explore_pool, dtype=bool)
@@ -286,7 +268,10 @@ def _explore_pick(utilities, n_explore, taken, rng, features, explore, explore_p
     if n_explore <= 0:
         return np.empty(0, dtype=np.int64)
     if explore == "representative" and features is not None and n_explore > 1:
-        sample = eligible if len(eligible) <= REPRESENTATIVE_SAMPLE else rng.choice(eligible, REPRESENTATIVE_SAMPLE, replace=False)
+        if len(eligible) <= representative_sample:
+            sample = eligible
+        else:
+            sample = rng.choice(eligible, representative_sample, replace=False)
         sample = np.sort(sample)
         x = features[sample]
         mean, std = _scaler(x)
@@ -297,16 +282,9 @@ def _explore_pick(utilities, n_explore, taken, rng, features, explore, explore_p
         first = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
         chosen = sample[order[first]]
         return _fill(chosen, rng.permutation(eligible), n_explore)
-    if explore not in ("random", "representative"):
-        raise ValueError(f"explore must be 'random' or 'representative', got {explore!r}")
     return rng.choice(eligible, n_explore, replace=False)
 
 
-@register_selector(
-    "hybrid",
-    needs=("features", "groups", "labelled"),
-    cost="cluster/coreset on the exploit share + O(n log n) per-group ranking + O(n) random draw",
-)
 def hybrid(
     utilities: np.ndarray,
     batch_size: int,
@@ -317,16 +295,16 @@ def hybrid(
     labelled_features: np.ndarray | None = None,
     labelled_groups: np.ndarray | None = None,
     explore_pool: np.ndarray | None = None,
-    exploit_fraction: float = HYBRID_DEFAULTS["exploit_fraction"],  # type: ignore[assignment]
-    quota_fraction: float = HYBRID_DEFAULTS["quota_fraction"],  # type: ignore[assignment]
-    explore_fraction: float = HYBRID_DEFAULTS["explore_fraction"],  # type: ignore[assignment]
-    explore: str = HYBRID_DEFAULTS["explore"],  # type: ignore[assignment]
-    diversity: str = HYBRID_DEFAULTS["diversity"],  # type: ignore[assignment]
-    min_quota_groups: int = HYBRID_DEFAULTS["min_quota_groups"],  # type: ignore[assignment]
-    quota_balance: str = HYBRID_DEFAULTS["quota_balance"],  # type: ignore[assignment]
-    exploit_weighting: str = HYBRID_DEFAULTS["exploit_weighting"],  # type: ignore[assignment]
-    top_m_factor: int = TOP_M_FACTOR,
-    **_: object,
+    exploit_fraction: float = HYBRID.exploit_fraction,
+    quota_fraction: float = HYBRID.quota_fraction,
+    explore_fraction: float = HYBRID.explore_fraction,
+    explore: str = HYBRID.explore,
+    diversity: str = HYBRID.diversity,
+    top_m_factor: int = HYBRID.top_m_factor,
+    representative_sample: int = HYBRID.representative_sample,
+    min_quota_groups: int = HYBRID.min_quota_groups,
+    quota_balance: str = HYBRID.quota_balance,
+    exploit_weighting: str = HYBRID.exploit_weighting,
 ) -> np.ndarray:
     """A batch in three shares, in this order:
 
@@ -349,16 +327,22 @@ def hybrid(
     `exploit_weighting`: "none" (default) or "inverse_labelled": the exploit share ranks rows by
     `inverse_labelled_weights` (utility shifted to ≥ 0, times mean labelled count / the row's group's
     labelled count) instead of the raw utility; needs `groups` and `labelled_groups`, else "none".
+
+    `top_m_factor`: the diversity step considers the top top_m_factor × (exploit share) rows by utility;
+    `representative_sample`: explore="representative" fits its k-means on at most this many rows.
     """
     utilities = np.asarray(utilities, dtype=np.float64)
-    for name, value in (("exploit_fraction", exploit_fraction), ("quota_fraction", quota_fraction), ("explore_fraction", explore_fraction)):
+    fractions = {"exploit_fraction": exploit_fraction, "quota_fraction": quota_fraction, "explore_fraction": explore_fraction}
+    for name, value in fractions.items():
         if not (0.0 <= float(value) <= 1.0):
             raise ValueError(f"{name} must be within [0, 1], got {value}")
     total = float(exploit_fraction) + float(quota_fraction) + float(explore_fraction)
     if total <= 0:
         raise ValueError("hybrid: the exploit, quota and explore fractions are all zero")
-    if diversity not in ("cluster", "coreset", "none"):
-        raise ValueError(f"diversity must be 'cluster', 'coreset' or 'none', got {diversity!r}")
+    if explore not in EXPLORES:
+        raise ValueError(f"explore must be one of {EXPLORES}, got {explore!r}")
+    if diversity not in DIVERSITIES:
+        raise ValueError(f"diversity must be one of {DIVERSITIES}, got {diversity!r}")
     if quota_balance not in QUOTA_BALANCES:
         raise ValueError(f"quota_balance must be one of {QUOTA_BALANCES}, got {quota_balance!r}")
     if exploit_weighting not in EXPLOIT_WEIGHTINGS:
@@ -370,8 +354,8 @@ def hybrid(
     use_quota = groups is not None and (
         min_quota_groups <= 0 or len(np.unique(np.asarray(groups)[np.isfinite(utilities)])) >= min_quota_groups
     )
-    n_quota = int(round(size * quota_fraction / total)) if use_quota else 0
-    n_explore = int(round(size * explore_fraction / total))
+    n_quota = round(size * quota_fraction / total) if use_quota else 0
+    n_explore = round(size * explore_fraction / total)
     n_exploit = max(size - n_quota - n_explore, 0)
     taken = np.zeros(len(utilities), dtype=bool)
 
@@ -397,7 +381,7 @@ def hybrid(
     prior = labelled_groups if quota_balance == "labelled" else None
     quota = _quota_pick(utilities, n_quota, groups, taken, rng, prior) if n_quota else np.empty(0, dtype=np.int64)
     taken[quota] = True
-    explored = _explore_pick(utilities, n_explore, taken, rng, x, explore, explore_pool)
+    explored = _explore_pick(utilities, n_explore, taken, rng, x, explore, explore_pool, representative_sample)
     taken[explored] = True
     chosen = np.concatenate([exploit, quota, explored]).astype(np.int64)
     if len(chosen) < size:

@@ -1,11 +1,11 @@
-"""Uncertainty and random strategies: O(n·k) time, O(n) extra memory, fully vectorized."""
+"""Strategies: pure functions `(probas, *, <what each reads>) -> utilities`, one per row, higher = label first,
+NaN = may not be picked. Each declares exactly the keywords it reads; the table naming them is registry.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-
-from labelloop.domain.acquisition.registry import register_strategy
-
 
 # Rows per block in the uncertainty kernels: a block of k columns stays in cache while it is swept
 # column by column, and the temporaries are block-sized, so a 1M-row pool allocates only its outputs.
@@ -57,17 +57,17 @@ def _top_two(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for start in range(0, n, block):
         rows = probas[start : start + block]
         m = len(rows)
-        h, l, s2, t = hi[:m], lo[:m], sec[:m], tmp[:m]
+        h, low, s2, t = hi[:m], lo[:m], sec[:m], tmp[:m]
         np.copyto(h, rows[:, 0])
-        np.copyto(l, rows[:, 0])
+        np.copyto(low, rows[:, 0])
         s2.fill(-np.inf if k > 1 else 0.0)  # one class: the reference's second value is 0
         for j in range(1, k):
             column = rows[:, j]
             np.minimum(h, column, out=t)  # what drops out of the top-1 competes for the top-2
             np.maximum(s2, t, out=s2)
             np.maximum(h, column, out=h)
-            np.minimum(l, column, out=l)
-        good = np.isfinite(h) & np.isfinite(l)
+            np.minimum(low, column, out=low)
+        good = np.isfinite(h) & np.isfinite(low)
         ok[start : start + m] = good
         # Unusable rows read as 0 (the reference zeroes them before scoring); they end up NaN.
         first[start : start + m] = np.where(good, h, 0.0)
@@ -82,21 +82,18 @@ def _with_nan(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return values
 
 
-@register_strategy("least_confidence", cost="O(n·k) time, O(n) memory")
-def least_confidence(probas: np.ndarray, **_: object) -> np.ndarray:
+def least_confidence(probas: np.ndarray) -> np.ndarray:
     first, _, ok = _top_two(probas)
     return _with_nan(1.0 - np.maximum(first, 0.0), ok)
 
 
-@register_strategy("margin", cost="O(n·k) time (running top-2, no sort), O(n) memory")
-def margin(probas: np.ndarray, **_: object) -> np.ndarray:
+def margin(probas: np.ndarray) -> np.ndarray:
     first, second, ok = _top_two(probas)
     value = np.negative(np.subtract(first, second, out=first), out=first)  # −(first − second), bit for bit
     return _with_nan(value, ok)
 
 
-@register_strategy("ratio", cost="O(n·k) time (running top-2, no sort), O(n) memory")
-def ratio(probas: np.ndarray, **_: object) -> np.ndarray:
+def ratio(probas: np.ndarray) -> np.ndarray:
     """Second-best over best probability: 1 means a tie."""
     first, second, ok = _top_two(probas)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -104,8 +101,7 @@ def ratio(probas: np.ndarray, **_: object) -> np.ndarray:
     return _with_nan(value, ok)
 
 
-@register_strategy("entropy", cost="O(n·k) time, O(block·k) temporary memory")
-def entropy(probas: np.ndarray, **_: object) -> np.ndarray:
+def entropy(probas: np.ndarray) -> np.ndarray:
     """−Σ p·log p with p clipped to [1e-12, 1], in float64, block by block (no n×k temporaries)."""
     probas = _as_float(probas)
     n, k = probas.shape
@@ -128,8 +124,7 @@ def entropy(probas: np.ndarray, **_: object) -> np.ndarray:
     return out
 
 
-@register_strategy("random", cost="O(n) time and memory")
-def random(probas: np.ndarray, *, rng: np.random.Generator | None = None, **_: object) -> np.ndarray:
+def random(probas: np.ndarray, *, rng: np.random.Generator | None = None) -> np.ndarray:
     if rng is None:
         raise ValueError("the random strategy needs a seeded rng")
     _, _, ok = _top_two(probas)
@@ -160,12 +155,7 @@ def _row_entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
     return -(p * np.log(clipped)).sum(axis=axis)
 
 
-@register_strategy(
-    "vote_entropy",
-    needs=("committee",),
-    cost="O(m·n·k) time, O(n·k) memory; plus training m committee members once per selection",
-)
-def vote_entropy(probas: np.ndarray, *, committee: np.ndarray | None = None, **_: object) -> np.ndarray:
+def vote_entropy(probas: np.ndarray, *, committee: np.ndarray | None = None) -> np.ndarray:
     """Entropy of the members' hard votes (Dagan & Engelson)."""
     probas, ok_p = _valid_probas(probas)
     members, ok_c = _committee(committee, len(probas))
@@ -176,12 +166,7 @@ def vote_entropy(probas: np.ndarray, *, committee: np.ndarray | None = None, **_
     return _masked(_row_entropy(counts), ok_p & ok_c)
 
 
-@register_strategy(
-    "kl_consensus",
-    needs=("committee",),
-    cost="O(m·n·k) time, O(n·k) memory; plus training m committee members once per selection",
-)
-def kl_consensus(probas: np.ndarray, *, committee: np.ndarray | None = None, **_: object) -> np.ndarray:
+def kl_consensus(probas: np.ndarray, *, committee: np.ndarray | None = None) -> np.ndarray:
     """Mean KL divergence of each member from the consensus (McCallum & Nigam)."""
     probas, ok_p = _valid_probas(probas)
     members, ok_c = _committee(committee, len(probas))
@@ -192,12 +177,7 @@ def kl_consensus(probas: np.ndarray, *, committee: np.ndarray | None = None, **_
     return _masked(kl, ok_p & ok_c)
 
 
-@register_strategy(
-    "bald",
-    needs=("committee",),
-    cost="O(m·n·k) time, O(n·k) memory; plus training m committee members once per selection",
-)
-def bald(probas: np.ndarray, *, committee: np.ndarray | None = None, **_: object) -> np.ndarray:
+def bald(probas: np.ndarray, *, committee: np.ndarray | None = None) -> np.ndarray:
     """Mutual information between the prediction and the member: H(mean) − mean H(member)."""
     probas, ok_p = _valid_probas(probas)
     members, ok_c = _committee(committee, len(probas))
@@ -256,19 +236,12 @@ def pool_density(
     return out
 
 
-@register_strategy(
-    "information_density",
-    needs=("features",),
-    chunkable=False,
-    cost="O(n·c·d) time for c=64 centroids (k-means on a 20k sample), O(chunk·c) memory; needs the whole pool",
-)
 def information_density(
     probas: np.ndarray,
     *,
     rng: np.random.Generator,
     features: np.ndarray | None = None,
     beta: float = 1.0,
-    **_: object,
 ) -> np.ndarray:
     """(1 − margin) × density^β (Settles & Craven); β=0 is plain margin uncertainty."""
     if features is None:
@@ -290,16 +263,6 @@ EER_EVAL_SIZE = 500  # pool rows the expected error is measured on
 EER_TREES = 30  # trees of each hypothetical retrain (same depth / learning rate as `train`)
 
 
-@register_strategy(
-    "expected_error_reduction",
-    needs=("labelled", "features"),
-    chunkable=False,
-    cost=(
-        f"{EER_CANDIDATE_CAP} candidates × {EER_TOP_CLASSES} labels = {EER_CANDIDATE_CAP * EER_TOP_CLASSES} "
-        f"XGBoost refits ({EER_TREES} trees) + predictions on {EER_EVAL_SIZE} rows; seconds to minutes, "
-        "independent of n beyond one margin pass"
-    ),
-)
 def expected_error_reduction(
     probas: np.ndarray,
     *,
@@ -312,7 +275,6 @@ def expected_error_reduction(
     candidate_cap: int = EER_CANDIDATE_CAP,
     top_classes: int = EER_TOP_CLASSES,
     eval_size: int = EER_EVAL_SIZE,
-    **_: object,
 ) -> np.ndarray:
     """Utility = −(expected 0/1 risk on a pool sample after adding the candidate with each likely label).
 
@@ -334,7 +296,7 @@ def expected_error_reduction(
     candidates = usable[np.argsort(-m, kind="stable")[:cap]]
     eval_rows = usable if len(usable) <= eval_size else rng.choice(usable, eval_size, replace=False)
     x_eval = features[eval_rows]
-    settings: dict[str, object] = {}
+    settings: dict[str, Any] = {}  # keyword arguments of LabelloopClassifier
     if train_params is not None:
         settings = {
             "max_depth": getattr(train_params, "max_depth", 6),
@@ -360,18 +322,3 @@ def expected_error_reduction(
     if len(rest):
         out[rest] = np.nanmin(out[candidates]) - 2.0 + margin(probas[rest])  # margin ∈ [−1, 0]
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets: a strategy name that also implies a selector (and its parameters).
-# ---------------------------------------------------------------------------------------------
-
-
-@register_strategy(
-    "hybrid",
-    selector="hybrid",
-    cost="margin utilities (O(n·k)) + the hybrid selector: k-means over the top 10·b, a random/representative share and per-class quotas",
-)
-def hybrid(probas: np.ndarray, **kwargs: object) -> np.ndarray:
-    """Preset: margin uncertainty scored per row, selected by the `hybrid` selector (see selectors.hybrid)."""
-    return margin(probas, **kwargs)

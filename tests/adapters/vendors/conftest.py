@@ -19,7 +19,7 @@ import pytest
 
 from labelloop.adapters.vendors.base import ExportBatch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "infra" / "labelstudio.sh"
 LABELS = ["cat", "dog", "bird"]
 FEATURES = ["f0", "f1"]

@@ -8,9 +8,11 @@ import json
 import pandas as pd
 import pytest
 
-from labelloop.domain.quality import GoldTracker, QualityParams, ReviewQueue, process_import
 from labelloop.adapters.vendors.base import VendorError
 from labelloop.adapters.vendors.filedrop import FileDropVendor
+from labelloop.batches import ReviewQueue
+from labelloop.config import ImportParams
+from labelloop.stages.importing import GoldTracker, process_import
 
 from .conftest import FEATURES, LABELS, make_batch
 
@@ -36,7 +38,7 @@ def answer(item, annotator, label):
 def run_import(vendor, items, batch_id, state_dir, **params):
     fetched = vendor.fetch_labels(batch_id)
     return fetched, process_import(fetched.annotations, items, LABELS, batch_id=batch_id,
-                                   params=QualityParams(**params), state_dir=state_dir)
+                                   params=ImportParams(**params), state_dir=state_dir)
 
 
 # ------------------------------------------------------------------------------------------- export

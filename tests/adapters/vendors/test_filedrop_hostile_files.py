@@ -20,16 +20,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labelloop import batches
-from labelloop.stages import importing as labels
-from labelloop.batches import BatchMeta, BatchStore
-from labelloop.core.io import write_parquet
 from labelloop.adapters.vendors.base import VendorError, VendorRefused
 from labelloop.adapters.vendors.filedrop import FileDropVendor
+from labelloop.batches import BatchMeta, BatchStore
+from labelloop.core.io import write_parquet
+from labelloop.stages import importing as labels
+from labelloop.stages.export import export_batches
 
 from .conftest import make_batch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MARKER = "SECRET-MARKER-7f3a9c"
 CHILD_TIMEOUT_SECONDS = 180  # a hang guard only: a refused FIFO returns at once
 CHILD_MEMORY_BYTES = 3 * 2**30
@@ -57,7 +57,7 @@ def fetch_in_child(drop: Path, *batch_ids: str) -> dict:
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", FETCH_IN_CHILD, str(drop), *batch_ids], capture_output=True, text=True,
-                          timeout=CHILD_TIMEOUT_SECONDS, preexec_fn=cap_memory, env=env, cwd=ROOT)
+                          timeout=CHILD_TIMEOUT_SECONDS, preexec_fn=cap_memory, env=env, cwd=ROOT, check=False)
     assert done.returncode == 0, f"the fetch died (exit {done.returncode}): {done.stderr[-2000:]}"
     return json.loads(done.stdout)
 
@@ -104,7 +104,8 @@ def test_symlink_to_dev_zero_and_a_fifo_are_refused_at_once_and_bounded(tmp_path
     for batch_id, words in (("zero", "labels.jsonl is a symbolic link"), ("pipe", "labels.jsonl is a FIFO"),
                             ("zero-manifest", "labels.manifest.json is a symbolic link")):
         assert results[batch_id]["outcome"] == "VendorRefused", results[batch_id]
-        assert words in results[batch_id]["message"] and f"nothing of batch {batch_id} was imported" in results[batch_id]["message"]
+        message = results[batch_id]["message"]
+        assert words in message and f"nothing of batch {batch_id} was imported" in message
     assert not (drop / "zero" / "archive").exists() and not (drop / "pipe" / "archive").exists()
     # The vendor replaces the FIFO with a regular file: the rerun reads it.
     (drop / "pipe" / "labels.jsonl").unlink()
@@ -221,7 +222,7 @@ def test_labels_file_linked_to_a_secret_is_refused_the_secret_lands_nowhere_and_
     hostile, good = _selected(workspace, "batch-0001-link", 0, 6), _selected(workspace, "batch-0002-good", 6, 6)
     drop = tmp_path / "drop"
     vendor = FileDropVendor(str(drop))
-    batches.export_batches(workspace, workspace.params().export, vendor)
+    export_batches(workspace, workspace.params().export, vendor)
     secret = tmp_path / "home" / "credentials.jsonl"  # outside the drop and the workspace
     secret.parent.mkdir()
     secret.write_bytes(_oracle_answers(workspace, hostile, annotator=MARKER) + f"password={MARKER}\n".encode())

@@ -13,9 +13,11 @@ from xml.etree import ElementTree
 import pandas as pd
 import pytest
 
-from labelloop.domain.quality import GoldTracker, QualityParams, ReviewQueue, process_import
 from labelloop.adapters.vendors.base import VendorError
 from labelloop.adapters.vendors.labelstudio import FROM_NAME, TO_NAME, LabelStudioVendor, label_config, project_title
+from labelloop.batches import ReviewQueue
+from labelloop.config import ImportParams
+from labelloop.stages.importing import GoldTracker, process_import
 
 from .conftest import FEATURES, LABELS, make_batch
 
@@ -52,7 +54,7 @@ def new_batch_id() -> str:
 
 def annotate(client, vendor, batch_id, user_id, item_id, label=None, *, result=None, cancelled=False):
     state = json.loads((vendor.state_dir / f"{batch_id}.json").read_text())
-    task_id = state["tasks"][item_id] if item_id in state["tasks"] else item_id
+    task_id = state["tasks"].get(item_id, item_id)
     if result is None:
         result = [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}]
     return client.annotations.create(id=int(task_id), result=result, completed_by=user_id, was_cancelled=cancelled)
@@ -61,7 +63,7 @@ def annotate(client, vendor, batch_id, user_id, item_id, label=None, *, result=N
 def run_import(vendor, items, batch_id, state_dir, **params):
     fetched = vendor.fetch_labels(batch_id)
     return fetched, process_import(fetched.annotations, items, LABELS, batch_id=batch_id,
-                                   params=QualityParams(**params), state_dir=state_dir)
+                                   params=ImportParams(**params), state_dir=state_dir)
 
 
 def test_label_config_is_generated_from_the_label_set():
@@ -73,10 +75,9 @@ def test_label_config_is_generated_from_the_label_set():
         label_config([])
 
 
-def test_missing_token_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+def test_missing_token_is_one_clear_error(tmp_path):
     with pytest.raises(VendorError, match="LABEL_STUDIO_API_KEY"):
-        LabelStudioVendor.from_env("http://127.0.0.1:1", tmp_path)
+        LabelStudioVendor("http://127.0.0.1:1", "", tmp_path)
 
 
 def test_export_tasks_carry_item_features_prediction_and_utility(client, vendor):
@@ -155,8 +156,8 @@ def test_duplicate_unknown_label_unknown_item_and_malformed_annotations(client, 
     annotate(client, vendor, batch_id, users["ann-a"], ids[2], result=[])  # submitted with no choice
     annotate(client, vendor, batch_id, users["ann-a"], ids[3], "bird")
     # Someone added a task by hand in the Label Studio UI: its item is not part of the batch.
-    stray = client.projects.import_tasks(id=int(receipt.vendor_ref), request=[{"data": {"item_id": "stray-item", "features": {}, "utility": 0}}],
-                                         return_task_ids=True).task_ids[0]
+    stray_task = {"data": {"item_id": "stray-item", "features": {}, "utility": 0}}
+    stray = client.projects.import_tasks(id=int(receipt.vendor_ref), request=[stray_task], return_task_ids=True).task_ids[0]
     annotate(client, vendor, batch_id, users["ann-a"], stray, "cat")
     _, outcome = run_import(vendor, items, batch_id, tmp_path / "qc")
     assert dict(zip(outcome.labels["item_id"], outcome.labels["label"])) == {ids[0]: "cat", ids[3]: "bird"}

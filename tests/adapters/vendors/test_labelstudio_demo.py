@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from labelloop.flows.cli import app
-from labelloop.batches import BatchStore
-from labelloop.config import SimulatedVendorParams
 from labelloop.adapters.vendors.labelstudio import TOKEN_ENV, project_title
 from labelloop.adapters.vendors.ls_annotators import LabelStudioAnnotators, label_set_of
+from labelloop.batches import BatchStore
+from labelloop.config import SimulatedVendorParams
+from labelloop.flows.cli import app
 from labelloop.workspace import Workspace
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelloop.config import SimulatedVendorParams, parse_params
-from labelloop.core.io import write_parquet
 from labelloop.adapters.vendors.base import ExportBatch, VendorError
 from labelloop.adapters.vendors.simulated import SimulatedVendor, simulate_answer
+from labelloop.config import SimulatedVendorParams, parse_params
+from labelloop.core.io import write_parquet
 
 CLASSES = [f"c{i}" for i in range(6)]
 
@@ -50,8 +50,7 @@ def test_each_annotator_has_its_own_error_rate(tmp_path, oracle):
     pd.testing.assert_frame_equal(fetched.annotations, vendor.fetch_labels("b1").annotations)
 
 
-def test_confusion_noise_concentrates_mistakes(oracle):
-    _, truth = oracle
+def test_confusion_noise_concentrates_mistakes():
     uniform = SimulatedVendorParams(annotators=1, error_rate=0.5, noise="uniform", seed=2)
     confusion = SimulatedVendorParams(annotators=1, error_rate=0.5, noise="confusion", seed=2)
 
@@ -76,7 +75,7 @@ def test_delay_spreads_answers_over_imports(tmp_path, oracle):
 
 
 def test_export_is_idempotent_and_unknown_batch_errors(tmp_path, oracle):
-    path, truth = oracle
+    path, _ = oracle
     vendor = SimulatedVendor(tmp_path / "sim", path, SimulatedVendorParams())
     first = vendor.export_batch(batch(["i1", "i2"]))
     second = vendor.export_batch(batch(["i1", "i2"]))

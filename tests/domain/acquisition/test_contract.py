@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-import functools
+import inspect
 import warnings
+from typing import get_args
 
 import numpy as np
 import pytest
 
-from labelloop.domain.acquisition import BatchShrunkWarning, get_selector, get_strategy, selector_names, strategy_names
+from labelloop.config import HybridParams, SelectorName, StrategyName, TrainParams
+from labelloop.domain.acquisition import (
+    SELECTORS,
+    STRATEGIES,
+    BatchShrunkWarning,
+    choose,
+    get_selector,
+    get_strategy,
+    score,
+    selector_names,
+    strategy_names,
+)
 from labelloop.domain.acquisition.pool import SelectionContext, select_indices
-from labelloop.config import TrainParams
 from labelloop.model import LabelloopClassifier
 
 CLASSES = ["a", "b", "c", "d"]
@@ -66,23 +77,89 @@ def problem():
     return X, y, lab, pool, probas
 
 
-STRATEGIES = strategy_names() + sorted(SELECTOR_PARAMS)
-SELECTORS = selector_names()
+STRATEGY_CASES = strategy_names() + sorted(SELECTOR_PARAMS)
+SELECTOR_NAMES = selector_names()
+
+
+def test_tables_are_keyed_by_the_config_choice_types():
+    """params.yaml validates against these Literals (and the Prefect form lists them): same names as the tables."""
+    assert set(STRATEGIES) == set(get_args(StrategyName))
+    assert set(SELECTORS) == set(get_args(SelectorName))
+    for spec in STRATEGIES.values():
+        assert spec.selector is None or spec.selector in SELECTORS
+
+
+def test_every_function_states_its_keywords():
+    """No catch-all **kwargs: a misspelt keyword must never be swallowed."""
+    for spec in [*STRATEGIES.values(), *SELECTORS.values()]:
+        kinds = {p.kind for p in inspect.signature(spec.fn).parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD not in kinds, spec.fn.__name__
+
+
+def test_a_wrong_parameter_is_an_error_naming_the_allowed_ones(problem):
+    X, _, _, pool, probas = problem
+    with pytest.raises(ValueError, match=r"strategy 'information_density' has no parameter 'betta'; allowed: beta"):
+        score("information_density", probas, {"betta": 2.0}, rng=np.random.default_rng(0), features=X[pool])
+    with pytest.raises(ValueError, match=r"strategy 'margin' has no parameter 'beta'; allowed: none"):
+        score("margin", probas, {"beta": 2.0})
+    with pytest.raises(ValueError, match=r"selector 'cluster' has no parameter 'top_m'; allowed: top_m_factor"):
+        choose("cluster", np.ones(20), 5, {"top_m": 3}, rng=np.random.default_rng(0), features=np.ones((20, 2)))
+    # Through the engine: the context's parameters reach the strategy / the selector that runs.
+    context = SelectionContext(strategy_params={"candidate_cap": 3, "eval_sise": 10})
+    with pytest.raises(ValueError, match="eval_sise.*allowed: candidate_cap, top_classes, eval_size"):
+        select_indices(probas, 5, strategy="expected_error_reduction", features=X[pool], context=context)
+    context = SelectionContext(selector_params={"explore_fracton": 0.0})
+    with pytest.raises(ValueError, match="selector 'hybrid' has no parameter 'explore_fracton'; allowed: exploit_fraction"):
+        select_indices(probas, 5, strategy="hybrid", features=X[pool], context=context)
+    with pytest.raises(ValueError, match="selector 'topk' has no parameter 'explore_fraction'; allowed: none"):
+        select_indices(probas, 5, strategy="margin", context=SelectionContext(selector_params={"explore_fraction": 0.0}))
+
+
+def test_engine_inputs_reach_only_the_functions_that_declare_them():
+    rng = np.random.default_rng(0)
+    probas = rng.dirichlet(np.ones(3), size=30)
+    extra = {"rng": np.random.default_rng(0), "features": np.ones((30, 2)), "groups": np.zeros(30, np.int64)}
+    np.testing.assert_array_equal(score("margin", probas, **extra), get_strategy("margin").fn(probas))
+    assert choose("topk", probas[:, 0], 4, **extra).shape == (4,)
+    with pytest.raises(TypeError, match="featurs is not an engine input"):
+        score("margin", probas, featurs=np.ones((30, 2)))
+
+
+def test_hybrid_selector_defaults_are_the_params_yaml_defaults():
+    defaults = {p.name: p.default for p in inspect.signature(get_selector("hybrid").fn).parameters.values()}
+    assert HybridParams().model_dump() == {name: defaults[name] for name in get_selector("hybrid").parameters}
+
+
+def test_hybrid_settings_reach_the_hybrid_selector_and_no_other(problem):
+    X, _, _, pool, probas = problem
+
+    def hybrid_batch(context=None):
+        return select_indices(probas, 20, strategy="hybrid", seed=0, features=X[pool], context=context)[0]
+
+    plain = hybrid_batch()
+    np.testing.assert_array_equal(plain, hybrid_batch(SelectionContext(hybrid=HybridParams())))
+    settings = HybridParams(exploit_fraction=1.0, quota_fraction=0.0, explore_fraction=0.0, diversity="none")
+    exploit_only = hybrid_batch(SelectionContext(hybrid=settings))
+    top = select_indices(probas, 20, strategy="margin", seed=0)[0]
+    assert set(exploit_only.tolist()) == set(top.tolist()) != set(plain.tolist())
+    # Another selector ignores the hybrid settings (they are not its parameters).
+    with_settings = select_indices(probas, 20, strategy="margin", seed=0, context=SelectionContext(hybrid=settings))[0]
+    np.testing.assert_array_equal(with_settings, top)
 
 
 def test_registries_hold_the_issue_names():
     for name in ["least_confidence", "margin", "entropy", "ratio", "vote_entropy", "kl_consensus", "bald",
                  "information_density", "expected_error_reduction", "random", "hybrid"]:
-        assert name in STRATEGIES
+        assert name in STRATEGY_CASES
     for name in ["topk", "cluster", "coreset", "hybrid"]:
-        assert name in SELECTORS
+        assert name in SELECTOR_NAMES
     for name in strategy_names():
         assert get_strategy(name).cost, f"strategy {name} documents no cost"
-    for name in SELECTORS:
+    for name in SELECTOR_NAMES:
         assert get_selector(name).cost, f"selector {name} documents no cost"
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGY_CASES)
 def test_strategy_shape_nan_and_reproducible(strategy, problem):
     X, y, lab, pool, probas = problem
     probas = probas.copy()
@@ -101,7 +178,7 @@ def test_strategy_shape_nan_and_reproducible(strategy, problem):
     np.testing.assert_allclose(utilities, utilities2, equal_nan=True)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGY_CASES)
 def test_strategy_batch_larger_than_candidates_shrinks(strategy, problem):
     X, y, lab, pool, probas = problem
     sub = pool[:12]
@@ -114,7 +191,7 @@ def test_strategy_batch_larger_than_candidates_shrinks(strategy, problem):
     assert len(chosen) == len(eligible)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGY_CASES)
 def test_strategy_cold_start_and_several_cycles(strategy):
     """The labelled set lacks class 'd'; three cycles grow it without ever picking a row twice."""
     X, y = make_problem(seed=1, n=200)
@@ -124,7 +201,7 @@ def test_strategy_cold_start_and_several_cycles(strategy):
         pool = np.setdiff1d(np.arange(len(X)), lab)
         probas = fitted_probas(X[lab], y[lab], X[pool])
         assert probas[:, CLASSES.index("d")].max() == 0.0 if cycle == 0 else True
-        chosen, utilities, _ = select(strategy, None, probas, X[pool], X[lab], y[lab], 8, seed=cycle)
+        chosen, _, _ = select(strategy, None, probas, X[pool], X[lab], y[lab], 8, seed=cycle)
         assert len(chosen) == 8
         rows = pool[chosen]
         assert not set(rows.tolist()) & picked
@@ -135,7 +212,7 @@ def test_strategy_cold_start_and_several_cycles(strategy):
 
 
 # Every selector with its defaults, plus the non-default options a preset or benchmark variant may use.
-SELECTOR_CASES = [(name, {}) for name in SELECTORS] + [
+SELECTOR_CASES = [(name, {}) for name in SELECTOR_NAMES] + [
     ("hybrid", {"quota_balance": "labelled", "labelled_groups": np.r_[np.zeros(60, np.int64), np.ones(5, np.int64)]}),
     ("hybrid", {"quota_balance": "labelled"}),  # no labelled_groups: falls back to "batch"
     ("hybrid", {"exploit_weighting": "inverse_labelled", "quota_balance": "labelled",
@@ -151,9 +228,12 @@ def test_selector_contract(selector, options):
     utilities[::7] = np.nan
     features = rng.normal(size=(n, 4))
     groups = rng.integers(0, 3, size=n)
-    fn = get_selector(selector).fn
-    if options:
-        fn = functools.partial(fn, **options)
+    inputs = {k: v for k, v in options.items() if k == "labelled_groups"}
+    params = {k: v for k, v in options.items() if k != "labelled_groups"}
+
+    def fn(utilities, batch_size, **kw):
+        return choose(selector, utilities, batch_size, params, **inputs, **kw)
+
     chosen = fn(utilities, 40, rng=np.random.default_rng(5), features=features, groups=groups)
     assert chosen.dtype.kind == "i" and chosen.shape == (40,)
     assert len(set(chosen.tolist())) == 40
@@ -214,10 +294,10 @@ def test_committee_strategies_measure_disagreement():
     probas = agree.mean(axis=0)
     for name in ["vote_entropy", "kl_consensus", "bald"]:
         fn = get_strategy(name).fn
-        np.testing.assert_allclose(fn(probas, rng=None, committee=agree), 0.0, atol=1e-9)
-        assert (fn(probas, rng=None, committee=split) > 0.1).all()
+        np.testing.assert_allclose(fn(probas, committee=agree), 0.0, atol=1e-9)
+        assert (fn(probas, committee=split) > 0.1).all()
     with pytest.raises(ValueError, match="committee"):
-        get_strategy("bald").fn(probas, rng=None)
+        get_strategy("bald").fn(probas)
 
 
 def test_hybrid_preset_implies_the_hybrid_selector(problem):
@@ -269,7 +349,7 @@ def test_hybrid_quota_balance_labelled_fills_the_rarest_labelled_group():
     labelled = np.r_[np.zeros(200, np.int64), np.ones(150, np.int64), np.full(10, 2, np.int64)]
     batch = fn(utilities, 50, rng=np.random.default_rng(1), **kw)
     balanced = fn(utilities, 50, rng=np.random.default_rng(1), quota_balance="labelled", labelled_groups=labelled, **kw)
-    n_quota = int(round(50 * 0.2 / 0.9))
+    n_quota = round(50 * 0.2 / 0.9)
     # Exploitation is unchanged; the whole quota goes to group 2, rarest among the labelled rows.
     np.testing.assert_array_equal(batch[:-n_quota], balanced[:-n_quota])
     assert (groups[balanced[-n_quota:]] == 2).all()
@@ -288,7 +368,7 @@ def test_labelled_quota_counts_the_labelled_classes_through_select_indices(probl
         selector_params={"quota_balance": "labelled", "explore_fraction": 0.0, "diversity": "none"},
     )
     chosen, _, _ = select_indices(probas, 20, strategy="hybrid", seed=0, features=X[pool], context=ctx, class_names=CLASSES)
-    n_quota = int(round(20 * 0.2 / 0.9))
+    n_quota = round(20 * 0.2 / 0.9)
     predicted = np.argmax(probas, axis=1)
     # The first quota pick's predicted class has the fewest labelled rows + exploit picks among the classes left.
     exploit = chosen[:-n_quota]
@@ -325,8 +405,8 @@ def test_labelled_class_indices_only_when_an_option_reads_them():
     from labelloop.domain.acquisition.pool import _labelled_class_indices
 
     labels = np.array(["b", "a", "zz", "d"])
-    on = SelectionContext(labelled_labels=labels, selector_params={"quota_balance": "labelled"})
-    np.testing.assert_array_equal(_labelled_class_indices(on, CLASSES), [1, 0, -1, 3])
-    assert _labelled_class_indices(SelectionContext(labelled_labels=labels), CLASSES) is None
-    column = SelectionContext(labelled_labels=labels, group_column="segment", selector_params={"quota_balance": "labelled"})
-    assert _labelled_class_indices(column, CLASSES) is None
+    on = SelectionContext(labelled_labels=labels)
+    np.testing.assert_array_equal(_labelled_class_indices(on, CLASSES, {"quota_balance": "labelled"}), [1, 0, -1, 3])
+    assert _labelled_class_indices(on, CLASSES, {}) is None
+    column = SelectionContext(labelled_labels=labels, group_column="segment")
+    assert _labelled_class_indices(column, CLASSES, {"quota_balance": "labelled"}) is None

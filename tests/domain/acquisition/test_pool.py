@@ -6,6 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from labelloop.config import TrainParams
+from labelloop.domain.acquisition.pool import (
+    SelectionContext,
+    select_from_frame,
+    select_from_parquet,
+    select_pool_to_file,
+)
+
 
 def overconfident(rng, n, k):
     """Labels drawn from softmax(z); the model reports softmax(3z): too sure of itself."""
@@ -14,14 +22,6 @@ def overconfident(rng, n, k):
     labels = (rng.random((n, 1)) > true.cumsum(axis=1)).sum(axis=1).clip(0, k - 1)
     reported = np.exp(3 * z) / np.exp(3 * z).sum(axis=1, keepdims=True)
     return reported, labels
-
-from labelloop.domain.acquisition.pool import (
-    SelectionContext,
-    select_from_frame,
-    select_from_parquet,
-    select_pool_to_file,
-)
-from labelloop.config import TrainParams
 
 
 def make_pool(n: int = 3000, k: int = 4, d: int = 6, seed: int = 0) -> pd.DataFrame:
@@ -77,7 +77,8 @@ def test_committee_strategy_needs_context_then_works(tmp_path):
     rng = np.random.default_rng(1)
     X_lab = rng.normal(size=(40, 6))
     y_lab = np.array(["c0", "c1", "c2"])[rng.integers(0, 3, 40)]  # c3 never labelled: cold start
-    ctx = SelectionContext(X_lab, y_lab, class_names=["c0", "c1", "c2", "c3"], train_params=TrainParams(n_estimators=5), committee_size=3)
+    ctx = SelectionContext(X_lab, y_lab, class_names=["c0", "c1", "c2", "c3"], train_params=TrainParams(n_estimators=5),
+                           committee_size=3)
     sel = select_from_parquet(path, strategy="bald", selector="topk", batch_size=10, seed=0, chunk_size=300, context=ctx)
     assert len(sel.item_ids) == 10
     assert {"committee_train", "committee_predict"} <= set(sel.seconds)
@@ -89,7 +90,8 @@ def test_calibration_reports_ece(tmp_path):
     pool.to_parquet(path)
     rng = np.random.default_rng(0)
     val, labels = overconfident(rng, 300, 4)
-    ctx = SelectionContext(calibration="temperature", validation_probas=val, validation_labels=np.array([f"c{j}" for j in labels]))
+    ctx = SelectionContext(calibration="temperature", validation_probas=val,
+                           validation_labels=np.array([f"c{j}" for j in labels]))
     sel = select_from_parquet(path, strategy="margin", batch_size=10, seed=0, context=ctx)
     assert sel.metrics["ece_after"] < sel.metrics["ece_before"]
 

@@ -17,22 +17,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labelloop.apps import prediction_wal
-from labelloop.adapters import tracking
-from labelloop.stages.capture import capture
-from labelloop.config import CaptureParams
-from labelloop.stages.production import list_log_parts
 from labelloop.apps.serving import DEFAULT_MAX_BODY_BYTES, LogUnavailable, PredictionService, create_app
+from labelloop.config import CaptureParams
+from labelloop.stages import gate, train
+from labelloop.stages.capture import capture
+from labelloop.stages.production import list_log_parts
+from labelloop.stages.production import wal as prediction_wal
 from tests.conftest import clone_workspace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def durable_template(workspace_template, tmp_path_factory):
     ws = clone_workspace(workspace_template, tmp_path_factory.mktemp("durable") / "ws")
     params = ws.params().train.model_copy(update={"n_estimators": 20, "max_depth": 3})
-    tracking.promote(ws, params.model_name, tracking.train_challenger(ws, params).version)
+    gate.promote(ws, params.model_name, train.train_challenger(ws, params).version)
     return ws
 
 
@@ -66,7 +66,8 @@ def free_port() -> int:
 def start_server(ws, *options: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "labelloop.apps.serving", str(ws.root), "--port", str(port), "--log-level", "warning", *options],
+        [sys.executable, "-m", "labelloop.flows.cli", "serve", "--workspace", str(ws.root), "--port", str(port),
+         "--log-level", "warning", *options],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -329,8 +330,9 @@ def test_concurrent_requests_are_all_logged_once_through_group_commit(served):
 
     with TestClient(create_app(served, name_of(served), flush_rows=25, flush_seconds=3600, commit_wait_ms=5)) as client:
         def send(worker):
-            return [[p["prediction_id"] for p in client.post("/predict", json={"rows": traffic_rows(served, 2, offset=worker * 20 + i * 2)}).json()["predictions"]]
-                    for i in range(10)]
+            answers = [client.post("/predict", json={"rows": traffic_rows(served, 2, offset=worker * 20 + i * 2)}).json()
+                       for i in range(10)]
+            return [[p["prediction_id"] for p in answer["predictions"]] for answer in answers]
 
         results: list = []
         threads = [threading.Thread(target=lambda w=w: results.append(send(w))) for w in range(6)]
@@ -354,8 +356,8 @@ def test_unknown_mode_is_refused_naming_the_allowed_ones(served):
 def test_capture_turns_a_dead_servers_wal_into_log_rows_it_reads(served):
     # A server killed and never restarted: its answered rows sit in predictions/_wal/. The capture stage
     # recovers them (only segments whose writer is gone) before reading the log, so none stay invisible.
-    from labelloop.stages.capture import capture
     from labelloop.config import CaptureParams
+    from labelloop.stages.capture import capture
 
     log = prediction_wal.GroupCommitLog(served, served.schema(), flush_rows=10_000, commit_wait_seconds=0)
     service = PredictionService(served, name_of(served), mode="buffered")

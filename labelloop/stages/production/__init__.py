@@ -60,9 +60,10 @@ def serve_traffic(workspace: Workspace, rows: int, score_for_log) -> dict:
     and scoring path (`labelloop.apps.serving.score_for_log`). The stream cursor moves only after the
     part is written; the part's name is the row range, so a rerun after a crash writes it once.
     """
-    traffic_path = workspace.simulator_dir / "traffic.parquet"
+    traffic_path = workspace.traffic_path
     if not traffic_path.exists():
-        raise FileNotFoundError(f"{traffic_path} does not exist: this workspace has no simulated traffic (init with simulate_traffic)")
+        raise FileNotFoundError(
+            f"{traffic_path} does not exist: this workspace has no simulated traffic (init with simulate_traffic)")
     cursor_path = workspace.state_dir / "traffic_cursor.json"
     cursor = read_json(cursor_path, {"next_row": 0})
     start = int(cursor["next_row"])

@@ -16,9 +16,10 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import NoReturn
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"[labelstudio] error: {message}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -41,10 +42,9 @@ def _create(url: str, username: str, password: str) -> str:
 
     def csrf() -> str:
         for cookie in jar:
-            if cookie.name == "csrftoken":
+            if cookie.name == "csrftoken" and cookie.value:
                 return cookie.value
         _fail("the login page set no csrftoken cookie")
-        return ""
 
     opener.open(f"{url}/user/login/", timeout=60).read()
     form = urllib.parse.urlencode({"email": username, "password": password, "csrfmiddlewaretoken": csrf()}).encode()

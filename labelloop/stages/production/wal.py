@@ -404,7 +404,7 @@ class GroupCommitLog:
                 if self._segment.rows >= self.flush_rows:
                     self._seal_locked()
                     full = True
-        except Exception as error:  # noqa: BLE001 — disk full, I/O error, a bug: these requests fail, the writer goes on
+        except Exception as error:  # disk full, I/O error, a bug: these requests fail, the writer goes on
             if not isinstance(error, OSError):
                 logger.exception("prediction log writer failed")
             for p in group:

@@ -1,0 +1,40 @@
+"""The parent flow's own steps: each a task calling one `labelloop.apps.cycle` function."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from labelloop.apps import cycle
+from labelloop.config import Params
+from labelloop.domain.cycle import CycleRecord
+from labelloop.tasks.environment import open_workspace
+
+
+@task(name="start-cycle", retries=2, retry_delay_seconds=[2, 10])
+def start_cycle(workspace: str, model_name: str) -> cycle.CycleStart:
+    """Registry recovered, production line checked, an interrupted gate finished; the champion found."""
+    return cycle.start_cycle(open_workspace(workspace), model_name)
+
+
+@task(name="find-pending-version", retries=2, retry_delay_seconds=[2, 10])
+def pending_version(workspace: str, params: Params) -> cycle.PendingVersion | None:
+    return cycle.pending_version(open_workspace(workspace), params)
+
+
+@task(name="record-seed-model", retries=2, retry_delay_seconds=[2, 10])
+def record_seed(workspace: str, params: Params, data_tag: str, model_version: str, decision: str) -> CycleRecord | None:
+    return cycle.record_seed(open_workspace(workspace), params, data_tag, model_version, decision)
+
+
+@task(name="record-pending-version", retries=2, retry_delay_seconds=[2, 10])
+def record_pending(workspace: str, params: Params, pending: cycle.PendingVersion, decision: str,
+                   trained_version: str | None) -> CycleRecord:
+    return cycle.record_pending(open_workspace(workspace), params, pending, decision, trained_version)
+
+
+@task(name="record-cycle", retries=2, retry_delay_seconds=[2, 10])
+def close_cycle(workspace: str, params: Params, data_tag: str, labels: int, new_labels: int, decision: str,
+                batch_id: str | None, capture_lost: str | None, trained_version: str | None) -> CycleRecord:
+    """The cycle's history row: champion metrics, spend, stop rules."""
+    return cycle.close_cycle(open_workspace(workspace), params, data_tag, labels, new_labels, decision, batch_id,
+                             capture_lost, trained_version)
