@@ -31,8 +31,10 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/labelloop demo --workspace $(WORKSPACE)
 
+# Two xdist workers, one OpenMP thread each (2 cores). Tests sharing a server or a module fixture run
+# on one worker, the servers' groups first (tests/conftest.py; --no-loadscope-reorder keeps that order).
 test: install-test lint
-	$(PY) -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 test-fast: install-test
 	$(PY) -m pytest -q -m "not slow"

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def _run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     try:
-        result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as error:
         raise AssertionError(f"{' '.join(args)} did not finish within {timeout:.0f} s:\n{error.stdout}\n{error.stderr}") from None
     if result.returncode != 0:
@@ -45,7 +45,7 @@ def _postgres_ready() -> str | None:
     if not shutil.which("psql") or not shutil.which("pg_isready"):
         return "psql/pg_isready not installed (apt-get install -y postgresql-client)"
     host, port = os.environ.get("PG_HOST", "127.0.0.1"), os.environ.get("PG_PORT", "5432")
-    if subprocess.run(["pg_isready", "-q", "-h", host, "-p", port]).returncode != 0:
+    if subprocess.run(["pg_isready", "-q", "-h", host, "-p", port], check=False).returncode != 0:
         return f"no Postgres at {host}:{port} (see docs/production.md: 'Postgres')"
     return None
 
@@ -99,8 +99,8 @@ def real_stack():
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PYTHON_BIN": str(Path(sys.executable).parent),
     }
-    for key in ("PREFECT_API_URL", "PREFECT_API_KEY", "MLFLOW_TRACKING_URI", "LABELLOOP_TRACKING_URI", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH",
-                "PREFECT_PROFILES_PATH", "PREFECT_API_DATABASE_CONNECTION_URL"):
+    for key in ("PREFECT_API_URL", "PREFECT_API_KEY", "MLFLOW_TRACKING_URI", "LABELLOOP_TRACKING_URI", "PREFECT_HOME",
+                "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_PROFILES_PATH", "PREFECT_API_DATABASE_CONNECTION_URL"):
         env.pop(key, None)
     workspace = stack_dir / "ws"
     stack = Stack(env, workspace, stack_dir)
@@ -124,10 +124,10 @@ def real_stack():
         if os.environ.get("LABELLOOP_KEEP_STACK") == "1":  # debugging: leave it running, print how to stop it
             print(f"\nLABELLOOP_KEEP_STACK=1: stack left running; stop with: "
                   f"STACK_DIR={stack_dir} PREFECT_DB={env['PREFECT_DB']} MLFLOW_DB={env['MLFLOW_DB']} infra/stack.sh down")
-            return
-        subprocess.run([str(STACK), "down"], env=env, cwd=REPO, capture_output=True, timeout=120)
-        subprocess.run([str(STACK), "drop-db"], env=env, cwd=REPO, capture_output=True, timeout=120)
-        shutil.rmtree(stack_dir, ignore_errors=True)
+        else:
+            subprocess.run([str(STACK), "down"], env=env, cwd=REPO, capture_output=True, timeout=120, check=False)
+            subprocess.run([str(STACK), "drop-db"], env=env, cwd=REPO, capture_output=True, timeout=120, check=False)
+            shutil.rmtree(stack_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def stack_client(real_stack):
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item, call):  # noqa: ARG001 - lets fixtures see the outcome (screenshots on failure)
+def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)

@@ -32,7 +32,8 @@ def trigger(name: str, parameters: dict | None = None, idempotency_key: str | No
     run = run_deployment(f"{name}/{DEPLOYMENT_NAME}", parameters=parameters, idempotency_key=idempotency_key,
                          timeout=RUN_TIMEOUT if wait else 0, poll_interval=2, as_subflow=False)
     if wait:
-        assert run.state is not None and run.state.is_final(), f"{name} run {run.id} not finished within {RUN_TIMEOUT} s: {run.state}"
+        assert run.state is not None and run.state.is_final(), \
+            f"{name} run {run.id} not finished within {RUN_TIMEOUT} s: {run.state}"
     return run
 
 
@@ -74,17 +75,26 @@ def child_runs(parent_id: UUID) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     with _client() as client:
-        return client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+        parent = FlowRunFilterParentFlowRunId(any_=[parent_id])
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=parent))
 
 
 def test_deployments_have_typed_forms_schedules_and_one_queue_per_workspace(stack_client):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
 
     from labelloop.flows.deploy import queue_name
     from labelloop.workspace import Workspace
 
     with _client() as client:
-        deployments = client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT_NAME])))
+        named = DeploymentFilterName(any_=[DEPLOYMENT_NAME])
+        deployments = client.read_deployments(deployment_filter=DeploymentFilter(name=named))
         flows = {d.id: client.read_flow(d.flow_id).name for d in deployments}
         by_flow = {flows[d.id]: d for d in deployments}
         assert set(by_flow) == {"production", "capture", "select", "export", "import", "retrain", "dataset", "train", "gate",
@@ -148,7 +158,8 @@ def test_cycle_through_the_api_then_the_same_run_again_duplicates_nothing(stack_
     children = child_runs(run.id)
     assert {c.state.type.value for c in children} == {"COMPLETED"}
     with _client() as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[c.id for c in children])))
+        of_children = ArtifactFilterFlowRunId(any_=[c.id for c in children])
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=of_children))
     by_key = {a.key: a for a in artifacts}
     assert {"batch", "import", "gate"} <= set(by_key)
     assert "30" in by_key["batch"].data and "strategy" in by_key["batch"].data
@@ -177,7 +188,8 @@ def test_two_cycles_triggered_together_never_overlap(stack_client):
     for run in runs:
         assert_completed(run, stack)
     a, b = sorted(runs, key=lambda r: r.start_time)
-    assert a.end_time <= b.start_time, f"cycles overlapped: {a.name} {a.start_time}–{a.end_time}, {b.name} {b.start_time}–{b.end_time}"
+    assert a.end_time <= b.start_time, \
+        f"cycles overlapped: {a.name} {a.start_time}–{a.end_time}, {b.name} {b.start_time}–{b.end_time}"
     with _client() as client:
         waited = [s.name for s in client.read_flow_run_states(b.id)]
     assert waited[0] == "Scheduled" and "Running" in waited  # it waited for the slot, visibly, then ran

@@ -34,7 +34,7 @@ def _ensure_chromium() -> str:
         if not shutil.which("apt-get") or os.geteuid() != 0:
             pytest.fail(f"{CHROMIUM} is missing and cannot be installed here: run `apt-get install -y chromium` as root")
         for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-            result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+            result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False,
                                     env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
             assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     return CHROMIUM

@@ -24,10 +24,10 @@ import threading
 import traceback
 from pathlib import Path
 
-from labelloop.stages import gate as gate_stage
-from labelloop.stages import train as train_stage
 from labelloop.core.faults import ENV
 from labelloop.core.lock import workspace_lock
+from labelloop.stages import gate as gate_stage
+from labelloop.stages import train as train_stage
 from labelloop.workspace import Workspace
 
 # Kill points INSIDE DVC and git, which labelloop's own crash points cannot reach. The driver arms the

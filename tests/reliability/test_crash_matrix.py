@@ -14,13 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labelloop.adapters import tracking
-from labelloop.stages import gate, train
-from labelloop.adapters import versioning
+from labelloop.adapters import tracking, versioning
 from labelloop.batches import BatchStore
 from labelloop.config import dump_params
-from labelloop.core.io import write_text
 from labelloop.core.faults import CRASH_POINTS
+from labelloop.core.io import write_text
+from labelloop.stages import gate, train
 from labelloop.stages.production import list_log_parts
 from tests.reliability.crash_driver import REGISTRY_CRASH_POINTS, run_cycle_stages
 
@@ -68,7 +67,6 @@ def crash_driver(tmp_path_factory):
 
 def check_invariants(ws) -> dict:
     """Every promise of the loop about durable state; returns figures for the report."""
-    schema = ws.schema()
     traffic = pd.read_parquet(ws.simulator_dir / "traffic.parquet")
     cursor = json.loads((ws.state_dir / "traffic_cursor.json").read_text())["next_row"]
     log = pd.concat([pd.read_parquet(p, columns=["prediction_id"]) for p in list_log_parts(ws)], ignore_index=True)
@@ -167,7 +165,7 @@ def _left_behind(repo: Path, point: str) -> list[str]:
 
 
 def _stale_locks(repo: Path) -> list[Path]:
-    return [p for p in (repo / ".git").rglob("*.lock")] + [p for p in repo.rglob("*.tmp") if ".git" not in p.parts]
+    return list((repo / ".git").rglob("*.lock")) + [p for p in repo.rglob("*.tmp") if ".git" not in p.parts]
 
 
 @pytest.mark.parametrize("point", list(REGISTRY_CRASH_POINTS))
@@ -188,7 +186,7 @@ def test_sigkill_inside_dvc_and_git_then_rerun_completes_the_version(crash_drive
 
 def _mount_small_fs(directory: Path, size_kb: int) -> None:
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(directory)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     if result.returncode != 0:
         pytest.skip(f"the disk-full run needs to mount a small tmpfs (root or CAP_SYS_ADMIN): "
                     f"`mount -t tmpfs` failed: {result.stderr.strip() or result.returncode}")
@@ -196,7 +194,7 @@ def _mount_small_fs(directory: Path, size_kb: int) -> None:
 
 def _unmount(directory: Path) -> None:
     # The test process may still hold the MLflow SQLite file open: detach lazily if busy.
-    if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+    if subprocess.run(["umount", str(directory)], capture_output=True, check=False).returncode != 0:
         subprocess.run(["umount", "-l", str(directory)], check=True)
 
 
@@ -218,8 +216,8 @@ def test_disk_full_inside_dvc_add_fails_clearly_then_the_rerun_completes_the_ver
     """The workspace on a small filesystem, full when `dvc add` copies the labelled set into the DVC
     cache: one clear VersioningError, nothing versioned, no git lock, the labelled set and its pointer
     whole; space freed, the rerun clears DVC's partial copies and completes the version."""
-    from labelloop.stages import dataset
     from labelloop.core.lock import workspace_lock
+    from labelloop.stages import dataset
     from tests.conftest import clone_workspace
 
     mount = tmp_path / "small-fs"

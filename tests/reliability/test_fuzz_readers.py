@@ -176,7 +176,8 @@ def producer_parts(draw, class_names, feature_columns):
     ts = {"timestamp": pd.Series([instant.tz_convert("Asia/Tokyo")] * n),
           "naive": pd.Series([instant.tz_localize(None)] * n),
           "iso": pd.Series(draw(st.lists(st.sampled_from([instant.isoformat(), "not a time"]), min_size=n, max_size=n))),
-          **{s: pd.Series([int(instant.value * EPOCH_FACTORS[s])] * n, dtype="int64") for s in ("epoch_s", "epoch_ms", "epoch_ns")}}[ts_shape]
+          **{s: pd.Series([int(instant.value * EPOCH_FACTORS[s])] * n, dtype="int64")
+             for s in ("epoch_s", "epoch_ms", "epoch_ns")}}[ts_shape]
     top = np.asarray(draw(st.lists(st.floats(min_value=0.3, max_value=0.9), min_size=n, max_size=n)))
     m = len(class_names)
     probas = np.tile((1 - top)[:, None] / (m - 1), (1, m))
@@ -192,7 +193,8 @@ def producer_parts(draw, class_names, feature_columns):
     consistent = np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     frame["confidence"] = np.where(consistent | (top >= 0.5), np.maximum(top, probas[:, 1]), 0.01)
     if draw(st.booleans()):
-        frame["item_id"] = draw(st.lists(st.one_of(st.builds(lambda i: f"item-{k}-{i}", small), st.none()), min_size=n, max_size=n))
+        item_ids = st.one_of(st.builds(lambda i: f"item-{k}-{i}", small), st.none())
+        frame["item_id"] = draw(st.lists(item_ids, min_size=n, max_size=n))
     if draw(st.booleans()):
         frame["proba_zebra"] = 0.0
     # An extra column whose type differs between producers: the pool must still be storable.
@@ -206,10 +208,10 @@ def test_no_row_level_problem_stops_capture_or_select(workspace):
     """Whatever shapes and bad rows producers send, capture and select run, and every row written is
     in the pool, a batch or quarantine (confidence_threshold=1.0: every valid row is a candidate)."""
     from labelloop.batches import load_pool
-    from labelloop.stages.select import select_batch
-    from labelloop.stages.capture import capture
     from labelloop.config import CaptureParams, SelectParams
     from labelloop.prediction_log import TS_DTYPE
+    from labelloop.stages.capture import capture
+    from labelloop.stages.select import select_batch
 
     schema = workspace.schema()
     written: set[str] = set()

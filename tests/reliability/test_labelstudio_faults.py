@@ -10,8 +10,8 @@ import pytest
 
 from labelloop.adapters.vendors.labelstudio import LabelStudioVendor, project_title
 from labelloop.core.retry import RetryPolicy
-from tests.reliability.fault_servers import lossy_proxy
 from tests.adapters.vendors.conftest import label_studio, make_batch  # noqa: F401  (the real server, once per session)
+from tests.reliability.fault_servers import lossy_proxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 

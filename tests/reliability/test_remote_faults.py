@@ -15,15 +15,15 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from labelloop.stages import importing as labels
-from labelloop.batches import BatchMeta, BatchStore
-from labelloop.config import ImportParams
-from labelloop.stages.export import export_batches
-from labelloop.core.io import write_json, write_parquet
 from labelloop.adapters.vendors import VendorError
 from labelloop.adapters.vendors.base import VendorUnavailable
 from labelloop.adapters.vendors.labelstudio import LabelStudioVendor
+from labelloop.batches import BatchMeta, BatchStore
+from labelloop.config import ImportParams
+from labelloop.core.io import write_json, write_parquet
 from labelloop.core.retry import RetryPolicy
+from labelloop.stages import importing as labels
+from labelloop.stages.export import export_batches
 from tests.reliability.fault_servers import closed_port, fault_server
 
 ATTEMPTS = 3
@@ -80,9 +80,8 @@ def test_label_studio_unreachable_export_gives_up_after_bounded_retries_and_the_
 
 def test_label_studio_answering_503_is_retried_a_bounded_number_of_times(workspace):
     selected_batch(workspace)
-    with fault_server("error") as server:
-        with pytest.raises(VendorUnavailable) as caught:
-            export_batches(workspace, workspace.params().export, ls_vendor(workspace, server.url))
+    with fault_server("error") as server, pytest.raises(VendorUnavailable) as caught:
+        export_batches(workspace, workspace.params().export, ls_vendor(workspace, server.url))
     one_clear_line(caught.value, server.url, "HTTP 503", f"gave up after {ATTEMPTS} attempts")
     # One request per attempt: the SDK's own retries are off, labelloop's are the only layer.
     assert len(server.requests) == ATTEMPTS and all(r.startswith("GET /api/projects") for r in server.requests)
@@ -117,9 +116,8 @@ def test_label_studio_hanging_import_times_out_labels_unchanged_and_a_rerun_impo
 
 def test_label_studio_4xx_fails_at_once_without_retries(workspace):
     selected_batch(workspace)
-    with fault_server("error", status=401) as server:
-        with pytest.raises(VendorError) as caught:
-            export_batches(workspace, workspace.params().export, ls_vendor(workspace, server.url))
+    with fault_server("error", status=401) as server, pytest.raises(VendorError) as caught:
+        export_batches(workspace, workspace.params().export, ls_vendor(workspace, server.url))
     assert not isinstance(caught.value, VendorUnavailable)
     one_clear_line(caught.value, server.url, "HTTP 401")
     assert len(server.requests) == 1  # a bad token does not get better by asking again
@@ -139,9 +137,9 @@ def in_remote(remote_dir, md5: str) -> bool:
 
 
 def test_dvc_remote_unreachable_push_fails_clearly_the_version_stays_local_and_the_next_run_pushes(workspace):
-    from labelloop.stages import dataset
     from labelloop.adapters import versioning
     from labelloop.adapters.versioning import RemoteUnavailable
+    from labelloop.stages import dataset
     from tests.stages.test_dataset import _fake_imported_batch
 
     _fake_imported_batch(workspace, "batch-0001-aaaaaa")
@@ -168,9 +166,9 @@ def test_dvc_remote_unreachable_push_fails_clearly_the_version_stays_local_and_t
 
 
 def test_dvc_remote_answering_503_fails_after_bounded_retries(workspace):
-    from labelloop.stages import dataset
     from labelloop.adapters import versioning
     from labelloop.adapters.versioning import RemoteUnavailable
+    from labelloop.stages import dataset
     from tests.stages.test_dataset import _fake_imported_batch
 
     _fake_imported_batch(workspace, "batch-0001-aaaaaa")
@@ -185,9 +183,9 @@ def test_dvc_remote_answering_503_fails_after_bounded_retries(workspace):
 
 
 def test_dvc_remote_that_cannot_be_a_directory_fails_at_once_and_works_once_fixed(workspace, tmp_path):
-    from labelloop.stages import dataset
     from labelloop.adapters import versioning
     from labelloop.adapters.versioning import RemoteUnavailable, VersioningError
+    from labelloop.stages import dataset
     from tests.stages.test_dataset import _fake_imported_batch
 
     _fake_imported_batch(workspace, "batch-0001-aaaaaa")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from labelloop.adapters.vendors import make_vendor
+from labelloop.config import ConfigError, ExportParams, SelectParams, parse_params
 from labelloop.stages.export import export_batches
 from labelloop.stages.select import select_batch
-from labelloop.config import ConfigError, ExportParams, SelectParams, parse_params
-from labelloop.adapters.vendors import make_vendor
 from tests.stages.test_select import _pool
 
 TOKEN = "lbl-secret-7f3a9c1e-do-not-log"
@@ -90,7 +90,8 @@ def test_a_uri_is_shown_with_its_credentials_masked_and_the_rest_kept(uri, shown
     from labelloop.core.redact import redact_text, redact_uri
 
     assert redact_uri(uri) == shown
-    assert redact_text(f"push to '{uri}' failed: host=db password={PG_PASSWORD}") == f"push to '{shown}' failed: host=db password=***"
+    redacted = redact_text(f"push to '{uri}' failed: host=db password={PG_PASSWORD}")
+    assert redacted == f"push to '{shown}' failed: host=db password=***"
 
 
 class _AuthRecorder:
@@ -128,10 +129,10 @@ def test_the_tracking_password_reaches_the_server_but_no_error_or_gate_artifact(
     import base64
     import traceback
 
-    from labelloop.apps import reports
     from labelloop.adapters import tracking
-    from labelloop.stages import train
+    from labelloop.apps import reports
     from labelloop.domain.gate import GateDecision
+    from labelloop.stages import train
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -161,6 +162,14 @@ def test_a_label_studio_password_stays_out_of_its_errors_and_status(workspace):
     assert LS_PASSWORD not in vendor._fault("listing projects", ConnectionError("refused")).args[0]
 
 
+def _every(read_page) -> list:
+    """Every record a Prefect API read returns, page after page."""
+    found: list = []
+    while page := read_page(offset=len(found)):
+        found += page
+    return found
+
+
 def _text_of_every_file(root) -> dict[str, bytes]:
     return {str(path): path.read_bytes() for path in root.rglob("*") if path.is_file() and ".git/objects" not in str(path)}
 
@@ -172,9 +181,9 @@ def test_credentials_in_every_uri_reach_no_file_log_artifact_or_error_line(prefe
     searched for each password."""
     from prefect.logging.handlers import APILogHandler
 
+    from labelloop.adapters import versioning
     from labelloop.flows.cycle import active_learning_cycle
     from labelloop.flows.stages import dataset_flow
-    from labelloop.adapters import versioning
     from tests.reliability.fault_servers import closed_port
     from tests.stages.test_dataset import _fake_imported_batch
 
@@ -206,9 +215,9 @@ def test_credentials_in_every_uri_reach_no_file_log_artifact_or_error_line(prefe
         searched[str(path)] = path.read_bytes()
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
-        searched["prefect logs"] = "\n".join(log.message for log in client.read_logs()).encode()
-        searched["prefect artifacts"] = "\n".join(str(a.data) for a in client.read_artifacts()).encode()
+    with get_client(sync_client=True) as client:  # every page: the session's API holds other tests' runs too
+        searched["prefect logs"] = "\n".join(log.message for log in _every(client.read_logs)).encode()
+        searched["prefect artifacts"] = "\n".join(str(a.data) for a in _every(client.read_artifacts)).encode()
     assert b"alice:***@" in searched["prefect logs"]  # the failure was logged, redacted
     for where, data in searched.items():
         for marker in URI_MARKERS:

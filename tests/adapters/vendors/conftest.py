@@ -44,7 +44,8 @@ def _script_env() -> dict[str, str]:
 
 
 def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *args], env=_script_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(SCRIPT), *args], env=_script_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 @pytest.fixture(scope="session")
