@@ -141,11 +141,23 @@ def init(
     label_col: Annotated[str, typer.Option(help="Label column of --source.")] = "label",
     params_file: Annotated[Path | None, typer.Option(
         "--params", help="params.yaml to start from [default: embedded defaults].")] = None,
+    id_col: Annotated[list[str] | None, typer.Option(
+        help="A row identifier: kept with the rows, never a feature (repeatable). Columns unique per row are "
+             "proposed as ids on their own.")] = None,
+    numeric_col: Annotated[list[str] | None, typer.Option(help="Read this column as numbers (repeatable).")] = None,
+    categorical_col: Annotated[list[str] | None, typer.Option(help="Read this column as categories (repeatable).")] = None,
+    text_col: Annotated[list[str] | None, typer.Option(help="Free text, vectorised by the model (repeatable).")] = None,
+    drop_col: Annotated[list[str] | None, typer.Option(help="Do not store or use this column (repeatable).")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Create a workspace: data registry (git + DVC + local remote), fixed holdout, seed set `data-v1`, MLflow store."""
+    """Create a workspace: data registry (git + DVC + local remote), fixed holdout, seed set `data-v1`, MLflow store.
+
+    Each column's role (id, numeric, categorical, text, label, ignored) is inferred from its values and printed;
+    --id-col/--numeric-col/--categorical-col/--text-col/--drop-col (or params.yaml's `schema` section) override it.
+    """
     from labelloop.apps.init import init_workspace
     from labelloop.config import ConfigError, load_params
+    from labelloop.schema import SchemaError
     from labelloop.workspace import WorkspaceError
 
     _quiet_environment(Path(path).resolve())
@@ -153,10 +165,33 @@ def init(
         params = load_params(params_file).with_overrides(**parse_overrides(set_))
         if source is not None:
             params = params.with_overrides(dataset={"source": str(source.resolve()), "label_column": label_col})
+        forced = {key: list(values) for key, values in (("id_columns", id_col), ("numeric_columns", numeric_col),
+                                                        ("categorical_columns", categorical_col),
+                                                        ("text_columns", text_col), ("drop_columns", drop_col)) if values}
+        if forced:
+            params = params.with_overrides(schema={key: [*getattr(params.schema_, key), *values]
+                                                   for key, values in forced.items()})
         ws = init_workspace(path, params, retry=_retry_policy())
-    except (ConfigError, WorkspaceError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, WorkspaceError, SchemaError, ValueError, FileNotFoundError) as error:
         _fail(error)
-    typer.echo(f"workspace ready at {ws.root} (data-v1: {params.dataset.seed_size} seed labels)")
+    _print_schema(ws)
+    typer.echo(f"workspace ready at {ws.root} (data-v1: {params.dataset.seed_size} seed labels; "
+               f"estimator {ws.params().train.estimator})")
+
+
+def _print_schema(ws) -> None:
+    """The inferred schema as a table, then init's warnings about the columns."""
+    from labelloop.apps.init import schema_warnings
+    from labelloop.schema import schema_rows
+
+    rows = schema_rows(ws.schema())
+    headers = ["column", "role", "type", "nullable", "detail"]
+    widths = {h: min(40, max(len(h), *(len(r[h]) for r in rows))) for h in headers}
+    typer.echo("  ".join(h.ljust(widths[h]) for h in headers).rstrip())
+    for row in rows:
+        typer.echo("  ".join(row[h][:widths[h]].ljust(widths[h]) for h in headers).rstrip())
+    for warning in schema_warnings(ws):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_lines: bool = True, after_cycle=None) -> list:
@@ -285,17 +320,24 @@ def demo(
                                               "LABEL_STUDIO_API_KEY set, else installed and started in the current "
                                               "directory; simulated annotators answer in it between cycles).")] = "simulated",
     label_studio_url: Annotated[str | None, typer.Option(help="Label Studio URL [default: export.label_studio_url].")] = None,
+    dataset: Annotated[str, typer.Option(
+        help="Shipped dataset: satellite (36 numeric features, 6 land-cover classes) or reviews (5,000 Amazon "
+             "fine-food reviews: text, great/other; TF-IDF + logistic regression).")] = "satellite",
     set_: SetOption = None,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
 ) -> None:
     """A fresh workspace, a seed model, then CYCLES turns of the loop; prints one line per cycle and a learning curve."""
+    from labelloop.apps.init import SHIPPED_DATASETS
+
+    if dataset not in SHIPPED_DATASETS:
+        _fail(ValueError(f"--dataset {dataset!r} is not shipped; allowed: {', '.join(SHIPPED_DATASETS)}"))
     ws = _workspace(workspace)
     _quiet_environment(ws.root, verbose)
     if vendor == "label-studio":
         _require_label_studio_sdk()  # before anything slow starts
     if ws.root.exists() and any(ws.root.iterdir()):
         _remove_demo_workspace(ws)
-    from labelloop.apps.init import init_workspace
+    from labelloop.apps.init import init_workspace, shipped_dataset_path
     from labelloop.config import ConfigError, Params
 
     started = time.perf_counter()
@@ -303,18 +345,21 @@ def demo(
         overrides = parse_overrides(set_)
         export = (overrides.pop("export", {}) | {"vendor": vendor}
                   | ({"label_studio_url": label_studio_url} if label_studio_url else {}))
-        params = Params().with_overrides(export=export, **overrides)
+        source = {"source": str(shipped_dataset_path(dataset))} if dataset != "satellite" else {}
+        params = Params().with_overrides(export=export, dataset=source | overrides.pop("dataset", {}), **overrides)
     except ConfigError as error:
         _fail(error)
     if vendor == "label-studio":
         _label_studio_token(params.export.label_studio_url)
     init_workspace(ws.root, params, retry=_retry_policy())
+    _print_schema(ws)
     from labelloop.core.io import write_json
 
     write_json(ws.state_dir / DEMO_MARKER, {"created_by": "labelloop demo"})
     typer.echo(f"workspace {ws.root}: seed set of {params.dataset.seed_size} labels, "
                f"holdout {params.dataset.holdout_fraction:.0%} "
-               f"of the shipped satellite dataset; strategy {params.select.strategy}, batch {params.select.batch_size}")
+               f"of the shipped {dataset} dataset; estimator {ws.params().train.estimator}, "
+               f"strategy {params.select.strategy}, batch {params.select.batch_size}")
     after_cycle = _label_studio_team(ws, params) if vendor == "label-studio" else None
     _run_cycles(ws, cycles, {}, after_cycle=after_cycle)
     from labelloop.apps.reports import plot_learning_curve

@@ -1,104 +1,342 @@
-"""The classifier labelloop trains: XGBoost over a fixed label set.
+"""The classifier labelloop trains: a scikit-learn pipeline built from the workspace schema.
 
-The wrapper keeps the full label set even when the labelled data lacks a class (cold start), so
-every model of a workspace emits the same `proba_<class>` columns and can be compared on one holdout.
+What is stored (in MLflow, by `dvc repro`) is the pipeline alone — a plain scikit-learn `Pipeline` of
+scikit-learn and XGBoost objects, so anyone loads it without labelloop:
+
+    features    ColumnTransformer from the schema's roles
+                  numeric      passthrough (XGBoost, HistGradientBoosting: missing values are native) or
+                               median-imputed with a missing indicator (and scaled, for linear models)
+                  categorical  ordinal codes (missing: a category of its own; unseen → NaN), native categoricals (XGBoost,
+                               HistGradientBoosting) or one-hot with unseen values ignored (the rest)
+                  text         TF-IDF over word and character n-grams, or hashing, per text column
+    classifier  the estimator; XGBoost sits in a one-member soft VotingClassifier, whose label encoding
+                gives string labels in and out with nothing but scikit-learn
+
+`LabelloopClassifier` is labelloop's side of it: it fits that pipeline and keeps the workspace's whole
+label set even when the labelled data lacks a class (cold start), so every model of a workspace emits
+the same `proba_<class>` columns and can be compared on one holdout.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
+
+from labelloop.schema import Schema, conform
 
 if TYPE_CHECKING:
-    from labelloop.config import TrainParams
+    from sklearn.pipeline import Pipeline
+
+    from labelloop.config import TextParams, TrainParams
+
+# name → (class path, native missing values, native categoricals, accepts sparse input, wants scaled inputs)
+ESTIMATORS: dict[str, tuple[str, bool, bool, bool, bool]] = {
+    "xgboost": ("xgboost.XGBClassifier", True, True, True, False),
+    "logistic_regression": ("sklearn.linear_model.LogisticRegression", False, False, True, True),
+    "random_forest": ("sklearn.ensemble.RandomForestClassifier", False, False, True, False),
+    "hist_gradient_boosting": ("sklearn.ensemble.HistGradientBoostingClassifier", True, True, False, False),
+}
+# Defaults labelloop sets for a named estimator (estimator_params override them).
+_ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "logistic_regression": {"max_iter": 2000, "C": 10.0},
+    "random_forest": {"n_estimators": 200},
+    "hist_gradient_boosting": {},
+}
+HGB_MAX_CATEGORIES = 250  # HistGradientBoosting's native categoricals need fewer codes than its 255 bins
 
 
-class LabelloopClassifier(ClassifierMixin, BaseEstimator):
-    """XGBoost multi-class model whose `classes_` is the workspace's whole label set."""
+class EstimatorError(ValueError):
+    """train.estimator / train.estimator_params name something that cannot be built."""
 
-    def __init__(
-        self,
-        class_names: list[str] | None = None,
-        n_estimators: int = 200,
-        max_depth: int = 6,
-        learning_rate: float = 0.1,
-        subsample: float = 1.0,
-        n_jobs: int | str = "auto",
-        random_state: int = 0,
-    ) -> None:
-        self.class_names = class_names
-        self.n_estimators = n_estimators
-        self.max_depth = max_depth
-        self.learning_rate = learning_rate
-        self.subsample = subsample
-        self.n_jobs = n_jobs
-        self.random_state = random_state
+
+AUTO = "auto"
+
+
+def resolve_estimator(name: str, schema: Schema) -> str:
+    """`auto`: XGBoost for tables, logistic regression once there is text (see TrainParams.estimator)."""
+    if name != AUTO:
+        return name
+    return "logistic_regression" if schema.text_columns else "xgboost"
+
+
+def estimator_class(name: str) -> type:
+    path = ESTIMATORS[name][0] if name in ESTIMATORS else name
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise EstimatorError(f"train.estimator {name!r} is unknown; allowed: {AUTO}, {', '.join(ESTIMATORS)}, or the dotted "
+                             "path of a scikit-learn classifier class such as sklearn.svm.SVC")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise EstimatorError(f"train.estimator {name!r} cannot be imported ({error}); allowed: {', '.join(ESTIMATORS)} "
+                             "or the dotted path of an installed scikit-learn classifier") from None
+    return cls
+
+
+def check_estimator(name: str, estimator_params: dict[str, Any]) -> None:
+    """Refuse an estimator that is not a probabilistic classifier or a parameter it does not take."""
+    if name in (AUTO, "xgboost") and not estimator_params:
+        return  # the default: nothing to check, and no reason to import XGBoost and scikit-learn to say so
+    from sklearn.base import is_classifier
+
+    if name == AUTO:
+        raise EstimatorError("train.estimator_params needs a named train.estimator (auto may resolve to different "
+                             f"classes); allowed: {', '.join(ESTIMATORS)} or a dotted class path")
+    cls = estimator_class(name)
+    try:
+        instance = cls()
+    except TypeError as error:
+        raise EstimatorError(f"train.estimator {name!r} is not a scikit-learn estimator class ({error})") from None
+    if not is_classifier(instance):
+        raise EstimatorError(f"train.estimator {name!r} is not a classifier; allowed: {', '.join(ESTIMATORS)} or a "
+                             "scikit-learn classifier class")
+    allowed = sorted(instance.get_params(deep=False))
+    unknown = sorted(set(estimator_params) - set(allowed))
+    if unknown:
+        raise EstimatorError(f"train.estimator_params: {unknown} are not parameters of {name}; allowed: {', '.join(allowed)}")
+    configured = cls(**{**_ESTIMATOR_DEFAULTS.get(name, {}), **estimator_params})
+    if hasattr(configured, "_parameter_constraints"):  # scikit-learn's own checks of each value
+        try:
+            configured._validate_params()
+        except (ValueError, TypeError) as error:
+            raise EstimatorError(f"train.estimator_params for {name}: {error}") from None
+    if not hasattr(configured, "predict_proba"):
+        raise EstimatorError(f"train.estimator {name!r} has no predict_proba with these parameters; acquisition needs "
+                             "probabilities (e.g. sklearn.svm.SVC needs estimator_params {probability: true})")
+
+
+def _capabilities(name: str) -> tuple[bool, bool, bool, bool]:
+    if name in ESTIMATORS:
+        _, missing, categorical, sparse, scaled = ESTIMATORS[name]
+        return missing, categorical, sparse, scaled
+    return False, False, True, True  # an arbitrary class: impute, one-hot, scale
+
+
+def _text_vectorizer(text: TextParams):
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    analyzers: list[tuple[str, str, tuple[int, int]]] = [("word", "word", tuple(text.word_ngrams))]  # type: ignore[list-item]
+    if text.char_ngrams is not None:
+        analyzers.append(("char", "char_wb", tuple(text.char_ngrams)))  # type: ignore[arg-type]
+    parts = []
+    for name, analyzer, ngrams in analyzers:
+        if text.vectorizer == "tfidf":
+            parts.append((name, TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True,
+                                                max_features=text.max_features, min_df=text.min_df, dtype=np.float32)))
+        else:
+            parts.append((name, Pipeline([
+                ("hash", HashingVectorizer(analyzer=analyzer, ngram_range=ngrams, n_features=text.max_features,
+                                           alternate_sign=False, norm=None, dtype=np.float32)),
+                ("idf", TfidfTransformer(sublinear_tf=True)),
+            ])))
+    return FeatureUnion(parts)
+
+
+def _fill_missing(value: str):
+    """A string column's missing values -> `value`. `missing_values=pd.NA` matches None, NaN and pd.NA alike, so
+    labelloop's canonical None and what a client sends through MLflow (pandas' str dtype holds NaN) encode the same;
+    keep_empty_features keeps a column that is all-missing in a small labelled set."""
+    from sklearn.impute import SimpleImputer
+
+    return SimpleImputer(missing_values=pd.NA, strategy="constant", fill_value=value, keep_empty_features=True)
+
+
+def build_features(schema: Schema, estimator: str, text: TextParams, categorical_native: list[str] | None = None):
+    """The ColumnTransformer for `schema` as `estimator` needs it (unfitted). Output column order:
+    numeric, then categorical, then each text column's n-grams."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    native_missing, native_categorical, _, scaled = _capabilities(estimator)
+    transformers: list[tuple[str, Any, list[str]]] = []
+    if schema.numeric_columns:
+        if native_missing:
+            transformers.append(("numeric", "passthrough", schema.numeric_columns))
+        else:
+            steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median", add_indicator=True,
+                                                                     keep_empty_features=True))]
+            if scaled:
+                steps.append(("scale", StandardScaler()))
+            transformers.append(("numeric", Pipeline(steps), schema.numeric_columns))
+    native = categorical_native if categorical_native is not None else (schema.categorical_columns if native_categorical else [])
+    others = [c for c in schema.categorical_columns if c not in native]
+    if native:
+        transformers.append(("categorical", Pipeline([
+            ("fill", _fill_missing("(missing)")),
+            ("encode", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
+                                      dtype=np.float64)),
+        ]), native))
+    if others:
+        transformers.append(("onehot", Pipeline([
+            ("fill", _fill_missing("(missing)")),
+            ("encode", OneHotEncoder(handle_unknown="ignore", min_frequency=2, dtype=np.float32)),
+        ]), others))
+    for i, column in enumerate(schema.text_columns):
+        transformers.append((f"text_{i}", Pipeline([
+            ("fill", _fill_missing("")),
+            ("flatten", FunctionTransformer(np.ravel, feature_names_out="one-to-one")),  # a vectorizer reads one string per row
+            ("vectorize", _text_vectorizer(text)),
+        ]), [column]))
+    # Text makes the output sparse; without it everything stays dense (sparse_threshold 0).
+    return ColumnTransformer(transformers, remainder="drop", sparse_threshold=1.0 if schema.text_columns else 0.0,
+                             verbose_feature_names_out=True)
+
+
+def build_estimator(name: str, params: TrainParams, feature_types: list[str] | None, categorical_index: list[int],
+                    **overrides: Any):
+    """The unfitted final estimator; `feature_types`/`categorical_index` mark the native categorical columns."""
+    from labelloop.core.threads import resolve_n_jobs
+
+    cls = estimator_class(name)
+    accepted = set(cls().get_params(deep=False))
+    settings: dict[str, Any] = dict(_ESTIMATOR_DEFAULTS.get(name, {}))
+    if name == "xgboost":
+        settings.update(n_estimators=params.n_estimators, max_depth=params.max_depth, learning_rate=params.learning_rate,
+                        subsample=params.subsample, tree_method="hist", eval_metric="mlogloss",
+                        enable_categorical=bool(categorical_index), feature_types=feature_types if categorical_index else None)
+    if name == "hist_gradient_boosting":
+        settings["categorical_features"] = categorical_index or None
+    if "random_state" in accepted:
+        settings["random_state"] = params.random_state
+    if "n_jobs" in accepted and name != "logistic_regression":  # deprecated there (no effect since 1.8)
+        settings["n_jobs"] = resolve_n_jobs(params.n_jobs)  # "auto" resolved where the fit runs
+    settings.update(params.estimator_params)
+    settings.update({k: v for k, v in overrides.items() if k in accepted})
+    estimator = cls(**settings)
+    if name == "xgboost":
+        from sklearn.ensemble import VotingClassifier
+
+        # XGBoost wants integer classes; VotingClassifier label-encodes (strings in, strings out) with sklearn alone.
+        return VotingClassifier([("xgboost", estimator)], voting="soft")
+    return estimator
+
+
+def fit_pipeline(frame: pd.DataFrame, y: np.ndarray, schema: Schema, params: TrainParams,
+                 sample_weight: np.ndarray | None = None, **overrides: Any) -> Pipeline:
+    """Fit the features on `frame`, then the estimator on them; returns the fitted pipeline."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.pipeline import Pipeline
+
+    name = resolve_estimator(params.estimator, schema)
+    _, native_categorical, accepts_sparse, _ = _capabilities(name)
+    if schema.text_columns and not accepts_sparse:
+        raise EstimatorError(f"train.estimator {name!r} does not accept the sparse features text columns make "
+                             f"({', '.join(schema.text_columns)}); use xgboost, logistic_regression or random_forest")
+    native: list[str] = []
+    if native_categorical:
+        limit = HGB_MAX_CATEGORIES if name == "hist_gradient_boosting" else None
+        native = [c for c in schema.categorical_columns
+                  if limit is None or len(schema.column(c).categories or range(limit)) < limit]
+    features = build_features(schema, name, params.text, categorical_native=native)
+    matrix = features.fit_transform(frame)
+    n_numeric = len(schema.numeric_columns)
+    categorical_index = list(range(n_numeric, n_numeric + len(native))) if native_categorical else []
+    feature_types = ["c" if i in set(categorical_index) else "q" for i in range(matrix.shape[1])]
+    if len(set(y)) < 2:
+        # One class seen so far: nothing to learn; predict it with certainty.
+        classifier = DummyClassifier(strategy="prior").fit(matrix, y)
+    else:
+        classifier = build_estimator(name, params, feature_types, categorical_index, **overrides)
+        kwargs = {"sample_weight": sample_weight} if sample_weight is not None else {}
+        classifier.fit(matrix, y, **kwargs)
+    # Assembled from the fitted parts: the estimator needs the feature count (XGBoost's feature types) first.
+    return Pipeline([("features", features), ("classifier", classifier)])
+
+
+class LabelloopClassifier:
+    """A fitted schema pipeline plus the workspace's whole class list (probabilities aligned to it)."""
+
+    def __init__(self, schema: Schema, params: TrainParams | None = None, **overrides: Any) -> None:
+        from labelloop.config import TrainParams
+
+        self.schema = schema
+        self.params = params or TrainParams()
+        self.overrides = overrides
+        self.classes_ = np.array(schema.class_names, dtype=object)
+        self.pipeline_: Pipeline | None = None
+        self.present_index_ = np.arange(0)
 
     @classmethod
-    def from_params(cls, params: TrainParams, class_names: list[str], **overrides: object) -> LabelloopClassifier:
-        values: dict[str, Any] = {
-            "n_estimators": params.n_estimators,
-            "max_depth": params.max_depth,
-            "learning_rate": params.learning_rate,
-            "subsample": params.subsample,
-            "n_jobs": params.n_jobs,
-            "random_state": params.random_state,
-        }
-        values.update(overrides)
-        return cls(class_names=list(class_names), **values)
+    def from_params(cls, params: TrainParams, schema: Schema, **overrides: Any) -> LabelloopClassifier:
+        return cls(schema, params, **overrides)
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline, schema: Schema, params: TrainParams | None = None) -> LabelloopClassifier:
+        model = cls(schema, params)
+        model._attach(pipeline)
+        return model
+
+    def clone(self, **overrides: Any) -> LabelloopClassifier:
+        """An unfitted copy with the same settings (committee members vary `random_state`)."""
+        return LabelloopClassifier(self.schema, self.params, **{**self.overrides, **overrides})
+
+    def _attach(self, pipeline: Pipeline) -> None:
+        known = list(self.schema.class_names)
+        present = [str(c) for c in pipeline.classes_]
+        unknown = sorted(set(present) - set(known))
+        if unknown:
+            raise ValueError(f"the model predicts classes {unknown[:5]} that are not in the label set {known}")
+        self.pipeline_ = pipeline
+        self.present_index_ = np.array([known.index(c) for c in present], dtype=np.int64)
+
+    def frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """`X` as the pipeline's input: the feature columns in canonical types."""
+        if not isinstance(X, pd.DataFrame):
+            if not self.schema.all_numeric:
+                raise TypeError("a feature matrix is only accepted for an all-numeric schema; pass a DataFrame")
+            return pd.DataFrame(np.asarray(X, dtype=np.float64), columns=self.schema.feature_columns)
+        missing = [c for c in self.schema.feature_columns if c not in X.columns]
+        if missing:
+            raise ValueError(f"feature columns {missing[:10]} are missing from the input")
+        if self.schema.all_numeric:
+            return X[self.schema.feature_columns].astype("float64")
+        return conform(X, self.schema)
 
     def fit(self, X: pd.DataFrame | np.ndarray, y: pd.Series | np.ndarray,
             sample_weight: np.ndarray | None = None) -> LabelloopClassifier:
-        from xgboost import XGBClassifier
-
-        from labelloop.core.threads import resolve_n_jobs
-
-        y = np.asarray(y).astype(str)
-        classes = list(self.class_names) if self.class_names is not None else sorted(set(y))
-        unknown = sorted(str(v) for v in set(y) - set(classes))
+        labels = np.asarray(y).astype(str).astype(object)
+        unknown = sorted(set(labels) - set(self.schema.class_names))
         if unknown:
-            raise ValueError(f"labels {unknown[:5]} are not in the label set {classes}")
-        self.classes_ = np.array(classes, dtype=object)
-        present = sorted(set(y), key=classes.index)
-        self.present_index_ = np.array([classes.index(c) for c in present], dtype=np.int64)
-        if isinstance(X, pd.DataFrame):
-            self.feature_names_in_ = np.array(X.columns, dtype=object)
-        self.n_features_in_ = np.asarray(X).shape[1]
-        if len(present) == 1:
-            # One class seen so far: XGBoost cannot fit; predict it with certainty.
-            self.booster_ = None
-            return self
-        encode = {c: i for i, c in enumerate(present)}
-        target = np.array([encode[v] for v in y])
-        self.booster_ = XGBClassifier(
-            n_estimators=self.n_estimators,
-            max_depth=self.max_depth,
-            learning_rate=self.learning_rate,
-            subsample=self.subsample,
-            n_jobs=resolve_n_jobs(self.n_jobs),  # "auto" resolved where the fit runs
-            random_state=self.random_state,
-            tree_method="hist",
-            eval_metric="mlogloss",
-        )
-        self.booster_.fit(np.asarray(X, dtype=np.float32), target, sample_weight=sample_weight)
+            raise ValueError(f"labels {unknown[:5]} are not in the label set {self.schema.class_names}")
+        self._attach(fit_pipeline(self.frame(X), labels, self.schema, self.params, sample_weight, **self.overrides))
         return self
 
+    def _fitted(self) -> Pipeline:
+        if self.pipeline_ is None:
+            raise RuntimeError("the model is not fitted")
+        return self.pipeline_
+
     def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        if isinstance(X, pd.DataFrame) and hasattr(self, "feature_names_in_"):
-            X = X[list(self.feature_names_in_)]
-        X = np.asarray(X, dtype=np.float32)
-        out = np.zeros((len(X), len(self.classes_)), dtype=np.float64)
-        if self.booster_ is None:
-            out[:, self.present_index_[0]] = 1.0
-            return out
-        out[:, self.present_index_] = self.booster_.predict_proba(X)
+        frame = self.frame(X)
+        out = np.zeros((len(frame), len(self.classes_)), dtype=np.float64)
+        if len(frame):
+            out[:, self.present_index_] = self._fitted().predict_proba(frame)
         return out
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def transform(self, X: pd.DataFrame | np.ndarray):
+        """The model's own feature space (the fitted ColumnTransformer's output; sparse when text is present)."""
+        return self._fitted().named_steps["features"].transform(self.frame(X))
+
+    @property
+    def estimator_(self):
+        """The fitted final estimator (XGBoost unwrapped from its label-encoding VotingClassifier)."""
+        classifier = self._fitted().named_steps["classifier"]
+        return classifier.estimators_[0] if type(classifier).__name__ == "VotingClassifier" else classifier
+
+    def set_n_jobs(self, n_jobs: int) -> None:
+        """Thread count for predictions (serving uses one thread for small requests)."""
+        estimator = self.estimator_
+        if "n_jobs" in estimator.get_params(deep=False):
+            estimator.set_params(n_jobs=n_jobs)
 
 
 def predict_in_batches(model: LabelloopClassifier, features: pd.DataFrame, batch_rows: int = 100_000) -> np.ndarray:

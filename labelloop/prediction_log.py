@@ -11,6 +11,10 @@ row is quarantined with the reason (by `labelloop.adapters.validation.validate_p
   zone converted) or an epoch number whose unit is inferred per value from its magnitude (see
   `epoch_unit`); a numeric string counts as an epoch number.
 - `item_id`: when the column is absent, each prediction is its own item (`item_id = prediction_id`).
+- features (`labelloop.schema`): numeric columns float64 (NaN where missing); categorical, text and
+  id columns text. A producer writes them with `log_features` (the schema's id columns are optional
+  in the log); capture reads any spelling back with `labelloop.schema.conform` and quarantines values
+  that do not fit the schema (`labelloop.adapters.validation.validate_prediction_log`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from labelloop.columns import (
     PROBA_PREFIX,
     TS,
 )
+from labelloop.schema import Schema, conform, unparseable
 
 # A part without one of these (or without a proba_<class> per class, or a feature column) is
 # quarantined whole: no row of it can be trusted.
@@ -162,11 +167,13 @@ def normalise_timestamps(values: pd.Series) -> pd.Series:
     out = pd.Series(pd.NaT, index=values.index, dtype=TS_DTYPE)
     numeric = numbers.notna().to_numpy()
     if numeric.any():
-        out[numeric] = _epoch_to_ts(numbers[numeric].reset_index(drop=True)).to_numpy()
+        out[numeric] = _epoch_to_ts(numbers[numeric].reset_index(drop=True)).array
     others = ~numeric & text.notna().to_numpy()
     if others.any():
         parsed = pd.to_datetime(text[others], utc=True, errors="coerce", format="ISO8601")
-        out[others] = pd.Series(parsed).astype(TS_DTYPE).to_numpy()
+        # `.array`, not `.to_numpy()`: an all-NaT result as a numpy array is naive datetime64, which a
+        # zoned column refuses (TypeError; hypothesis found it with a +09:00 timestamp beside NaT).
+        out[others] = pd.Series(parsed).astype(TS_DTYPE).array
     return out
 
 
@@ -185,16 +192,64 @@ def normalise_prediction_log(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tu
         out[TS] = normalise_timestamps(raw)
         unreadable = np.flatnonzero(out[TS].isna().to_numpy() & raw.notna().to_numpy())
         reasons.extend(
-            (int(i), (f"ts {_snippet(raw.iloc[i])} is not a timestamp (ISO 8601 text, an epoch number in s/ms/us/ns, "
+            (int(i), (f"ts {snippet(raw.iloc[i])} is not a timestamp (ISO 8601 text, an epoch number in s/ms/us/ns, "
                       "or a timestamp)"))
             for i in unreadable
         )
     return out, reasons
 
 
-def _snippet(value: object) -> str:
+def snippet(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def log_feature_columns(columns: list[str], schema: Schema) -> list[str]:
+    """The schema's columns a log frame carries, in schema order: every feature and the id columns it has."""
+    present = set(columns)
+    return [c for c in schema.stored_columns if c in present or c in schema.feature_columns]
+
+
+def log_features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """A producer's feature rows in the log's types: float64 numeric columns (NaN where missing) and
+    categorical, text and id columns as text (str or None), the schema's columns in its order (ids only
+    when `frame` has them; other columns dropped).
+
+    Nullability is not enforced here (capture quarantines a null where the schema forbids it), but a
+    value that cannot be logged is refused: ValueError naming the column and values for a missing
+    feature column or a numeric value that is present but not a finite number. Producers validate
+    their input before logging (serving answers 422), so this is a producer bug, not a row to quarantine.
+    """
+    missing = [c for c in schema.feature_columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"feature rows lack the schema's columns {missing[:10]}")
+    columns = log_feature_columns(list(frame.columns), schema)
+    frame = frame.reset_index(drop=True)
+    bad = unparseable(frame, schema)
+    if bad:
+        column, mask = next(iter(bad.items()))
+        examples = [snippet(v) for v in frame.loc[mask.to_numpy(), column].head(3)]
+        raise ValueError(f"numeric column {column!r} holds values that are not finite numbers: {', '.join(examples)} "
+                         f"({int(mask.sum())} rows); validate before logging")
+    out = {}
+    for name in columns:
+        values = frame[name]
+        if schema.column(name).role == "numeric":
+            numeric_dtype = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+            out[name] = (values if numeric_dtype else pd.to_numeric(values, errors="coerce")).astype("float64")
+        else:
+            out[name] = _encodable(conform(frame, schema, [name])[name])
+    return pd.DataFrame(out, index=frame.index, columns=columns)
+
+
+def _encodable(values: pd.Series) -> pd.Series:
+    """Text with lone surrogates (which UTF-8, so parquet, cannot store) has them replaced."""
+    present = [v for v in values if v is not None]
+    try:
+        "".join(present).encode("utf-8")
+        return values
+    except UnicodeEncodeError:
+        return values.map(lambda v: v if v is None else v.encode("utf-8", "replace").decode("utf-8"))
 
 
 def unknown_proba_columns(columns: list[str], proba_columns: list[str], feature_columns: list[str]) -> list[str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from labelloop.config import Params, load_params
+from labelloop.schema import Schema
 
 
 def sqlite_uri(path: Path) -> str:
@@ -54,20 +55,6 @@ def sqlite_uri(path: Path) -> str:
 
 class WorkspaceError(RuntimeError):
     """The workspace is missing or not in the state a command needs."""
-
-
-@dataclass(frozen=True)
-class Schema:
-    feature_columns: list[str]
-    class_names: list[str]
-    label_column: str = "label"
-
-    def to_json(self) -> dict:
-        return {"feature_columns": self.feature_columns, "class_names": self.class_names, "label_column": self.label_column}
-
-    @property
-    def proba_columns(self) -> list[str]:
-        return [f"proba_{c}" for c in self.class_names]
 
 
 @dataclass(frozen=True)
@@ -226,5 +213,4 @@ class Workspace:
 
     def schema(self) -> Schema:
         self.require()
-        data = json.loads(self.schema_path.read_text())
-        return Schema(**data)
+        return Schema.from_json(json.loads(self.schema_path.read_text()))

@@ -1,7 +1,8 @@
 """Great Expectations: one wrapper that runs a suite of expectations over a DataFrame and says which
 rows failed which expectation, and the loop's suites on top of it, as data:
 
-* the prediction log (capture, `validate_prediction_log`): the contract in labelloop.prediction_log;
+* the prediction log (capture, `validate_prediction_log`): the contract in labelloop.prediction_log,
+  plus the workspace schema's feature rules (`feature_checks`, below);
 * the labelled set (the `validate` DVC stage, `labeled_set_checks`);
 * the vendor's answers (import, `validate_annotations`): item ids belong to this batch, labels are in
   the label set, no nulls in `item_id` / `annotator_id` / `label`, and one answer per (item, annotator);
@@ -10,9 +11,23 @@ rows failed which expectation, and the loop's suites on top of it, as data:
 * the aggregated final labels (import, `validate_final_labels`): the same membership and null checks,
   and exactly one final label per item.
 
+Feature rules generated from the schema (`labelloop.schema`), per column role:
+
+* every feature: not null unless the schema says `nullable` (the reason names the column);
+* numeric: a present value must be a finite number (text that does not parse, or ±inf, is
+  quarantined with the value in the reason; NaN is "missing", allowed where nullable);
+* categorical: text; a value outside the set seen at init is *drift*, not an error: the row is kept
+  and counted per column (`LogValidation.unseen_categories`, reported by capture);
+* text: text, at most `text_length_limit(spec)` characters: `TEXT_LENGTH_FACTOR` times the longest
+  value seen at init, and never less than `TEXT_MIN_LENGTH_LIMIT` (a schema without lengths:
+  `TEXT_DEFAULT_LENGTH_LIMIT`). Longer text is quarantined as absurd: it is no review or ticket
+  the model was built for, and it would dominate TF-IDF and the annotators' screen;
+* id columns: optional in the log; when present, read as text and carried along.
+
 Rows that fail go to a quarantine frame with the failed expectation and a readable reason; nothing is
-dropped silently. Great Expectations is imported lazily (4–6 s), only when a suite runs; the context is
-ephemeral and reused within a process.
+dropped silently. A `Check` marked `drift` counts its failures instead of quarantining them. Great
+Expectations is imported lazily (4–6 s), only when a suite runs; the context is ephemeral and built
+once per process, and each distinct suite is built once and reused.
 """
 
 from __future__ import annotations
@@ -37,7 +52,6 @@ from labelloop.columns import (
     LABEL,
     PREDICTED,
     PREDICTION_ID,
-    PROBA_PREFIX,
     TS,
 )
 from labelloop.core.io import write_text
@@ -46,10 +60,23 @@ from labelloop.prediction_log import (
     CONFIDENCE_TOLERANCE,
     REQUIRED_COLUMNS,
     normalise_prediction_log,
+    normalise_text,
+    snippet,
     unknown_proba_columns,
 )
+from labelloop.schema import ColumnSpec, Schema, as_text, unparseable
 
 QUARANTINE_COLUMNS = ["expectation", "reason"]
+
+# Text length bound (characters): TEXT_LENGTH_FACTOR × the longest value seen at init, at least
+# TEXT_MIN_LENGTH_LIMIT; TEXT_DEFAULT_LENGTH_LIMIT when the schema recorded no lengths.
+TEXT_LENGTH_FACTOR = 10
+TEXT_MIN_LENGTH_LIMIT = 1_000
+TEXT_DEFAULT_LENGTH_LIMIT = 100_000
+# Python types a numeric value may arrive as, per row (GX checks the dtype of a numeric column as a whole).
+NUMBER_TYPES = ["float", "int", "float64", "float32", "float16", "int64", "int32", "int16", "int8",
+                "uint64", "uint32", "uint16", "uint8"]
+TEXT_TYPES = ["str"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,7 @@ class Check:
     expectation: str
     kwargs: dict[str, Any]
     reason: str | None = None
+    drift: bool = False  # a failing row is counted as drift (e.g. an unseen category), not quarantined
 
     @property
     def why(self) -> str:
@@ -117,92 +145,182 @@ def _definition(name: str, checks: Sequence[Check]):
     return _DEFINITIONS[key]
 
 
+def _row_level(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every column GX would judge as a whole (type expectations on a string, boolean or
+    nullable-extension dtype) as object, so that each expectation says which rows fail."""
+    data = frame.reset_index(drop=True).copy()
+    for column in data.columns:
+        dtype = data[column].dtype
+        extension = isinstance(dtype, pd.api.extensions.ExtensionDtype) and not isinstance(dtype, pd.DatetimeTZDtype)
+        if extension or pd.api.types.is_bool_dtype(dtype):
+            values = data[column].astype(object)
+            data[column] = values.where(values.notna(), None)
+    return data
+
+
 def run_checks(frame: pd.DataFrame, checks: Sequence[Check], name: str) -> pd.DataFrame:
-    """Run the checks as one GX suite; one row per (row position, failed check): row, expectation, reason."""
+    """Run the checks as one GX suite; one row per (row position, failed check): row, expectation, reason,
+    and `check`, the failed check's position in `checks`."""
     empty = pd.DataFrame(
-        {"row": pd.Series(dtype="int64"), "expectation": pd.Series(dtype=object), "reason": pd.Series(dtype=object)}
+        {"row": pd.Series(dtype="int64"), "expectation": pd.Series(dtype=object), "reason": pd.Series(dtype=object),
+         "check": pd.Series(dtype="int64")}
     )
     if frame.empty or not checks:
         return empty
-    data = frame.reset_index(drop=True).copy()
+    data = _row_level(frame)
     data["_row"] = np.arange(len(data), dtype="int64")
     result = _definition(name, checks).run(
         batch_parameters={"dataframe": data},
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]},
     )
-    failures: list[tuple[int, str, str]] = []
+    failures: list[tuple[int, str, str, int]] = []
     for outcome in result.results:
         if outcome.success:
             continue
         # GX does not keep the suite's order in its results: find the check by the index in `meta`.
-        check = checks[int(outcome.expectation_config.meta["check"])]
+        position = int(outcome.expectation_config.meta["check"])
+        check = checks[position]
         indices = outcome.result.get("unexpected_index_list")
         if indices is None:
             raise RuntimeError(f"{check.expectation} failed without row indices; it cannot be used for row quarantine")
         for entry in indices:
             row = entry["_row"] if isinstance(entry, dict) else entry
-            failures.append((int(row), check.expectation, check.why))
+            failures.append((int(row), check.expectation, check.why, position))
     if not failures:
         return empty
-    return pd.DataFrame(failures, columns=["row", "expectation", "reason"]).astype({"row": "int64"})
+    return pd.DataFrame(failures, columns=["row", "expectation", "reason", "check"]).astype({"row": "int64", "check": "int64"})
+
+
+# ----------------------------------------------------------------------------- features, per role
+def text_length_limit(spec: ColumnSpec) -> int:
+    """The longest text (characters) a text column accepts (see the module docstring)."""
+    if spec.max_length is None:
+        return TEXT_DEFAULT_LENGTH_LIMIT
+    return max(TEXT_LENGTH_FACTOR * int(spec.max_length), TEXT_MIN_LENGTH_LIMIT)
+
+
+def feature_checks(schema: Schema, *, value_sets: bool = True, length_limits: bool = True) -> list[Check]:
+    """The schema's feature rules as GX checks, on a frame whose numeric features are floats (unparseable
+    values already NaN, see `numeric_problems`). Categorical value sets are drift checks."""
+    checks: list[Check] = []
+    for spec in schema.features:
+        name = spec.name
+        if not spec.nullable:
+            checks.append(Check("ExpectColumnValuesToNotBeNull", {"column": name},
+                                f"ExpectColumnValuesToNotBeNull({name}): {name} is missing and the schema does not allow nulls"))
+        if spec.role == "numeric":
+            continue
+        checks.append(Check("ExpectColumnValuesToBeInTypeList", {"column": name, "type_list": TEXT_TYPES},
+                            f"ExpectColumnValuesToBeInTypeList({name}): {spec.role} values must be text"))
+        if spec.role == "categorical" and value_sets and spec.categories is not None:
+            checks.append(Check("ExpectColumnValuesToBeInSet", {"column": name, "value_set": list(spec.categories)},
+                                f"{name}: a category not seen at init", drift=True))
+        if spec.role == "text" and length_limits:
+            limit = text_length_limit(spec)
+            checks.append(Check("ExpectColumnValueLengthsToBeBetween", {"column": name, "max_value": limit},
+                                f"ExpectColumnValueLengthsToBeBetween({name}): text longer than {limit:,} characters"))
+    return checks
+
+
+def numeric_problems(frame: pd.DataFrame, schema: Schema) -> list[tuple[int, str]]:
+    """(row position, reason) for numeric feature values present but not a finite number ("oops", inf)."""
+    problems = []
+    for column, mask in unparseable(frame, schema).items():
+        for i in np.flatnonzero(mask.to_numpy()):
+            problems.append((int(i), f"{column}: {snippet(frame[column].iloc[i])} is not a finite number"))
+    return problems
+
+
+_SCALARS = (str, bytes, int, float, bool, np.number, np.bool_)
+
+
+def _schema_frame(frame: pd.DataFrame, schema: Schema, columns: Sequence[str]) -> pd.DataFrame:
+    """`columns` of `frame` in the schema's types, as GX checks them: numeric features float64
+    (unparseable and ±inf → NaN, reported by `numeric_problems`); categorical and text features as text
+    (None for missing; a number is read as its text, as ids are), while a value that is no scalar at all
+    (a list, a mapping) is kept as it is, to fail the type rule; id columns as text."""
+    out = frame.copy()
+    for name in columns:
+        role = schema.column(name).role
+        if role == "numeric":
+            values = pd.to_numeric(out[name], errors="coerce").astype("float64")
+            out[name] = values.where(np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan)))
+        elif role == "id":
+            out[name] = normalise_text(out[name]).set_axis(out.index)
+        else:
+            raw = out[name].to_numpy(dtype=object)
+            out[name] = pd.Series([as_text(v) if v is None or isinstance(v, _SCALARS) or v is pd.NA or v is pd.NaT else v
+                                   for v in raw], index=out.index, dtype=object)
+    return out
 
 
 # ------------------------------------------------------------------------------- the prediction log
-def prediction_log_checks(
-    feature_columns: list[str], proba_columns: list[str], class_names: list[str] | None = None
-) -> list[Check]:
-    if class_names is None:
-        class_names = [c.removeprefix(PROBA_PREFIX) for c in proba_columns]
+def prediction_log_checks(schema: Schema) -> list[Check]:
     checks = [
         Check("ExpectColumnValuesToNotBeNull", {"column": PREDICTION_ID}),
         Check("ExpectColumnValuesToNotBeNull", {"column": ITEM_ID}),
         Check("ExpectColumnValuesToNotBeNull", {"column": TS}),
         Check("ExpectColumnValuesToNotBeNull", {"column": PREDICTED}),
-        Check("ExpectColumnValuesToBeInSet", {"column": PREDICTED, "value_set": list(class_names)}),
+        Check("ExpectColumnValuesToBeInSet", {"column": PREDICTED, "value_set": list(schema.class_names)}),
         Check("ExpectColumnValuesToBeBetween", {"column": CONFIDENCE, "min_value": 0.0, "max_value": 1.0}),
         Check("ExpectColumnValuesToNotBeNull", {"column": CONFIDENCE}),
     ]
-    for column in proba_columns:
+    for column in schema.proba_columns:
         checks.append(Check("ExpectColumnValuesToNotBeNull", {"column": column}))
         checks.append(Check("ExpectColumnValuesToBeBetween", {"column": column, "min_value": 0.0, "max_value": 1.0}))
-    for column in feature_columns:
-        checks.append(Check("ExpectColumnValuesToNotBeNull", {"column": column}))
-    return checks
+    return checks + feature_checks(schema)
 
 
-def validate_prediction_log(frame: pd.DataFrame, feature_columns: list[str], proba_columns: list[str],
-                            class_names: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a prediction-log frame into (valid rows, normalised; quarantined rows as given, with a `reason`).
+@dataclass(frozen=True)
+class LogValidation:
+    """A prediction-log frame split: `valid` rows normalised (the contract's columns in their one type,
+    features in the schema's types), `quarantined` rows as given with a `reason`, and per categorical
+    column the number of valid rows whose category was not seen at init (drift, kept)."""
 
-    The contract is in labelloop.prediction_log (README, "The prediction-log contract"). A missing
-    column, or a proba_<x> column for a class outside the label set, is a whole-file error (raised):
-    no row of such a file can be trusted. `class_names` default to the proba columns' classes.
+    valid: pd.DataFrame
+    quarantined: pd.DataFrame
+    unseen_categories: dict[str, int]
+
+
+def validate_prediction_log(frame: pd.DataFrame, schema: Schema) -> LogValidation:
+    """Validate a prediction-log frame against the contract (labelloop.prediction_log; README, "The
+    prediction-log contract") and the workspace schema's feature rules (module docstring).
+
+    A missing column (the schema's id columns are optional), or a proba_<x> column for a class outside
+    the label set, is a whole-file error (raised): no row of such a file can be trusted. A value that
+    does not fit its column (text in a numeric feature, a null where the schema forbids it, absurdly
+    long text) quarantines its row with the reason; the other rows go on.
     """
-    missing = [c for c in (*REQUIRED_COLUMNS, *proba_columns, *feature_columns) if c not in frame.columns]
+    features = schema.feature_columns
+    proba_columns = schema.proba_columns
+    missing = [c for c in (*REQUIRED_COLUMNS, *proba_columns, *features) if c not in frame.columns]
     if missing:
         raise ValueError(f"prediction log is missing columns {missing[:10]}")
-    if class_names is None:
-        class_names = [c.removeprefix(PROBA_PREFIX) for c in proba_columns]
-    unknown = unknown_proba_columns(list(frame.columns), proba_columns, feature_columns)
+    unknown = unknown_proba_columns(list(frame.columns), proba_columns, schema.stored_columns)
     if unknown:
         raise ValueError(f"prediction log has probability columns {unknown[:10]} for classes outside the label set "
-                         f"{list(class_names)}: its model predicts another label set, so its probabilities cannot rank items")
+                         f"{list(schema.class_names)}: its model predicts another label set, so its probabilities "
+                         "cannot rank items")
     frame = frame.reset_index(drop=True)
     # One type per contract column (ids as text, ts as UTC timestamps, item_id from prediction_id).
     normalised, extra = normalise_prediction_log(frame)
+    extra.extend(numeric_problems(normalised, schema))
+    stored = [c for c in schema.stored_columns if c in normalised.columns]
+    coerced = _schema_frame(normalised, schema, stored)
     # Coerce what should be numeric; unparseable values become NaN and fail the not-null rules.
-    numeric = [*proba_columns, *feature_columns, CONFIDENCE]
-    coerced = normalised
-    for column in numeric:
+    for column in (*proba_columns, CONFIDENCE):
         coerced[column] = pd.to_numeric(coerced[column], errors="coerce").astype("float64")
         coerced.loc[~np.isfinite(coerced[column].to_numpy(dtype="float64", na_value=np.nan)), column] = np.nan
-    failures = run_checks(coerced, prediction_log_checks(feature_columns, proba_columns, class_names), "prediction_log")
+    checks = prediction_log_checks(schema)
+    failures = run_checks(coerced, checks, "prediction_log")
+    drift = failures["check"].map(lambda i: checks[i].drift).to_numpy(dtype=bool) if len(failures) else np.zeros(0, bool)
+    drifted, failures = failures[drift], failures[~drift]
     # Cross-column and cross-row rules GX has no single expectation for.
     probas = coerced[proba_columns].to_numpy(dtype="float64", na_value=np.nan)
     sums = coerced[proba_columns].sum(axis=1, min_count=len(proba_columns)).to_numpy()
     bad_sum = ~np.isclose(np.nan_to_num(sums, nan=math.inf), 1.0, atol=1e-3)
     extra.extend((int(i), "probabilities do not sum to 1") for i in np.flatnonzero(bad_sum))
-    extra.extend(_inconsistent_confidence(coerced, probas, list(class_names)))
+    extra.extend(_inconsistent_confidence(coerced, probas, list(schema.class_names)))
     duplicated = coerced[PREDICTION_ID].duplicated(keep="first").to_numpy()
     extra.extend((int(i), "duplicate prediction_id in this read") for i in np.flatnonzero(duplicated))
     if ITEM_ID in frame.columns:  # given, not derived (a derived one repeats prediction_id's check)
@@ -215,7 +333,14 @@ def validate_prediction_log(frame: pd.DataFrame, feature_columns: list[str], pro
     bad[reasons.index.to_numpy()] = True
     quarantined = frame.loc[bad].copy()
     quarantined["reason"] = reasons.reindex(np.flatnonzero(bad)).to_numpy()
-    return coerced.loc[~bad].reset_index(drop=True), quarantined.reset_index(drop=True)
+    # Drift among the rows kept: per column, how many carry a category not seen at init.
+    kept_drift = drifted[~bad[drifted["row"].to_numpy()]] if len(drifted) else drifted
+    unseen: dict[str, int] = {}
+    for position, count in kept_drift.groupby("check")["row"].nunique().items():
+        column = str(checks[int(position)].kwargs["column"])
+        unseen[column] = unseen.get(column, 0) + int(count)
+    valid = coerced.loc[~bad].reset_index(drop=True)
+    return LogValidation(valid, quarantined.reset_index(drop=True), dict(sorted(unseen.items())))
 
 
 def _inconsistent_confidence(frame: pd.DataFrame, probas: np.ndarray, class_names: list[str]) -> list[tuple[int, str]]:
@@ -239,15 +364,21 @@ def _inconsistent_confidence(frame: pd.DataFrame, probas: np.ndarray, class_name
                       f"class's probability (tolerance {CONFIDENCE_TOLERANCE})")) for i in wrong]
 
 
-def labeled_set_checks(feature_columns: list[str], class_names: list[str]) -> list[Check]:
-    """The labelled set the model trains on: one row per item, a label from the label set, every feature."""
+def labeled_set_checks(schema: Schema) -> list[Check]:
+    """The labelled set the model trains on: one row per item, a label from the label set, and the
+    schema's feature rules: nulls only where a feature is nullable, categorical and text values text
+    (numbers where numeric). Unseen categories and text length are not checked here: labelled rows
+    came through capture, and a category that drifted in is exactly what the model should learn."""
     checks = [
         Check("ExpectColumnValuesToNotBeNull", {"column": ITEM_ID}),
         Check("ExpectColumnValuesToBeUnique", {"column": ITEM_ID}),
         Check("ExpectColumnValuesToNotBeNull", {"column": LABEL}),
-        Check("ExpectColumnValuesToBeInSet", {"column": LABEL, "value_set": list(class_names)}),
+        Check("ExpectColumnValuesToBeInSet", {"column": LABEL, "value_set": list(schema.class_names)}),
     ]
-    return checks + [Check("ExpectColumnValuesToNotBeNull", {"column": c}) for c in feature_columns]
+    numeric_types = [Check("ExpectColumnValuesToBeInTypeList", {"column": c, "type_list": NUMBER_TYPES},
+                           f"ExpectColumnValuesToBeInTypeList({c}): numeric values must be numbers")
+                     for c in schema.numeric_columns]
+    return checks + feature_checks(schema, value_sets=False, length_limits=False) + numeric_types
 
 
 # ------------------------------------------------------------------------- answers and final labels

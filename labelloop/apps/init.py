@@ -19,16 +19,30 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from labelloop.adapters import versioning
-from labelloop.columns import ITEM_ID
+from labelloop.columns import ITEM_ID, LABEL
 from labelloop.config import DEFAULT_MODEL_NAME, Params, dump_params
 from labelloop.core.io import write_json, write_parquet, write_text
 from labelloop.core.redact import redact_uri
 from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy
-from labelloop.workspace import Schema, Workspace, WorkspaceError
+from labelloop.model import AUTO, resolve_estimator
+from labelloop.schema import InferredSchema, Schema, SchemaOverrides, as_text, conform, infer_schema
+from labelloop.workspace import Workspace, WorkspaceError
+
+# The datasets the package ships for `labelloop demo --dataset NAME` (see labelloop/resources/README.md).
+SHIPPED_DATASETS: dict[str, str] = {"satellite": "satellite.parquet", "reviews": "reviews.parquet"}
 
 
-def shipped_dataset_path() -> Path:
-    return Path(str(resources.files("labelloop.resources").joinpath("satellite.parquet")))
+def shipped_dataset_path(name: str = "satellite") -> Path:
+    if name not in SHIPPED_DATASETS:
+        raise ValueError(f"unknown shipped dataset {name!r}; allowed: {', '.join(SHIPPED_DATASETS)}")
+    return Path(str(resources.files("labelloop.resources").joinpath(SHIPPED_DATASETS[name])))
+
+
+def schema_warnings(workspace: Workspace) -> list[str]:
+    """What init warned about the source's columns (ids, leakage, near-constant, dropped)."""
+    import json
+
+    return list(json.loads(workspace.ready_marker.read_text()).get("schema_warnings", []))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -42,23 +56,24 @@ def read_table(path: str | Path) -> pd.DataFrame:
     raise ValueError(f"dataset {path}: unsupported format {path.suffix!r}; allowed: .parquet, .csv, .tsv")
 
 
-def _prepare(source: pd.DataFrame, label_column: str) -> tuple[pd.DataFrame, Schema]:
-    if label_column not in source.columns:
-        raise ValueError(f"label column {label_column!r} not in the dataset; columns: {list(source.columns)[:20]}")
-    features = [c for c in source.columns if c != label_column and pd.api.types.is_numeric_dtype(source[c])]
-    ignored = [c for c in source.columns if c != label_column and c not in features]
-    if not features:
-        raise ValueError("the dataset has no numeric feature columns")
-    if ignored:
-        raise ValueError(f"non-numeric feature columns {ignored[:10]}: encode them before init")
-    frame = source[features].astype("float64").copy()
-    labels = source[label_column]
-    if labels.isna().any():
-        raise ValueError(f"{int(labels.isna().sum())} rows have no label in {label_column!r}")
-    frame["label"] = labels.astype(str).to_numpy()
+def schema_overrides(params: Params) -> SchemaOverrides:
+    section = params.schema_
+    return SchemaOverrides(tuple(section.id_columns), tuple(section.numeric_columns), tuple(section.categorical_columns),
+                           tuple(section.text_columns), tuple(section.drop_columns))
+
+
+def prepare_source(source: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, InferredSchema]:
+    """The source as the workspace stores it (item_id, ids and features in canonical types, label) and its schema."""
+    inferred = infer_schema(source, params.dataset.label_column, schema_overrides(params))
+    schema = inferred.schema
+    frame = conform(source, schema, schema.stored_columns)
+    for column in schema.id_columns:  # ids as text: one type whatever the source used
+        frame[column] = frame[column].astype(object)
+    frame[LABEL] = [as_text(v) for v in source[params.dataset.label_column].to_numpy(dtype=object)]
+    frame = frame.reset_index(drop=True)
     frame.insert(0, ITEM_ID, [f"r{i:07d}" for i in range(len(frame))])
-    class_names = sorted(frame["label"].unique())
-    return frame, Schema(feature_columns=features, class_names=class_names, label_column="label")
+    # The model's input is the schema's; the stored label column is always `label`.
+    return frame, InferredSchema(Schema(schema.columns, schema.class_names, LABEL), inferred.warnings)
 
 
 def init_workspace(path: str | Path, params: Params | None = None, simulate_traffic: bool = True,
@@ -77,12 +92,16 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
                              "empty directory (it neither writes into nor removes what it did not create)")
     params = params or Params()
     source_path = Path(params.dataset.source) if params.dataset.source else shipped_dataset_path()
-    frame, schema = _prepare(read_table(source_path), params.dataset.label_column)
+    frame, inferred = prepare_source(read_table(source_path), params)
+    schema = inferred.schema
+    if params.train.estimator == AUTO:
+        # Written out, so every later run (and a reader of params.yaml) sees which estimator the workspace uses.
+        params = params.with_overrides(train={"estimator": resolve_estimator(AUTO, schema)})
 
     # The directory init creates first (the root itself, or its highest missing parent): what a failure removes.
     first_created = next((p for p in reversed([workspace.root, *workspace.root.parents]) if not p.exists()), None)
     try:
-        _create(workspace, params, frame, schema, source_path, simulate_traffic, retry)
+        _create(workspace, params, frame, schema, source_path, simulate_traffic, retry, inferred.warnings)
     except BaseException:  # a failure or an interrupt: leave nothing half-made behind
         if first_created is not None:
             shutil.rmtree(first_created, ignore_errors=True)
@@ -97,7 +116,7 @@ def init_workspace(path: str | Path, params: Params | None = None, simulate_traf
 
 
 def _create(workspace: Workspace, params: Params, frame: pd.DataFrame, schema: Schema, source_path: Path,
-            simulate_traffic: bool, retry: RetryPolicy) -> None:
+            simulate_traffic: bool, retry: RetryPolicy, schema_warnings: list[str]) -> None:
     # The id namespaces this workspace's projects on a shared vendor server (batch ids repeat across
     # workspaces) and its registered model on a shared tracking server.
     workspace_id = uuid.uuid4().hex[:12]
@@ -147,7 +166,7 @@ def _create(workspace: Workspace, params: Params, frame: pd.DataFrame, schema: S
         write_parquet(workspace.oracle_path, oracle)
     # The marker last: its presence means a complete workspace.
     write_json(workspace.ready_marker, {"created_from": str(source_path), "classes": schema.class_names,
-                                        "workspace_id": workspace_id})
+                                        "workspace_id": workspace_id, "schema_warnings": schema_warnings})
 
 
 def pipeline_template() -> str:

@@ -1,12 +1,15 @@
 """Online serving: the champion behind an HTTP API, every prediction appended to the prediction log.
 
-    POST /predict   {"rows": [{<feature>: number, ..., "prediction_id": "optional"}, ...]}
-    GET  /health    model version, buffered rows, rows logged, last error
-    GET  /schema    feature columns, label set, request limits, an example request
+    POST /predict   {"rows": [{<feature>: value, ..., "prediction_id": "optional"}, ...]}
+    GET  /health    model version, buffered rows, rows logged, unseen categorical values, last error
+    GET  /schema    the workspace schema (roles, types, nullability), label set, request limits, an example request
 
 One `PredictionService` does the work for both the HTTP app and `predict_log_in_process`:
-validate the features against the workspace schema, score with the model `models:/NAME@champion`
-points at, and log what was scored as rows in the prediction-log format
+validate the features against the workspace schema (the request model is generated from its roles:
+numeric fields take numbers, categorical and text fields strings, null only where a column is
+nullable), build the model's input in canonical types (`labelloop.schema.conform`), score with the
+model `models:/NAME@champion` points at (a `LabelloopClassifier`: probabilities over the whole label
+set), and log what was scored as rows in the prediction-log format
 (`labelloop.stages.production.predictions_frame`, each row with its own ts and model version). Two modes:
 
 - `durable` (the default of `serve`): a request is answered only once its rows are fsynced in a
@@ -45,10 +48,11 @@ import numpy as np
 import pandas as pd
 
 from labelloop.columns import PREDICTION_ID
+from labelloop.schema import ColumnSpec, Schema, as_text, conform
 from labelloop.stages.production import append_predictions
 from labelloop.stages.production import wal as prediction_wal
 from labelloop.stages.production.wal import LogChunk, log_frame
-from labelloop.workspace import Schema, Workspace
+from labelloop.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ DEFAULT_MODE = DURABLE
 DEFAULT_COMMIT_WAIT_MS = prediction_wal.DEFAULT_COMMIT_WAIT_SECONDS * 1000
 MAX_PREDICTION_ID_LENGTH = 128
 MAX_ERRORS_REPORTED = 50
+MAX_UNSEEN_EXAMPLES = 10  # unseen categorical values kept (and logged) per column
 
 
 class InvalidRequest(ValueError):
@@ -99,12 +104,12 @@ class LoadedModel:
 
 
 def _single_threaded(model: Any) -> Any:
+    """A copy of the model predicting on one thread (`LabelloopClassifier.set_n_jobs`)."""
     import copy
 
     single = copy.deepcopy(model)
-    booster = getattr(single, "booster_", None)
-    if booster is not None and hasattr(booster, "set_params"):
-        booster.set_params(n_jobs=1)
+    if hasattr(single, "set_n_jobs"):
+        single.set_n_jobs(1)  # XGBoost's set_params also sets a fitted booster's nthread
     return single
 
 
@@ -124,50 +129,125 @@ class Scored(LogChunk):
         return log_frame([self])
 
 
+def _log_features(X: pd.DataFrame, schema: Schema) -> Any:
+    """What a log chunk carries: the float64 matrix when every feature is numeric, else the canonical frame."""
+    return X.to_numpy(dtype=np.float64) if schema.all_numeric else X
+
+
+_NUMERIC_SIGNATURE_TYPES = ("double", "float", "long", "integer")
+
+
+def _signature_type_problem(inputs: Any, schema: Schema) -> str | None:
+    """Why a column signature's input types cannot take the schema's canonical values (None if they can)."""
+    for spec in getattr(inputs, "inputs", []):
+        name, kind = getattr(spec, "name", None), getattr(getattr(spec, "type", None), "name", None)
+        if name is None or kind is None or name not in schema.feature_columns:
+            continue
+        role = schema.column(name).role
+        if role == "numeric" and kind not in _NUMERIC_SIGNATURE_TYPES:
+            return f"its signature types input {name!r} as {kind}; the schema has it numeric"
+        if role in ("categorical", "text") and kind != "string":
+            return f"its signature types input {name!r} as {kind}; the schema has it {role} (string)"
+    return None
+
+
 # -- validation --------------------------------------------------------------------------------
 
-def validate_features(features: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    """The schema's feature columns as finite float64, or InvalidRequest naming every bad field.
+NOT_NULLABLE = "is not nullable in the workspace schema (init saw no missing value in it)"
 
-    Columns not in the schema are ignored here (a frame may carry ids); the HTTP layer is stricter.
+
+def validate_features(features: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The schema's feature columns in canonical types (`labelloop.schema.conform`), or InvalidRequest naming
+    every bad field.
+
+    Numeric features: finite numbers (not booleans); missing (None/NaN) only where the column is nullable.
+    Categorical features: strings, or numbers read as text the way init read the source (3 and 3.0 → "3").
+    Text features: strings only. Missing categorical/text values only where nullable. Columns not in the
+    schema are ignored here (a frame may carry ids); the HTTP layer is stricter.
     """
     if not isinstance(features, pd.DataFrame):
         raise InvalidRequest([{"loc": ["rows"], "msg": f"expected a DataFrame, got {type(features).__name__}",
                                "type": "type_error"}])
     if len(features) == 0:
         raise InvalidRequest([{"loc": ["rows"], "msg": "no rows to score: send at least one row", "type": "too_short"}])
-    columns = schema.feature_columns
-    if all(c in features.columns for c in columns):
-        subset = features[columns]
-        if all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in subset.dtypes):
-            values = subset.to_numpy(dtype="float64", na_value=np.nan)
-            if np.isfinite(values).all():  # the common case: one vectorised check
-                return pd.DataFrame(values, columns=columns, index=pd.RangeIndex(len(features)))
+    if all(c in features.columns for c in schema.feature_columns):
+        valid = _valid_fast(features, schema)
+        if valid is not None:
+            return valid
     errors: list[dict[str, Any]] = []
     missing = [c for c in schema.feature_columns if c not in features.columns]
     errors.extend({"loc": ["rows", c], "msg": "missing feature column", "type": "missing"} for c in missing)
-    out: dict[str, np.ndarray] = {}
-    for column in schema.feature_columns:
-        if column in missing:
-            continue
-        series = features[column]
-        if pd.api.types.is_bool_dtype(series):
-            errors.append({"loc": ["rows", column], "msg": "booleans are not numbers", "type": "float_type"})
-            continue
-        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        bad = np.flatnonzero(~np.isfinite(values))
-        for position in bad[:MAX_ERRORS_REPORTED]:
-            raw = series.iloc[position]
-            numeric = isinstance(raw, (int, float, np.number)) and not isinstance(raw, bool)
-            errors.append({
-                "loc": ["rows", int(position), column],
-                "msg": "Input should be a finite number" if numeric else "Input should be a valid number",
-                "type": "finite_number" if numeric else "float_type",
-            })
-        out[column] = values
+    for spec in schema.features:
+        if spec.name not in missing:
+            errors.extend(_column_errors(features[spec.name], spec))
     if errors:
         raise InvalidRequest(errors)
-    return pd.DataFrame(out, index=pd.RangeIndex(len(features)))
+    return _canonical(features, schema)
+
+
+def _canonical(features: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    return conform(features[schema.feature_columns].reset_index(drop=True), schema)
+
+
+def _valid_fast(features: pd.DataFrame, schema: Schema) -> pd.DataFrame | None:
+    """The canonical frame when every column is already of its role's type and valid (the common case,
+    checked column-wise without a per-cell loop in Python); None when the per-cell checks must run."""
+    numeric = schema.numeric_columns
+    if numeric:
+        subset = features[numeric]
+        if not all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in subset.dtypes):
+            return None
+        values = subset.to_numpy(dtype="float64", na_value=np.nan)
+        nullable = np.array([schema.column(c).nullable for c in numeric])
+        if not (np.isfinite(values) | (np.isnan(values) & nullable)).all():
+            return None
+        if schema.all_numeric:
+            return pd.DataFrame(values, columns=numeric, index=pd.RangeIndex(len(features)))
+    for spec in schema.features:
+        if spec.role == "numeric":
+            continue
+        series = features[spec.name]
+        kind = pd.api.types.infer_dtype(series, skipna=True)
+        if kind not in ("string", "empty") or (not spec.nullable and series.isna().any()):
+            return None
+    return _canonical(features, schema)
+
+
+def _column_errors(series: pd.Series, spec: ColumnSpec) -> list[dict[str, Any]]:
+    """One error per bad cell of a feature column (at most MAX_ERRORS_REPORTED), located by row position."""
+    name = spec.name
+    if spec.role == "numeric" and pd.api.types.is_bool_dtype(series):
+        return [{"loc": ["rows", name], "msg": "booleans are not numbers", "type": "float_type"}]
+    errors: list[dict[str, Any]] = []
+    values = series.to_numpy(dtype=object)
+    for position, raw in enumerate(values):
+        problem = _cell_problem(raw, spec)
+        if problem is not None:
+            errors.append({"loc": ["rows", position, name], "msg": problem[0], "type": problem[1]})
+            if len(errors) >= MAX_ERRORS_REPORTED:
+                break
+    return errors
+
+
+def _cell_problem(raw: object, spec: ColumnSpec) -> tuple[str, str] | None:
+    """(message, type) when one value does not fit its column's role, else None."""
+    is_missing = raw is None or raw is pd.NA or raw is pd.NaT or (isinstance(raw, (float, np.floating)) and math.isnan(raw))
+    if is_missing:
+        return None if spec.nullable else (f"a value is required: {spec.name} {NOT_NULLABLE}", "not_nullable")
+    is_bool = isinstance(raw, (bool, np.bool_))
+    is_number = isinstance(raw, (int, float, np.integer, np.floating)) and not is_bool
+    if spec.role == "numeric":
+        if is_number:
+            return None if math.isfinite(float(raw)) else ("Input should be a finite number", "finite_number")  # type: ignore[arg-type]
+        # In process, a number written as text (a frame read from CSV) is read as init read the source.
+        parsed = pd.to_numeric(pd.Series([raw], dtype=object), errors="coerce").iloc[0] if isinstance(raw, str) else np.nan
+        return None if np.isfinite(parsed) else ("Input should be a valid number", "float_type")
+    if isinstance(raw, str):
+        return None
+    if spec.role == "categorical" and is_number:
+        return None if math.isfinite(float(raw)) else ("Input should be a finite number", "finite_number")  # type: ignore[arg-type]
+    expected = "a string (a category; numbers are read as text)" if spec.role == "categorical" else "a string"
+    return f"Input should be {expected}", "string_type"
 
 
 def _prediction_ids(ids: Sequence[str | None] | None, n_rows: int) -> list[str]:
@@ -240,6 +320,11 @@ class PredictionService:
         self._wal = prediction_wal.GroupCommitLog(self.workspace, self.schema, self.flush_rows, commit_wait_ms / 1000,
                                                   on_full=self._wake.set) if mode == DURABLE else None
         self.recovery: prediction_wal.RecoveryReport | None = None
+        # Categorical values init saw (None: open-ended); scored rows with another value are counted.
+        self._known_categories = {c.name: pd.Index(c.categories) for c in self.schema.features
+                                  if c.role == "categorical" and c.categories is not None}
+        self._unseen_rows: dict[str, int] = {}
+        self._unseen_examples: dict[str, list[str]] = {}
 
     @property
     def rows_logged(self) -> int:
@@ -268,8 +353,12 @@ class PredictionService:
         current = self._model
         if version is None or (current is not None and current.version == version) or version in self._refused:
             return current
-        model = tracking.load_model(self.workspace, self.model_name, version)
-        problem = self._incompatibility(version, model)
+        try:
+            model = tracking.load_model(self.workspace, self.model_name, version)
+        except ValueError as error:  # e.g. it predicts classes outside the label set: refused, not retried
+            model, problem = None, f"it cannot be loaded for this workspace: {error}"
+        else:
+            problem = self._incompatibility(version, model)
         if problem:
             self._refused[version] = problem
             self.last_error = f"version {version} refused: {problem}"
@@ -283,18 +372,24 @@ class PredictionService:
         classes = [str(c) for c in getattr(model, "classes_", [])]
         if classes != list(self.schema.class_names):
             return f"its label set {classes[:10]} differs from the workspace's {self.schema.class_names[:10]}"
+        features = list(self.schema.feature_columns)
         names = getattr(model, "feature_names_in_", None)
-        if names is not None and list(names) != list(self.schema.feature_columns):
-            return "its feature columns differ from the workspace schema's"
+        if names is None:  # the labelloop wrapper: the fitted pipeline knows the columns it reads
+            names = getattr(getattr(model, "pipeline_", None), "feature_names_in_", None)
+        if names is not None and sorted(map(str, names)) != sorted(features):
+            model_only = sorted(set(map(str, names)) - set(features))[:5]
+            schema_only = sorted(set(features) - set(map(str, names)))[:5]
+            return f"its feature columns differ from the schema's (model only: {model_only}, schema only: {schema_only})"
         import mlflow
 
         signature = mlflow.models.get_model_info(f"models:/{self.model_name}/{version}").signature
         if signature is not None and signature.inputs is not None:
             inputs = signature.inputs.input_names()
-            if sorted(inputs) != sorted(self.schema.feature_columns):
-                extra = sorted(set(inputs) - set(self.schema.feature_columns))[:5]
-                lacking = sorted(set(self.schema.feature_columns) - set(inputs))[:5]
+            if sorted(inputs) != sorted(features):
+                extra = sorted(set(inputs) - set(features))[:5]
+                lacking = sorted(set(features) - set(inputs))[:5]
                 return f"its signature inputs differ from the schema (signature only: {extra}, schema only: {lacking})"
+            return _signature_type_problem(signature.inputs, self.schema)
         return None
 
     def current_model(self) -> LoadedModel:
@@ -361,7 +456,35 @@ class PredictionService:
         ids = _prediction_ids(prediction_ids, len(X))
         loaded = self.current_model()
         probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
-        return Scored(self.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC))
+        self._count_unseen(X)
+        return Scored(self.schema, _log_features(X, self.schema), probas, ids, loaded.version, datetime.now(UTC))
+
+    def _count_unseen(self, X: pd.DataFrame) -> None:
+        """Count the rows whose categorical value init never saw (the model reads it as missing); warn on new values."""
+        for name, known in self._known_categories.items():
+            values = X[name]
+            unseen = values.notna() & ~values.isin(known)
+            n = int(unseen.sum())
+            if not n:
+                continue
+            new_values: list[str] = []
+            with self._lock:
+                self._unseen_rows[name] = self._unseen_rows.get(name, 0) + n
+                examples = self._unseen_examples.setdefault(name, [])
+                for value in values[unseen].unique()[:MAX_UNSEEN_EXAMPLES]:
+                    if len(examples) < MAX_UNSEEN_EXAMPLES and value not in examples:
+                        examples.append(value)
+                        new_values.append(value)
+            if new_values:
+                logger.warning("categorical feature %r: value(s) %s not seen at init; scored as missing (counted under "
+                               "unseen_categories in /health)", name, new_values)
+
+    @property
+    def unseen_categories(self) -> dict[str, dict[str, Any]]:
+        """Per categorical feature: rows scored with a value init never saw, and the first few such values."""
+        with self._lock:
+            return {name: {"rows": rows, "examples": list(self._unseen_examples.get(name, []))}
+                    for name, rows in self._unseen_rows.items()}
 
     def _convert_safely(self) -> None:
         if self._wal is None:  # buffered mode: no write-ahead log
@@ -513,6 +636,7 @@ class PredictionService:
             "parts_written": len(self.parts_written),
             "alias_checked_seconds_ago": None if math.isinf(self._checked_at) else round(time.monotonic() - self._checked_at, 3),
             "refused_versions": dict(self._refused),
+            "unseen_categories": self.unseen_categories,
             "last_error": self.last_error,
         }
 
@@ -545,7 +669,7 @@ def score_for_log(workspace: Workspace, model_name: str, features_df: pd.DataFra
     loaded = service.current_model()
     probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
     ids = _prediction_ids(prediction_ids, len(X))
-    return Scored(service.schema, X.to_numpy(), probas, ids, loaded.version, datetime.now(UTC)).frame()
+    return Scored(service.schema, _log_features(X, service.schema), probas, ids, loaded.version, datetime.now(UTC)).frame()
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -563,14 +687,55 @@ def _error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
             "errors_total": len(errors)}
 
 
+def _categorical_value(value: object) -> str:
+    """A categorical field's value: a string as sent, or a JSON number read as text the way init read the source."""
+    from pydantic_core import PydanticCustomError
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("string_type", "Input should be a valid string (a category; numbers are read as text)")
+    if not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return str(as_text(value))
+
+
+def _field_description(spec: ColumnSpec) -> str:
+    null = "; null allowed (or leave the field out)" if spec.nullable else "; required, not null"
+    if spec.role == "numeric":
+        return f"numeric feature: a finite JSON number{null}"
+    if spec.role == "text":
+        return f"text feature: a string{null}"
+    seen = f" init saw {len(spec.categories)} values, e.g. {spec.categories[:5]}" if spec.categories is not None else ""
+    return (f"categorical feature: a string (a number is read as text: 3 -> \"3\"); a value init did not see is scored as "
+            f"missing and counted{null}.{seen}")
+
+
 def _request_models(schema: Schema, max_rows: int):
+    """The /predict body model, one typed field per feature from the schema's roles.
+
+    numeric: a strict finite number (ints accepted; strings, booleans rejected); categorical: a string or a
+    number (read as text); text: a string. Nullable features accept null and may be left out; the others
+    are required and not null. Unknown fields are rejected.
+    """
     from typing import Annotated, NotRequired
 
-    from pydantic import AllowInfNan, ConfigDict, Field, Strict, StringConstraints, create_model
+    from pydantic import AllowInfNan, ConfigDict, Field, PlainValidator, Strict, StringConstraints, WithJsonSchema, create_model
     from typing_extensions import TypedDict
 
-    number = Annotated[float, Strict(), AllowInfNan(False)]
-    fields: dict[str, Any] = dict.fromkeys(schema.feature_columns, number)
+    by_role: dict[str, Any] = {
+        "numeric": Annotated[float, Strict(), AllowInfNan(False)],
+        "categorical": Annotated[str, PlainValidator(_categorical_value),
+                                 WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]})],
+        "text": Annotated[str, Strict()],
+    }
+    fields: dict[str, Any] = {}
+    for spec in schema.features:
+        kind = by_role[spec.role]
+        if spec.nullable:
+            fields[spec.name] = NotRequired[Annotated[kind | None, Field(description=_field_description(spec))]]
+        else:
+            fields[spec.name] = Annotated[kind, Field(description=_field_description(spec))]
     if PREDICTION_ID in fields:
         raise ValueError(f"a feature column may not be called {PREDICTION_ID!r}")
     prediction_id = StringConstraints(strict=True, min_length=1, max_length=MAX_PREDICTION_ID_LENGTH)
@@ -580,8 +745,46 @@ def _request_models(schema: Schema, max_rows: int):
     Row.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
     rows: Any = Annotated[list[Row], Field(
         min_length=1, max_length=max_rows,
-        description="Rows to score: every feature column, numbers only; optional prediction_id.")]
+        description="Rows to score: every feature column typed by its role in the workspace schema (see /schema); "
+                    "optional prediction_id.")]
     return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"), rows=(rows, ...))
+
+
+def _request_frame(rows: list[dict[str, Any]], schema: Schema) -> pd.DataFrame:
+    """Validated request rows as a frame in canonical types (a left-out nullable field is missing)."""
+    features = schema.feature_columns
+    if schema.all_numeric:  # one float matrix: None (a null or left-out nullable field) becomes NaN
+        return pd.DataFrame(np.array([[row.get(c) for c in features] for row in rows], dtype=np.float64), columns=features)
+    numeric = set(schema.numeric_columns)
+    # object Series: pandas would otherwise infer its string dtype, whose missing value is NaN, not None
+    return pd.DataFrame({c: np.array([row.get(c) for row in rows], dtype=np.float64) if c in numeric
+                         else pd.Series([row.get(c) for row in rows], dtype=object) for c in features})
+
+
+def _example_row(schema: Schema) -> dict[str, Any]:
+    example: dict[str, Any] = {}
+    for spec in schema.features:
+        if spec.role == "numeric":
+            example[spec.name] = 0.0
+        elif spec.role == "categorical":
+            example[spec.name] = spec.categories[0] if spec.categories else "a category"
+        else:
+            example[spec.name] = "some text"
+    return example
+
+
+def _explain_nulls(errors: list[dict[str, Any]], schema: Schema) -> list[dict[str, Any]]:
+    """pydantic's "Input should be a valid number/string" for a null in a non-nullable feature, said plainly."""
+    features = set(schema.feature_columns)
+    out = []
+    for error in errors:
+        loc = error.get("loc", ())
+        field = loc[-1] if loc else None
+        if error.get("input", ...) is None and field in features and error.get("type") in ("float_type", "string_type"):
+            out.append({**error, "msg": f"null is not allowed: {field} {NOT_NULLABLE}", "type": "not_nullable"})
+        else:
+            out.append(error)
+    return out
 
 
 class BodySizeLimit:
@@ -662,7 +865,6 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
     schema = service.schema
     PredictRequest = _request_models(schema, max_rows_per_request)
     class_names = list(schema.class_names)
-    features = list(schema.feature_columns)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -681,7 +883,7 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
-        return JSONResponse(_error_body(list(exc.errors())), status_code=422)
+        return JSONResponse(_error_body(_explain_nulls(list(exc.errors()), schema)), status_code=422)
 
     @app.exception_handler(InvalidRequest)
     async def _invalid_frame(request, exc: InvalidRequest):
@@ -698,7 +900,7 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
     @app.post("/predict", summary="Score rows with the champion; each row is logged")
     def predict(body: PredictRequest):  # type: ignore[valid-type]  # sync: runs in the thread pool
         rows = body.rows  # type: ignore[attr-defined]
-        X = pd.DataFrame(np.array([[row[c] for c in features] for row in rows], dtype=np.float64), columns=features)
+        X = _request_frame(rows, schema)
         ids = [row.get(PREDICTION_ID) for row in rows]
         scored = service.predict(X, ids if any(i is not None for i in ids) else None)
         version = scored.model_version
@@ -717,7 +919,7 @@ def create_app(workspace: Workspace, model_name: str, flush_rows: int = DEFAULT_
 
     @app.get("/schema", summary="What /predict accepts")
     def schema_endpoint():
-        example = dict.fromkeys(features, 0.0)
+        example = _example_row(schema)
         return {**schema.to_json(), "model_name": model_name, "model_version": service.health()["model_version"],
                 "max_rows_per_request": max_rows_per_request, "max_body_bytes": int(max_body_bytes), "mode": mode,
                 "prediction_id": "optional string per row, at most "

@@ -146,7 +146,9 @@ def latest_answers(workspace: Workspace, store: BatchStore | None = None) -> pd.
             final["annotators"] = ""
         items = store.items(meta.batch_id)
         items = items.assign(**{ITEM_ID: items[ITEM_ID].astype(str)}).drop_duplicates(ITEM_ID)
-        joined = items[[ITEM_ID, *schema.feature_columns]].merge(final[[ITEM_ID, "label", "annotators"]], on=ITEM_ID, how="inner")
+        # Id columns travel with the item where the log carried them (they are optional there).
+        kept = [ITEM_ID, *(c for c in schema.stored_columns if c in items.columns)]
+        joined = items[kept].merge(final[[ITEM_ID, "label", "annotators"]], on=ITEM_ID, how="inner")
         joined["batch_id"] = meta.batch_id
         joined["source"] = meta.vendor or "unknown"
         frames.append(joined)

@@ -20,14 +20,42 @@ from labelloop.batches import (
     drop_from_pool,
     load_pool,
 )
-from labelloop.columns import CONFIDENCE, ITEM_ID, PREDICTED
+from labelloop.columns import CONFIDENCE, ITEM_ID, MODEL_VERSION, PREDICTED
 from labelloop.config import ExportParams
 from labelloop.core.faults import crash_point
 from labelloop.core.io import read_parquet, write_parquet
 from labelloop.domain.quality import plan_quality_items
+from labelloop.schema import Schema
 from labelloop.workspace import Workspace
 
-EXPORT_FIELDS = [PREDICTED, CONFIDENCE, "utility", "annotators_wanted"]  # besides item_id + allowed features
+EXPORT_FIELDS = [PREDICTED, CONFIDENCE, MODEL_VERSION, "utility", "annotators_wanted"]  # besides item_id + allowed columns
+
+
+def with_model_version(items: pd.DataFrame, champion_version: str | None) -> pd.DataFrame:
+    """`items` with `model_version` = the registered version that made each row's guess.
+
+    Select rescores the pool with the champion when there is one (the batch records its version), so
+    that version made the guess; without a champion the guess is the production model's, whose version
+    the prediction log recorded for the row.
+    """
+    out = items.copy()
+    if champion_version is not None:
+        out[MODEL_VERSION] = str(champion_version)
+    elif MODEL_VERSION not in out.columns:
+        out[MODEL_VERSION] = None
+    return out
+
+
+def columns_to_send(schema: Schema, allowed: list[str] | None) -> list[str]:
+    """The columns that leave for the vendor, in the schema's order: the id columns (they help a person
+    find the record) and the features, or only those `export.columns` names."""
+    if allowed is None:
+        return list(schema.stored_columns)
+    unknown = sorted(set(allowed) - set(schema.stored_columns))
+    if unknown:
+        raise ValueError(f"export.columns names unknown columns {unknown}; allowed: id and feature columns "
+                         f"{schema.stored_columns}")
+    return [c for c in schema.stored_columns if c in set(allowed)]
 
 
 def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, store: BatchStore) -> pd.DataFrame:
@@ -37,7 +65,7 @@ def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, sto
     crowd labels); review items are the review queue's pending ones, with the row their source batch
     sent; easy items are the pool's most confident rows. Deterministic per batch id.
     """
-    items = store.selected_items(meta.batch_id)
+    items = with_model_version(store.selected_items(meta.batch_id), meta.champion_version)
     if len(items) > params.max_batch_size:
         raise ValueError(f"batch {meta.batch_id} has {len(items)} items, above export.max_batch_size={params.max_batch_size}")
     gold_pool = review = easy_pool = None
@@ -57,7 +85,7 @@ def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, sto
             rows = []
             for source in sorted({sources[i] for i in wanted}):
                 if source != meta.batch_id and store.exists(source):
-                    source_items = store.items(source)
+                    source_items = store.items(source)  # its plan: model_version already the guess's
                     is_gold = source_items.get("is_gold", pd.Series(False, index=source_items.index)).astype(bool)
                     rows.append(source_items[source_items[ITEM_ID].astype(str).isin(wanted) & ~is_gold])
             review = pd.concat(rows, ignore_index=True) if rows else None
@@ -79,14 +107,13 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
 
     The plan is written once per batch before the vendor call and reused on a rerun, so a rerun
     sends the same items (no second set of gold questions, no duplicate tasks at the vendor).
-    Only item ids, allow-listed features, the model's guess, the acquisition score and
-    `annotators_wanted` leave: gold labels and the gold / review / easy marks stay here.
+    Only item ids, the id and feature columns `export.columns` allows (all by default, in the schema's
+    order, with their raw values), the model's guess with its model version, the acquisition score and
+    `annotators_wanted` leave: gold labels and the gold / review / easy marks stay here. The batch
+    carries the schema, so a vendor knows which column is text.
     """
     schema = workspace.schema()
-    columns = params.columns if params.columns is not None else schema.feature_columns
-    unknown = sorted(set(columns) - set(schema.feature_columns))
-    if unknown:
-        raise ValueError(f"export.columns names unknown feature columns {unknown}; allowed: {schema.feature_columns}")
+    columns = columns_to_send(schema, params.columns)
     store = BatchStore(workspace)
     exported = []
     for meta in store.list():
@@ -105,8 +132,9 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
         easy = plan.loc[plan["is_easy"].astype(bool), ITEM_ID].astype(str)
         if len(easy):
             drop_from_pool(workspace, load_pool(workspace), easy)
-        payload = plan[[ITEM_ID, *columns, *EXPORT_FIELDS]].copy()
-        receipt = vendor.export_batch(ExportBatch(meta.batch_id, payload, schema.class_names, list(columns)))
+        payload = _payload(plan, columns, schema)
+        sent = [c for c in columns if c in payload.columns]
+        receipt = vendor.export_batch(ExportBatch(meta.batch_id, payload, schema.class_names, sent, schema))
         crash_point("export.after_vendor")
         flags = plan[["is_gold", "is_review", "is_easy"]].astype(bool)
         quality = {"n_new": int((~flags.any(axis=1)).sum()), "n_gold": int(flags["is_gold"].sum()),
@@ -116,3 +144,20 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
                    quality=quality, labels_ordered=int(plan["annotators_wanted"].sum()))
         exported.append(meta.batch_id)
     return exported
+
+
+def _payload(plan: pd.DataFrame, columns: list[str], schema: Schema) -> pd.DataFrame:
+    """What leaves for the vendor from a plan: item ids, `columns` and EXPORT_FIELDS.
+
+    A feature column the plan lacks is an error (every row of the pool, the seed set and earlier batches
+    holds the features). An id column is sent when the batch's own rows carry it: the prediction log
+    need not hold ids, and ids on gold questions (drawn from the seed set, which has them) alone would
+    tell them apart. A plan written before model versions were recorded gets a null `model_version`.
+    """
+    missing = [c for c in columns if c not in plan.columns and c not in schema.id_columns]
+    if missing:
+        raise ValueError(f"the export plan lacks feature columns {missing}")
+    not_gold = ~plan["is_gold"].astype(bool) if "is_gold" in plan.columns else pd.Series(True, index=plan.index)
+    sent = [c for c in columns if c in plan.columns and (c not in schema.id_columns or plan.loc[not_gold, c].notna().any())]
+    fields = [c for c in EXPORT_FIELDS if c in plan.columns or c == MODEL_VERSION]
+    return plan.reindex(columns=[ITEM_ID, *sent, *fields])

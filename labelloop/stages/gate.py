@@ -33,6 +33,7 @@ from labelloop.domain.cycle import CycleRecord
 from labelloop.domain.gate import GateDecision, ModelMetrics, decide
 from labelloop.domain.stop_rules import StopReport, StopRules, evaluate_stop_rules
 from labelloop.history import load_history
+from labelloop.schema import invalid_rows
 from labelloop.workspace import Workspace
 
 
@@ -256,8 +257,7 @@ def stop_set(workspace: Workspace, size: int, seed: int = 0) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=[PREDICTION_ID, *features])
     log = pd.concat(frames, ignore_index=True).dropna(subset=[PREDICTION_ID]).drop_duplicates(PREDICTION_ID)
-    values = log[features].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    log = log[np.isfinite(values).all(axis=1)]  # rows capture would quarantine
+    log = log[~invalid_rows(log, workspace.schema())]  # rows capture would quarantine
     chosen = log.sample(n=min(size, len(log)), random_state=seed).sort_values(PREDICTION_ID).reset_index(drop=True)
     write_parquet(path, chosen)
     return chosen

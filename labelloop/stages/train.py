@@ -31,7 +31,8 @@ from labelloop.core.faults import crash_point
 from labelloop.core.io import read_parquet, write_json
 from labelloop.domain.metrics import holdout_metrics
 from labelloop.model import LabelloopClassifier
-from labelloop.workspace import Schema, Workspace
+from labelloop.schema import Schema
+from labelloop.workspace import Workspace
 
 MODEL_FILE = "model.skops"
 TRUSTED_TYPES = ["labelloop.model.LabelloopClassifier", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
@@ -51,7 +52,7 @@ class Evaluation:
 
 
 def load_schema(registry: Path) -> Schema:
-    return Schema(**json.loads((registry / "schema.json").read_text()))
+    return Schema.from_json(json.loads((registry / "schema.json").read_text()))
 
 
 def fit(labeled: pd.DataFrame, schema: Schema, params: TrainParams) -> LabelloopClassifier:

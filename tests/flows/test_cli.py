@@ -118,3 +118,38 @@ def test_model_rollback_moves_champion_back_and_is_not_undone_by_resume_gate(wor
     assert tags["rolled_back"] == "bad labels in batch-0001"
     assert gate.resume_gate(workspace, fast.model_name) is None  # the next cycle leaves the rollback alone
     assert tracking.alias_version(workspace, fast.model_name, tracking.CHAMPION) == first.version
+
+
+def _table_with_an_id_and_missing_values(path):
+    rng = np.random.default_rng(0)
+    n = 300
+    label = np.sort(rng.choice(["no", "yes"], n))  # class-sorted: the row number leaks the label
+    pd.DataFrame({
+        "patient_id": np.arange(n), "age": np.where(rng.random(n) < 0.1, np.nan, rng.normal(50, 9, n)),
+        "plan": rng.choice(["basic", "gold"], n), "label": label,
+    }).to_csv(path, index=False)
+
+
+def test_init_prints_the_inferred_schema_and_warns_about_the_id(tmp_path):
+    _table_with_an_id_and_missing_values(tmp_path / "t.csv")
+    result = runner.invoke(app, ["init", str(tmp_path / "ws"), "--source", str(tmp_path / "t.csv")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["column", "role", "type", "nullable", "detail"]
+    assert any(line.split()[:2] == ["patient_id", "id"] for line in lines)
+    assert any(line.split()[:4] == ["age", "numeric", "float64", "yes"] for line in lines)
+    assert any(line.split()[:2] == ["plan", "categorical"] for line in lines)
+    assert "'patient_id' looks like an id" in result.stderr and "alone predicts the label" in result.stderr
+
+
+def test_init_role_options_override_and_unknown_columns_are_named(tmp_path):
+    _table_with_an_id_and_missing_values(tmp_path / "t.csv")
+    result = runner.invoke(app, ["init", str(tmp_path / "ws"), "--source", str(tmp_path / "t.csv"),
+                                 "--categorical-col", "patient_id", "--drop-col", "age"])
+    assert result.exit_code == 0, result.output
+    assert any(line.split()[:2] == ["patient_id", "categorical"] for line in result.stdout.splitlines())
+    assert any(line.split()[:2] == ["age", "ignored"] for line in result.stdout.splitlines())
+    result = runner.invoke(app, ["init", str(tmp_path / "ws2"), "--source", str(tmp_path / "t.csv"), "--text-col", "nope"])
+    assert result.exit_code == 2
+    assert "error: schema overrides name columns not in the table: ['nope']" in result.stderr
+    assert not (tmp_path / "ws2").exists()

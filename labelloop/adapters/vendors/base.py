@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from labelloop.core.retry import TransientError
+from labelloop.schema import Schema, as_text
 
 # Columns of `FetchedLabels.annotations`: one row per (item, annotator) answer.
 ANNOTATION_COLUMNS = ["item_id", "annotator_id", "label", "annotation_id"]
@@ -49,11 +50,36 @@ class VendorRefused(VendorError):
 @dataclass(frozen=True)
 class ExportBatch:
     batch_id: str
-    # One row per item: `item_id`, the allow-listed feature columns, `predicted`, `confidence`,
-    # `utility` (acquisition score), `is_gold`, `annotators_wanted` (1, or 2–3 for overlap items).
+    # One row per item: `item_id`, the columns that may leave (`feature_columns`), `predicted`,
+    # `confidence`, `model_version` (the registered version that made the guess), `utility`
+    # (acquisition score), `annotators_wanted` (1, or 2–3 for overlap items).
     items: pd.DataFrame
     label_set: list[str]
+    # The item's columns that may leave, in the order annotators see them (the export stage passes the
+    # schema's order: id columns and features, restricted by `export.columns`).
     feature_columns: list[str]
+    # Each column's role (id, numeric, categorical, text); None: every column is numeric (callers that
+    # predate schemas with roles).
+    schema: Schema | None = None
+
+    def role(self, column: str) -> str:
+        """`column`'s role in the schema: id, numeric, categorical or text."""
+        if self.schema is None:
+            return "numeric"
+        try:
+            return self.schema.column(column).role
+        except KeyError:
+            raise VendorError(f"batch {self.batch_id} sends column {column!r}, which the schema does not name") from None
+
+    @property
+    def text_columns(self) -> list[str]:
+        """The columns shown as text (each its own text block), in `feature_columns` order."""
+        return [c for c in self.feature_columns if self.role(c) == "text"]
+
+    @property
+    def table_columns(self) -> list[str]:
+        """The columns shown as one table (ids, numbers, categories), in `feature_columns` order."""
+        return [c for c in self.feature_columns if self.role(c) != "text"]
 
     def checked_ids(self) -> pd.Series:
         """The item ids as strings, after checking what every vendor relies on."""
@@ -65,7 +91,32 @@ class ExportBatch:
         missing = [c for c in self.feature_columns if c not in self.items.columns]
         if missing:
             raise VendorError(f"export batch lacks feature columns {missing}")
+        for column in self.feature_columns:
+            self.role(column)
         return ids
+
+    def values(self, position: int) -> dict[str, Any]:
+        """Row `position`'s raw values as JSON, in `feature_columns` order: the text itself, category names,
+        numbers, null for a missing value (NaN, None, NA)."""
+        row = self.items.iloc[position]
+        return {c: json_value(row[c]) for c in self.feature_columns}
+
+    def priorities(self) -> list[int]:
+        """Each item's labelling priority: 1 = the highest utility; ties (and no utility) keep batch order."""
+        if "utility" not in self.items.columns:
+            return list(range(1, len(self.items) + 1))
+        utility = pd.to_numeric(self.items["utility"], errors="coerce").to_numpy(dtype=np.float64)
+        order = np.lexsort((np.arange(len(utility)), np.where(np.isnan(utility), np.inf, -utility)))
+        ranks = np.empty(len(utility), dtype=np.int64)
+        ranks[order] = np.arange(1, len(utility) + 1)
+        return ranks.tolist()
+
+    def model_version(self, position: int) -> str | None:
+        """The registered model version that made row `position`'s guess (None when not recorded)."""
+        if "model_version" not in self.items.columns:
+            return None
+        value = as_text(self.items["model_version"].iloc[position])
+        return value if value is not None and value.strip() else None
 
 
 @dataclass(frozen=True)

@@ -181,22 +181,30 @@ class FileDropVendor(Vendor):
     # ---------------------------------------------------------------------------------------- export
     @staticmethod
     def render_tasks(batch: ExportBatch) -> bytes:
+        """tasks.jsonl: one task per item; `features` holds the item's columns that may leave, in the
+        schema's order (ids first where the source had them first), with their raw values."""
         items = batch.items
         ids = batch.checked_ids()
+        priorities = batch.priorities()
         lines = []
-        for position, (_, row) in enumerate(items.iterrows()):
+        for position in range(len(items)):
+            row = items.iloc[position]
             task: dict[str, Any] = {
                 "batch_id": batch.batch_id,
                 "item_id": ids.iloc[position],
-                "features": {c: _json_value(row[c]) for c in batch.feature_columns},
+                "features": batch.values(position),
                 "annotators_wanted": int(row["annotators_wanted"]) if "annotators_wanted" in items.columns else 1,
             }
             if "predicted" in items.columns:
                 task["model_guess"] = {"label": _json_value(row["predicted"]),
-                                       "score": _json_value(row["confidence"]) if "confidence" in items.columns else None}
+                                       "score": _json_value(row["confidence"]) if "confidence" in items.columns else None,
+                                       "model_version": batch.model_version(position)}
             if "utility" in items.columns:
                 task["utility"] = _json_value(row["utility"])
-            lines.append(json.dumps(task, sort_keys=True, default=str))
+            task["priority"] = priorities[position]
+            # Not sort_keys: `features` keeps the column order; the order of the keys is fixed by the code,
+            # so the same batch renders to the same bytes (the manifest's checksum makes export idempotent).
+            lines.append(json.dumps(task, default=str, allow_nan=False))
         return "".join(line + "\n" for line in lines).encode()
 
     def export_batch(self, batch: ExportBatch) -> ExportReceipt:
@@ -222,6 +230,7 @@ class FileDropVendor(Vendor):
             "sha256": digest,
             "label_set": list(batch.label_set),
             "feature_columns": list(batch.feature_columns),
+            "columns": [{"name": c, "role": batch.role(c)} for c in batch.feature_columns],
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         self._write(batch.batch_id, "manifest.json", data=(json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

@@ -1,9 +1,15 @@
 """Label Studio vendor: one Label Studio project per batch, through label-studio-sdk.
 
-Each task carries the item id, the allow-listed feature columns (shown as a table), the acquisition
-score `utility` (a data column annotators can sort by in the data manager), `annotators_wanted`, and
-the model's guess as a prediction with its score. Gold items look like any other task. The labelling
-config is generated from the label set (one single-choice question).
+What annotators see (`label_config`, generated per batch from the label set and the roles of the
+columns that may leave): the item id under a header with its priority rank, each text column as its
+own text block under a header naming the column, the other columns (ids, numbers, categories) as one
+table in the schema's column order, and one single-choice question. Each task's data carries
+`utility` (the acquisition score, a number) and `priority` (1 = the most useful item of the batch);
+every project gets a Data Manager tab, "labelloop: by priority", that shows both as numbers and orders
+the tasks by priority, so the labelling stream started from it takes the most useful items first. The
+model's guess is a prediction (a pre-annotation) with its score and the registered model version that
+made it; the project's model version is the batch's, so Label Studio pre-fills the answer with it.
+Gold items look like any other task.
 
 Export is idempotent: the project is found by its title (`labelloop batch <batch_id>`) and only tasks
 whose item id is not in it yet are imported, so an export that died halfway can be rerun. Fetching
@@ -29,6 +35,9 @@ params.yaml, and it is never logged.
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -53,27 +62,94 @@ from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy, with_retries
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 FROM_NAME = "label"
 TO_NAME = "item"
+TABLE_NAME = "columns"
 FETCHED_COLUMNS = [*ANNOTATION_COLUMNS, "task_id", "parse_error"]
 IMPORT_CHUNK = 500
 # Statuses worth another attempt: the server is overloaded, restarting or timed out at its proxy.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Label Studio's Table tag pages its rows by 10 (antd's default page size) and sorts a dict's keys as
+# text; the table is therefore a list of rows (kept in order) of at most TABLE_ROWS rows, the columns
+# laid out in up to TABLE_PAIRS side-by-side (column, value) pairs, read top to bottom then left to right.
+# Up to TABLE_ROWS x TABLE_PAIRS = 40 columns fit on one page; more make the table page.
+TABLE_ROWS = 10
+TABLE_PAIRS = 4
+MISSING = "(missing)"  # how a missing value is shown to annotators
+VIEW_TITLE = "labelloop: by priority"
 
 
-def label_config(label_set: list[str]) -> str:
-    """The labelling interface: item header, feature table, one single-choice question over the label set."""
+def text_key(position: int) -> str:
+    """The task-data key of the `position`-th text column (column names may hold characters that
+    Label Studio's `$variables` cannot, so the data keys are positional; the header names the column)."""
+    return f"text_{position}"
+
+
+def _header_text(text: str) -> str:
+    """`text` safe as a Header's literal value: a `$` would start a Label Studio variable."""
+    return text.replace("$", "\uff04")
+
+
+def label_config(label_set: list[str], text_columns: Sequence[str] = (), table: bool = True) -> str:
+    """The labelling interface for one batch.
+
+    The item id (with its priority rank), one text block per text column (`$text_<k>`, under a header
+    naming the column), one table of the other columns (`$table`, see `table_rows`) when there are any,
+    and one single-choice question over the label set.
+    """
     if not label_set:
         raise VendorError("cannot build a Label Studio config for an empty label set")
     choices = "\n".join(f"    <Choice value={quoteattr(str(c))}/>" for c in label_set)
-    return (
-        "<View>\n"
-        '  <Header value="Item $item_id (acquisition score $utility)"/>\n'
-        '  <Table name="features" value="$features"/>\n'
-        f'  <Text name="{TO_NAME}" value="$item_id"/>\n'
-        f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInLine="true" required="true">\n'
-        f"{choices}\n"
-        "  </Choices>\n"
-        "</View>\n"
-    )
+    parts = [
+        "<View>",
+        '  <Header value="Item (priority rank $priority of $n_items; 1 = the most useful to label)" size="5"/>',
+        f'  <Text name="{TO_NAME}" value="$item_id"/>',
+    ]
+    for position, column in enumerate(text_columns):
+        parts.append(f"  <Header value={quoteattr(_header_text(str(column)))} size=\"5\"/>")
+        parts.append(f'  <Text name="{text_key(position)}" value="${text_key(position)}"/>')
+    if table:
+        parts.append(f'  <Table name="{TABLE_NAME}" value="$table"/>')
+    parts += [
+        f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInLine="true" required="true">',
+        choices,
+        "  </Choices>",
+        "</View>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _shown(value: Any) -> Any:
+    """A JSON value as shown in the table: numbers and strings as they are, a missing value spelled out."""
+    return MISSING if value is None else value
+
+
+def table_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """One item's columns as the rows of Label Studio's Table, in `values`' order, on one page.
+
+    `len(values)` columns make `ceil(n / pairs)` rows of `pairs` (column, value) pairs, with
+    `pairs = min(TABLE_PAIRS, ceil(n / TABLE_ROWS))`; column k is in pair `k // rows`, row `k % rows`.
+    The pairs' keys differ only by zero-width spaces, so every pair's header reads "column | value".
+    """
+    names = list(values)
+    if not names:
+        return []
+    pairs = min(TABLE_PAIRS, max(1, math.ceil(len(names) / TABLE_ROWS)))
+    n_rows = math.ceil(len(names) / pairs)
+    rows = []
+    for r in range(n_rows):
+        row: dict[str, Any] = {}
+        for p in range(pairs):
+            k = p * n_rows + r
+            suffix = "\u200b" * p
+            row["column" + suffix] = names[k] if k < len(names) else ""
+            row["value" + suffix] = _shown(values[names[k]]) if k < len(names) else ""
+        rows.append(row)
+    return rows
+
+
+def _priority_view() -> dict[str, Any]:
+    """The Data Manager tab that lists a batch's tasks by priority, utility and priority shown as numbers."""
+    return {"title": VIEW_TITLE, "ordering": ["tasks:data.priority"],
+            "columnsDisplayType": {"tasks:data.priority": "Number", "tasks:data.utility": "Number"}}
 
 
 def project_title(batch_id: str, namespace: str | None = None) -> str:
@@ -192,28 +268,48 @@ class LabelStudioVendor(Vendor):
     def task_payloads(self, batch: ExportBatch) -> list[dict[str, Any]]:
         items = batch.items
         ids = batch.checked_ids()
+        priorities = batch.priorities()
+        text_columns, table_columns = batch.text_columns, batch.table_columns
         payloads = []
-        for position, (_, row) in enumerate(items.iterrows()):
-            data = {
+        for position in range(len(items)):
+            row = items.iloc[position]
+            values = batch.values(position)
+            data: dict[str, Any] = {
                 "item_id": ids.iloc[position],
                 "batch_id": batch.batch_id,
                 "utility": _json_value(row["utility"]) if "utility" in items.columns else None,
+                "priority": priorities[position],
+                "n_items": len(items),
                 "annotators_wanted": int(row["annotators_wanted"]) if "annotators_wanted" in items.columns else 1,
-                "features": {c: _json_value(row[c]) for c in batch.feature_columns},
             }
+            for k, column in enumerate(text_columns):
+                text = values[column]
+                data[text_key(k)] = MISSING if text is None else str(text)
+            if table_columns:
+                data["table"] = table_rows({c: values[c] for c in table_columns})
             task: dict[str, Any] = {"data": data}
             guess = _json_value(row["predicted"]) if "predicted" in items.columns else None
             if guess is not None and str(guess) in batch.label_set:
                 score = _json_value(row["confidence"]) if "confidence" in items.columns else None
-                version = _json_value(row["model_version"]) if "model_version" in items.columns else None
-                task["predictions"] = [{
-                    "model_version": str(version or "labelloop"),
+                prediction: dict[str, Any] = {
                     "score": float(score) if score is not None else None,
                     "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
                                 "value": {"choices": [str(guess)]}}],
-                }]
+                }
+                version = batch.model_version(position)
+                if version is not None:
+                    prediction["model_version"] = version
+                task["predictions"] = [prediction]
             payloads.append(task)
         return payloads
+
+    @staticmethod
+    def batch_model_version(payloads: list[dict[str, Any]]) -> str | None:
+        """The model version most of the batch's guesses come from (review and easy items may carry an
+        older one); Label Studio pre-fills answers with the predictions of the project's model version."""
+        versions = Counter(p["model_version"] for task in payloads for p in task.get("predictions", [])
+                           if p.get("model_version"))
+        return max(sorted(versions), key=versions.__getitem__) if versions else None
 
     def export_batch(self, batch: ExportBatch) -> ExportReceipt:
         payloads = self.task_payloads(batch)
@@ -233,20 +329,25 @@ class LabelStudioVendor(Vendor):
         if project is None:
             project = self._find_project(title)
         if project is None:
+            version = self.batch_model_version(payloads)
+            extra = {"model_version": version} if version is not None else {}
             project = self._call(
                 "creating the project",
                 self.client.projects.create,
                 title=title,
-                description=f"labelloop batch {batch.batch_id}: {len(payloads)} items; "
-                            "sort by `utility` to label the most useful first.",
-                label_config=label_config(list(batch.label_set)),
+                description=f"labelloop batch {batch.batch_id}: {len(payloads)} items. Label from the "
+                            f"'{VIEW_TITLE}' tab to take the most useful items first (priority 1 = most useful).",
+                label_config=label_config(list(batch.label_set), batch.text_columns, table=bool(batch.table_columns)),
                 maximum_annotations=int(wanted),
                 show_skip_button=True,
+                show_collab_predictions=True,
+                **extra,
             )
         state = {"batch_id": batch.batch_id, "project_id": int(project.id), "title": title,
                  "label_set": list(batch.label_set), "tasks": state.get("tasks", {})}
         write_json(self._state_path(batch.batch_id), state)  # remember the project before importing tasks
 
+        self._ensure_priority_view(int(project.id))
         existing = self._project_tasks(int(project.id))
         todo = [p for p in payloads if p["data"]["item_id"] not in existing]
         for start in range(0, len(todo), IMPORT_CHUNK):
@@ -262,6 +363,13 @@ class LabelStudioVendor(Vendor):
         state["annotators_wanted"] = {p["data"]["item_id"]: p["data"]["annotators_wanted"] for p in payloads}
         write_json(self._state_path(batch.batch_id), state)
         return ExportReceipt(batch.batch_id, self.name, len(payloads), created=bool(todo), vendor_ref=str(project.id))
+
+    def _ensure_priority_view(self, project_id: int) -> None:
+        """The project's "by priority" Data Manager tab, created once (found by its title on a rerun)."""
+        views = self._call("listing Data Manager tabs", lambda **o: list(self.client.views.list(project=project_id, **o)))
+        if any((view.data or {}).get("title") == VIEW_TITLE for view in views):
+            return
+        self._call("creating the Data Manager tab", self.client.views.create, project=project_id, data=_priority_view())
 
     # ----------------------------------------------------------------------------------------- fetch
     def _require_state(self, batch_id: str) -> dict[str, Any]:

@@ -19,9 +19,17 @@ Crash safety:
   segments whose writer is gone, and two servers on one workspace never take each other's segment.
 
 Record framing: <u32 payload length><u32 crc32(payload)><payload>. The first record of a segment is
-the header (b"H" + JSON: format, feature columns, class names); each later record is one group
-(b"G" + <u32 meta length> + JSON meta (per chunk: ids, model version, ts) + float64 features +
-float64 probabilities, little-endian).
+the header (b"H" + JSON); each later record is one group (b"G" + <u32 meta length> + JSON meta +
+float64 numeric block + float64 probabilities, little-endian, row-major). Two formats are read:
+
+- format 2 (written): the header holds the workspace schema (`schema`, roles and types) and the class
+  names. A group's meta holds per chunk its ids, model version and ts, plus `numeric` (the numeric
+  columns, in the order of the float64 block: n_rows × len(numeric), NaN where missing) and `strings`
+  ({column: one str-or-null per row} for categorical, text and id columns). Columns are listed per
+  group: requests that carry id columns and requests that do not may share a group (null ids).
+- format 1 (numeric-only, written before): the header holds `feature_columns` and `class_names`; the
+  float64 block is n_rows × len(feature_columns). Segments a server of that version left behind are
+  still recovered.
 """
 
 from __future__ import annotations
@@ -44,8 +52,10 @@ import numpy as np
 import pandas as pd
 
 from labelloop.core.io import _fsync_dir, write_bytes
+from labelloop.prediction_log import log_features
+from labelloop.schema import Schema
 from labelloop.stages.production import append_predictions, predictions_frame
-from labelloop.workspace import Schema, Workspace
+from labelloop.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +63,8 @@ WAL_DIR_NAME = "_wal"
 SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".wal"
 TEMP_SUFFIX = ".tmp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 DEFAULT_COMMIT_WAIT_SECONDS = 0.002
 _RECORD = struct.Struct("<II")  # payload length, crc32(payload)
 _META_LENGTH = struct.Struct("<I")
@@ -62,23 +73,55 @@ _HEADER, _GROUP = b"H", b"G"
 
 @dataclass(frozen=True)
 class LogChunk:
-    """Rows scored together: what one request adds to the log."""
+    """Rows scored together: what one request adds to the log.
+
+    `features` is either a DataFrame holding the schema's feature columns (and any of its id columns),
+    made canonical on construction (`log_features`: float64 numeric, str-or-None text; a value that
+    cannot be logged raises ValueError here, before the rows reach the write-ahead log), or, for an
+    all-numeric schema, a float64 matrix of the feature columns in order (the fast path).
+    """
 
     schema: Schema
-    features: np.ndarray  # float64, the schema's feature columns in order
+    features: pd.DataFrame | np.ndarray
     probas: np.ndarray    # one column per class, the schema's class order
     prediction_ids: list[str]
     model_version: str
     ts: datetime
 
+    def __post_init__(self) -> None:
+        if isinstance(self.features, pd.DataFrame):
+            features: pd.DataFrame | np.ndarray = log_features(self.features, self.schema)
+        else:
+            features = np.asarray(self.features, dtype=np.float64)
+            if not self.schema.all_numeric or features.ndim != 2 or features.shape[1] != len(self.schema.feature_columns):
+                raise ValueError(f"a feature matrix needs an all-numeric schema and {len(self.schema.feature_columns)} "
+                                 f"columns; got shape {features.shape} (pass a DataFrame for categorical or text features)")
+        if len(features) != len(self.prediction_ids):
+            raise ValueError(f"{len(features)} feature rows for {len(self.prediction_ids)} prediction ids")
+        object.__setattr__(self, "features", features)
+
     def __len__(self) -> int:
         return len(self.prediction_ids)
+
+    def feature_frame(self) -> pd.DataFrame:
+        if isinstance(self.features, pd.DataFrame):
+            return self.features
+        return pd.DataFrame(self.features, columns=self.schema.feature_columns)
+
+
+def _features(chunks: Sequence[LogChunk]) -> pd.DataFrame:
+    """The chunks' feature rows as one frame (a column some chunks lack is null in their rows)."""
+    if all(isinstance(c.features, np.ndarray) for c in chunks):
+        return pd.DataFrame(np.vstack([c.features for c in chunks]), columns=chunks[0].schema.feature_columns)
+    if len(chunks) == 1:
+        return chunks[0].feature_frame()
+    return pd.concat([c.feature_frame() for c in chunks], ignore_index=True)
 
 
 def log_frame(chunks: Sequence[LogChunk]) -> pd.DataFrame:
     """Chunks as prediction-log rows (`predictions_frame`), each row with its own ts and version."""
     schema = chunks[0].schema
-    features = pd.DataFrame(np.vstack([c.features for c in chunks]), columns=schema.feature_columns)
+    features = _features(chunks)
     ids = [i for c in chunks for i in c.prediction_ids]
     frame = predictions_frame(features, np.vstack([c.probas for c in chunks]), schema, chunks[0].model_version, ids,
                               ts=chunks[0].ts)
@@ -107,29 +150,71 @@ def _frame_record(payload: bytes) -> bytes:
     return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def _header(schema: Schema) -> bytes:
+    return _HEADER + json.dumps({"format": FORMAT_VERSION, "schema": schema.to_json(), "class_names": schema.class_names,
+                                 "feature_columns": schema.feature_columns}).encode()
+
+
+def _text_values(values: pd.Series) -> list[str | None]:
+    return [v if isinstance(v, str) else None for v in values.to_numpy(dtype=object)]
+
+
 def _encode_group(chunks: Sequence[LogChunk]) -> bytes:
+    schema = chunks[0].schema
+    n_rows = sum(len(c) for c in chunks)
+    strings: dict[str, list[str | None]] = {}
+    if all(isinstance(c.features, np.ndarray) for c in chunks):
+        numeric = schema.feature_columns
+        block = np.vstack([c.features for c in chunks])
+    else:
+        frames = [c.feature_frame() for c in chunks]
+        present = set().union(*(f.columns for f in frames))
+        columns = [c for c in schema.stored_columns if c in present]
+        numeric = [c for c in columns if schema.column(c).role == "numeric"]
+        block = np.full((n_rows, len(numeric)), np.nan)
+        row = 0
+        for frame in frames:
+            for j, name in enumerate(numeric):
+                if name in frame.columns:
+                    block[row:row + len(frame), j] = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            row += len(frame)
+        for name in columns:
+            if name not in numeric:
+                strings[name] = [v for f in frames for v in (_text_values(f[name]) if name in f.columns else [None] * len(f))]
     meta = json.dumps({"chunks": [{"ids": c.prediction_ids, "model_version": c.model_version, "ts": c.ts.isoformat()}
-                                  for c in chunks]}, separators=(",", ":")).encode()
-    features = np.ascontiguousarray(np.vstack([c.features for c in chunks]), dtype="<f8")
+                                  for c in chunks], "numeric": numeric, "strings": strings},
+                      separators=(",", ":")).encode()
+    features = np.ascontiguousarray(block, dtype="<f8")
     probas = np.ascontiguousarray(np.vstack([c.probas for c in chunks]), dtype="<f8")
     return _GROUP + _META_LENGTH.pack(len(meta)) + meta + features.tobytes() + probas.tobytes()
 
 
-def _decode_group(payload: bytes, schema: Schema) -> list[LogChunk]:
+def _decode_group(payload: bytes, schema: Schema, version: int = FORMAT_VERSION) -> list[LogChunk]:
     (meta_length,) = _META_LENGTH.unpack_from(payload, 1)
     start = 1 + _META_LENGTH.size
     meta = json.loads(payload[start:start + meta_length])
     n_rows = sum(len(c["ids"]) for c in meta["chunks"])
-    n_features, n_classes = len(schema.feature_columns), len(schema.class_names)
+    numeric = list(schema.feature_columns) if version == 1 else list(meta["numeric"])
+    strings: dict[str, list] = {} if version == 1 else dict(meta["strings"])
+    n_classes = len(schema.class_names)
     offset = start + meta_length
-    features = np.frombuffer(payload, dtype="<f8", count=n_rows * n_features, offset=offset).reshape(n_rows, n_features)
-    offset += n_rows * n_features * 8
+    block = np.frombuffer(payload, dtype="<f8", count=n_rows * len(numeric), offset=offset).reshape(n_rows, len(numeric))
+    offset += n_rows * len(numeric) * 8
     probas = np.frombuffer(payload, dtype="<f8", count=n_rows * n_classes, offset=offset).reshape(n_rows, n_classes)
+    columns = [c for c in schema.stored_columns if c in set(numeric) | set(strings)]
+    position = {name: j for j, name in enumerate(numeric)}
     chunks, row = [], 0
     for c in meta["chunks"]:
         n = len(c["ids"])
-        chunks.append(LogChunk(schema, features[row:row + n].astype(np.float64), probas[row:row + n].astype(np.float64),
-                               list(c["ids"]), str(c["model_version"]), datetime.fromisoformat(c["ts"])))
+        features: pd.DataFrame | np.ndarray
+        if version == 1 or (not strings and numeric == schema.feature_columns):
+            features = block[row:row + n].astype(np.float64)
+        else:
+            features = pd.DataFrame({name: block[row:row + n, position[name]].astype(np.float64) if name in position
+                                     else pd.Series(strings[name][row:row + n], dtype=object) for name in columns},
+                                    columns=columns)
+        chunks.append(LogChunk(schema, features, probas[row:row + n].astype(np.float64), list(c["ids"]),
+                               str(c["model_version"]), datetime.fromisoformat(c["ts"])))
         row += n
     return chunks
 
@@ -176,9 +261,7 @@ class Segment:
         try:
             # Locked before it has its real name, so recovery never sees it unlocked while it lives.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            header = json.dumps({"format": FORMAT_VERSION, "feature_columns": schema.feature_columns,
-                                 "class_names": schema.class_names}).encode()
-            record = _frame_record(_HEADER + header)
+            record = _frame_record(_header(schema))
             _write_all(fd, record)
             os.fdatasync(fd)
             os.rename(temp, path)
@@ -295,10 +378,15 @@ def _recover_segment(workspace: Workspace, path: Path, data: bytes) -> tuple[int
     if not records or records[0][:1] != _HEADER:
         return 0, [], torn
     header = json.loads(records[0][1:])
-    if header.get("format") != FORMAT_VERSION:
-        raise ValueError(f"write-ahead segment {path} has format {header.get('format')!r}; this labelloop reads {FORMAT_VERSION}")
-    schema = Schema(list(header["feature_columns"]), list(header["class_names"]))
-    chunks = [chunk for payload in records[1:] if payload[:1] == _GROUP for chunk in _decode_group(payload, schema)]
+    version = header.get("format")
+    if version not in READABLE_FORMATS:
+        raise ValueError(f"write-ahead segment {path} has format {version!r}; this labelloop reads formats "
+                         f"{', '.join(map(str, READABLE_FORMATS))}")
+    if version == 1:
+        schema = Schema.numeric(list(header["feature_columns"]), list(header["class_names"]))
+    else:
+        schema = Schema.from_json(header["schema"])
+    chunks = [chunk for payload in records[1:] if payload[:1] == _GROUP for chunk in _decode_group(payload, schema, version)]
     if not chunks:
         return 0, [], torn
     written = write_parts(workspace, chunks, part_name=f"part-{segment_id}.parquet")

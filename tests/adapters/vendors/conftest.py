@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from labelloop.adapters.vendors.base import ExportBatch
+from labelloop.schema import ColumnSpec, Schema
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "infra" / "labelstudio.sh"
@@ -73,6 +74,7 @@ def make_batch(batch_id: str, n: int = 6, *, seed: int = 0, wanted: list[int] | 
         "private_note": ["do not export"] * n,
         "predicted": rng.choice(LABELS, size=n),
         "confidence": rng.uniform(0.4, 0.7, size=n).round(3),
+        "model_version": "7",
         "utility": rng.uniform(size=n).round(3),
         "annotators_wanted": wanted if wanted is not None else [1] * n,
         "is_gold": False,
@@ -81,8 +83,40 @@ def make_batch(batch_id: str, n: int = 6, *, seed: int = 0, wanted: list[int] | 
     if gold:
         extra = pd.DataFrame({
             "item_id": list(gold), "f0": 0.0, "f1": 0.0, "private_note": "gold", "predicted": "cat",
-            "confidence": 0.5, "utility": 0.0, "annotators_wanted": 1, "is_gold": True, "gold_label": list(gold.values()),
+            "confidence": 0.5, "model_version": "7", "utility": 0.0, "annotators_wanted": 1, "is_gold": True, "gold_label": list(gold.values()),
         })
         items = pd.concat([items, extra], ignore_index=True)
     exported = items.drop(columns=["is_gold", "gold_label"])
     return ExportBatch(batch_id=batch_id, items=exported, label_set=list(LABELS), feature_columns=list(FEATURES)), items
+
+
+# A schema with every role, in source order: an id, a number, a category, a text, a number, a second text.
+MIXED_SCHEMA = Schema([
+    ColumnSpec("ticket_id", "id", "string"),
+    ColumnSpec("amount", "numeric", "float64", nullable=True),
+    ColumnSpec("country", "categorical", "string", nullable=True, categories=["DE", "FR", "Côte d'Ivoire"]),
+    ColumnSpec("body", "text", "string", nullable=True),
+    ColumnSpec("x_10", "numeric", "float64"),
+    ColumnSpec("subject", "text", "string"),
+    ColumnSpec("internal_note", "ignored", "string"),
+], list(LABELS))
+MIXED_COLUMNS = ["ticket_id", "amount", "country", "body", "x_10", "subject"]
+
+
+def make_mixed_batch(batch_id: str) -> ExportBatch:
+    """Three items with text, categories, ids and missing values (NaN, None) the way the workspace stores them."""
+    items = pd.DataFrame({
+        "item_id": [f"{batch_id}-i0", f"{batch_id}-i1", f"{batch_id}-i2"],
+        "ticket_id": ["T-001", "T-002", "T-003"],
+        "amount": [12.5, np.nan, -3.0],
+        "country": ["DE", None, "Côte d'Ivoire"],
+        "body": ['Line one\nline "two" <b>bold</b> & $5 — ünïcode \u2028 sep', None, "short"],
+        "x_10": [1.0, 2.0, 3.0],
+        "subject": ["refund", "where is my parcel", "hi"],
+        "predicted": ["cat", "dog", None],
+        "confidence": [0.55, 0.61, np.nan],
+        "model_version": ["12", "12", None],
+        "utility": [-0.25, -0.01, -0.5],
+        "annotators_wanted": [1, 3, 1],
+    })
+    return ExportBatch(batch_id, items, list(LABELS), list(MIXED_COLUMNS), MIXED_SCHEMA)

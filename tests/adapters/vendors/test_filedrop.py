@@ -8,13 +8,13 @@ import json
 import pandas as pd
 import pytest
 
-from labelloop.adapters.vendors.base import VendorError
+from labelloop.adapters.vendors.base import ExportBatch, VendorError
 from labelloop.adapters.vendors.filedrop import FileDropVendor
 from labelloop.batches import ReviewQueue
 from labelloop.config import ImportParams
 from labelloop.stages.importing import GoldTracker, process_import
 
-from .conftest import FEATURES, LABELS, make_batch
+from .conftest import FEATURES, LABELS, MIXED_COLUMNS, make_batch, make_mixed_batch
 
 
 def write_labels(drop, batch_id, rows, *, fmt="jsonl", manifest=None, extra_lines=()):
@@ -54,7 +54,47 @@ def test_export_writes_tasks_and_manifest_with_only_allowed_columns(tmp_path):
     task = json.loads(tasks_bytes.splitlines()[0])
     assert set(task["features"]) == set(FEATURES)  # the allow-list only
     assert "private_note" not in json.dumps(task) and "gold" not in json.dumps(task)
-    assert set(task["model_guess"]) == {"label", "score"} and "utility" in task
+    assert set(task["model_guess"]) == {"label", "score", "model_version"} and "utility" in task
+    assert task["model_guess"]["model_version"] == "7" and task["priority"] in range(1, 7)
+
+
+def test_tasks_carry_the_raw_values_in_schema_order_and_round_trip(tmp_path):
+    vendor = FileDropVendor(str(tmp_path / "drop"))
+    batch = make_mixed_batch("b1")
+    assert vendor.export_batch(batch).created
+    text = (tmp_path / "drop" / "b1" / "tasks.jsonl").read_text(encoding="utf-8")
+    assert text.isascii() and len(text.splitlines()) == 3  # U+2028 in a text is escaped: one line per task
+    tasks = [json.loads(line) for line in text.splitlines()]
+    for task, (_, row) in zip(tasks, batch.items.iterrows(), strict=True):
+        assert list(task["features"]) == MIXED_COLUMNS  # the schema's order, the id column included
+        for column in MIXED_COLUMNS:
+            value = row[column]
+            assert task["features"][column] == (None if pd.isna(value) else value), column
+    first, second, third = tasks
+    assert first["features"]["body"] == batch.items["body"].iloc[0]  # the text itself: newlines, quotes, U+2028
+    assert first["features"]["country"] == "DE" and third["features"]["country"] == "Côte d'Ivoire"
+    assert second["features"]["amount"] is None and second["features"]["country"] is None  # NaN and None: null
+    assert first["model_guess"] == {"label": "cat", "score": 0.55, "model_version": "12"}
+    assert third["model_guess"] == {"label": None, "score": None, "model_version": None}
+    assert [t["priority"] for t in tasks] == [2, 1, 3]  # utility -0.25, -0.01, -0.5: the highest first
+    assert [t["annotators_wanted"] for t in tasks] == [1, 3, 1]
+    manifest = json.loads((tmp_path / "drop" / "b1" / "manifest.json").read_text())
+    assert manifest["feature_columns"] == MIXED_COLUMNS
+    assert [(c["name"], c["role"]) for c in manifest["columns"]] == [
+        ("ticket_id", "id"), ("amount", "numeric"), ("country", "categorical"), ("body", "text"), ("x_10", "numeric"),
+        ("subject", "text")]
+    # Read back through the vendor (checksum checked), and exported again: the same bytes, nothing created.
+    assert vendor.tasks("b1")["features"].tolist() == [t["features"] for t in tasks]
+    assert not vendor.export_batch(make_mixed_batch("b1")).created
+
+
+def test_a_column_the_schema_does_not_name_is_refused(tmp_path):
+    batch = make_mixed_batch("b1")
+    stray = ExportBatch(batch.batch_id, batch.items.assign(secret="x"), batch.label_set, [*batch.feature_columns, "secret"],
+                        batch.schema)
+    with pytest.raises(VendorError, match="secret"):
+        FileDropVendor(str(tmp_path / "drop")).export_batch(stray)
+    assert not (tmp_path / "drop" / "b1").exists()
 
 
 def test_reexport_creates_nothing_and_refuses_other_content(tmp_path):

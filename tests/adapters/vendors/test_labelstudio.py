@@ -14,12 +14,19 @@ import pandas as pd
 import pytest
 
 from labelloop.adapters.vendors.base import VendorError
-from labelloop.adapters.vendors.labelstudio import FROM_NAME, TO_NAME, LabelStudioVendor, label_config, project_title
+from labelloop.adapters.vendors.labelstudio import (
+    FROM_NAME,
+    TO_NAME,
+    VIEW_TITLE,
+    LabelStudioVendor,
+    label_config,
+    project_title,
+)
 from labelloop.batches import ReviewQueue
 from labelloop.config import ImportParams
 from labelloop.stages.importing import GoldTracker, process_import
 
-from .conftest import FEATURES, LABELS, make_batch
+from .conftest import FEATURES, LABELS, make_batch, make_mixed_batch
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 
@@ -93,12 +100,36 @@ def test_export_tasks_carry_item_features_prediction_and_utility(client, vendor)
     by_item = {t.data["item_id"]: t for t in tasks}
     row = items.iloc[0]
     task = by_item[row["item_id"]]
-    assert set(task.data["features"]) == set(FEATURES)
+    assert [(r["column"], r["value"]) for r in task.data["table"]] == [(f, row[f]) for f in FEATURES]
     assert "private_note" not in json.dumps(task.data) and "gold" not in json.dumps(task.data)
     assert task.data["utility"] == pytest.approx(row["utility"])
     predictions = list(client.predictions.list(task=task.id))
     assert len(predictions) == 1 and predictions[0].score == pytest.approx(row["confidence"])
     assert predictions[0].result[0]["value"]["choices"] == [row["predicted"]]
+
+
+def test_mixed_item_numeric_utility_and_prediction_with_the_model_version(client, vendor, label_studio):
+    batch = make_mixed_batch(new_batch_id())
+    receipt = vendor.export_batch(batch)
+    project = client.projects.get(id=int(receipt.vendor_ref))
+    # The server took the generated config (it validates each task's data against it on import).
+    assert [t.get("name") for t in ElementTree.fromstring(project.label_config).iter("Text")] == [TO_NAME, "text_0", "text_1"]
+    assert project.model_version == "12"  # the version Label Studio pre-fills answers from
+    tasks = {t.data["item_id"]: t for t in client.tasks.list(project=project.id, fields="all")}
+    first = tasks[batch.items["item_id"].iloc[0]]
+    assert isinstance(first.data["utility"], float) and first.data["utility"] == pytest.approx(-0.25)
+    assert first.data["priority"] == 2 and first.data["text_0"] == batch.items["body"].iloc[0]
+    predictions = list(client.predictions.list(task=first.id))
+    assert [(p.model_version, p.result[0]["value"]["choices"]) for p in predictions] == [("12", ["cat"])]
+    # The Data Manager tab orders by priority, showing utility and priority as numbers; a rerun adds no second tab.
+    vendor.export_batch(batch)
+    views = [v for v in client.views.list(project=project.id) if (v.data or {}).get("title") == VIEW_TITLE]
+    assert len(views) == 1 and views[0].data["ordering"] == ["tasks:data.priority"]
+    assert views[0].data["columnsDisplayType"]["tasks:data.utility"] == "Number"
+    # Listed through that tab, the server returns the tasks most useful first.
+    ordered = [t.data["item_id"] for t in client.tasks.list(project=project.id, view=views[0].id, fields="all")]
+    by_utility = batch.items.sort_values("utility", ascending=False)["item_id"].tolist()
+    assert ordered == by_utility
 
 
 def test_reexport_creates_no_duplicate_tasks_and_resumes_a_half_done_export(client, vendor):
@@ -156,7 +187,7 @@ def test_duplicate_unknown_label_unknown_item_and_malformed_annotations(client, 
     annotate(client, vendor, batch_id, users["ann-a"], ids[2], result=[])  # submitted with no choice
     annotate(client, vendor, batch_id, users["ann-a"], ids[3], "bird")
     # Someone added a task by hand in the Label Studio UI: its item is not part of the batch.
-    stray_task = {"data": {"item_id": "stray-item", "features": {}, "utility": 0}}
+    stray_task = {"data": {"item_id": "stray-item", "table": [], "utility": 0}}
     stray = client.projects.import_tasks(id=int(receipt.vendor_ref), request=[stray_task], return_task_ids=True).task_ids[0]
     annotate(client, vendor, batch_id, users["ann-a"], stray, "cat")
     _, outcome = run_import(vendor, items, batch_id, tmp_path / "qc")

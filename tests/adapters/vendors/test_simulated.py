@@ -13,6 +13,8 @@ from labelloop.adapters.vendors.simulated import SimulatedVendor, simulate_answe
 from labelloop.config import SimulatedVendorParams, parse_params
 from labelloop.core.io import write_parquet
 
+from .conftest import LABELS, make_mixed_batch
+
 CLASSES = [f"c{i}" for i in range(6)]
 
 
@@ -92,3 +94,14 @@ def test_params_validate_per_annotator_rates():
         parse_params({"export": {"simulated": {"annotators": 3, "error_rates": [0.1, 0.2]}}})
     with pytest.raises(Exception, match="noise"):
         parse_params({"export": {"simulated": {"noise": "gaussian"}}})
+
+
+def test_any_column_types_are_answered_from_the_oracle_by_item_id(tmp_path):
+    batch = make_mixed_batch("b-mixed")  # text, categories, ids, NaN and None: nothing of it is read
+    truth = pd.DataFrame({"item_id": batch.items["item_id"], "label": [LABELS[0], LABELS[1], LABELS[2]]})
+    write_parquet(tmp_path / "oracle.parquet", truth)
+    vendor = SimulatedVendor(tmp_path / "sim", tmp_path / "oracle.parquet", SimulatedVendorParams(annotators=3, error_rate=0.0))
+    assert vendor.export_batch(batch).created
+    answers = vendor.fetch_labels("b-mixed").annotations
+    assert answers.groupby("item_id").size().to_dict() == dict(zip(batch.items["item_id"], [1, 3, 1], strict=True))
+    assert (answers["label"] == truth.set_index("item_id")["label"].loc[answers["item_id"]].to_numpy()).all()
