@@ -4,12 +4,17 @@
         --strategies random,margin,hybrid --seed-size 50 --batch-size 100 --rounds 20 --repeats 3 \
         --out benchmarks/results/spam
 
+Any table: the columns' roles are inferred as at `labelloop init` and printed (override them with
+--id-col/--numeric-col/--categorical-col/--text-col/--drop-col); the model is `train`'s pipeline with
+--estimator (default auto: XGBoost, or logistic regression when there is text).
+
 Prints labels-to-target, savings vs random and minority recall per strategy, and the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -64,17 +69,43 @@ def main(argv: list[str] | None = None) -> dict:
                              "two OpenMP threads that get descheduled spin-wait on each other")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=key:value,...",
                         help="register NAME as a hybrid-selector preset with these selector params (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="the simulation's seed (holdout split, seed set, picks)")
+    parser.add_argument("--estimator", default=None, help="train.estimator (default: train's, auto)")
+    parser.add_argument("--estimator-params", default=None, help="train.estimator_params as JSON")
+    parser.add_argument("--text-params", default=None,
+                        help='train.text as JSON, e.g. \'{"char_ngrams": null}\' for word n-grams only')
+    for role in ("id", "numeric", "categorical", "text", "drop"):
+        parser.add_argument(f"--{role}-col", action="append", default=[], metavar="COLUMN",
+                            help=f"force the role {role} (repeatable; comma-separated lists too)")
     args = parser.parse_args(argv)
     selector_params = register_variants(args.variant)
+    train: dict[str, object] = {}
+    if args.n_jobs is not None:
+        train["n_jobs"] = args.n_jobs
+    if args.estimator is not None:
+        train["estimator"] = args.estimator
+    if args.estimator_params is not None:
+        train["estimator_params"] = json.loads(args.estimator_params)
+    if args.text_params is not None:
+        train["text"] = json.loads(args.text_params)
+
+    def names(values: list[str]) -> list[str]:
+        return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
     summary = run_simulation(SimulationConfig(
         data=args.data, label_col=args.label_col, strategies=args.strategies.split(","), selector=args.selector,
         seed_size=args.seed_size, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
         test_size=args.test_size, metric=args.metric, out=args.out, log_mlflow=not args.no_mlflow,
-        selector_params=selector_params,
-        train_params=None if args.n_jobs is None else TrainParams(n_jobs=args.n_jobs),
+        selector_params=selector_params, seed=args.seed, train_params=TrainParams(**train) if train else None,
+        id_columns=names(args.id_col), numeric_columns=names(args.numeric_col),
+        categorical_columns=names(args.categorical_col), text_columns=names(args.text_col),
+        drop_columns=names(args.drop_col),
     ))
-    print(f"\n{args.data}: full-pool {summary['metric']} {summary['full_pool_value']:.4f}, target {summary['target']:.4f}, "
-          f"budget {summary['budget']} labels")
+    print(f"\n{args.data}: {summary['n_rows']} rows, {summary['n_features']} features "
+          f"({', '.join(f'{r} {n}' for r, n in _role_counts(summary).items())}), estimator {summary['estimator']}")
+    print(f"full-pool {summary['metric']} {summary['full_pool_value']:.4f} (repeats "
+          f"{', '.join(f'{v:.4f}' for v in summary['full_pool_values'])}), target {summary['target']:.4f}, "
+          f"budget {summary['budget']} labels, {summary['seconds_total']:.0f} s")
     print(f"{'strategy':<24}{'labels→target':>14}{'per repeat':>22}{'savings %':>11}{'AULC':>8}{'final':>8}{'min.recall':>11}"
           f"{'select s':>10}")
     for name, s in summary["strategies"].items():
@@ -85,6 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
     script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "label_efficiency.py"
     print(f"\nreproduce: {sys.executable} benchmarks/{script} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     return summary
+
+
+def _role_counts(summary: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for role in summary["roles"].values():
+        counts[role] = counts.get(role, 0) + 1
+    return counts
 
 
 if __name__ == "__main__":

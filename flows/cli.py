@@ -594,7 +594,7 @@ def status(workspace: WorkspaceOption = None) -> None:
     """Champion, data versions, pool and batches of a workspace."""
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
-    from labelloop.adapters import tracking, versioning
+    from labelloop.adapters import tracking, tracking_store, versioning
     from labelloop.batches import BatchStore, load_pool
     from labelloop.workspace import WorkspaceError
 
@@ -614,8 +614,12 @@ def status(workspace: WorkspaceOption = None) -> None:
         typer.echo("registry: on its production line")
     except versioning.VersioningError as error:  # said here, before the next cycle refuses to start
         typer.secho(f"registry: {error}", fg=typer.colors.YELLOW)
+    try:  # read-only, without MLflow (seconds to import): sqlite3 on the workspace's store, REST on a server
+        aliases = tracking_store.aliases(tracking_store.reader(ws), params.train.model_name)
+    except tracking.TrackingUnavailable as error:
+        _fail(error)
     for alias in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS):
-        typer.echo(f"{alias}: {tracking.alias_version(ws, params.train.model_name, alias)}")
+        typer.echo(f"{alias}: {aliases.get(alias)}")
     typer.echo(f"pool: {len(load_pool(ws))} candidates")
     from labelloop.stages.capture import capture_status_line
 

@@ -168,7 +168,7 @@ class SimulatedVendorParams(Section):
 class ExportParams(Section):
     vendor: VendorName = "simulated"
     columns: list[str] | None = Field(
-        None, description="Feature columns allowed to leave for the vendor; null = all feature columns."
+        None, description="Id and feature columns allowed to leave for the vendor; null = all of them (ids included)."
     )
     max_batch_size: int = Field(
         500, gt=0, description="Guard against annotator fatigue: most items one export sends (new + gold + review + easy)."
@@ -312,7 +312,9 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _estimator_known(self) -> TrainParams:
-        from labelloop.model import check_estimator
+        if self.estimator in ("auto", "xgboost") and not self.estimator_params:
+            return self  # the defaults: no need to import the model stack to check them
+        from labelloop.estimators import check_estimator
 
         check_estimator(self.estimator, self.estimator_params)
         return self
@@ -342,8 +344,26 @@ class StopParams(Section):
 
 
 class GateParams(Section):
+    """The promotion rule: challenger and champion compared on the same holdout rows with a paired test
+    (accuracy: McNemar's exact mid-p; macro_f1, neg_log_loss: a paired bootstrap; labelloop/domain/gate.py)."""
+
     primary_metric: Literal["accuracy", "macro_f1", "neg_log_loss"] = "accuracy"
-    min_delta: float = Field(0.0, description="Challenger must beat champion by at least this on the primary metric.")
+    mode: Literal["superiority", "non_inferiority"] = Field(
+        "superiority",
+        description="superiority: promote when the challenger is better than the champion by more than min_delta, "
+        "with min_confidence; non_inferiority (redeploying a retrained model that must simply not be worse): promote "
+        "when it is not worse by non_inferiority_margin or more, with min_confidence (min_delta is not used).",
+    )
+    min_delta: float = Field(0.0, description="superiority: the gain on the primary metric the challenger must be shown to beat.")
+    min_confidence: float = Field(
+        0.9, ge=0, lt=1,
+        description="The one-sided paired test on the holdout rows must pass at level 1 - min_confidence (the "
+        "false-promotion rate of a challenger no better than the champion stays at most 1 - min_confidence); "
+        "0 turns the test off: the point difference alone decides.",
+    )
+    non_inferiority_margin: float = Field(
+        0.01, ge=0, description="non_inferiority: the largest loss on the primary metric still counted as not worse.",
+    )
     min_new_labels: int = Field(0, ge=0, description="Refuse a challenger trained on fewer new labels than this.")
     max_class_recall_drop: float = Field(1.0, ge=0, le=1, description="Guardrail: largest per-class recall drop allowed.")
     max_ece_increase: float = Field(1.0, ge=0, description="Guardrail: largest calibration-error increase allowed.")

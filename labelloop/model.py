@@ -19,12 +19,12 @@ the same `proba_<class>` columns and can be compared on one holdout.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from labelloop.estimators import AUTO, ESTIMATOR_DEFAULTS, HGB_MAX_CATEGORIES, EstimatorError, capabilities, estimator_class
 from labelloop.schema import Schema, conform
 
 if TYPE_CHECKING:
@@ -32,87 +32,11 @@ if TYPE_CHECKING:
 
     from labelloop.config import TextParams, TrainParams
 
-# name → (class path, native missing values, native categoricals, accepts sparse input, wants scaled inputs)
-ESTIMATORS: dict[str, tuple[str, bool, bool, bool, bool]] = {
-    "xgboost": ("xgboost.XGBClassifier", True, True, True, False),
-    "logistic_regression": ("sklearn.linear_model.LogisticRegression", False, False, True, True),
-    "random_forest": ("sklearn.ensemble.RandomForestClassifier", False, False, True, False),
-    "hist_gradient_boosting": ("sklearn.ensemble.HistGradientBoostingClassifier", True, True, False, False),
-}
-# Defaults labelloop sets for a named estimator (estimator_params override them).
-_ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "logistic_regression": {"max_iter": 2000, "C": 10.0},
-    "random_forest": {"n_estimators": 200},
-    "hist_gradient_boosting": {},
-}
-HGB_MAX_CATEGORIES = 250  # HistGradientBoosting's native categoricals need fewer codes than its 255 bins
-
-
-class EstimatorError(ValueError):
-    """train.estimator / train.estimator_params name something that cannot be built."""
-
-
-AUTO = "auto"
-
-
 def resolve_estimator(name: str, schema: Schema) -> str:
     """`auto`: XGBoost for tables, logistic regression once there is text (see TrainParams.estimator)."""
     if name != AUTO:
         return name
     return "logistic_regression" if schema.text_columns else "xgboost"
-
-
-def estimator_class(name: str) -> type:
-    path = ESTIMATORS[name][0] if name in ESTIMATORS else name
-    module_name, _, class_name = path.rpartition(".")
-    if not module_name:
-        raise EstimatorError(f"train.estimator {name!r} is unknown; allowed: {AUTO}, {', '.join(ESTIMATORS)}, or the dotted "
-                             "path of a scikit-learn classifier class such as sklearn.svm.SVC")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
-        raise EstimatorError(f"train.estimator {name!r} cannot be imported ({error}); allowed: {', '.join(ESTIMATORS)} "
-                             "or the dotted path of an installed scikit-learn classifier") from None
-    return cls
-
-
-def check_estimator(name: str, estimator_params: dict[str, Any]) -> None:
-    """Refuse an estimator that is not a probabilistic classifier or a parameter it does not take."""
-    if name in (AUTO, "xgboost") and not estimator_params:
-        return  # the default: nothing to check, and no reason to import XGBoost and scikit-learn to say so
-    from sklearn.base import is_classifier
-
-    if name == AUTO:
-        raise EstimatorError("train.estimator_params needs a named train.estimator (auto may resolve to different "
-                             f"classes); allowed: {', '.join(ESTIMATORS)} or a dotted class path")
-    cls = estimator_class(name)
-    try:
-        instance = cls()
-    except TypeError as error:
-        raise EstimatorError(f"train.estimator {name!r} is not a scikit-learn estimator class ({error})") from None
-    if not is_classifier(instance):
-        raise EstimatorError(f"train.estimator {name!r} is not a classifier; allowed: {', '.join(ESTIMATORS)} or a "
-                             "scikit-learn classifier class")
-    allowed = sorted(instance.get_params(deep=False))
-    unknown = sorted(set(estimator_params) - set(allowed))
-    if unknown:
-        raise EstimatorError(f"train.estimator_params: {unknown} are not parameters of {name}; allowed: {', '.join(allowed)}")
-    configured = cls(**{**_ESTIMATOR_DEFAULTS.get(name, {}), **estimator_params})
-    if hasattr(configured, "_parameter_constraints"):  # scikit-learn's own checks of each value
-        try:
-            configured._validate_params()
-        except (ValueError, TypeError) as error:
-            raise EstimatorError(f"train.estimator_params for {name}: {error}") from None
-    if not hasattr(configured, "predict_proba"):
-        raise EstimatorError(f"train.estimator {name!r} has no predict_proba with these parameters; acquisition needs "
-                             "probabilities (e.g. sklearn.svm.SVC needs estimator_params {probability: true})")
-
-
-def _capabilities(name: str) -> tuple[bool, bool, bool, bool]:
-    if name in ESTIMATORS:
-        _, missing, categorical, sparse, scaled = ESTIMATORS[name]
-        return missing, categorical, sparse, scaled
-    return False, False, True, True  # an arbitrary class: impute, one-hot, scale
 
 
 def _text_vectorizer(text: TextParams):
@@ -137,12 +61,17 @@ def _text_vectorizer(text: TextParams):
 
 
 def _fill_missing(value: str):
-    """A string column's missing values -> `value`. `missing_values=pd.NA` matches None, NaN and pd.NA alike, so
-    labelloop's canonical None and what a client sends through MLflow (pandas' str dtype holds NaN) encode the same;
-    keep_empty_features keeps a column that is all-missing in a small labelled set."""
+    """A string column's missing values -> `value`, whether None (labelloop's canonical form, an object column
+    from JSON) or NaN (pandas' str dtype, what a client's frame through MLflow holds), so both encode the same.
+    Two imputers: one SimpleImputer matches either None or NaN, never both (and pandas.NA, which would match
+    both, cannot be stored with skops). keep_empty_features keeps a column all-missing in a small labelled set."""
     from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
 
-    return SimpleImputer(missing_values=pd.NA, strategy="constant", fill_value=value, keep_empty_features=True)
+    return Pipeline([
+        ("nan", SimpleImputer(missing_values=np.nan, strategy="constant", fill_value=value, keep_empty_features=True)),
+        ("none", SimpleImputer(missing_values=None, strategy="constant", fill_value=value, keep_empty_features=True)),
+    ])
 
 
 def build_features(schema: Schema, estimator: str, text: TextParams, categorical_native: list[str] | None = None):
@@ -153,7 +82,7 @@ def build_features(schema: Schema, estimator: str, text: TextParams, categorical
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
-    native_missing, native_categorical, _, scaled = _capabilities(estimator)
+    native_missing, native_categorical, _, scaled = capabilities(estimator)
     transformers: list[tuple[str, Any, list[str]]] = []
     if schema.numeric_columns:
         if native_missing:
@@ -195,7 +124,7 @@ def build_estimator(name: str, params: TrainParams, feature_types: list[str] | N
 
     cls = estimator_class(name)
     accepted = set(cls().get_params(deep=False))
-    settings: dict[str, Any] = dict(_ESTIMATOR_DEFAULTS.get(name, {}))
+    settings: dict[str, Any] = dict(ESTIMATOR_DEFAULTS.get(name, {}))
     if name == "xgboost":
         settings.update(n_estimators=params.n_estimators, max_depth=params.max_depth, learning_rate=params.learning_rate,
                         subsample=params.subsample, tree_method="hist", eval_metric="mlogloss",
@@ -224,7 +153,7 @@ def fit_pipeline(frame: pd.DataFrame, y: np.ndarray, schema: Schema, params: Tra
     from sklearn.pipeline import Pipeline
 
     name = resolve_estimator(params.estimator, schema)
-    _, native_categorical, accepts_sparse, _ = _capabilities(name)
+    _, native_categorical, accepts_sparse, _ = capabilities(name)
     if schema.text_columns and not accepts_sparse:
         raise EstimatorError(f"train.estimator {name!r} does not accept the sparse features text columns make "
                              f"({', '.join(schema.text_columns)}); use xgboost, logistic_regression or random_forest")

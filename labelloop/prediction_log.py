@@ -200,7 +200,8 @@ def normalise_prediction_log(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[tu
 
 
 def snippet(value: object) -> str:
-    text = repr(value)
+    """A value for a reason: its repr (numpy scalars as the Python value), at most 40 characters."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -13,6 +13,10 @@ looks at the environment.
     LABELLOOP_RETRY_ATTEMPTS         attempts per call to an outside service (default 3)
     LABELLOOP_RETRY_BACKOFF_SECONDS  first delay, doubled per retry, capped at 10 s (default 1)
     LABELLOOP_HTTP_TIMEOUT_SECONDS   per HTTP request (default 30)
+    LABELLOOP_PREFECT_SERVER         without PREFECT_API_URL, which Prefect API the CLI's flows use:
+                                     `background` (default: the workspace's own server, started once and
+                                     reused, `labelloop.flows.server`) or `ephemeral` (Prefect's temporary
+                                     server inside each process; the test suite's in-process CLI calls)
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ ENV_TRACKING_URI = "LABELLOOP_TRACKING_URI"
 ENV_RETRY_ATTEMPTS = "LABELLOOP_RETRY_ATTEMPTS"
 ENV_RETRY_BACKOFF = "LABELLOOP_RETRY_BACKOFF_SECONDS"
 ENV_HTTP_TIMEOUT = "LABELLOOP_HTTP_TIMEOUT_SECONDS"
+ENV_PREFECT_SERVER = "LABELLOOP_PREFECT_SERVER"
+PREFECT_SERVER_MODES = ("background", "ephemeral")
 DEFAULT_WORKSPACE = "./workspace"
 
 
@@ -50,6 +56,16 @@ def retry_policy(environ: Mapping[str, str] | None = None) -> RetryPolicy:
         backoff_seconds=_number(environ, ENV_RETRY_BACKOFF, RetryPolicy.backoff_seconds, minimum=0),
         timeout_seconds=_number(environ, ENV_HTTP_TIMEOUT, RetryPolicy.timeout_seconds, minimum=0.001),
     )
+
+
+def prefect_server_mode(environ: Mapping[str, str] | None = None) -> str:
+    """`background` or `ephemeral` ($LABELLOOP_PREFECT_SERVER; default background)."""
+    environ = os.environ if environ is None else environ
+    mode = (environ.get(ENV_PREFECT_SERVER) or "background").strip().lower()
+    if mode not in PREFECT_SERVER_MODES:
+        raise ValueError(f"{ENV_PREFECT_SERVER}={environ.get(ENV_PREFECT_SERVER)!r}: allowed values are "
+                         f"{', '.join(PREFECT_SERVER_MODES)}")
+    return mode
 
 
 def _number(environ: Mapping[str, str], name: str, default: float, minimum: float) -> float:

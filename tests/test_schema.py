@@ -3,7 +3,15 @@ import pandas as pd
 import pytest
 
 from labelloop.schema import (
-    ColumnSpec, Schema, SchemaError, SchemaOverrides, as_text, conform, infer_schema, invalid_rows, schema_rows,
+    ColumnSpec,
+    Schema,
+    SchemaError,
+    SchemaOverrides,
+    as_text,
+    conform,
+    infer_schema,
+    invalid_rows,
+    schema_rows,
 )
 
 
@@ -88,7 +96,8 @@ def test_a_column_mixing_types_is_one_error_naming_it_and_the_offending_values()
     with pytest.raises(SchemaError, match=r"'dose' mixes value types \(int e\.g\. 1; str e\.g\. 'a'\)"):
         infer_schema(table, "label")
     # Forcing a role is the way out: every value is read as text.
-    assert infer_schema(table, "label", SchemaOverrides(categorical_columns=("dose",))).schema.column("dose").categories == ["1", "a"]
+    forced = infer_schema(table, "label", SchemaOverrides(categorical_columns=("dose",))).schema
+    assert forced.column("dose").categories == ["1", "a"]
 
 
 def test_numbers_stored_as_strings_are_numeric():

@@ -10,6 +10,11 @@ result is independent of how parts are grouped: top-k of per-part top-k is the g
 
 Order is total and deterministic: utility descending, then `prediction_id` ascending.
 No Prefect here (flows/distributed.py wraps these in a flow with prefect-dask's DaskTaskRunner).
+
+The scan takes the workspace `Schema` (categorical, text, id columns and nullability are validated as
+capture does; a row whose value does not fit its column is quarantined, never the part; unseen
+categories are counted per column). A list of feature column names stands for an all-numeric schema
+whose classes are the proba columns' (pools without a workspace). `train_dask` is numeric-only.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from labelloop.columns import PROBA_PREFIX
+from labelloop.schema import Schema
+
 ID = "prediction_id"
 
 
@@ -35,6 +43,7 @@ class PartScan:
     rows_low_confidence: int
     top: pd.DataFrame  # at most top_k rows: ID, utility and the kept columns
     seconds: float = 0.0
+    unseen_categories: dict[str, int] = field(default_factory=dict)  # per column, valid rows with an unseen category
 
 
 @dataclass
@@ -47,6 +56,7 @@ class ScanResult:
     seconds: float
     mode: str
     per_part: list[dict[str, Any]] = field(default_factory=list)
+    unseen_categories: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
@@ -64,29 +74,43 @@ def list_parts(pool: str | Path) -> list[str]:
     return parts
 
 
+def as_schema(schema: Schema | Sequence[str], proba_columns: Sequence[str] | None = None) -> Schema:
+    """The scan's schema: `schema` itself, or for a list of feature names an all-numeric schema whose
+    classes are those of `proba_columns`."""
+    if isinstance(schema, Schema):
+        return schema
+    if proba_columns is None:
+        raise ValueError("feature column names need the proba columns too (or pass the workspace Schema)")
+    return Schema.numeric(list(schema), [c.removeprefix(PROBA_PREFIX) for c in proba_columns])
+
+
 def _order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["utility", ID], ascending=[False, True], kind="mergesort").reset_index(drop=True)
 
 
-def scan_frame(frame: pd.DataFrame, feature_columns: list[str], proba_columns: list[str], *, threshold: float,
-               strategy: str = "margin", top_k: int = 100, model=None, validate: bool = True,
-               keep_columns: Sequence[str] = ()) -> tuple[int, int, int, pd.DataFrame]:
-    """(rows read, quarantined, low-confidence, top_k best rows) for one frame of the prediction log."""
+def scan_frame(frame: pd.DataFrame, schema: Schema | Sequence[str], proba_columns: Sequence[str] | None = None, *,
+               threshold: float, strategy: str = "margin", top_k: int = 100, model=None, validate: bool = True,
+               keep_columns: Sequence[str] = ()) -> tuple[int, int, int, pd.DataFrame, dict[str, int]]:
+    """(rows read, quarantined, low-confidence, top_k best rows, unseen categories per column) for one frame
+    of the prediction log."""
     from labelloop.domain.acquisition import get_strategy
 
+    schema = as_schema(schema, proba_columns)
+    probas_columns = schema.proba_columns
     rows = len(frame)
+    unseen: dict[str, int] = {}
     if validate:
         from labelloop.adapters.validation import validate_prediction_log
 
-        valid, bad = validate_prediction_log(frame, feature_columns, proba_columns)
-        quarantined = len(bad)
+        checked = validate_prediction_log(frame, schema)
+        valid, quarantined, unseen = checked.valid, len(checked.quarantined), checked.unseen_categories
     else:
         valid, quarantined = frame.reset_index(drop=True), 0
     low = valid[valid["confidence"].to_numpy() < threshold]
     if model is not None and len(low):
-        probas = np.asarray(model.predict_proba(low[feature_columns]), dtype=np.float64)
+        probas = np.asarray(model.predict_proba(low[schema.feature_columns]), dtype=np.float64)
     else:
-        probas = low[proba_columns].to_numpy(dtype=np.float64)
+        probas = low[probas_columns].to_numpy(dtype=np.float64)
     spec = get_strategy(strategy)
     if spec.needs or not spec.chunkable:
         raise ValueError(f"strategy {strategy!r} needs the whole pool or a committee; distributed scans take per-row "
@@ -96,26 +120,27 @@ def scan_frame(frame: pd.DataFrame, feature_columns: list[str], proba_columns: l
     for column in keep_columns:
         out[column] = low[column].to_numpy()
     if model is not None:
-        for i, column in enumerate(proba_columns):
+        for i, column in enumerate(probas_columns):
             out[column] = probas[:, i]
     out = out[np.isfinite(out["utility"].to_numpy())]
-    return rows, quarantined, len(low), _order(out).head(top_k)
+    return rows, quarantined, len(low), _order(out).head(top_k), unseen
 
 
-def scan_partition(path: str, feature_columns: list[str], proba_columns: list[str], *, threshold: float,
-                   strategy: str = "margin", top_k: int = 100, model=None, validate: bool = True,
+def scan_partition(path: str, schema: Schema | Sequence[str], proba_columns: Sequence[str] | None = None, *,
+                   threshold: float, strategy: str = "margin", top_k: int = 100, model=None, validate: bool = True,
                    keep_columns: Sequence[str] = ()) -> PartScan:
     """One log part → its counts and its top_k candidates (runs in a Dask worker or in-process)."""
     started = time.perf_counter()
-    columns = list(dict.fromkeys([ID, "ts", "model_version", "predicted", "confidence", *feature_columns,
-                                  *proba_columns, *keep_columns]))
+    schema = as_schema(schema, proba_columns)
+    columns = list(dict.fromkeys([ID, "ts", "model_version", "predicted", "confidence", *schema.stored_columns,
+                                  *schema.proba_columns, *keep_columns]))
     import pyarrow.parquet as pq
 
     available = set(pq.read_schema(path).names)
     frame = pd.read_parquet(path, columns=[c for c in columns if c in available])
-    rows, quarantined, low, top = scan_frame(frame, feature_columns, proba_columns, threshold=threshold, strategy=strategy,
-                                             top_k=top_k, model=model, validate=validate, keep_columns=keep_columns)
-    return PartScan(path, rows, quarantined, low, top, time.perf_counter() - started)
+    rows, quarantined, low, top, unseen = scan_frame(frame, schema, threshold=threshold, strategy=strategy, top_k=top_k,
+                                                     model=model, validate=validate, keep_columns=keep_columns)
+    return PartScan(path, rows, quarantined, low, top, time.perf_counter() - started, unseen)
 
 
 def merge_scans(scans: Sequence[PartScan], top_k: int, seconds: float, mode: str) -> ScanResult:
@@ -127,27 +152,32 @@ def merge_scans(scans: Sequence[PartScan], top_k: int, seconds: float, mode: str
         top = _order(merged).head(top_k)
     else:
         top = pd.DataFrame(columns=[ID, "utility"])
+    unseen: dict[str, int] = {}
+    for scan in scans:
+        for column, count in scan.unseen_categories.items():
+            unseen[column] = unseen.get(column, 0) + count
     return ScanResult(
         parts=len(scans), rows_read=sum(s.rows_read for s in scans), rows_quarantined=sum(s.rows_quarantined for s in scans),
         rows_low_confidence=sum(s.rows_low_confidence for s in scans), top=top, seconds=seconds, mode=mode,
         per_part=[{"path": s.path, "rows": s.rows_read, "seconds": round(s.seconds, 3)} for s in scans],
+        unseen_categories=dict(sorted(unseen.items())),
     )
 
 
-def scan_pool(parts: Sequence[str], feature_columns: list[str], proba_columns: list[str], *, threshold: float,
-              strategy: str = "margin", top_k: int = 100, model=None, validate: bool = True,
+def scan_pool(parts: Sequence[str], schema: Schema | Sequence[str], proba_columns: Sequence[str] | None = None, *,
+              threshold: float, strategy: str = "margin", top_k: int = 100, model=None, validate: bool = True,
               keep_columns: Sequence[str] = (), client=None) -> ScanResult:
     """Capture + scoring over every part: in this process (client=None) or as one Dask task per part."""
+    schema = as_schema(schema, proba_columns)
     kwargs: dict[str, Any] = dict(threshold=threshold, strategy=strategy, top_k=top_k, validate=validate,
                                   keep_columns=tuple(keep_columns))
     started = time.perf_counter()
     if client is None:
-        scans = [scan_partition(p, feature_columns, proba_columns, model=model, **kwargs) for p in parts]
+        scans = [scan_partition(p, schema, model=model, **kwargs) for p in parts]
         mode = "single-process"
     else:
         shared = client.scatter(model, broadcast=True) if model is not None else None
-        futures = client.map(scan_partition, list(parts), feature_columns=feature_columns, proba_columns=proba_columns,
-                             model=shared, pure=False, **kwargs)
+        futures = client.map(scan_partition, list(parts), schema=schema, model=shared, pure=False, **kwargs)
         scans = client.gather(futures)
         mode = f"dask ({len(client.scheduler_info().get('workers', {}))} workers)"
     return merge_scans(scans, top_k, time.perf_counter() - started, mode)

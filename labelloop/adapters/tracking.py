@@ -327,17 +327,84 @@ def resolve_version(workspace: Workspace, model_name: str, ref: str) -> str:
     return aliases[ref]
 
 
+# -- how a model is stored -----------------------------------------------------------------------
+# What MLflow (and `dvc repro`) stores is the model's scikit-learn Pipeline alone, so it loads without
+# labelloop. skops, not pickle, where it can: skops loads only the types it is told to trust, and runs no
+# code of the file's choosing. A labelloop pipeline names a few types beyond skops's defaults (numpy.dtype
+# for dtype parameters, numpy.ravel in a text branch, HistGradientBoosting's functools.partial of a sklearn
+# function); they are computed from the pipeline at save time (`skops.io.get_untrusted_types`), recorded (the
+# MLmodel's `skops_trusted_types`), and trusted only when each is one of these (a partial only binds arguments:
+# the function it wraps is a type of its own in that list). A pipeline naming anything else
+# (an estimator class from another package, through `train.estimator`) is stored with cloudpickle, which
+# loads by running code from the file: load such models from trusted stores only.
+SAFE_TYPE_PACKAGES = ("sklearn", "xgboost", "numpy", "scipy")
+SAFE_TYPES = frozenset({"functools.partial"})
+SKOPS, CLOUDPICKLE = "skops", "cloudpickle"
+
+
+class IncompatibleModel(ValueError):
+    """A stored model labelloop can no longer load (stored before models were plain scikit-learn pipelines)."""
+
+
+def is_safe_type(name: str) -> bool:
+    return name in SAFE_TYPES or name.split(".", 1)[0] in SAFE_TYPE_PACKAGES
+
+
+def pipeline_storage(pipeline: Any) -> tuple[str, bytes | None, list[str]]:
+    """How to store `pipeline`: (skops, its skops bytes, the types to trust) when every type it names beyond
+    skops's defaults is safe; else (cloudpickle, None, [])."""
+    import skops.io
+
+    try:
+        data = skops.io.dumps(pipeline)
+    except (TypeError, ValueError, AttributeError, NotImplementedError):  # an object skops cannot represent
+        return CLOUDPICKLE, None, []
+    names = sorted(skops.io.get_untrusted_types(data=data))
+    if all(is_safe_type(name) for name in names):
+        return SKOPS, data, names
+    return CLOUDPICKLE, None, []
+
+
+def old_model_error(what: str, found: str) -> IncompatibleModel:
+    return IncompatibleModel(
+        f"{what} was stored by an older labelloop ({found}), not as a scikit-learn pipeline, and cannot be loaded any "
+        "more; retrain it: `labelloop train` registers a new version from the current data version and `labelloop gate` "
+        "promotes it (or, for a `dvc repro` checkout, `dvc repro --force train`)")
+
+
+def check_pipeline(model: Any, what: str) -> Any:
+    """`model` when it is a scikit-learn Pipeline, else the `IncompatibleModel` error naming `what`."""
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(model, Pipeline):
+        raise old_model_error(what, f"a {type(model).__module__}.{type(model).__qualname__}")
+    return model
+
+
+def load_pipeline(model_uri: str, what: str) -> Any:
+    """The scikit-learn Pipeline stored at `model_uri` (models:/, runs:/ or a path). An older labelloop's model
+    (a pickled or skops `labelloop.model.LabelloopClassifier`) is refused before it is deserialised, when its
+    MLmodel shows it (skops), or right after (pickle)."""
+    import mlflow
+
+    flavor = mlflow.models.get_model_info(model_uri).flavors.get("sklearn", {})
+    unsafe = [name for name in flavor.get("skops_trusted_types") or [] if not is_safe_type(name)]
+    if flavor.get("serialization_format") == SKOPS and unsafe:
+        raise old_model_error(what, f"skops, trusting {', '.join(unsafe)}")
+    return check_pipeline(mlflow.sklearn.load_model(model_uri), what)
+
+
 _MODEL_CACHE: dict[tuple[str, str, str], LabelloopClassifier] = {}
 
 
 def load_model(workspace: Workspace, model_name: str, version: str) -> LabelloopClassifier:
-    """A registered version's model, cached per process (versions are immutable)."""
+    """A registered version's model (its pipeline, wrapped with the workspace's schema), cached per process
+    (versions are immutable). A version stored by an older labelloop raises `IncompatibleModel`."""
     key = (workspace.tracking_uri, model_name, str(version))
     if key not in _MODEL_CACHE:
-        import mlflow
-
         client(workspace)
-        _MODEL_CACHE[key] = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+        pipeline = load_pipeline(f"models:/{model_name}/{version}", f"model {model_name!r} version {version}")
+        _MODEL_CACHE[key] = LabelloopClassifier.from_pipeline(pipeline, workspace.schema())
     return _MODEL_CACHE[key]
 
 

@@ -222,12 +222,12 @@ def feature_checks(schema: Schema, *, value_sets: bool = True, length_limits: bo
     return checks
 
 
-def numeric_problems(frame: pd.DataFrame, schema: Schema) -> list[tuple[int, str]]:
-    """(row position, reason) for numeric feature values present but not a finite number ("oops", inf)."""
-    problems = []
+def numeric_problems(frame: pd.DataFrame, schema: Schema) -> dict[str, list[tuple[int, str]]]:
+    """Per numeric feature, (row position, reason) for values present but not a finite number ("oops", inf)."""
+    problems: dict[str, list[tuple[int, str]]] = {}
     for column, mask in unparseable(frame, schema).items():
-        for i in np.flatnonzero(mask.to_numpy()):
-            problems.append((int(i), f"{column}: {snippet(frame[column].iloc[i])} is not a finite number"))
+        problems[column] = [(int(i), f"{column}: {snippet(frame[column].iloc[i])} is not a finite number")
+                            for i in np.flatnonzero(mask.to_numpy())]
     return problems
 
 
@@ -304,7 +304,9 @@ def validate_prediction_log(frame: pd.DataFrame, schema: Schema) -> LogValidatio
     frame = frame.reset_index(drop=True)
     # One type per contract column (ids as text, ts as UTC timestamps, item_id from prediction_id).
     normalised, extra = normalise_prediction_log(frame)
-    extra.extend(numeric_problems(normalised, schema))
+    unreadable = numeric_problems(normalised, schema)
+    for problems in unreadable.values():
+        extra.extend(problems)
     stored = [c for c in schema.stored_columns if c in normalised.columns]
     coerced = _schema_frame(normalised, schema, stored)
     # Coerce what should be numeric; unparseable values become NaN and fail the not-null rules.
@@ -315,6 +317,12 @@ def validate_prediction_log(frame: pd.DataFrame, schema: Schema) -> LogValidatio
     failures = run_checks(coerced, checks, "prediction_log")
     drift = failures["check"].map(lambda i: checks[i].drift).to_numpy(dtype=bool) if len(failures) else np.zeros(0, bool)
     drifted, failures = failures[drift], failures[~drift]
+    # A value that is there but unreadable is reported as such, not also as "missing".
+    said = {(row, column) for column, problems in unreadable.items() for row, _ in problems}
+    if said and len(failures):
+        repeated = [checks[i].expectation == "ExpectColumnValuesToNotBeNull" and (row, checks[i].kwargs["column"]) in said
+                    for row, i in zip(failures["row"], failures["check"], strict=True)]
+        failures = failures[~np.asarray(repeated, dtype=bool)]
     # Cross-column and cross-row rules GX has no single expectation for.
     probas = coerced[proba_columns].to_numpy(dtype="float64", na_value=np.nan)
     sums = coerced[proba_columns].sum(axis=1, min_count=len(proba_columns)).to_numpy()

@@ -1,9 +1,12 @@
 """Lineage of a registered model version: data version, batches (strategy, seed, vendor), labels'
-agreement, train params, gate decision — everything needed to explain what is in production."""
+agreement, train params, gate decision — everything needed to explain what is in production.
+
+Read from the tracking store without MLflow (`labelloop.adapters.tracking_store`): a command, not a run.
+"""
 
 from __future__ import annotations
 
-from labelloop.adapters import tracking, versioning
+from labelloop.adapters import tracking, tracking_store, versioning
 from labelloop.batches import BatchStore
 from labelloop.workspace import Workspace
 
@@ -11,11 +14,13 @@ from labelloop.workspace import Workspace
 def lineage(workspace: Workspace, model_name: str, version: str | None = None) -> dict:
     """`version` may be a number or an alias (champion, challenger, previous-champion); one that does not
     exist raises `tracking.UnknownModelVersion` naming the versions and aliases that do."""
-    client = tracking.client(workspace)
-    version = tracking.resolve_version(workspace, model_name, version or tracking.CHAMPION)
-    model_version = client.get_model_version(model_name, str(version))
-    run = client.get_run(model_version.run_id)
-    tags, params = run.data.tags, run.data.params
+    registry = tracking_store.reader(workspace)
+    version = tracking_store.resolve_version(registry, model_name, version or tracking.CHAMPION)
+    model_version = registry.model_version(model_name, str(version))
+    run = registry.run(model_version.run_id) if model_version is not None and model_version.run_id else None
+    if model_version is None or run is None:
+        raise tracking.UnknownModelVersion(f"version {version} of {model_name!r} has no run in {workspace.tracking_uri}")
+    tags, params = run.tags, run.params
     store = BatchStore(workspace)
     batches = []
     for batch_id in [b for b in tags.get("batches", "").split(",") if b and b != "seed"]:
@@ -31,14 +36,14 @@ def lineage(workspace: Workspace, model_name: str, version: str | None = None) -
             "annotator_agreement": round(float(final["agreement"].mean()), 4) if "agreement" in final and len(final) else None,
             "cost": meta.cost, "data_version": meta.versioned_in,
         })
-    aliases = [a for a in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS)
-               if tracking.alias_version(workspace, model_name, a) == str(version)]
+    current = tracking_store.aliases(registry, model_name)
+    aliases = [a for a in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS) if current.get(a) == str(version)]
     data_tag = tags.get("data_tag")
     return {
         "model": model_name,
         "version": str(version),
         "aliases": aliases,
-        "run_id": run.info.run_id,
+        "run_id": run.run_id,
         "data": {
             "tag": data_tag,
             "commit": tags.get("data_commit"),
@@ -50,14 +55,14 @@ def lineage(workspace: Workspace, model_name: str, version: str | None = None) -
         },
         "batches": batches,
         "train_params": dict(sorted(params.items())),
-        "holdout_metrics": {k: round(v, 4) for k, v in sorted(run.data.metrics.items())
+        "holdout_metrics": {k: round(v, 4) for k, v in sorted(run.metrics.items())
                             if k in ("accuracy", "macro_f1", "log_loss", "ece")},
         "gate": {
             "decision": tags.get("gate.decision"),
             "against_champion": tags.get("gate.champion_version"),
             "reasons": [r for r in tags.get("gate.reasons", "").split(" | ") if r],
         },
-        "champion": champion_record(tracking.champion_history(workspace, model_name), str(version),
+        "champion": champion_record(tracking_store.champion_history(registry, model_name), str(version),
                                     model_version.tags.get("rolled_back")),
     }
 

@@ -129,9 +129,13 @@ class Scored(LogChunk):
         return log_frame([self])
 
 
-def _log_features(X: pd.DataFrame, schema: Schema) -> Any:
-    """What a log chunk carries: the float64 matrix when every feature is numeric, else the canonical frame."""
-    return X.to_numpy(dtype=np.float64) if schema.all_numeric else X
+def _log_features(X: pd.DataFrame, source: pd.DataFrame, schema: Schema) -> Any:
+    """What a log chunk carries: the canonical features plus the schema's id columns `source` has (ids are
+    logged with the row, never features); the float64 matrix when every feature is numeric and there are no ids."""
+    ids = [c for c in schema.id_columns if c in source.columns]
+    if not ids:
+        return X.to_numpy(dtype=np.float64) if schema.all_numeric else X
+    return pd.concat([source[ids].reset_index(drop=True), X], axis=1)
 
 
 _NUMERIC_SIGNATURE_TYPES = ("double", "float", "long", "integer")
@@ -457,7 +461,7 @@ class PredictionService:
         loaded = self.current_model()
         probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
         self._count_unseen(X)
-        return Scored(self.schema, _log_features(X, self.schema), probas, ids, loaded.version, datetime.now(UTC))
+        return Scored(self.schema, _log_features(X, features, self.schema), probas, ids, loaded.version, datetime.now(UTC))
 
     def _count_unseen(self, X: pd.DataFrame) -> None:
         """Count the rows whose categorical value init never saw (the model reads it as missing); warn on new values."""
@@ -669,7 +673,8 @@ def score_for_log(workspace: Workspace, model_name: str, features_df: pd.DataFra
     loaded = service.current_model()
     probas = np.asarray(loaded.predict_proba(X), dtype=np.float64)
     ids = _prediction_ids(prediction_ids, len(X))
-    return Scored(service.schema, _log_features(X, service.schema), probas, ids, loaded.version, datetime.now(UTC)).frame()
+    logged = _log_features(X, features_df, service.schema)
+    return Scored(service.schema, logged, probas, ids, loaded.version, datetime.now(UTC)).frame()
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -736,8 +741,14 @@ def _request_models(schema: Schema, max_rows: int):
             fields[spec.name] = NotRequired[Annotated[kind | None, Field(description=_field_description(spec))]]
         else:
             fields[spec.name] = Annotated[kind, Field(description=_field_description(spec))]
+    read_as_text = by_role["categorical"]
+    for spec in schema.columns:  # ids: not features, but logged with the row when sent
+        if spec.role == "id":
+            fields[spec.name] = NotRequired[Annotated[read_as_text | None, Field(
+                description="id column: not a feature; logged with the prediction when given (a string, or a number "
+                            "read as text)")]]
     if PREDICTION_ID in fields:
-        raise ValueError(f"a feature column may not be called {PREDICTION_ID!r}")
+        raise ValueError(f"a feature or id column may not be called {PREDICTION_ID!r}")
     prediction_id = StringConstraints(strict=True, min_length=1, max_length=MAX_PREDICTION_ID_LENGTH)
     fields[PREDICTION_ID] = NotRequired[Annotated[str, prediction_id]]
     # Built at run time from the schema: a type checker cannot follow either model.
@@ -751,14 +762,16 @@ def _request_models(schema: Schema, max_rows: int):
 
 
 def _request_frame(rows: list[dict[str, Any]], schema: Schema) -> pd.DataFrame:
-    """Validated request rows as a frame in canonical types (a left-out nullable field is missing)."""
+    """Validated request rows as a frame in canonical types (a left-out nullable field is missing), with the id
+    columns some row gave."""
     features = schema.feature_columns
-    if schema.all_numeric:  # one float matrix: None (a null or left-out nullable field) becomes NaN
+    ids = [c for c in schema.id_columns if any(c in row for row in rows)]
+    if schema.all_numeric and not ids:  # one float matrix: None (a null or left-out nullable field) becomes NaN
         return pd.DataFrame(np.array([[row.get(c) for c in features] for row in rows], dtype=np.float64), columns=features)
     numeric = set(schema.numeric_columns)
     # object Series: pandas would otherwise infer its string dtype, whose missing value is NaN, not None
     return pd.DataFrame({c: np.array([row.get(c) for row in rows], dtype=np.float64) if c in numeric
-                         else pd.Series([row.get(c) for row in rows], dtype=object) for c in features})
+                         else pd.Series([row.get(c) for row in rows], dtype=object) for c in ids + features})
 
 
 def _example_row(schema: Schema) -> dict[str, Any]:

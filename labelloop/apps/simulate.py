@@ -1,9 +1,14 @@
 """Pool-based active-learning simulator: `labelloop simulate` runs the loop on any labelled table.
 
+The table's columns get roles as at `labelloop init` (`labelloop.schema.infer_schema`, with the same
+overrides): numeric, categorical and text columns are all features, id columns are not, and every column
+not used is reported with the reason — the roles and warnings are printed and kept in summary.json.
+
 Protocol (per repeat r): a stratified holdout (`test_size`) is set aside; the rest is the pool. The same
 random seed set (`seed_size` rows) starts every strategy of the repeat. Each round trains the model of
-`train` (LabelloopClassifier with params.yaml's XGBoost settings) on the labelled rows, measures the
-holdout, scores the unlabelled pool and adds `batch_size` rows. A full-pool model (trained on the whole
+`train` (the schema's pipeline with params.yaml's estimator, any of them) on the labelled rows, measures
+the holdout, scores the unlabelled pool and adds `batch_size` rows; diversity selectors and density work
+in that model's feature space (text reduced by TruncatedSVD). A full-pool model (trained on the whole
 pool) gives the reference value of the target metric; the target is 99% of it.
 
 Outputs in `out`: curves.csv, summary.json, learning_curves.png, stops.csv; an MLflow parent run with
@@ -14,9 +19,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +30,9 @@ import pandas as pd
 from labelloop.domain.cycle import CycleRecord
 from labelloop.domain.stop_rules import StopRules, evaluate_stop_rules
 from labelloop.workspace import sqlite_uri
+
+if TYPE_CHECKING:
+    from labelloop.schema import Schema, SchemaOverrides
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
 TARGET_FRACTION = 0.99
@@ -57,6 +66,18 @@ class SimulationConfig:
     stop_rules: StopRules = field(default_factory=StopRules)
     strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy name
     selector_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per strategy name
+    # Roles forced over the inferred ones (as `labelloop init --id-col/--numeric-col/...`, or params.yaml's `schema`).
+    id_columns: list[str] = field(default_factory=list)
+    numeric_columns: list[str] = field(default_factory=list)
+    categorical_columns: list[str] = field(default_factory=list)
+    text_columns: list[str] = field(default_factory=list)
+    drop_columns: list[str] = field(default_factory=list)
+
+    def overrides(self) -> SchemaOverrides:
+        from labelloop.schema import SchemaOverrides
+
+        return SchemaOverrides(tuple(self.id_columns), tuple(self.numeric_columns), tuple(self.categorical_columns),
+                               tuple(self.text_columns), tuple(self.drop_columns))
 
     def validate(self) -> None:
         from labelloop.domain.acquisition import get_selector, get_strategy, resolve_selector
@@ -81,25 +102,77 @@ class SimulationConfig:
             raise ValueError(f"--test-size must be within (0, 1), got {self.test_size}")
 
 
-def load_table(path: str | Path, label_col: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Numeric feature matrix, string labels and the feature names of a labelled parquet/CSV file."""
+@dataclass
+class Table:
+    """A labelled table read for simulation: its schema, the feature values and the labels."""
+
+    schema: Schema
+    features: pd.DataFrame | np.ndarray  # float matrix for an all-numeric schema, else the feature columns (canonical)
+    labels: np.ndarray  # class names
+    warnings: list[str]  # what the user should know: ids, leakage, ignored columns, rows left out
+
+    def rows(self, index: np.ndarray) -> pd.DataFrame | np.ndarray:
+        """Rows `index` as the model reads them."""
+        if isinstance(self.features, pd.DataFrame):
+            return self.features.iloc[index]
+        return self.features[index]
+
+
+def read_frame(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"data file {path} does not exist")
     if path.suffix.lower() in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    elif path.suffix.lower() in (".csv", ".txt"):
-        frame = pd.read_csv(path)
-    else:
-        raise ValueError(f"{path}: expected a .parquet or .csv file")
+        return pd.read_parquet(path)
+    if path.suffix.lower() in (".csv", ".txt"):
+        return pd.read_csv(path)
+    raise ValueError(f"{path}: expected a .parquet or .csv file")
+
+
+def load_table(path: str | Path, label_col: str, overrides: SchemaOverrides | None = None) -> Table:
+    """A labelled parquet/CSV file with its columns' roles inferred as `labelloop init` does (`overrides` win).
+
+    Rows without a label cannot be simulated: they are left out, and a warning says how many.
+    """
+    from labelloop.schema import conform, infer_schema
+
+    frame = read_frame(path)
     if label_col not in frame.columns:
-        raise ValueError(f"{path}: no label column {label_col!r}; columns: {list(frame.columns)[:20]}")
-    frame = frame[frame[label_col].notna()]
-    features = [c for c in frame.columns
-                if c != label_col and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
-    if not features:
-        raise ValueError(f"{path}: no numeric feature columns besides {label_col!r}")
-    return frame[features].to_numpy(dtype=np.float64), frame[label_col].astype(str).to_numpy(), features
+        raise ValueError(f"{path}: no label column {label_col!r}; columns: {list(map(str, frame.columns))[:20]}")
+    warnings = []
+    unlabelled = frame[label_col].isna()
+    if unlabelled.any():
+        warnings.append(f"{int(unlabelled.sum())} of {len(frame)} rows have no label in {label_col!r}: left out of the "
+                        "simulation")
+        frame = frame.loc[~unlabelled].reset_index(drop=True)
+    inferred = infer_schema(frame, label_col, overrides)
+    schema = inferred.schema
+    warnings.extend(inferred.warnings)
+    labels = frame[label_col].map(_label_text).to_numpy().astype(str)
+    if schema.all_numeric:
+        features: pd.DataFrame | np.ndarray = conform(frame, schema).to_numpy(dtype=np.float64)
+    else:
+        features = conform(frame, schema).reset_index(drop=True)
+    return Table(schema, features, labels, warnings)
+
+
+def _label_text(value: object) -> str:
+    from labelloop.schema import as_text
+
+    return str(as_text(value))
+
+
+def describe_table(table: Table) -> list[str]:
+    """The inferred roles as a table, then the warnings: what `simulate` prints before it runs."""
+    from labelloop.schema import schema_rows
+
+    rows = schema_rows(table.schema)
+    heads = ["column", "role", "type", "nullable", "detail"]
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in heads}
+    lines = ["  ".join(h.ljust(widths[h]) for h in heads)]
+    lines += ["  ".join(str(r[h]).ljust(widths[h]) for h in heads) for r in rows]
+    lines += [f"warning: {w}" for w in table.warnings]
+    return [line.rstrip() for line in lines]
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, minority: str) -> dict[str, float]:
@@ -218,15 +291,18 @@ class _NoBar:
 
 
 def _run_strategy(
-    strategy: str, config: SimulationConfig, X: np.ndarray, y: np.ndarray, test: np.ndarray, pool: np.ndarray,
-    seed_rows: np.ndarray, stop_rows: np.ndarray, class_names: list[str], minority: str, repeat: int, bar,
+    strategy: str, config: SimulationConfig, table: Table, test: np.ndarray, pool: np.ndarray,
+    seed_rows: np.ndarray, stop_rows: np.ndarray, minority: str, repeat: int, bar,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     from labelloop.domain.acquisition.pool import SelectionContext, select_indices
+    from labelloop.domain.acquisition.space import ModelSpace
     from labelloop.model import LabelloopClassifier
 
-    params = config.train_params
+    params, schema, y = config.train_params, table.schema, table.labels
+    class_names = schema.class_names
+    components = params.text.selection_components
     labelled = list(seed_rows)
-    in_labelled = np.zeros(len(X), dtype=bool)
+    in_labelled = np.zeros(len(y), dtype=bool)
     in_labelled[seed_rows] = True
     rows: list[dict[str, Any]] = []
     stops: list[dict[str, Any]] = []
@@ -235,11 +311,11 @@ def _run_strategy(
     select_seconds = 0.0
     for round_ in range(config.rounds + 1):
         lab = np.asarray(labelled)
-        model = LabelloopClassifier.from_params(params, class_names).fit(X[lab], y[lab])
-        scores = evaluate(y[test], model.predict(X[test]), minority)
+        model = LabelloopClassifier.from_params(params, schema).fit(table.rows(lab), y[lab])
+        scores = evaluate(y[test], model.predict(table.rows(test)), minority)
         rows.append({"strategy": strategy, "repeat": repeat, "round": round_, "n_labels": len(lab), **scores})
         history.append(CycleRecord(cycle=round_, labels=len(lab), primary_metric=scores[config.metric]))
-        stop_set_predictions.append(model.predict(X[stop_rows]))
+        stop_set_predictions.append(model.predict(table.rows(stop_rows)))
         report = evaluate_stop_rules(history, config.stop_rules, stop_set_predictions)
         stops.append({
             "strategy": strategy, "repeat": repeat, "round": round_, "n_labels": len(lab), "stop": report.stop,
@@ -256,12 +332,14 @@ def _run_strategy(
             rng_val = np.random.default_rng([config.seed, repeat, round_, 7])
             val = rng_val.permutation(lab)[: max(2, len(lab) // 5)]
             fit_rows = np.setdiff1d(lab, val)
-            scorer = LabelloopClassifier.from_params(params, class_names).fit(X[fit_rows], y[fit_rows])
-            context_extra = {"calibration": config.calibration, "validation_probas": scorer.predict_proba(X[val]),
+            scorer = LabelloopClassifier.from_params(params, schema).fit(table.rows(fit_rows), y[fit_rows])
+            context_extra = {"calibration": config.calibration, "validation_probas": scorer.predict_proba(table.rows(val)),
                              "validation_labels": y[val]}
-        probas = scorer.predict_proba(X[candidates])
+        candidate_rows = table.rows(candidates)
+        probas = scorer.predict_proba(candidate_rows)
         context = SelectionContext(
-            labelled_features=X[lab], labelled_labels=y[lab], class_names=class_names, train_params=params,
+            labelled_rows=table.rows(lab), labelled_labels=y[lab], class_names=class_names, train_params=params,
+            schema=schema, feature_map=None if schema.all_numeric else ModelSpace.of_model(model, components),
             committee_size=config.committee_size, committee_seed=config.seed + 1000 * repeat + round_, hybrid=config.hybrid,
             strategy_params=config.strategy_params.get(strategy, {}),
             selector_params=config.selector_params.get(strategy, {}),
@@ -271,7 +349,7 @@ def _run_strategy(
         chosen, _, _ = select_indices(
             probas, config.batch_size, strategy=strategy, selector=config.selector,
             seed=int(np.random.default_rng([config.seed, repeat, round_]).integers(2**31 - 1)),
-            features=X[candidates], context=context, class_names=class_names,
+            rows=candidate_rows, context=context, class_names=class_names,
         )
         select_seconds += time.perf_counter() - started
         picked = candidates[chosen]
@@ -280,23 +358,29 @@ def _run_strategy(
     return rows, stops, select_seconds
 
 
-def run_simulation(config: SimulationConfig) -> dict[str, Any]:
-    """Run the simulation and write its outputs; returns the summary (also in out/summary.json)."""
+def run_simulation(config: SimulationConfig, echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Run the simulation and write its outputs; returns the summary (also in out/summary.json).
+
+    `echo` receives the inferred roles and the warnings before the run (None: silent; they are in the
+    summary either way).
+    """
     from sklearn.model_selection import train_test_split
 
     from labelloop.config import TrainParams
     from labelloop.core.io import write_json, write_text
-    from labelloop.model import LabelloopClassifier
+    from labelloop.model import LabelloopClassifier, resolve_estimator
 
     config.validate()
     if config.train_params is None:
         config.train_params = TrainParams()
     out = Path(config.out)
+    table = load_table(config.data, config.label_col, config.overrides())
+    schema, y = table.schema, table.labels
+    if echo is not None:
+        for line in describe_table(table):
+            echo(line)
     out.mkdir(parents=True, exist_ok=True)
-    X, y, feature_names = load_table(config.data, config.label_col)
-    class_names = sorted(set(y))
-    if len(class_names) < 2:
-        raise ValueError(f"{config.data}: the label column {config.label_col!r} has fewer than 2 classes")
+    class_names = schema.class_names
     counts = pd.Series(y).value_counts()
     minority = str(counts.sort_values(kind="stable").index[0])
     started = time.perf_counter()
@@ -306,7 +390,7 @@ def run_simulation(config: SimulationConfig) -> dict[str, Any]:
     select_seconds: dict[str, float] = dict.fromkeys(config.strategies, 0.0)
     bar = _progress(config.repeats * len(config.strategies) * (config.rounds + 1), config.progress, "simulate")
     for repeat in range(config.repeats):
-        idx = np.arange(len(X))
+        idx = np.arange(len(y))
         pool, test = train_test_split(idx, test_size=config.test_size, stratify=y, random_state=config.seed + repeat)
         pool = np.sort(pool)
         rng = np.random.default_rng([config.seed, repeat])
@@ -314,12 +398,12 @@ def run_simulation(config: SimulationConfig) -> dict[str, Any]:
             raise ValueError(f"--seed-size {config.seed_size} must be smaller than the pool ({len(pool)} rows)")
         seed_rows = rng.choice(pool, config.seed_size, replace=False)
         stop_rows = rng.choice(pool, min(config.stop_set_size, len(pool)), replace=False)
-        full = LabelloopClassifier.from_params(config.train_params, class_names).fit(X[pool], y[pool])
-        full_values.append(evaluate(y[test], full.predict(X[test]), minority)[config.metric])
+        full = LabelloopClassifier.from_params(config.train_params, schema).fit(table.rows(pool), y[pool])
+        full_values.append(evaluate(y[test], full.predict(table.rows(test)), minority)[config.metric])
         for strategy in config.strategies:
             bar.set_postfix_str(f"repeat {repeat} {strategy}")
             rows, stops, seconds = _run_strategy(
-                strategy, config, X, y, test, pool, seed_rows, stop_rows, class_names, minority, repeat, bar
+                strategy, config, table, test, pool, seed_rows, stop_rows, minority, repeat, bar
             )
             all_rows.extend(rows)
             all_stops.extend(stops)
@@ -334,8 +418,12 @@ def run_simulation(config: SimulationConfig) -> dict[str, Any]:
         "data": str(config.data),
         "label_col": config.label_col,
         "minority_class": minority,
-        "n_rows": len(X),
-        "n_features": len(feature_names),
+        "n_rows": len(y),
+        "n_features": len(schema.feature_columns),
+        "feature_columns": schema.feature_columns,
+        "roles": {c.name: c.role for c in schema.columns},
+        "schema_warnings": table.warnings,
+        "estimator": resolve_estimator(config.train_params.estimator, schema),
         "classes": class_names,
         "seconds_total": time.perf_counter() - started,
         "config": _config_dict(config),

@@ -8,13 +8,21 @@ A part that cannot be read (its producer may still be writing it) is not marked 
 on later runs and given up (quarantined, its rows counted as lost) only after failing
 `unreadable_part_attempts` runs in a row unchanged and staying unmodified for
 `unreadable_part_min_age_seconds`. The state file keeps those attempts and every part given up.
+
+Rows are validated against the contract and the workspace schema
+(`labelloop.adapters.validation.validate_prediction_log`): a value that does not fit its column (text
+in a numeric feature, a null where the schema forbids one, absurdly long text) quarantines its row
+with the reason, never the rest of the part. A category not seen at init is drift, not an error: the
+row is kept and counted per column in the report (`unseen_categories`), the log and the state file
+(a running total for `labelloop status`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +36,8 @@ from labelloop.stages.production import list_log_parts
 from labelloop.workspace import Workspace
 
 ITEM_ID = "item_id"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class CaptureReport:
     rows_lost: int = 0  # rows of the parts given up whose footer still gave a row count
     parts_lost_unknown_rows: int = 0  # parts given up whose row count cannot be read
     bytes_lost: int = 0  # size of the parts given up
+    # per categorical column, rows read this run (and kept) whose category was not seen at init: drift
+    unseen_categories: dict[str, int] = field(default_factory=dict)
 
     def lost_text(self) -> str:
         """'' when nothing was given up, else e.g.
@@ -57,8 +69,14 @@ class CaptureReport:
                 f"{self.rows_quarantined} quarantined, pool {self.pool_size}")
         if self.parts_pending:
             text += f", {self.parts_pending} unreadable part{'s' if self.parts_pending != 1 else ''} to retry"
-        lost = self.lost_text()
-        return f"{text}; {lost}" if lost else text
+        for extra in (self.drift_text(), self.lost_text()):
+            if extra:
+                text += f"; {extra}"
+        return text
+
+    def drift_text(self) -> str:
+        """'' without drift, else e.g. 'unseen categories (drift, rows kept): country 12, plan 3'."""
+        return unseen_text(self.unseen_categories)
 
     def markdown(self) -> str:
         """The capture artifact: every count, the lost ones included."""
@@ -70,9 +88,24 @@ class CaptureReport:
             ("rows lost (known)", self.rows_lost), ("parts lost with unknown rows", self.parts_lost_unknown_rows),
             ("bytes lost", self.bytes_lost),
         ]
+        rows += [(f"rows with a category unseen at init in `{column}` (drift, kept)", count)
+                 for column, count in self.unseen_categories.items()]
         table = "| capture | count |\n|---|---|\n" + "".join(f"| {name} | {value:,} |\n" for name, value in rows)
         notes = [n for n in (self.lost_text(), f"quarantine: `{self.quarantine_file}`" if self.quarantine_file else "") if n]
         return table + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
+
+
+def unseen_text(unseen: dict[str, int]) -> str:
+    if not unseen:
+        return ""
+    return "unseen categories (drift, rows kept): " + ", ".join(f"{column} {count:,}" for column, count in unseen.items())
+
+
+def _add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    out = dict(total)
+    for column, count in more.items():
+        out[column] = out.get(column, 0) + int(count)
+    return dict(sorted(out.items()))
 
 
 def lost_text(parts: int, rows: int, parts_unknown: int, size: int) -> str:
@@ -92,7 +125,7 @@ def _state_path(workspace: Workspace):
 def _read_state(workspace: Workspace) -> dict:
     state = read_json(_state_path(workspace), {})
     return {"parts": set(state.get("parts", [])), "pending": dict(state.get("pending", {})),
-            "given_up": dict(state.get("given_up", {}))}
+            "given_up": dict(state.get("given_up", {})), "unseen_categories": dict(state.get("unseen_categories", {}))}
 
 
 def read_watermark(workspace: Workspace) -> set[str]:
@@ -113,6 +146,7 @@ def capture_status(workspace: Workspace) -> dict:
         "rows_lost": sum(int(g["rows"]) for g in given_up if g.get("rows") is not None),
         "parts_lost_unknown_rows": unknown,
         "bytes_lost": sum(int(g.get("bytes", 0)) for g in given_up),
+        "unseen_categories": state["unseen_categories"],  # running total over every capture run
     }
 
 
@@ -122,7 +156,10 @@ def capture_status_line(workspace: Workspace) -> str:
     if status["parts_pending"]:
         text += f", {status['parts_pending']} unreadable part(s) waiting for a retry"
     lost = lost_text(status["parts_lost"], status["rows_lost"], status["parts_lost_unknown_rows"], status["bytes_lost"])
-    return f"{text}; {lost}" if lost else text
+    for extra in (unseen_text(status["unseen_categories"]), lost):
+        if extra:
+            text += f"; {extra}"
+    return text
 
 
 def _row_count(path: Path) -> int | None:
@@ -172,6 +209,7 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
     quarantine: list[pd.DataFrame] = []
     taken: list[str] = []
     lost: list[dict] = []
+    unseen: dict[str, int] = {}
     rows = parts_read = 0
     now = time.time()
     for part in parts:
@@ -198,13 +236,14 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
         parts_read += 1
         rows += len(frame)
         try:
-            valid, bad = validate_prediction_log(frame, schema.feature_columns, schema.proba_columns, schema.class_names)
+            checked = validate_prediction_log(frame, schema)
         except ValueError as error:  # a whole-part problem: missing columns, another label set
             quarantine.append(frame.assign(log_part=part.name, reason=f"{part.name}: {error}"))
             continue
-        frames.append(valid)
-        if not bad.empty:
-            quarantine.append(bad.assign(log_part=part.name))
+        frames.append(checked.valid)
+        unseen = _add_counts(unseen, checked.unseen_categories)
+        if not checked.quarantined.empty:
+            quarantine.append(checked.quarantined.assign(log_part=part.name))
     new = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["prediction_id", ITEM_ID, "confidence"])
     # Across parts the same prediction (or item) may be logged twice: keep the first.
     repeated_prediction = new.duplicated(subset=["prediction_id"], keep="first")
@@ -239,11 +278,15 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
         crash_point("capture.after_pool")
     else:
         pool_size = len(pool)
-    write_json(_state_path(workspace), {"parts": sorted(state["parts"] | set(taken)), "pending": pending, "given_up": given_up})
+    write_json(_state_path(workspace), {"parts": sorted(state["parts"] | set(taken)), "pending": pending, "given_up": given_up,
+                                        "unseen_categories": _add_counts(state["unseen_categories"], unseen)})
+    if unseen:
+        logger.warning("capture: %s", unseen_text(unseen))
     n_quarantined = int(sum(len(q) for q in quarantine)) - len(lost)
     return CaptureReport(
         parts_read, rows, n_quarantined, len(low), len(fresh), len(low) - len(fresh), pool_size, quarantine_file,
         parts_pending=len(pending), parts_lost=len(lost),
         rows_lost=sum(r["rows"] for r in lost if r["rows"] is not None),
         parts_lost_unknown_rows=sum(1 for r in lost if r["rows"] is None), bytes_lost=sum(r["bytes"] for r in lost),
+        unseen_categories=unseen,
     )

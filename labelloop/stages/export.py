@@ -132,7 +132,7 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
         easy = plan.loc[plan["is_easy"].astype(bool), ITEM_ID].astype(str)
         if len(easy):
             drop_from_pool(workspace, load_pool(workspace), easy)
-        payload = _payload(plan, columns, schema)
+        payload = export_payload(plan, columns, schema)
         sent = [c for c in columns if c in payload.columns]
         receipt = vendor.export_batch(ExportBatch(meta.batch_id, payload, schema.class_names, sent, schema))
         crash_point("export.after_vendor")
@@ -146,7 +146,7 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
     return exported
 
 
-def _payload(plan: pd.DataFrame, columns: list[str], schema: Schema) -> pd.DataFrame:
+def export_payload(plan: pd.DataFrame, columns: list[str], schema: Schema) -> pd.DataFrame:
     """What leaves for the vendor from a plan: item ids, `columns` and EXPORT_FIELDS.
 
     A feature column the plan lacks is an error (every row of the pool, the seed set and earlier batches

@@ -3,8 +3,10 @@ roll the champion back, finish a gate a crash interrupted; and the stop rules (`
 after every cycle, reported with it, optionally obeyed.
 
 The decision itself is pure (`labelloop.domain.gate.decide`); this module reads the metrics it needs
-from the registry and records there what it decided, and every move of `champion` in the champion
-history (`labelloop.adapters.tracking`).
+from the registry, predicts the holdout rows with both models for the paired test (`holdout_rows`; each
+version's holdout probabilities are kept in `state/gate/`, keyed by model, version, run and holdout
+digest, so a cycle predicts only its new challenger), records in the registry what it decided, and
+every move of `champion` in the champion history (`labelloop.adapters.tracking`).
 
 Stop rules on a workspace: `labelloop.domain.stop_rules` holds the pure rules over a history; this
 module feeds them a workspace's history: labels and the champion's `gate.primary_metric` per cycle
@@ -17,6 +19,7 @@ every later model is compared on the same rows.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,12 @@ import numpy as np
 import pandas as pd
 
 from labelloop.adapters import tracking
-from labelloop.columns import PREDICTED, PREDICTION_ID
+from labelloop.columns import ITEM_ID, LABEL, PREDICTED, PREDICTION_ID
 from labelloop.config import GateParams, StopParams
 from labelloop.core.faults import crash_point
 from labelloop.core.io import read_parquet, write_parquet
 from labelloop.domain.cycle import CycleRecord
-from labelloop.domain.gate import GateDecision, ModelMetrics, decide
+from labelloop.domain.gate import GateDecision, ModelMetrics, PairedRows, decide
 from labelloop.domain.stop_rules import StopReport, StopRules, evaluate_stop_rules
 from labelloop.history import load_history
 from labelloop.schema import invalid_rows
@@ -58,16 +61,87 @@ def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> G
         return GateDecision(recorded.get("gate.decision", "promote") == "promote", reasons, rules.primary_metric, value, value,
                             challenger_version, champion_version)
     champion = tracking.model_metrics(workspace, model_name, champion_version) if champion_version else None
-    if champion is not None:
+    paired: list[PairedRows] = []
+    notes: list[str] = []
+    if champion is not None and champion_version is not None:
         challenger = ModelMetrics(challenger.version, challenger.metrics, challenger.class_recall, challenger.holdout_digest,
                                   new_labels=challenger.new_labels - champion.new_labels)
-    decision = decide(challenger, champion, rules)
+        if rules.min_confidence > 0:
+            try:
+                paired.append(holdout_rows(workspace, model_name, challenger_version, champion_version))
+            except tracking.IncompatibleModel as error:  # a champion stored by an older labelloop: no per-row predictions
+                notes.append(f"no paired test: {error}")
+    decision = decide(challenger, champion, rules, paired)
+    if notes:
+        decision = dataclasses.replace(decision, reasons=[*decision.reasons, *notes])
     if "gate.decision" in recorded:
         note = (f"re-decided under changed gate rules ({changed}); was {recorded['gate.decision']}" if changed
                 else f"re-decided with the same rules; was {recorded['gate.decision']}")
-        decision = GateDecision(decision.promote, [*decision.reasons, note], decision.primary_metric, decision.challenger_value,
-                                decision.champion_value, decision.challenger_version, decision.champion_version)
+        decision = dataclasses.replace(decision, reasons=[*decision.reasons, note])
     return decision
+
+
+# -- the paired test's rows: both models' holdout probabilities ---------------------------------------
+
+def holdout_rows(workspace: Workspace, model_name: str, challenger_version: str, champion_version: str) -> PairedRows:
+    """The holdout's true classes and both versions' probabilities on its rows, for the paired test."""
+    holdout = read_parquet(workspace.holdout_path)
+    schema = workspace.schema()
+    index = {name: i for i, name in enumerate(schema.class_names)}
+    labels = holdout[LABEL].astype(str)
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ValueError(f"holdout labels outside the label set {schema.class_names}: {unknown[:10]}")
+    digest = hashlib.sha256(workspace.holdout_path.read_bytes()).hexdigest()[:16]
+    probas = {version: holdout_proba(workspace, model_name, version, holdout, digest)
+              for version in (challenger_version, champion_version)}
+    prune_holdout_predictions(workspace, model_name, keep={challenger_version, champion_version})
+    return PairedRows("holdout", labels.map(index).to_numpy(dtype=np.int64), probas[challenger_version],
+                      probas[champion_version])
+
+
+def _cache_prefix(model_name: str) -> str:
+    return "holdout-" + hashlib.sha256(model_name.encode("utf-8")).hexdigest()[:12]
+
+
+def holdout_predictions_path(workspace: Workspace, model_name: str, version: str, run_id: str, digest: str) -> Path:
+    """Where one version's holdout probabilities are kept: keyed by model, version, its run and the holdout."""
+    return workspace.state_dir / "gate" / f"{_cache_prefix(model_name)}-v{version}-{run_id[:12]}-{digest}.parquet"
+
+
+def holdout_proba(workspace: Workspace, model_name: str, version: str, holdout: pd.DataFrame, digest: str) -> np.ndarray:
+    """`version`'s class probabilities on the holdout rows: read from its cached file, else predicted and kept."""
+    schema = workspace.schema()
+    run_id = tracking.client(workspace).get_model_version(model_name, version).run_id
+    path = holdout_predictions_path(workspace, model_name, str(version), run_id, digest)
+    columns = schema.proba_columns
+    if path.exists():
+        try:
+            cached = read_parquet(path)
+        except (OSError, ValueError):  # a damaged cache is predicted again
+            cached = None
+        if (cached is not None and list(cached.columns) == [ITEM_ID, *columns]
+                and cached[ITEM_ID].astype(str).tolist() == holdout[ITEM_ID].astype(str).tolist()):
+            return cached[columns].to_numpy(dtype=np.float64)
+    model = tracking.load_model(workspace, model_name, str(version))
+    proba = np.asarray(model.predict_proba(holdout[schema.feature_columns]), dtype=np.float64)
+    if proba.shape != (len(holdout), len(columns)):
+        raise ValueError(f"model {model_name!r} version {version} gave probabilities of shape {proba.shape} "
+                         f"on {len(holdout)} holdout rows and {len(columns)} classes")
+    frame = pd.DataFrame(proba, columns=columns)
+    frame.insert(0, ITEM_ID, holdout[ITEM_ID].astype(str).to_numpy())
+    write_parquet(path, frame)
+    return proba
+
+
+def prune_holdout_predictions(workspace: Workspace, model_name: str, keep: set[str]) -> None:
+    """Drop the kept holdout probabilities of this model's versions other than `keep` (champion, challenger)."""
+    folder = workspace.state_dir / "gate"
+    prefix = _cache_prefix(model_name)
+    for path in folder.glob(f"{prefix}-v*.parquet"):
+        version = path.name[len(prefix) + 2:].split("-", 1)[0]
+        if version not in keep:
+            path.unlink(missing_ok=True)
 
 
 def rules_changed(recorded_json: str | None, rules: GateParams) -> str:
@@ -85,7 +159,8 @@ def rules_changed(recorded_json: str | None, rules: GateParams) -> str:
 @tracking.server_faults("recording the gate decision")
 def record_decision(workspace: Workspace, model_name: str, decision: GateDecision, rules: GateParams | None = None) -> None:
     """Tags on the challenger's run and model version: decision, every reason, the champion it faced,
-    and the rules it was judged by (so a rerun with other rules can say what changed)."""
+    the paired test's evidence per row set (`gate.evidence`, JSON), and the rules it was judged by (so a
+    rerun with other rules can say what changed)."""
     mlflow_client = tracking.client(workspace)
     model_version = mlflow_client.get_model_version(model_name, decision.challenger_version)
     tags: dict[str, Any] = {
@@ -94,6 +169,8 @@ def record_decision(workspace: Workspace, model_name: str, decision: GateDecisio
         "gate.primary_metric": decision.primary_metric,
         "gate.champion_version": str(decision.champion_version),
     }
+    if decision.evidence:
+        tags["gate.evidence"] = json.dumps([dataclasses.asdict(e) for e in decision.evidence], sort_keys=True)
     if rules is not None:
         tags["gate.rules"] = json.dumps(rules.model_dump(mode="json"), sort_keys=True)
     for key, value in tags.items():

@@ -35,10 +35,20 @@ def select_next_batch(workspace: Workspace, params: SelectParams, train: TrainPa
     from labelloop.model import predict_in_batches
 
     champion = tracking.champion_model(workspace, train.model_name)
-    version, model = champion if champion else (None, None)
+    version, loaded = champion if champion else (None, None)
+    model = _classifier(loaded, workspace) if loaded is not None else None
     rescore = (lambda frame: predict_in_batches(model, frame)) if model is not None else None
-    context = selection_context(workspace, params, train, rescore)
+    context = selection_context(workspace, params, train, rescore, model=model)
     return select_batch(workspace, params, rescore=rescore, champion_version=version, context=context)
+
+
+def _classifier(loaded, workspace: Workspace):
+    """The champion as a LabelloopClassifier (a bare scikit-learn pipeline, as MLflow stores it, is wrapped)."""
+    from labelloop.model import LabelloopClassifier
+
+    if isinstance(loaded, LabelloopClassifier):
+        return loaded
+    return LabelloopClassifier.from_pipeline(loaded, workspace.schema())
 
 
 def _selection_key(pool_ids: pd.Series, params: SelectParams, champion_version: str | None) -> str:
@@ -49,11 +59,18 @@ def _selection_key(pool_ids: pd.Series, params: SelectParams, champion_version: 
     return digest.hexdigest()[:12]
 
 
-def selection_context(workspace: Workspace, params: SelectParams, train_params, predict_proba=None):
-    """What the engine needs beyond the pool: the labelled set (committees, coreset centres),
-    the label set, `train` settings, and a calibration split (the fixed holdout, scored by the
-    champion; it only reorders candidates, the gate still evaluates on untouched predictions)."""
+def selection_context(workspace: Workspace, params: SelectParams, train_params, predict_proba=None, model=None):
+    """What the engine needs beyond the pool: the schema, the labelled set (committees, coreset centres),
+    the label set, `train` settings, the selection space and a calibration split (the fixed holdout, scored
+    by the champion; it only reorders candidates, the gate still evaluates on untouched predictions).
+
+    The selection space (density, cluster, coreset, hybrid) is the champion's own feature space, text
+    reduced by TruncatedSVD to `train.text.selection_components` dimensions; for an all-numeric schema the
+    raw columns (see labelloop/domain/acquisition/space.py); with no champion yet, the schema's features
+    fitted on the pool.
+    """
     from labelloop.domain.acquisition.pool import SelectionContext
+    from labelloop.domain.acquisition.space import ModelSpace
 
     schema = workspace.schema()
     labeled = read_parquet(workspace.labeled_path)
@@ -62,11 +79,21 @@ def selection_context(workspace: Workspace, params: SelectParams, train_params, 
         holdout = read_parquet(workspace.holdout_path)
         validation_probas = np.asarray(predict_proba(holdout[schema.feature_columns]))
         validation_labels = holdout[LABEL].astype(str).to_numpy()
+    feature_map = None
+    text = getattr(train_params, "text", None)
+    components = text.selection_components if text is not None else 64
+    if not schema.all_numeric:
+        if model is not None:
+            feature_map = ModelSpace.of_model(model, components)
+        else:
+            feature_map = ModelSpace.of_schema(schema, text, components)
     return SelectionContext(
-        labelled_features=labeled[schema.feature_columns].to_numpy(dtype=np.float64),
+        labelled_rows=labeled[schema.feature_columns],
         labelled_labels=labeled[LABEL].astype(str).to_numpy(),
         class_names=schema.class_names,
         train_params=train_params,
+        schema=schema,
+        feature_map=feature_map,
         committee_size=params.committee_size,
         committee_seed=params.seed,
         calibration=params.calibration,
@@ -89,9 +116,12 @@ def select_batch(
 
     `rescore(frame) -> probas` lets the caller refresh stale pool probabilities with the current champion.
     """
-    from labelloop.domain.acquisition.pool import select_from_frame
+    from labelloop.domain.acquisition.pool import SelectionContext, select_from_frame
 
     schema = workspace.schema()
+    if context is None:  # the schema still says which pool columns are features, and their roles
+        context = SelectionContext(class_names=schema.class_names, schema=schema, group_column=params.group_column,
+                                   hybrid=params.hybrid)
     pool = load_pool(workspace)
     store = BatchStore(workspace)
     if pool.empty:

@@ -5,6 +5,24 @@ one MLflow run per retrain, the model registered as a new version with alias `ch
 is keyed by (data tag, train params), so rerunning it returns the version it already made) and
 `dvc repro`.
 
+What is stored is the model's scikit-learn Pipeline alone (`LabelloopClassifier.pipeline_`), so it loads
+without labelloop: MLflow's scikit-learn flavour with a signature typed per schema role (numeric → double,
+categorical and text → string, null accepted where a value is missing) and string labels out:
+
+    model = mlflow.pyfunc.load_model("models:/<model_name>@champion")
+    model.predict(frame)                           # class names, one per row
+
+and the class probabilities from the same artifact, in the order of `classes_` (the classes the labelled
+set held when it was trained; labelloop's own wrapper widens them to the workspace's full class list):
+
+    pipeline = mlflow.sklearn.load_model("models:/<model_name>@champion")
+    pipeline.predict_proba(frame), pipeline.classes_
+
+(or `mlflow.pyfunc.load_model(...).get_raw_model()`, the same Pipeline). Numeric columns are doubles: a
+Python caller passes floats (MLflow refuses int64 it cannot convert safely); over REST, JSON numbers and
+null are fine. Stored with skops when the pipeline names only safe types (see `tracking.pipeline_storage`),
+else with cloudpickle (run tag `model_serialization`).
+
 The DVC stages (`labelloop pipeline validate|train|evaluate`) work on a registry directory alone
 (data/, schema.json, params.yaml), so they run in a plain checkout of any data version and inside
 `dvc exp run`.
@@ -28,14 +46,16 @@ from labelloop.adapters import tracking, versioning
 from labelloop.columns import ITEM_ID, LABEL
 from labelloop.config import TrainParams, load_params
 from labelloop.core.faults import crash_point
-from labelloop.core.io import read_parquet, write_json
+from labelloop.core.io import read_json, read_parquet, write_bytes, write_json
 from labelloop.domain.metrics import holdout_metrics
 from labelloop.model import LabelloopClassifier
-from labelloop.schema import Schema
+from labelloop.schema import Schema, conform
 from labelloop.workspace import Workspace
 
-MODEL_FILE = "model.skops"
-TRUSTED_TYPES = ["labelloop.model.LabelloopClassifier", "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
+MODEL_FILES = {tracking.SKOPS: "model.skops", tracking.CLOUDPICKLE: "model.pkl"}
+SERIALIZATION_FILE = "serialization.json"  # beside the DVC pipeline's model: its format and trusted types
+# Part of every retrain's key (params_hash): a version stored in an older format is never reused.
+MODEL_FORMAT = "sklearn-pipeline"
 
 
 class DataValidationError(ValueError):
@@ -56,7 +76,7 @@ def load_schema(registry: Path) -> Schema:
 
 
 def fit(labeled: pd.DataFrame, schema: Schema, params: TrainParams) -> LabelloopClassifier:
-    return LabelloopClassifier.from_params(params, schema.class_names).fit(labeled[schema.feature_columns], labeled[LABEL])
+    return LabelloopClassifier.from_params(params, schema).fit(labeled, labeled[LABEL])
 
 
 def evaluate(model: LabelloopClassifier, holdout: pd.DataFrame, schema: Schema, bins: int = 10) -> Evaluation:
@@ -79,7 +99,7 @@ def validate_labeled(labeled: pd.DataFrame, holdout: pd.DataFrame, schema: Schem
     missing = [c for c in (ITEM_ID, LABEL, *schema.feature_columns) if c not in labeled.columns]
     if missing:
         raise DataValidationError(f"labelled set is missing columns {missing[:10]}")
-    failures = run_checks(labeled, labeled_set_checks(schema.feature_columns, schema.class_names), "labeled_set")
+    failures = run_checks(labeled, labeled_set_checks(schema), "labeled_set")
     leaked = sorted(set(labeled[ITEM_ID]) & set(holdout[ITEM_ID]))
     report = {
         "rows": len(labeled),
@@ -105,24 +125,48 @@ def stage_validate(registry: Path) -> dict:
 
 
 def stage_train(registry: Path) -> Path:
-    import skops.io
-
+    """Fit on the checked-out labelled set; model/ gets the pipeline (skops when safe, as MLflow stores it)."""
     schema = load_schema(registry)
     params = load_params(registry / "params.yaml").train
     model = fit(read_parquet(registry / "data/labeled.parquet"), schema, params)
     out = registry / "model"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{MODEL_FILE}.tmp"
-    skops.io.dump(model, tmp)
-    tmp.replace(out / MODEL_FILE)
+    serialization, data, trusted = tracking.pipeline_storage(model.pipeline_)
+    if data is None:
+        import cloudpickle
+
+        data = cloudpickle.dumps(model.pipeline_)
+    path = out / MODEL_FILES[serialization]
+    write_bytes(path, data)
+    for other in set(MODEL_FILES.values()) - {path.name}:  # a previous run's file in the other format
+        (out / other).unlink(missing_ok=True)
+    write_json(out / SERIALIZATION_FILE, {"format": serialization, "file": path.name, "skops_trusted_types": trusted})
     write_json(out / "train_params.json", params.model_dump(mode="json"))
-    return out / MODEL_FILE
+    return path
 
 
 def load_pipeline_model(registry: Path) -> LabelloopClassifier:
-    import skops.io
+    """The DVC pipeline's model/ as labelloop's classifier (the stored pipeline wrapped with the schema)."""
+    out = registry / "model"
+    what = f"{out} (the DVC pipeline's model)"
+    recorded = read_json(out / SERIALIZATION_FILE)
+    if recorded is None:
+        raise tracking.old_model_error(what, f"no {SERIALIZATION_FILE}")
+    path = out / recorded["file"]
+    if recorded["format"] == tracking.SKOPS:
+        import skops.io
 
-    return skops.io.load(registry / "model" / MODEL_FILE, trusted=TRUSTED_TYPES)
+        names = skops.io.get_untrusted_types(file=path)  # what the file names, not what the record says
+        unsafe = [name for name in names if not tracking.is_safe_type(name)]
+        if unsafe:
+            raise tracking.old_model_error(what, f"skops, naming {', '.join(unsafe)}")
+        pipeline = skops.io.load(path, trusted=names)
+    else:
+        import cloudpickle
+
+        with path.open("rb") as handle:
+            pipeline = cloudpickle.load(handle)
+    return LabelloopClassifier.from_pipeline(tracking.check_pipeline(pipeline, what), load_schema(registry))
 
 
 def stage_evaluate(registry: Path) -> dict[str, float]:
@@ -185,17 +229,57 @@ class TrainResult:
 
 
 def params_hash(params: TrainParams) -> str:
-    return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    keyed = {**params.model_dump(mode="json"), "model_format": MODEL_FORMAT}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def pinned_requirements() -> list[str]:
-    from importlib.metadata import version
+def pinned_requirements(estimator: object | None = None, serialization: str = tracking.SKOPS) -> list[str]:
+    """What loading the model needs, pinned to the versions it was trained with (plus, for an estimator class
+    from another package, that package's distribution)."""
+    from importlib.metadata import packages_distributions, version
 
-    return [f"{name}=={version(name)}" for name in ("xgboost", "scikit-learn", "pandas", "numpy", "cloudpickle")]
+    names = ["xgboost", "scikit-learn", "pandas", "numpy", "cloudpickle"]
+    if serialization == tracking.SKOPS:
+        names.append("skops")
+    package = type(estimator).__module__.split(".", 1)[0] if estimator is not None else ""
+    names.extend(d for d in packages_distributions().get(package, []) if package not in ("sklearn", "xgboost", "builtins"))
+    return [f"{name}=={version(name)}" for name in dict.fromkeys(names)]
+
+
+def model_signature(schema: Schema):
+    """Typed inputs per role (numeric → double, categorical and text → string), string labels out.
+
+    Every feature column is `required` (MLflow's word for "present": the pipeline selects each by name);
+    a missing value is null in any of them — MLflow passes None/NaN through, the pipeline imputes or keeps it."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec
+    from mlflow.types import Schema as ColumnSchema
+
+    inputs = [ColSpec("double" if spec.role == "numeric" else "string", spec.name) for spec in schema.features]
+    return ModelSignature(inputs=ColumnSchema(inputs), outputs=ColumnSchema([ColSpec("string")]))
+
+
+def model_metadata(schema: Schema, serialization: str) -> dict:
+    """What a reader of the MLmodel file needs beside the signature: roles, nullability, the probabilities."""
+    return {"labelloop": {
+        "label_column": schema.label_column,
+        "class_names": list(schema.class_names),
+        "columns": {spec.name: {"role": spec.role, "nullable": spec.nullable} for spec in schema.features},
+        "predict": "class names (pyfunc)",
+        "predict_proba": "mlflow.sklearn.load_model(uri).predict_proba(frame), columns in the order of .classes_",
+        "serialization": serialization,
+    }}
+
+
+def version_description(data_tag: str, n_labels: int, estimator: str, metrics: dict[str, float]) -> str:
+    """The registered version's description (MLflow UI, `search_model_versions`)."""
+    shown = [f"{name.replace('_', '-')} {metrics[key]:.3f}" for key, name in
+             (("accuracy", "accuracy"), ("macro_f1", "macro_F1"), ("log_loss", "log_loss"), ("ece", "ECE")) if key in metrics]
+    return f"{estimator} trained on {data_tag} ({n_labels} labels); holdout {', '.join(shown)}"
 
 
 def _metric_key(name: str) -> str:
@@ -218,22 +302,25 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
     mlflow_client = tracking.client(workspace)
     if existing is not None:
         run = mlflow_client.get_run(existing.run_id)
+        if not existing.description:  # a run killed between registering and describing the version
+            tags = run.data.tags
+            mlflow_client.update_model_version(params.model_name, existing.version, version_description(
+                data_tag, int(tags.get("n_labels", 0)), tags.get("estimator", params.estimator), dict(run.data.metrics)))
         mlflow_client.set_registered_model_alias(params.model_name, tracking.CHALLENGER, existing.version)
         return TrainResult(existing.run_id, str(existing.version), data_tag, dict(run.data.metrics), created=False)
 
     labeled = pd.read_parquet(workspace.labeled_path)
     holdout = pd.read_parquet(workspace.holdout_path)
-    features = labeled[schema.feature_columns]
     started = time.perf_counter()
     model = fit(labeled, schema, params)
     fit_seconds = time.perf_counter() - started
     evaluation = evaluate(model, holdout, schema)
     metrics, recall = evaluation.metrics, evaluation.class_recall
+    estimator = type(model.estimator_).__name__
+    serialization, _, trusted = tracking.pipeline_storage(model.pipeline_)
 
     from mlflow.data.pandas_dataset import from_pandas
-    from mlflow.models import infer_signature
 
-    signature = infer_signature(features.head(20), model.predict_proba(features.head(20)))
     with mlflow.start_run(experiment_id=tracking.experiment_id(workspace), run_name=f"train-{data_tag}") as run:
         from labelloop.core.threads import resolve_n_jobs
 
@@ -251,18 +338,22 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
             "n_labels": str(len(labeled)),
             "batches": ",".join(sorted(set(labeled["batch_id"]))),
             "class_recall": json.dumps(recall, sort_keys=True),
+            "estimator": estimator,
+            "model_serialization": serialization,
         }
         mlflow.set_tags(tags)
         dataset = from_pandas(labeled, name=data_tag, targets=LABEL, source=workspace.labeled_path.as_uri())
         mlflow.log_input(dataset, context="training")
         info = mlflow.sklearn.log_model(
-            model, name="model", signature=signature, input_example=features.head(3),
-            pip_requirements=pinned_requirements(),
-            # skops, not pickle: loading runs no arbitrary code; these are the only non-builtin types.
-            serialization_format="skops", skops_trusted_types=TRUSTED_TYPES,
+            model.pipeline_, name="model", signature=model_signature(schema),
+            input_example=conform(labeled.head(3), schema), metadata=model_metadata(schema, serialization),
+            pip_requirements=pinned_requirements(model.estimator_, serialization),
+            serialization_format=serialization, skops_trusted_types=trusted or None,
         )
         with contextlib.redirect_stderr(io.StringIO()):  # register_model eprints a banner per call
             version = mlflow.register_model(info.model_uri, params.model_name, tags={"data_tag": data_tag, "params_hash": phash})
+        mlflow_client.update_model_version(params.model_name, version.version,
+                                           version_description(data_tag, len(labeled), estimator, metrics))
         crash_point("train.after_register")
         mlflow.set_tag("model_version", version.version)
         _log_plots(workspace, evaluation, schema, run.info.run_id, len(labeled), metrics)

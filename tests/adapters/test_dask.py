@@ -61,7 +61,7 @@ def model(partitioned_log):
     _, whole = partitioned_log
     train = whole.sample(2000, random_state=0)
     params = TrainParams(n_estimators=20, max_depth=3, n_jobs=1)
-    return LabelloopClassifier.from_params(params, CLASSES).fit(train[FEATURES], train["label"])
+    return LabelloopClassifier.from_params(params, distributed.as_schema(FEATURES, PROBAS)).fit(train[FEATURES], train["label"])
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def reference(whole: pd.DataFrame, threshold: float, top_k: int, model=None) -> 
     """Single-process pandas, written independently of scan_partition: validate all, filter, score, sort."""
     from labelloop.domain.acquisition.strategies import margin
 
-    valid, bad = validate_prediction_log(whole, FEATURES, PROBAS)
+    checked = validate_prediction_log(whole, distributed.as_schema(FEATURES, PROBAS))
+    valid, bad = checked.valid, checked.quarantined
     low = valid[valid["confidence"] < threshold]
     probas = model.predict_proba(low[FEATURES]) if model is not None else low[PROBAS].to_numpy()
     out = pd.DataFrame({"prediction_id": low["prediction_id"].astype(str).to_numpy(), "utility": margin(probas)})
@@ -112,6 +113,38 @@ def test_scale_out_flow_on_dask_task_runner_equals_single_process(prefect_api, p
         single.rows_read, single.rows_quarantined, single.rows_low_confidence)
     assert result["top_ids"] == single.top["prediction_id"].tolist()
     np.testing.assert_allclose(result["top_utilities"], single.top["utility"].to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_a_mixed_type_log_is_scanned_against_the_schema_on_dask_as_in_process(tmp_path, client):
+    """Categorical, text, id and nullable columns: a string in a numeric feature or a null where the schema
+    forbids one quarantines that row only; unseen categories are counted per column, not quarantined."""
+    from labelloop.schema import ColumnSpec, Schema
+
+    schema = Schema([ColumnSpec("ticket_id", "id", "string"), ColumnSpec("amount", "numeric", "float64", nullable=True),
+                     ColumnSpec("country", "categorical", "string", categories=["de", "fr"]),
+                     ColumnSpec("body", "text", "string", max_length=30)], ["a", "b"])
+    parts = []
+    for k in range(3):
+        n = 20
+        p = np.linspace(0.5, 0.99, n)
+        frame = pd.DataFrame({
+            "prediction_id": [f"m{k}-{i:02d}" for i in range(n)], "ts": pd.Timestamp("2026-03-01", tz="UTC"),
+            "model_version": "1", "ticket_id": [f"t{k}{i}" for i in range(n)],
+            "amount": [str(float(i)) if i % 7 else "n/a" for i in range(n)],  # a numeric column logged as text
+            "country": ["de", "fr", "it", None] * 5, "body": [f"text {i}" if i != 5 else None for i in range(n)],
+            "proba_a": p, "proba_b": 1 - p, "predicted": "a", "confidence": p,
+        })
+        frame.loc[3, "amount"] = None  # nullable: kept
+        path = tmp_path / f"part-{k}.parquet"
+        frame.to_parquet(path, index=False)
+        parts.append(str(path))
+    single = distributed.scan_pool(parts, schema, threshold=0.9, top_k=10)
+    on_dask = distributed.scan_pool(parts, schema, threshold=0.9, top_k=10, client=client)
+    # Per part: amount 'n/a' at rows 0, 7, 14; country null at 3, 7, 11, 15, 19; body null at 5.
+    assert single.rows_read == 60 and single.rows_quarantined == 3 * 8
+    assert single.unseen_categories == {"country": 3 * 4}  # "it" at 2, 6, 10, 18 (14 is quarantined)
+    assert (on_dask.rows_quarantined, on_dask.unseen_categories) == (single.rows_quarantined, single.unseen_categories)
+    pd.testing.assert_frame_equal(single.top, on_dask.top)
 
 
 def test_xgboost_dask_training_matches_single_process_quality(partitioned_log, client):

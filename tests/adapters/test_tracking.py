@@ -47,3 +47,24 @@ def test_a_registry_without_the_model_has_no_aliases_no_history_and_says_so(work
     assert "has no registered versions yet" in tracking.describe_versions(workspace, "no-such-model")
     with pytest.raises(tracking.UnknownModelVersion, match="no version 'v3'"):
         tracking.resolve_version(workspace, "no-such-model", "v3")
+
+
+@pytest.mark.parametrize("serialization", ["skops", "cloudpickle"])
+def test_a_version_stored_by_an_older_labelloop_is_refused_naming_it_and_saying_to_retrain(workspace, serialization):
+    """Before issue 14 the registry held a `labelloop.model.LabelloopClassifier` (skops, or pickled)."""
+    import mlflow
+
+    from labelloop.model import LabelloopClassifier
+
+    old = LabelloopClassifier.__new__(LabelloopClassifier)  # the old class's state: no pipeline
+    old.__dict__.update(class_names=["a", "b"], n_estimators=10)
+    tracking.client(workspace)
+    with mlflow.start_run(experiment_id=tracking.experiment_id(workspace)):
+        trusted = ["labelloop.model.LabelloopClassifier"] if serialization == "skops" else None
+        info = mlflow.sklearn.log_model(old, name="model", serialization_format=serialization, skops_trusted_types=trusted)
+    version = mlflow.register_model(info.model_uri, "old-model").version
+    with pytest.raises(tracking.IncompatibleModel) as error:
+        tracking.load_model(workspace, "old-model", version)
+    message = str(error.value)
+    assert f"model 'old-model' version {version} was stored by an older labelloop" in message
+    assert "labelloop.model.LabelloopClassifier" in message and "retrain it: `labelloop train`" in message

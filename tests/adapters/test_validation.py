@@ -13,30 +13,33 @@ from labelloop.adapters.validation import (
     Check,
     labeled_set_checks,
     run_checks,
+    text_length_limit,
     validate_annotations,
     validate_final_labels,
     validate_prediction_log,
     write_quarantine,
 )
+from labelloop.schema import ColumnSpec, Schema
+
+NOT_NULL_X = "ExpectColumnValuesToNotBeNull(x): x is missing and the schema does not allow nulls"
 
 
 # ------------------------------------------------------------------------------------- the wrapper
 def test_run_checks_names_each_failed_row_with_its_expectation_and_reason():
     labelled = pd.DataFrame({"item_id": ["a", "a", None], "label": ["cat", "cow", "dog"], "x": [1.0, np.nan, 2.0]})
-    failures = run_checks(labelled, labeled_set_checks(["x"], ["cat", "dog"]), "labeled_set")
+    failures = run_checks(labelled, labeled_set_checks(Schema.numeric(["x"], ["cat", "dog"])), "labeled_set")
     by_row = failures.groupby("row")["reason"].apply(set).to_dict()
     assert by_row[0] == {"ExpectColumnValuesToBeUnique(item_id)"}
     assert by_row[1] == {"ExpectColumnValuesToBeUnique(item_id)", "ExpectColumnValuesToBeInSet(label, value_set=['cat', 'dog'])",
-                         "ExpectColumnValuesToNotBeNull(x)"}
+                         NOT_NULL_X}
     assert by_row[2] == {"ExpectColumnValuesToNotBeNull(item_id)"}
     given = run_checks(labelled, [Check("ExpectColumnValuesToNotBeNull", {"column": "x"}, "x is missing")], "own_reason")
     assert given[["row", "expectation", "reason"]].values.tolist() == [[1, "ExpectColumnValuesToNotBeNull", "x is missing"]]
-    assert run_checks(labelled.iloc[0:0], labeled_set_checks(["x"], ["cat"]), "labeled_set").empty
+    assert run_checks(labelled.iloc[0:0], labeled_set_checks(Schema.numeric(["x"], ["cat"])), "labeled_set").empty
 
 
 # ------------------------------------------------------------------------------- the prediction log
-FEATURES = ["x"]
-PROBAS = ["proba_A", "proba_B"]
+SCHEMA = Schema.numeric(["x"], ["A", "B"])
 
 
 def _log(**overrides):
@@ -56,14 +59,14 @@ def _log(**overrides):
 
 
 def test_clean_log_passes_whole():
-    valid, quarantined = validate_prediction_log(_log(), FEATURES, PROBAS)
-    assert len(valid) == 4 and quarantined.empty
+    checked = validate_prediction_log(_log(), SCHEMA)
+    assert len(checked.valid) == 4 and checked.quarantined.empty and checked.unseen_categories == {}
 
 
 @pytest.mark.parametrize("column, values, expected_reason", [
-    ("x", [1.0, np.nan, 3.0, 4.0], "ExpectColumnValuesToNotBeNull(x)"),
-    ("x", [1.0, np.inf, 3.0, 4.0], "ExpectColumnValuesToNotBeNull(x)"),
-    ("x", [1.0, "oops", 3.0, 4.0], "ExpectColumnValuesToNotBeNull(x)"),
+    ("x", [1.0, np.nan, 3.0, 4.0], NOT_NULL_X),
+    ("x", [1.0, "oops", 3.0, 4.0], "x: 'oops' is not a finite number"),
+    ("x", [1.0, np.inf, 3.0, 4.0], "x: inf is not a finite number"),
     ("confidence", [0.9, 1.7, 0.6, 0.8], "ExpectColumnValuesToBeBetween(confidence"),
     ("proba_A", [0.9, -0.5, 0.6, 0.2], "ExpectColumnValuesToBeBetween(proba_A"),
     ("proba_B", [0.1, 0.9, 0.4, 0.8], "probabilities do not sum to 1"),
@@ -71,7 +74,8 @@ def test_clean_log_passes_whole():
     ("prediction_id", ["p1", None, "p3", "p4"], "ExpectColumnValuesToNotBeNull(prediction_id)"),
 ])
 def test_bad_row_is_quarantined_with_its_reason_and_the_rest_kept(column, values, expected_reason):
-    valid, quarantined = validate_prediction_log(_log(**{column: values}), FEATURES, PROBAS)
+    checked = validate_prediction_log(_log(**{column: values}), SCHEMA)
+    valid, quarantined = checked.valid, checked.quarantined
     assert len(quarantined) == 1
     assert expected_reason in quarantined["reason"].iloc[0]
     assert len(valid) == 3
@@ -80,7 +84,99 @@ def test_bad_row_is_quarantined_with_its_reason_and_the_rest_kept(column, values
 
 def test_missing_column_is_one_clear_error():
     with pytest.raises(ValueError, match="missing columns.*proba_B"):
-        validate_prediction_log(_log().drop(columns=["proba_B"]), FEATURES, PROBAS)
+        validate_prediction_log(_log().drop(columns=["proba_B"]), SCHEMA)
+
+
+# ------------------------------------------------------------------ the schema's rules, per column role
+MIXED = Schema([
+    ColumnSpec("customer_id", "id", "string"),
+    ColumnSpec("age", "numeric", "float64", nullable=True),
+    ColumnSpec("amount", "numeric", "float64"),
+    ColumnSpec("country", "categorical", "string", categories=["de", "fr"]),
+    ColumnSpec("plan", "categorical", "string", nullable=True, categories=["free", "pro"]),
+    ColumnSpec("review", "text", "string", nullable=True, min_length=2, max_length=40),
+], ["A", "B"])
+
+
+def _mixed_log(n: int, **overrides) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "prediction_id": [f"p{i}" for i in range(n)], "ts": pd.Timestamp("2026-01-01", tz="UTC"), "model_version": "1",
+        "customer_id": [f"c{i}" for i in range(n)], "age": 30.0, "amount": 9.5, "country": "de", "plan": "free",
+        "review": "fine", "proba_A": 0.7, "proba_B": 0.3, "predicted": "A", "confidence": 0.7,
+    })
+    for column, values in overrides.items():
+        frame[column] = pd.Series(values, dtype=object) if isinstance(values, list) else values
+    return frame
+
+
+def test_each_role_is_checked_and_each_bad_row_quarantined_with_its_reason():
+    log = _mixed_log(8,
+                     age=[np.nan, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0],        # 0: nullable NaN: kept
+                     amount=[9.5, None, "12,50", 9.5, 9.5, 9.5, 9.5, 9.5],          # 1: null, 2: text in a number
+                     country=["de", "de", "de", None, "de", "de", "de", "de"],      # 3: null, not nullable
+                     plan=["free", "pro", "free", "pro", None, ["pro"], "pro", "free"],  # 4: null ok; 5: a list
+                     review=["fine", "ok", "ok", "ok", "ok", "ok", "x" * 1001, None])  # 6: absurdly long; 7: null ok
+    checked = validate_prediction_log(log, MIXED)
+    assert checked.valid["prediction_id"].tolist() == ["p0", "p4", "p7"]
+    reasons = checked.quarantined.set_index("prediction_id")["reason"].to_dict()
+    assert reasons == {
+        "p1": "ExpectColumnValuesToNotBeNull(amount): amount is missing and the schema does not allow nulls",
+        "p2": "amount: '12,50' is not a finite number",
+        "p3": "ExpectColumnValuesToNotBeNull(country): country is missing and the schema does not allow nulls",
+        "p5": "ExpectColumnValuesToBeInTypeList(plan): categorical values must be text",
+        "p6": "ExpectColumnValueLengthsToBeBetween(review): text longer than 1,000 characters",
+    }
+    valid = checked.valid.set_index("prediction_id")
+    assert np.isnan(valid.loc["p0", "age"]) and valid["amount"].dtype == np.float64
+    assert valid.loc["p4", "plan"] is None and valid.loc["p7", "review"] is None
+    assert checked.unseen_categories == {}
+
+
+def test_an_unseen_category_is_counted_per_column_as_drift_not_quarantined():
+    log = _mixed_log(5, country=["de", "it", "it", "es", "fr"], plan=["free", "team", None, "pro", "pro"],
+                     amount=[9.5, 9.5, 9.5, 9.5, "n/a"])  # the last row is quarantined: its drift is not counted
+    checked = validate_prediction_log(log, MIXED)
+    assert checked.quarantined["prediction_id"].tolist() == ["p4"]
+    assert checked.valid["country"].tolist() == ["de", "it", "it", "es"]
+    assert checked.unseen_categories == {"country": 3, "plan": 1}
+
+
+def test_values_are_read_in_the_schemas_types_and_id_columns_are_optional():
+    log = _mixed_log(3, age=["41", "n/a", 7], country=pd.Series(["de", "fr", "de"], dtype="category"),
+                     review=pd.Series(["good", None, "bad"], dtype="str"), plan=[1, None, "pro"])
+    checked = validate_prediction_log(log.drop(columns=["customer_id"]), MIXED)
+    assert checked.quarantined["prediction_id"].tolist() == ["p1"]  # 'n/a' in a numeric column
+    assert checked.valid["age"].tolist() == [41.0, 7.0]
+    assert checked.valid["plan"].tolist() == ["1", "pro"] and checked.unseen_categories == {"plan": 1}
+    assert checked.valid["review"].tolist() == ["good", "bad"] and "customer_id" not in checked.valid
+    with_ids = validate_prediction_log(_mixed_log(2, customer_id=[101, 102]), MIXED).valid
+    assert with_ids["customer_id"].tolist() == ["101", "102"]
+    with pytest.raises(ValueError, match=r"missing columns \['review'\]"):
+        validate_prediction_log(log.drop(columns=["review"]), MIXED)
+
+
+def test_text_length_limit_is_a_multiple_of_the_longest_seen_with_a_floor():
+    assert text_length_limit(ColumnSpec("t", "text", "string", max_length=40)) == 1_000
+    assert text_length_limit(ColumnSpec("t", "text", "string", max_length=2_000)) == 20_000
+    assert text_length_limit(ColumnSpec("t", "text", "string")) == 100_000
+
+
+def test_labeled_set_accepts_nullable_nulls_and_checks_categorical_types():
+    labelled = pd.DataFrame({
+        "item_id": ["a", "b", "c", "d"], "label": ["A", "B", "A", "B"],
+        "customer_id": ["c1", "c2", None, "c4"],
+        "age": [np.nan, 1.0, 2.0, 3.0], "amount": [1.0, 2.0, 3.0, np.nan],
+        "country": pd.Series(["de", "it", None, "fr"], dtype="str"),  # "it": unseen, fine in the labelled set
+        "plan": pd.Series([None, "pro", 3, "free"], dtype=object),
+        "review": pd.Series(["x" * 5000, None, "ok", "ok"], dtype="str"),
+    })
+    failures = run_checks(labelled, labeled_set_checks(MIXED), "labeled_set")
+    by_row = failures.groupby("row")["reason"].apply(set).to_dict()
+    assert by_row == {
+        2: {"ExpectColumnValuesToNotBeNull(country): country is missing and the schema does not allow nulls",
+            "ExpectColumnValuesToBeInTypeList(plan): categorical values must be text"},
+        3: {"ExpectColumnValuesToNotBeNull(amount): amount is missing and the schema does not allow nulls"},
+    }
 
 
 # ---------------------------------------------------------------------------- answers and final labels

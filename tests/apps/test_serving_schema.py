@@ -71,7 +71,8 @@ def test_request_model_accepts_each_role_and_null_where_nullable():
     ({"country": {"code": "de"}}, "country", "string_type"),
     ({"plan": True}, "plan", "string_type"),
     ({"comment": 42}, "comment", "string_type"),           # text is not coerced from numbers
-    ({"customer_id": "c1"}, "customer_id", "extra_forbidden"),  # an id is not a feature: unknown field
+    ({"colour": "red"}, "colour", "extra_forbidden"),      # an unknown field
+    ({"customer_id": ["c1"]}, "customer_id", "string_type"),  # an id (logged, not a feature) is a scalar too
 ])
 def test_request_model_rejects_what_the_role_does_not_take(change, field, kind):
     _, errors = _validate([_row(**change)])
@@ -131,6 +132,11 @@ def test_numeric_only_schema_keeps_the_float_matrix_path_and_allows_nan_only_whe
         validate_features(pd.DataFrame({"a": [np.nan, 2.0], "b": [1.0, np.inf]}), schema)
     assert [(e["loc"], e["type"]) for e in error.value.errors] == [(["rows", 0, "a"], "not_nullable"),
                                                                    (["rows", 1, "b"], "finite_number")]
+
+
+def _values(series):
+    """A column's values with every missing marker as None (pandas reads parquet strings with NaN)."""
+    return [None if pd.isna(v) else v for v in series]
 
 
 # -- a real workspace from a mixed table, a real champion ----------------------------------------------
@@ -203,7 +209,7 @@ def test_strings_for_categorical_and_text_and_null_where_nullable_are_scored(mix
     from labelloop.schema import conform
 
     ws, client = mixed_client
-    rows = [_row(), _row(age=None), _row(country=None, comment=None),
+    rows = [_row(), _row(age=None), _row(age=None, country=None, comment=None),
             {k: v for k, v in _row().items() if k not in ("age", "country", "comment")}]  # left out = missing
     response = client.post("/predict", json={"rows": rows})
     assert response.status_code == 200, response.text
@@ -226,7 +232,7 @@ def test_strings_for_categorical_and_text_and_null_where_nullable_are_scored(mix
     ({"comment": 42}, "comment", "valid string"),
     ({"plan": ["pro"]}, "plan", "valid string"),
     ({"country": {"code": "de"}}, "country", "valid string"),
-    ({"customer_id": "c1"}, "customer_id", "Extra inputs"),
+    ({"colour": "red"}, "colour", "Extra inputs"),
 ])
 def test_what_a_field_does_not_take_is_422_naming_it(mixed_client, change, field, words):
     _, client = mixed_client
@@ -266,14 +272,21 @@ def test_the_log_holds_the_canonical_columns(mixed, mode):
     from fastapi.testclient import TestClient
 
     name = mixed.params().train.model_name
-    rows = [_row(), _row(age=None, country=None, comment=None), _row(country=7)]
+    rows = [_row(customer_id="c-1"), _row(age=None, country=None, comment=None), _row(country=7)]
     with TestClient(create_app(mixed, name, flush_rows=10_000, flush_seconds=3600, mode=mode)) as client:
         assert client.post("/predict", json={"rows": rows}).status_code == 200
-    log = pd.concat([pd.read_parquet(p) for p in list_log_parts(mixed)], ignore_index=True)
+    parts = list_log_parts(mixed)
+    log = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     assert len(log) == 3
     assert log["amount"].dtype == np.float64 and log["age"].dtype == np.float64 and np.isnan(log["age"][1])
-    assert log["country"].tolist() == ["de", None, "7"] and log["comment"][1] is None
-    assert log["plan"].tolist() == ["pro"] * 3
+    assert _values(log["country"]) == ["de", None, "7"] and _values(log["comment"])[1] is None
+    assert log["plan"].tolist() == ["pro"] * 3 and _values(log["customer_id"]) == ["c-1", None, None]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {f.name: f.type for f in pq.read_schema(parts[0])}
+    assert types["amount"] == pa.float64() and all(pa.types.is_string(types[c]) or pa.types.is_large_string(types[c])
+                                                   for c in ("plan", "country", "comment", "customer_id"))
 
 
 def test_in_process_scoring_takes_the_workspace_traffic_as_stored(mixed):
@@ -281,8 +294,9 @@ def test_in_process_scoring_takes_the_workspace_traffic_as_stored(mixed):
     traffic = pd.read_parquet(mixed.simulator_dir / "traffic.parquet").head(40)
     assert traffic["age"].isna().any() and traffic["country"].isna().any()  # the nulls init kept
     service = PredictionService(mixed, mixed.params().train.model_name, mode="buffered")
-    scored = service.predict(traffic[schema.stored_columns])  # ids are carried along, not features
+    scored = service.predict(traffic[schema.feature_columns])
     service.close()
-    logged = predict_log_in_process(mixed, mixed.params().train.model_name, traffic[schema.feature_columns])
+    logged = predict_log_in_process(mixed, mixed.params().train.model_name, traffic[schema.stored_columns])  # + ids
     np.testing.assert_allclose(logged[schema.proba_columns].to_numpy(), scored.probas, rtol=1e-9)
-    assert logged["country"].tolist() == [None if pd.isna(v) else v for v in traffic["country"]]
+    assert _values(logged["country"]) == _values(traffic["country"])
+    assert _values(logged["customer_id"]) == _values(traffic["customer_id"])  # ids are logged with the row

@@ -1,7 +1,21 @@
+import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from labelloop.config import GateParams
-from labelloop.domain.gate import ModelMetrics, decide
+from labelloop.domain.gate import (
+    BOOTSTRAP,
+    BOOTSTRAP_RESAMPLES,
+    MCNEMAR,
+    GateDecision,
+    ModelMetrics,
+    PairedRows,
+    decide,
+    mcnemar,
+    paired_bootstrap,
+    paired_evidence,
+)
+from labelloop.domain.metrics import holdout_metrics
 
 
 def _m(version, accuracy, recall=None, ece=0.05, new_labels=100, holdout="h1"):
@@ -61,3 +75,185 @@ def test_a_rolled_back_challenger_is_judged_on_its_metrics_not_refused_for_negat
     assert decision.promote
     assert any("100 fewer labels" in r and "does not apply" in r for r in decision.reasons)
     assert not any("-100" in r for r in decision.reasons)
+
+
+def test_without_per_row_predictions_the_point_comparison_says_it_is_untested():
+    decision = decide(_m("2", 0.82), _m("1", 0.80), GateParams())
+    assert decision.promote and decision.evidence == []
+    assert any("untested" in r for r in decision.reasons)
+
+
+# -- the paired test -------------------------------------------------------------------------------
+
+K = 4
+
+
+def _proba(predicted: np.ndarray, k: int = K) -> np.ndarray:
+    proba = np.full((len(predicted), k), 0.1 / (k - 1))
+    proba[np.arange(len(predicted)), predicted] = 0.9
+    return proba
+
+
+def _pair(n: int, challenger_only: int, champion_only: int, both_right: int, seed: int = 0, name: str = "holdout",
+          weights: np.ndarray | None = None) -> PairedRows:
+    """n rows; the challenger alone is right on `challenger_only`, the champion alone on `champion_only`,
+    both on `both_right`, neither on the rest (shuffled)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, K, n)
+    wrong = (y + 1) % K
+    kinds = np.array([0] * challenger_only + [1] * champion_only + [2] * both_right
+                     + [3] * (n - challenger_only - champion_only - both_right))
+    rng.shuffle(kinds)
+    challenger = np.where((kinds == 0) | (kinds == 2), y, wrong)
+    champion = np.where((kinds == 1) | (kinds == 2), y, wrong)
+    return PairedRows(name, y, _proba(challenger), _proba(champion), weights)
+
+
+def _metrics_of(version: str, rows: PairedRows, which: str) -> ModelMetrics:
+    proba = rows.challenger_proba if which == "challenger" else rows.champion_proba
+    metrics, recall = holdout_metrics(proba, np.array([str(c) for c in rows.y]), [str(c) for c in range(K)])
+    return ModelMetrics(version, metrics, recall, "h", 100)
+
+
+def _decide(rows: PairedRows, **rules) -> GateDecision:
+    return decide(_metrics_of("2", rows, "challenger"), _metrics_of("1", rows, "champion"), GateParams(**rules), [rows])
+
+
+def test_a_clearly_better_challenger_is_promoted_by_mcnemar():
+    rows = _pair(1287, challenger_only=80, champion_only=20, both_right=1000)
+    decision = _decide(rows)
+    assert decision.promote
+    [evidence] = decision.evidence
+    assert (evidence.test, evidence.rows, evidence.n, evidence.metric) == (MCNEMAR, "holdout", 1287, "accuracy")
+    assert (evidence.challenger_only, evidence.champion_only) == (80, 20)
+    assert evidence.difference == pytest.approx(60 / 1287)
+    assert evidence.lower > 0 and evidence.p_value < 1e-6 and evidence.passed
+    # The paired difference is the difference of the recorded accuracies.
+    assert evidence.difference == pytest.approx(decision.challenger_value - decision.champion_value)
+
+
+def test_a_tiny_noisy_gain_is_rejected_and_the_reason_names_test_rows_difference_interval_and_p():
+    # +0.0031 on 1,287 rows (4 more rows right out of 78 discordant): inside the noise.
+    rows = _pair(1287, challenger_only=41, champion_only=37, both_right=1100)
+    decision = _decide(rows)
+    assert not decision.promote
+    [reason] = [r for r in decision.reasons if "McNemar" in r]
+    [evidence] = decision.evidence
+    assert not evidence.passed and evidence.lower < 0 < evidence.upper
+    assert "McNemar exact mid-p on 1,287 holdout rows" in reason
+    assert "challenger alone right on 41, champion alone on 37" in reason
+    assert "accuracy +0.0031" in reason
+    assert f"one-sided 90% bounds [{evidence.lower:+.4f}, {evidence.upper:+.4f}]" in reason
+    assert f"p={evidence.p_value:.2g} > 0.1 = 1 - min_confidence" in reason
+    assert "min_delta 0.0" in reason and reason.endswith("→ reject")
+    # Without the test (min_confidence 0) the same gain promotes, as the gate did before.
+    assert _decide(rows, min_confidence=0).promote
+
+
+def test_mcnemar_p_value_is_the_exact_mid_p_of_the_discordant_rows():
+    # b = 10, c = 2: mid-p = P(X > 10) + P(X = 10)/2 for X ~ Binomial(12, 1/2) = (1 + 12 + 66/2) / 4096.
+    evidence = mcnemar(_pair(200, 10, 2, 150), threshold=0.0, confidence=0.9)
+    assert evidence.p_value == pytest.approx((1 + 12 + 33) / 4096)
+    # The bounds invert the same test: the lower bound sits where p would be exactly 1 - confidence.
+    at_bound = mcnemar(_pair(200, 10, 2, 150), threshold=evidence.lower, confidence=0.9)
+    assert at_bound.p_value == pytest.approx(0.1, abs=1e-6)
+
+
+def test_a_required_gain_is_tested_not_just_compared():
+    rows = _pair(1287, challenger_only=80, champion_only=20, both_right=1000)  # +0.047
+    assert _decide(rows, min_delta=0.02).promote  # shown above +0.02 with 90% confidence
+    decision = _decide(rows, min_delta=0.04)  # the point gain clears 0.04, the test does not
+    assert not decision.promote and "min_delta 0.04" in decision.reasons[0]
+
+
+def test_non_inferiority_promotes_a_retrain_that_is_not_worse_and_refuses_one_that_is():
+    same = _pair(1287, challenger_only=0, champion_only=0, both_right=1100)  # a retrain predicting the same
+    assert not _decide(same).promote  # no gain to show
+    decision = _decide(same, mode="non_inferiority")
+    assert decision.promote
+    assert "a loss smaller than non_inferiority_margin 0.01" in decision.reasons[0]
+    slightly_worse = _pair(5000, challenger_only=100, champion_only=110, both_right=4000)  # -0.002
+    assert _decide(slightly_worse, mode="non_inferiority").promote
+    worse = _pair(1287, challenger_only=20, champion_only=60, both_right=1000)  # -0.031
+    decision = _decide(worse, mode="non_inferiority")
+    assert not decision.promote and decision.reasons[0].endswith("→ reject")
+    assert _decide(worse, mode="non_inferiority", non_inferiority_margin=0.08).promote
+
+
+def test_a_guardrail_still_refuses_a_challenger_the_test_passes():
+    rows = _pair(1287, challenger_only=80, champion_only=20, both_right=1000)
+    challenger = _metrics_of("2", rows, "challenger")
+    champion = _metrics_of("1", rows, "champion")
+    collapsed = ModelMetrics("2", challenger.metrics, {**champion.class_recall, "0": 0.0}, "h", 100)
+    decision = decide(collapsed, champion, GateParams(max_class_recall_drop=0.2), [rows])
+    assert decision.evidence[0].passed and not decision.promote
+    assert any("max_class_recall_drop" in r for r in decision.reasons)
+
+
+@pytest.mark.parametrize("metric", ["macro_f1", "neg_log_loss"])
+def test_macro_f1_and_log_loss_use_a_paired_bootstrap_that_reproduces_the_recorded_difference(metric):
+    rows = _pair(1287, challenger_only=80, champion_only=20, both_right=1000)
+    decision = _decide(rows, primary_metric=metric)
+    [evidence] = decision.evidence
+    assert evidence.test == BOOTSTRAP and (evidence.resamples, evidence.seed) == (BOOTSTRAP_RESAMPLES, 0)
+    assert evidence.difference == pytest.approx(decision.challenger_value - decision.champion_value)
+    assert decision.promote and evidence.lower > 0
+    assert f"paired bootstrap (2,000 resamples, seed 0) on 1,287 holdout rows: {metric}" in decision.reasons[0]
+    noisy = _pair(1287, challenger_only=41, champion_only=37, both_right=1100)
+    assert not _decide(noisy, primary_metric=metric).promote
+
+
+def test_the_bootstrap_is_reproducible_with_its_seed():
+    rows = _pair(800, challenger_only=40, champion_only=30, both_right=600)
+    first = paired_bootstrap("macro_f1", rows, 0.0, 0.9, resamples=500, seed=7)
+    assert paired_bootstrap("macro_f1", rows, 0.0, 0.9, resamples=500, seed=7) == first
+    other = paired_bootstrap("macro_f1", rows, 0.0, 0.9, resamples=500, seed=8)
+    assert other.difference == first.difference and (other.lower, other.p_value) != (first.lower, first.p_value)
+
+
+def test_weighted_rows_are_tested_by_the_bootstrap_with_a_weighted_difference():
+    # Audit rows later carry inverse sampling probabilities: accuracy is then weighted and bootstrapped.
+    rows = _pair(600, challenger_only=60, champion_only=0, both_right=400)
+    right_only_by_challenger = rows.challenger_proba.argmax(axis=1) != rows.champion_proba.argmax(axis=1)
+    weights = np.where(right_only_by_challenger, 0.5, 1.0)
+    weighted = PairedRows("audit", rows.y, rows.challenger_proba, rows.champion_proba, weights)
+    evidence = paired_evidence(weighted, GateParams())
+    assert evidence.test == BOOTSTRAP and evidence.rows == "audit"
+    assert evidence.difference == pytest.approx(30 / weights.sum())
+
+
+def test_every_row_set_must_pass():
+    holdout = _pair(1287, challenger_only=80, champion_only=20, both_right=1000)
+    audit = _pair(300, challenger_only=10, champion_only=12, both_right=200, seed=1, name="audit")
+    decision = decide(_metrics_of("2", holdout, "challenger"), _metrics_of("1", holdout, "champion"), GateParams(),
+                      [holdout, audit])
+    assert [e.rows for e in decision.evidence] == ["holdout", "audit"]
+    assert [e.passed for e in decision.evidence] == [True, False] and not decision.promote
+    assert any("300 audit rows" in r and r.endswith("→ reject") for r in decision.reasons)
+
+
+def test_false_promotions_of_an_equal_challenger_stay_within_one_minus_min_confidence():
+    """Many challengers exactly as good as the champion (each row's two predictions exchangeable): the test
+    promotes at most ~10% of them at min_confidence 0.9 (seeded, so the count is fixed)."""
+    rng = np.random.default_rng(2026)
+    promoted = 0
+    trials = 400
+    for _ in range(trials):
+        n = 1000
+        y = rng.integers(0, K, n)
+        wrong = (y + 1) % K
+        hard = rng.random(n) < 0.15  # rows where each model is right half the time, independently
+        right = [~hard | (rng.random(n) < 0.5) for _ in range(2)]
+        rows = PairedRows("holdout", y, _proba(np.where(right[0], y, wrong)), _proba(np.where(right[1], y, wrong)))
+        promoted += paired_evidence(rows, GateParams()).passed
+    assert 0.05 * trials < promoted <= 0.11 * trials  # a test that never promotes would fail this too
+
+
+def test_bad_paired_rows_and_gate_keys_are_refused_by_name():
+    y = np.zeros(3, dtype=int)
+    with pytest.raises(ValueError, match="champion_proba must be"):
+        PairedRows("holdout", y, _proba(y), _proba(np.zeros(2, dtype=int)))
+    with pytest.raises(ValidationError, match="min_confidence"):
+        GateParams(min_confidence=1.0)
+    with pytest.raises(ValidationError, match="mode"):
+        GateParams(mode="better")

@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labelloop.adapters.validation import validate_annotations, validate_prediction_log
+from labelloop.schema import ColumnSpec, Schema
 
 FEATURES = ["f1", "f2"]
 PROBAS = ["proba_a", "proba_b"]
+SCHEMA = Schema.numeric(FEATURES, ["a", "b"])
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 values = st.one_of(
@@ -45,7 +47,8 @@ def log_frames(draw):
 @SETTINGS
 @given(log_frames())
 def test_prediction_log_reader_keeps_or_quarantines_every_row(frame):
-    valid, quarantined = validate_prediction_log(frame, FEATURES, PROBAS)
+    checked = validate_prediction_log(frame, SCHEMA)
+    valid, quarantined = checked.valid, checked.quarantined
     assert len(valid) + len(quarantined) == len(frame)
     assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
     if len(valid):
@@ -139,7 +142,8 @@ def shaped_log_frames(draw):
 def test_prediction_log_reader_normalises_any_shape_and_keeps_or_quarantines_every_row(frame):
     from labelloop.prediction_log import TS_DTYPE
 
-    valid, quarantined = validate_prediction_log(frame, ["f1", "f2"], PROBAS)  # label set: the proba columns
+    checked = validate_prediction_log(frame, SCHEMA)
+    valid, quarantined = checked.valid, checked.quarantined
     assert len(valid) + len(quarantined) == len(frame)
     assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
     for column in ("prediction_id", "item_id", "predicted", "model_version"):
@@ -153,6 +157,58 @@ def test_prediction_log_reader_normalises_any_shape_and_keeps_or_quarantines_eve
     assert (np.isclose(confidence, probas.max(axis=1), atol=1e-3) | np.isclose(confidence, of_predicted, atol=1e-3)).all()
     if "item_id" not in frame.columns:
         assert (valid["item_id"] == valid["prediction_id"]).all()
+
+
+@pytest.mark.parametrize("ts", [
+    ["2026-13-45T25:00:00+09:00"],                       # zoned text that is no instant, alone
+    ["2026-13-45T25:00:00+09:00", "not a time"],          # every value unreadable
+    [10**30, 10**30],                                     # epochs out of range
+    [pd.Timestamp("2026-03-01T17:30:00+09:00"), pd.NaT],  # a +09:00 timestamp beside NaT
+], ids=["zoned-alone", "all-unreadable", "epochs-out-of-range", "zoned-with-nat"])
+def test_unreadable_or_missing_timestamps_are_quarantined_never_a_type_error(ts):
+    """Regression (hypothesis): a ts column whose values all come out NaT used to raise TypeError
+    (an all-NaT numpy array is naive; the zoned column refused it) and stop capture."""
+    n = len(ts)
+    frame = pd.DataFrame({"prediction_id": [f"p{i}" for i in range(n)], "ts": pd.Series(ts, dtype=object),
+                          "model_version": "1", "f1": 1.0, "f2": 2.0, "proba_a": 0.6, "proba_b": 0.4,
+                          "predicted": "a", "confidence": 0.6})
+    checked = validate_prediction_log(frame, SCHEMA)
+    readable = [v for v in ts if isinstance(v, pd.Timestamp) and v is not pd.NaT]
+    assert checked.valid["ts"].tolist() == [v.tz_convert("UTC") for v in readable]
+    assert len(checked.quarantined) == n - len(readable)
+    unreadable = checked.quarantined["reason"]
+    assert unreadable.str.contains("is not a timestamp|ExpectColumnValuesToNotBeNull\\(ts\\)").all()
+
+
+MIXED = Schema([ColumnSpec("age", "numeric", "float64", nullable=True), ColumnSpec("amount", "numeric", "float64"),
+                ColumnSpec("country", "categorical", "string", categories=["de", "fr"]),
+                ColumnSpec("review", "text", "string", nullable=True, max_length=10)], ["a", "b"])
+cells = st.one_of(values, st.sampled_from(["de", "fr", "it", "x" * 2000]), st.lists(st.integers(), max_size=2))
+
+
+@st.composite
+def mixed_log_frames(draw):
+    n = draw(st.integers(min_value=1, max_value=10))
+    frame = pd.DataFrame({"prediction_id": [f"p{i}" for i in range(n)], "ts": pd.Timestamp("2026-01-01", tz="UTC"),
+                          "model_version": "1", "proba_a": 0.6, "proba_b": 0.4, "predicted": "a", "confidence": 0.6})
+    for column in ("age", "amount", "country", "review"):
+        frame[column] = pd.Series(draw(st.lists(cells, min_size=n, max_size=n)), dtype=object)
+    return frame
+
+
+@SETTINGS
+@given(mixed_log_frames())
+def test_mixed_type_columns_keep_or_quarantine_every_row_and_kept_rows_fit_the_schema(frame):
+    checked = validate_prediction_log(frame, MIXED)
+    valid, quarantined = checked.valid, checked.quarantined
+    assert len(valid) + len(quarantined) == len(frame)
+    assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
+    assert valid["age"].dtype == np.float64 and not np.isinf(valid["age"]).any()
+    assert valid["amount"].notna().all() and np.isfinite(valid["amount"]).all()
+    assert valid["country"].map(lambda v: isinstance(v, str)).all()
+    assert valid["review"].map(lambda v: v is None or (isinstance(v, str) and len(v) <= 1_000)).all()
+    unseen = int((~valid["country"].isin(["de", "fr"])).sum())
+    assert checked.unseen_categories == ({"country": unseen} if unseen else {})
 
 
 # -- through capture and select, with parts a parquet producer can really write ------------------

@@ -2,14 +2,17 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from labelloop.adapters.vendors import make_vendor
 from labelloop.batches import BatchStore, load_pool
 from labelloop.config import ExportParams, SelectParams
-from labelloop.stages.export import export_batches
+from labelloop.core.io import write_parquet
+from labelloop.stages.export import columns_to_send, export_batches, export_payload
 from labelloop.stages.select import select_batch
+from tests.adapters.vendors.conftest import MIXED_COLUMNS, MIXED_SCHEMA, make_mixed_batch
 from tests.stages.test_select import _pool
 
 
@@ -94,3 +97,56 @@ def test_export_respects_max_batch_size_and_adds_easy_items_from_the_pool(worksp
     too_small, vendor = _filedrop_export(workspace, tmp_path, max_batch_size=9)
     with pytest.raises(ValueError, match="export.max_batch_size=9"):
         export_batches(workspace, too_small, vendor)
+
+
+# ------------------------------------------------------------------------------- what annotators see
+def _logged_pool(ws, n=20, version="1"):
+    """A candidate pool as capture writes it (log rows: features, probabilities, guess, model_version)."""
+    schema = ws.schema()
+    rows = pd.read_parquet(ws.simulator_dir / "traffic.parquet").head(n).reset_index(drop=True)
+    probas = np.random.default_rng(0).dirichlet(np.ones(len(schema.class_names)), size=n)
+    pool = rows[["item_id", *schema.feature_columns]].copy()
+    pool[schema.proba_columns] = probas
+    pool["predicted"] = np.asarray(schema.class_names, dtype=object)[probas.argmax(axis=1)]
+    pool["confidence"] = probas.max(axis=1)
+    pool["model_version"] = version
+    write_parquet(ws.pool_path, pool)
+
+
+def test_each_guess_carries_the_model_version_that_made_it(workspace, tmp_path):
+    _logged_pool(workspace, version="1")
+    rescored = select_batch(workspace, SelectParams(batch_size=5), champion_version="5")  # guesses by champion v5
+    logged = select_batch(workspace, SelectParams(batch_size=5, seed=1))  # no champion: the production model's v1
+    params, vendor = _filedrop_export(workspace, tmp_path, gold_share=0.4)
+    export_batches(workspace, params, vendor)
+    schema = workspace.schema()
+    for meta, version in ((rescored, "5"), (logged, "1")):
+        tasks = _tasks(tmp_path, meta.batch_id)
+        plan = BatchStore(workspace).items(meta.batch_id).set_index("item_id")
+        new = [t for i, t in tasks.items() if not plan.loc[i, "is_gold"]]
+        assert len(new) == 5 and {t["model_guess"]["model_version"] for t in new} == {version}
+        gold = [t for i, t in tasks.items() if plan.loc[i, "is_gold"]]
+        assert len(gold) == 2 and all(t["model_guess"] == {"label": None, "score": None, "model_version": None} for t in gold)
+        assert all(list(t["features"]) == schema.stored_columns for t in tasks.values())  # the schema's order
+        assert sorted(t["priority"] for t in tasks.values()) == list(range(1, 8))
+
+
+def test_columns_sent_are_ids_and_features_in_schema_order_or_those_allowed():
+    assert columns_to_send(MIXED_SCHEMA, None) == MIXED_COLUMNS  # the ignored column never leaves
+    assert columns_to_send(MIXED_SCHEMA, ["subject", "ticket_id", "amount"]) == ["ticket_id", "amount", "subject"]
+    with pytest.raises(ValueError, match=r"\['internal_note', 'ssn'\].*allowed: id and feature columns"):
+        columns_to_send(MIXED_SCHEMA, ["ssn", "internal_note", "body"])
+
+
+def test_an_id_column_only_gold_questions_carry_is_not_sent():
+    batch = make_mixed_batch("b1")
+    plan = batch.items.assign(is_gold=[False, False, True])
+    assert list(export_payload(plan, MIXED_COLUMNS, MIXED_SCHEMA).columns)[:7] == ["item_id", *MIXED_COLUMNS]
+    logged_without_ids = plan.assign(ticket_id=[None, None, "T-9"])  # the log has no ids; the seed set has
+    sent = export_payload(logged_without_ids, MIXED_COLUMNS, MIXED_SCHEMA)
+    assert "ticket_id" not in sent.columns and sent.columns[1:6].tolist() == MIXED_COLUMNS[1:]
+    assert "ticket_id" not in export_payload(plan.drop(columns="ticket_id"), MIXED_COLUMNS, MIXED_SCHEMA).columns
+    with pytest.raises(ValueError, match=r"lacks feature columns \['body'\]"):
+        export_payload(plan.drop(columns="body"), MIXED_COLUMNS, MIXED_SCHEMA)
+    old_plan = plan.drop(columns="model_version")  # a plan written before versions were recorded
+    assert export_payload(old_plan, MIXED_COLUMNS, MIXED_SCHEMA)["model_version"].isna().all()

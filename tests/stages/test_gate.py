@@ -5,6 +5,7 @@ set, the rules over the cycle history, halting."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from labelloop.columns import ITEM_ID, PREDICTED, PREDICTION_ID, TS
 from labelloop.config import GateParams, StopParams, TrainParams, dump_params
 from labelloop.core.faults import ENV
 from labelloop.core.io import write_parquet, write_text
+from labelloop.domain.gate import MCNEMAR
 from labelloop.domain.cycle import CycleRecord
 from labelloop.history import append_history
 from labelloop.stages import dataset, gate, train
@@ -88,6 +90,87 @@ def test_challenger_with_better_accuracy_but_a_collapsed_class_recall_is_refused
     assert tracking.alias_version(workspace, FAST.model_name, tracking.CHAMPION) == champion.version
     tags = tracking.client(workspace).get_run(challenger.run_id).data.tags
     assert tags["gate.decision"] == "reject" and dropped_class in tags["gate.reasons"]
+
+
+# -- the paired test on the holdout rows ---------------------------------------------------------
+
+def _counting_loads(monkeypatch) -> list[str]:
+    """Record each version whose model the gate loads (to predict the holdout)."""
+    loaded: list[str] = []
+    real = tracking.load_model
+
+    def load(ws, name, version):
+        loaded.append(str(version))
+        return real(ws, name, version)
+
+    monkeypatch.setattr(tracking, "load_model", load)
+    return loaded
+
+
+def test_the_gate_tests_both_models_on_the_holdout_rows_and_predicts_each_version_once(workspace, monkeypatch):
+    first = train.train_challenger(workspace, FAST)
+    gate.promote(workspace, FAST.model_name, first.version)
+    _fake_imported_batch(workspace, "batch-0001-aaaaaa", n=300)
+    dataset.update_dataset(workspace)
+    second = train.train_challenger(workspace, FAST)
+    loaded = _counting_loads(monkeypatch)
+    decision = gate.evaluate_gate(workspace, FAST.model_name, GateParams())
+    holdout = pd.read_parquet(workspace.holdout_path)
+    [evidence] = decision.evidence
+    assert (evidence.rows, evidence.n, evidence.test, evidence.metric) == ("holdout", len(holdout), MCNEMAR, "accuracy")
+    # The per-row predictions reproduce the accuracies train recorded on the same holdout.
+    assert evidence.difference == pytest.approx(second.metrics["accuracy"] - first.metrics["accuracy"])
+    assert decision.promote == evidence.passed
+    assert f"McNemar exact mid-p on {len(holdout):,} holdout rows" in decision.reasons[0]
+    assert sorted(loaded) == ["1", "2"]
+    assert len(list((workspace.state_dir / "gate").glob("*.parquet"))) == 2
+
+    # A rerun reads both versions' holdout probabilities from state/gate: no model is loaded again.
+    assert gate.evaluate_gate(workspace, FAST.model_name, GateParams()).evidence == decision.evidence
+    assert sorted(loaded) == ["1", "2"]
+    gate.record_decision(workspace, FAST.model_name, decision)
+    recorded = json.loads(tracking.client(workspace).get_run(second.run_id).data.tags["gate.evidence"])
+    assert recorded[0]["n"] == len(holdout) and recorded[0]["test"] == MCNEMAR
+
+    # Next cycle: the new champion's predictions are already kept; only the new challenger is predicted,
+    # and the first version's file is dropped.
+    gate.promote(workspace, FAST.model_name, second.version)
+    _fake_imported_batch(workspace, "batch-0002-aaaaaa", n=300, offset=300)
+    dataset.update_dataset(workspace)
+    third = train.train_challenger(workspace, FAST)
+    gate.evaluate_gate(workspace, FAST.model_name, GateParams(primary_metric="macro_f1"))
+    assert sorted(loaded) == ["1", "2", "3"]
+    kept = sorted(p.name.split("-v")[1].split("-")[0] for p in (workspace.state_dir / "gate").glob("*.parquet"))
+    assert kept == [second.version, third.version]
+
+
+def test_a_retrain_on_the_same_data_is_not_a_gain_but_passes_non_inferiority(workspace):
+    """Same labelled set, another seed: superiority finds nothing to promote; non_inferiority deploys it."""
+    first = train.train_challenger(workspace, FAST)
+    gate.promote(workspace, FAST.model_name, first.version)
+    retrained = train.train_challenger(workspace, FAST.model_copy(update={"random_state": 7}))
+    assert retrained.version != first.version and retrained.data_tag == first.data_tag
+    refused = gate.evaluate_gate(workspace, FAST.model_name, GateParams())
+    assert not refused.promote and refused.reasons[0].endswith("→ reject") and "min_delta 0.0" in refused.reasons[0]
+    accepted = gate.evaluate_gate(workspace, FAST.model_name, GateParams(mode="non_inferiority"))
+    assert accepted.promote and "non_inferiority_margin 0.01" in accepted.reasons[0]
+    assert accepted.reasons[0].endswith("→ pass")
+
+
+def test_a_champion_that_cannot_be_loaded_is_compared_on_its_recorded_metrics_and_says_so(workspace, monkeypatch):
+    first = train.train_challenger(workspace, FAST)
+    gate.promote(workspace, FAST.model_name, first.version)
+    _fake_imported_batch(workspace, "batch-0001-aaaaaa", n=60)
+    dataset.update_dataset(workspace)
+    train.train_challenger(workspace, FAST)
+
+    def old(ws, name, version):
+        raise tracking.IncompatibleModel(f"model {name!r} version {version} was stored by an older labelloop")
+
+    monkeypatch.setattr(tracking, "load_model", old)
+    decision = gate.evaluate_gate(workspace, FAST.model_name, GateParams(min_delta=-1.0))
+    assert decision.promote and decision.evidence == []
+    assert "untested" in decision.reasons[0] and any("no paired test" in r and "older labelloop" in r for r in decision.reasons)
 
 
 # -- the champion history: every move recorded, rollback, resume ----------------------------------

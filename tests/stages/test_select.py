@@ -85,7 +85,7 @@ def test_calibrated_selection_reports_ece_before_and_after(workspace):
 
     schema = workspace.schema()
     labeled = pd.read_parquet(workspace.labeled_path)
-    model = LabelloopClassifier.from_params(TrainParams(n_estimators=10), schema.class_names)
+    model = LabelloopClassifier.from_params(TrainParams(n_estimators=10), schema)
     model.fit(labeled[schema.feature_columns], labeled.label)
     _pool(workspace, n=40)
     params = SelectParams(strategy="margin", batch_size=5, calibration="temperature")

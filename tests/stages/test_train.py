@@ -8,14 +8,74 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from labelloop.adapters import tracking
 from labelloop.config import TrainParams, dump_params
+from labelloop.schema import ColumnSpec, Schema
 from labelloop.stages import train
 
 FAST = TrainParams(n_estimators=30, max_depth=3)
+WORDS = {"billing": ["invoice", "charged", "refund", "payment"], "bug": ["crash", "error", "broken", "freeze"],
+         "praise": ["love", "great", "thanks", "excellent"]}
+FILLER = ["the", "app", "today", "again", "please", "my", "account", "when", "opening", "screen"]
+
+
+def mixed_table(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """A support-ticket table: an id, a nullable amount, a nullable country code, a text, and the label."""
+    rng = np.random.RandomState(seed)
+    labels = rng.choice(list(WORDS), n, p=[0.4, 0.35, 0.25])
+    every_word = sum(WORDS.values(), [])
+    text = [" ".join([*rng.choice(WORDS[label] if rng.rand() < 0.8 else every_word, 2), *rng.choice(FILLER, 6)])
+            for label in labels]
+    country = [rng.choice(["fr", "de"] if label == "billing" else ["us", "es", "it", "fr"]) for label in labels]
+    amount = np.where(labels == "billing", rng.normal(80, 20, n), rng.normal(20, 20, n))
+    frame = pd.DataFrame({
+        "ticket_id": [f"T{i:05d}" for i in range(n)],
+        "amount": np.where(rng.rand(n) < 0.15, np.nan, amount),
+        "country": pd.Series([None if rng.rand() < 0.05 else c for c in country], dtype=object),
+        "text": pd.Series([None if rng.rand() < 0.05 else t for t in text], dtype=object),
+        "label": labels,
+    })
+    return frame
+
+
+MIXED = Schema([ColumnSpec("ticket_id", "id", "string"), ColumnSpec("amount", "numeric", "float64", True),
+                ColumnSpec("country", "categorical", "string", True, categories=["de", "es", "fr", "it", "us"]),
+                ColumnSpec("text", "text", "string", True, min_length=30, max_length=80)], sorted(WORDS))
+
+
+@pytest.mark.parametrize(("estimator", "text"), [("xgboost", True), ("logistic_regression", True),
+                                                 ("hist_gradient_boosting", False)])
+def test_each_estimator_trains_evaluates_and_stores_as_a_safe_skops_pipeline(estimator, text):
+    import skops.io
+
+    table = mixed_table()
+    schema = MIXED if text else Schema([c for c in MIXED.columns if c.role != "text"], MIXED.class_names)
+    labeled, holdout = table.iloc[:300], table.iloc[300:]
+    model = train.fit(labeled, schema, TrainParams(estimator=estimator, n_estimators=20, max_depth=3))
+    evaluation = train.evaluate(model, holdout, schema)
+    majority = float(holdout["label"].value_counts(normalize=True).iloc[0])
+    assert evaluation.metrics["accuracy"] > majority + 0.1, evaluation.metrics  # it learned from the columns
+    assert evaluation.probas.shape == (100, 3)
+    serialization, data, trusted = tracking.pipeline_storage(model.pipeline_)
+    assert serialization == tracking.SKOPS and data is not None
+    assert all(tracking.is_safe_type(name) for name in trusted) and not any("labelloop" in name for name in trusted)
+    loaded = skops.io.loads(data, trusted=trusted)
+    assert type(loaded).__name__ == "Pipeline"
+    np.testing.assert_allclose(loaded.predict_proba(holdout[schema.feature_columns]),
+                               model.pipeline_.predict_proba(holdout[schema.feature_columns]))
+
+
+def test_a_pipeline_naming_an_unsafe_type_is_stored_with_cloudpickle():
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    assert tracking.pipeline_storage(Pipeline([("f", FunctionTransformer(json.dumps))]))[0] == tracking.CLOUDPICKLE
+    assert tracking.pipeline_storage(Pipeline([("f", FunctionTransformer(np.ravel))]))[0] == tracking.SKOPS
+    assert not tracking.is_safe_type("labelloop.model.LabelloopClassifier") and not tracking.is_safe_type("builtins.eval")
 
 
 def test_train_registers_a_challenger_with_data_tag_and_metrics(workspace):

@@ -9,7 +9,7 @@ every project gets a Data Manager tab, "labelloop: by priority", that shows both
 the tasks by priority, so the labelling stream started from it takes the most useful items first. The
 model's guess is a prediction (a pre-annotation) with its score and the registered model version that
 made it; the project's model version is the batch's, so Label Studio pre-fills the answer with it.
-Gold items look like any other task.
+Gold items look like any other task, but carry no guess (docs/vendors.md, "What an export sends").
 
 Export is idempotent: the project is found by its title (`labelloop batch <batch_id>`) and only tasks
 whose item id is not in it yet are imported, so an export that died halfway can be rerun. Fetching

@@ -22,15 +22,20 @@ from labelloop.config import SelectorName, StrategyName
 from labelloop.domain.acquisition import selectors, strategies
 
 # Keywords the engine supplies (what it knows about the pool and the labelled set); a function's other
-# keywords are parameters a caller may set.
+# keywords are parameters a caller may set. Two views of the rows:
+# - `features` / `labelled_features`: the selection space (space.py), a dense float matrix to measure
+#   distances in (raw numeric columns, or the model's transformed features with text reduced by SVD);
+# - `rows` / `labelled_rows`: the rows as the model reads them (the schema's feature columns), for
+#   strategies that fit models (expected error reduction); `schema` describes them.
 INPUTS = frozenset({
-    "rng", "features", "committee", "labelled_features", "labelled_labels", "class_names", "train_params",
-    "groups", "labelled_groups", "explore_pool",
+    "rng", "features", "rows", "committee", "labelled_features", "labelled_rows", "labelled_labels", "class_names",
+    "schema", "train_params", "groups", "labelled_groups", "explore_pool",
 })
 
-# What declaring an input means for the engine: features to load, a committee to train, the labelled
-# set to require or pass on, groups to compute.
-_NEEDS_OF_INPUT = {"features": "features", "committee": "committee", "labelled_features": "labelled", "groups": "groups"}
+# What declaring an input means for the engine: features to compute, model rows to pass on, a committee
+# to train, the labelled set to require or pass on, groups to compute.
+_NEEDS_OF_INPUT = {"features": "features", "rows": "rows", "committee": "committee", "labelled_features": "labelled",
+                   "labelled_rows": "labelled", "groups": "groups"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class _Entry:
 
     @property
     def needs(self) -> frozenset[str]:
-        """Subset of {"features", "committee", "labelled", "groups"}, read off the declared inputs."""
+        """Subset of {"features", "rows", "committee", "labelled", "groups"}, read off the declared inputs."""
         return frozenset(need for keyword, need in _NEEDS_OF_INPUT.items() if keyword in self.keywords)
 
     def check(self, what: str, params: Mapping[str, object]) -> None:
@@ -99,8 +104,9 @@ STRATEGIES: dict[StrategyName, StrategySpec] = {
     "expected_error_reduction": StrategySpec(
         strategies.expected_error_reduction,
         f"{strategies.EER_CANDIDATE_CAP} candidates × {strategies.EER_TOP_CLASSES} labels = "
-        f"{strategies.EER_CANDIDATE_CAP * strategies.EER_TOP_CLASSES} XGBoost refits ({strategies.EER_TREES} trees) "
-        f"+ predictions on {strategies.EER_EVAL_SIZE} rows; seconds to minutes, independent of n beyond one margin pass",
+        f"{strategies.EER_CANDIDATE_CAP * strategies.EER_TOP_CLASSES} refits of train's pipeline ({strategies.EER_TREES} "
+        f"trees for tree ensembles) + predictions on {strategies.EER_EVAL_SIZE} rows; seconds to minutes, independent of n "
+        "beyond one margin pass",
         chunkable=False,
     ),
     # A preset: margin utilities, batched by the hybrid selector with the `select.hybrid` settings.

@@ -260,62 +260,64 @@ def information_density(
 EER_CANDIDATE_CAP = 64  # candidates scored (the most uncertain by margin); the rest rank below, by margin
 EER_TOP_CLASSES = 2  # hypothetical labels tried per candidate (the most probable ones)
 EER_EVAL_SIZE = 500  # pool rows the expected error is measured on
-EER_TREES = 30  # trees of each hypothetical retrain (same depth / learning rate as `train`)
+EER_TREES = 30  # trees of each hypothetical retrain, for estimators with n_estimators (the rest as in `train`)
 
 
 def expected_error_reduction(
     probas: np.ndarray,
     *,
     rng: np.random.Generator,
-    features: np.ndarray | None = None,
-    labelled_features: np.ndarray | None = None,
+    rows: Any = None,
+    labelled_rows: Any = None,
     labelled_labels: np.ndarray | None = None,
     class_names: list[str] | None = None,
-    train_params: object | None = None,
+    schema: Any = None,
+    train_params: Any = None,
     candidate_cap: int = EER_CANDIDATE_CAP,
     top_classes: int = EER_TOP_CLASSES,
     eval_size: int = EER_EVAL_SIZE,
 ) -> np.ndarray:
     """Utility = −(expected 0/1 risk on a pool sample after adding the candidate with each likely label).
 
-    Only the `candidate_cap` most uncertain rows (by margin) are scored; the other eligible rows rank
-    below them, by margin (so a batch larger than the cap is still filled).
+    The hypothetical retrains are `train`'s model (the schema's pipeline and estimator, any of them) on the
+    labelled rows plus the candidate; `rows` / `labelled_rows` are the pool candidates and the labelled set
+    as the model reads them (frames with the schema's feature columns, or float matrices for an
+    all-numeric schema). Only the `candidate_cap` most uncertain rows (by margin) are scored; the other
+    eligible rows rank below them, by margin (so a batch larger than the cap is still filled).
     """
+    from labelloop.config import TrainParams
+    from labelloop.domain.acquisition.committee import numeric_schema
+    from labelloop.domain.acquisition.space import stack, take
     from labelloop.model import LabelloopClassifier
 
-    if features is None or labelled_features is None or labelled_labels is None or class_names is None:
-        raise ValueError("expected_error_reduction needs features, labelled_features, labelled_labels and class_names")
+    if rows is None or labelled_rows is None or labelled_labels is None or class_names is None:
+        raise ValueError("expected_error_reduction needs rows, labelled_rows, labelled_labels and class_names")
     probas, ok = _valid_probas(probas)
-    features = np.asarray(features, dtype=np.float64)
+    if len(rows) != len(probas):
+        raise ValueError(f"expected_error_reduction: {len(rows)} rows for {len(probas)} rows of probas")
     out = np.full(len(probas), np.nan)
     usable = np.flatnonzero(ok)
     if len(usable) == 0:
         return out
+    names = list(class_names)
+    if schema is None:
+        schema = numeric_schema(labelled_rows, names)
+    params = train_params if isinstance(train_params, TrainParams) else TrainParams()
     m = margin(probas[usable])
     cap = min(candidate_cap, len(usable))
     candidates = usable[np.argsort(-m, kind="stable")[:cap]]
     eval_rows = usable if len(usable) <= eval_size else rng.choice(usable, eval_size, replace=False)
-    x_eval = features[eval_rows]
-    settings: dict[str, Any] = {}  # keyword arguments of LabelloopClassifier
-    if train_params is not None:
-        settings = {
-            "max_depth": getattr(train_params, "max_depth", 6),
-            "learning_rate": getattr(train_params, "learning_rate", 0.1),
-            "n_jobs": getattr(train_params, "n_jobs", "auto"),
-            "random_state": getattr(train_params, "random_state", 0),
-        }
-    settings["n_estimators"] = EER_TREES
-    x_lab = np.asarray(labelled_features, dtype=np.float64)
+    x_eval = take(rows, eval_rows)
     y_lab = np.asarray(labelled_labels).astype(str)
-    names = list(class_names)
     for row in candidates:
         p = probas[row]
         labels = np.argsort(-p, kind="stable")[: max(1, min(top_classes, len(names)))]
         weights = p[labels] / max(p[labels].sum(), 1e-12)
         risk = 0.0
+        x = stack(labelled_rows, take(rows, np.array([row])))
         for label, weight in zip(labels, weights):
-            model = LabelloopClassifier(class_names=names, **settings)
-            model.fit(np.vstack([x_lab, features[row : row + 1]]), np.append(y_lab, names[label]))
+            model = LabelloopClassifier.from_params(params, schema, n_estimators=EER_TREES)
+            model.fit(x, np.append(y_lab, names[label]))
             risk += weight * float((1.0 - model.predict_proba(x_eval).max(axis=1)).mean())
         out[row] = -risk
     rest = np.setdiff1d(usable, candidates)

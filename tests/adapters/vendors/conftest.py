@@ -83,7 +83,8 @@ def make_batch(batch_id: str, n: int = 6, *, seed: int = 0, wanted: list[int] | 
     if gold:
         extra = pd.DataFrame({
             "item_id": list(gold), "f0": 0.0, "f1": 0.0, "private_note": "gold", "predicted": "cat",
-            "confidence": 0.5, "model_version": "7", "utility": 0.0, "annotators_wanted": 1, "is_gold": True, "gold_label": list(gold.values()),
+            "confidence": 0.5, "model_version": "7", "utility": 0.0, "annotators_wanted": 1, "is_gold": True,
+            "gold_label": list(gold.values()),
         })
         items = pd.concat([items, extra], ignore_index=True)
     exported = items.drop(columns=["is_gold", "gold_label"])

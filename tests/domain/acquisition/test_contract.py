@@ -23,6 +23,7 @@ from labelloop.domain.acquisition import (
 )
 from labelloop.domain.acquisition.pool import SelectionContext, select_indices
 from labelloop.model import LabelloopClassifier
+from labelloop.schema import Schema
 
 CLASSES = ["a", "b", "c", "d"]
 FAST = TrainParams(n_estimators=8, max_depth=3)
@@ -47,14 +48,15 @@ SELECTOR_PARAMS = {
 
 def make_context(strategy: str, X_lab, y_lab, **extra) -> SelectionContext:
     return SelectionContext(
-        labelled_features=X_lab, labelled_labels=y_lab, class_names=CLASSES, train_params=FAST,
+        labelled_rows=X_lab, labelled_labels=y_lab, class_names=CLASSES, train_params=FAST,
         committee_size=3, strategy_params=STRATEGY_PARAMS.get(strategy, {}),
         selector_params=SELECTOR_PARAMS.get(strategy, {}), **extra,
     )
 
 
 def fitted_probas(X_lab, y_lab, X_pool):
-    model = LabelloopClassifier.from_params(FAST, CLASSES).fit(X_lab, y_lab)
+    schema = Schema.numeric([f"x{i}" for i in range(np.shape(X_lab)[1])], CLASSES)
+    model = LabelloopClassifier.from_params(FAST, schema).fit(X_lab, y_lab)
     return model.predict_proba(X_pool)
 
 
@@ -364,7 +366,7 @@ def test_hybrid_quota_balance_labelled_fills_the_rarest_labelled_group():
 def test_labelled_quota_counts_the_labelled_classes_through_select_indices(problem):
     X, y, lab, pool, probas = problem
     ctx = SelectionContext(
-        labelled_features=X[lab], labelled_labels=y[lab], class_names=CLASSES,
+        labelled_rows=X[lab], labelled_labels=y[lab], class_names=CLASSES,
         selector_params={"quota_balance": "labelled", "explore_fraction": 0.0, "diversity": "none"},
     )
     chosen, _, _ = select_indices(probas, 20, strategy="hybrid", seed=0, features=X[pool], context=ctx, class_names=CLASSES)
