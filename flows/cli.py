@@ -93,6 +93,30 @@ def _quiet_environment(workspace_root: Path, verbose: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _use_prefect_server(ws) -> None:
+    """Point this process's flows at the workspace's background Prefect server (started by the first
+    command, reused by the next: `labelloop.flows.server`) — unless PREFECT_API_URL names an API already
+    (the production stack) or LABELLOOP_PREFECT_SERVER=ephemeral asks for Prefect's temporary in-process one.
+
+    Called before Prefect is imported: Prefect reads PREFECT_API_URL once, when it loads."""
+    from labelloop.tasks.environment import prefect_server_mode
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    try:
+        if prefect_server_mode() == "ephemeral":
+            return
+        from labelloop.flows import server
+
+        process, started = server.ensure(ws)
+    except (ValueError, RuntimeError) as error:  # a bad mode; the server did not start (its log named)
+        _fail(error)
+    if started:
+        typer.echo(f"started this workspace's Prefect server at {process.url} (pid {process.pid}; later commands reuse it; "
+                   f"stop: labelloop server stop -w {shlex.quote(str(ws.root))})", err=True)
+    os.environ["PREFECT_API_URL"] = process.api_url
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
     """`section.key=value` pairs → {section: {key: value}} (values parsed as YAML; nested keys with dots)."""
     overrides: dict[str, dict[str, Any]] = {}
@@ -195,9 +219,10 @@ def _print_schema(ws) -> None:
 
 
 def _run_cycles(ws, cycles: int, overrides: dict[str, dict[str, Any]], echo_lines: bool = True, after_cycle=None) -> list:
+    sections = _section_models(ws, overrides)
+    _use_prefect_server(ws)
     from labelloop.flows.cycle import active_learning_cycle
 
-    sections = _section_models(ws, overrides)
     records = []
     for _ in range(cycles):
         started = time.perf_counter()
@@ -299,6 +324,7 @@ def _remove_demo_workspace(ws) -> None:
     try:
         with workspace_lock(ws):
             typer.echo(f"replacing the previous demo workspace at {ws.root}")
+            _stop_background(ws)  # its Prefect server and `labelloop ui` process use files about to be deleted
             shutil.rmtree(ws.root)
     except WorkspaceBusyError as error:
         _fail(error)
@@ -373,8 +399,8 @@ def demo(
                f"with {last.labels} labels, in {time.perf_counter() - started:.0f} s")
     typer.echo("\nNext:")
     # Quoted: a workspace path may hold spaces, `?` or `#`; a password in the tracking URI is never printed.
-    typer.echo(f"  Prefect UI:    PREFECT_HOME={shlex.quote(str(ws.prefect_home))} .venv/bin/prefect server start"
-               "   # then http://127.0.0.1:4200")
+    typer.echo(f"  Prefect UI:    .venv/bin/labelloop ui -w {shlex.quote(str(ws.root))}"
+               "   # the runs above, and Run → Custom run on any stage or the cycle")
     typer.echo(f"  MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {shlex.quote(redact_uri(ws.tracking_uri))} --port 5000"
                "   # then http://127.0.0.1:5000")
     typer.echo(f"  data versions: .venv/bin/labelloop data versions --workspace {shlex.quote(str(ws.root))}"
@@ -415,6 +441,7 @@ def _run_stage(flow_name: str, workspace: Path | None, set_: list[str] | None, v
     _quiet_environment(ws.root, verbose)
     overrides = parse_overrides(set_)
     params = _checked_params(ws, overrides)
+    _use_prefect_server(ws)
     import labelloop.flows.stages as stages
     from labelloop.core.lock import workspace_lock
 
@@ -705,6 +732,7 @@ def data_rollback(
         typer.echo(f"  excluded {entry['batch_id']} ({entry['n_items']} items{undone}); bring it back with "
                    f"`labelloop data readmit {entry['batch_id']}`")
     if retrain:
+        _use_prefect_server(ws)
         from labelloop.flows.stages import gate_flow, train_flow
 
         try:
@@ -885,6 +913,98 @@ def deploy(
         typer.echo(f"deployment {full_name:<36} {api}/deployments/deployment/{deployment_id}")
     typer.echo(f"{len(created)} deployments on work pool {work_pool!r}; start a worker: "
                f"prefect worker start --pool {work_pool}  (make deploy does)")
+
+
+server_app = typer.Typer(help="The workspace's own Prefect server (started by the first stage command, reused after).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+def _stop_background(ws) -> list[str]:
+    """Stop the workspace's `labelloop ui` process, then its Prefect server; one line per process."""
+    from labelloop.flows import server, ui
+
+    lines = []
+    for name, stop in (("deployment server (labelloop ui)", lambda: ui.stop(ws)), ("Prefect server", lambda: server.stop(ws)[0])):
+        outcome = stop()
+        if outcome == "stale":
+            outcome = "not running (removed the stale record of a process that is gone or now another program's)"
+        lines.append(f"{name}: {outcome}")
+    return lines
+
+
+@server_app.command("start")
+def server_start(workspace: WorkspaceOption = None) -> None:
+    """Start the workspace's Prefect server in the background (or find the one running); prints its URL."""
+    from labelloop.flows import server
+
+    ws = _workspace(workspace)
+    try:
+        ws.require()
+        process, started = server.ensure(ws)
+    except (ValueError, RuntimeError) as error:
+        _fail(error)
+    typer.echo(f"Prefect server {'started' if started else 'already running'} at {process.url} (pid {process.pid}; "
+               f"PREFECT_HOME {ws.prefect_home}; log {process.log})")
+
+
+@server_app.command("stop")
+def server_stop(workspace: WorkspaceOption = None) -> None:
+    """Stop the workspace's Prefect server and the `labelloop ui` process serving its deployments."""
+    ws = _workspace(workspace)
+    try:
+        ws.require()
+        lines = _stop_background(ws)
+    except (ValueError, RuntimeError) as error:
+        _fail(error)
+    for line in lines:
+        typer.echo(line)
+
+
+@server_app.command("status")
+def server_status(workspace: WorkspaceOption = None) -> None:
+    """Whether the workspace's Prefect server (and `labelloop ui`'s deployment server) runs; changes nothing."""
+    from labelloop.flows import server, ui
+
+    ws = _workspace(workspace)
+    try:
+        ws.require()
+    except (ValueError, RuntimeError) as error:
+        _fail(error)
+    state, process = server.describe(ws)
+    where = f" at {process.url} (pid {process.pid}, since {process.started_at}; log {process.log})" if process else ""
+    typer.echo(f"Prefect server: {state}{where}")
+    state, process = server.describe(ws, ui.UI)
+    typer.echo(f"deployment server (labelloop ui): {state}" + (f" (pid {process.pid}; log {process.log})" if process else ""))
+    if os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"note: PREFECT_API_URL is set ({redact_uri(os.environ['PREFECT_API_URL'])}): commands in this shell use "
+                   "that API, not the workspace's server")
+
+
+@app.command()
+def ui(workspace: WorkspaceOption = None) -> None:
+    """The Prefect UI on the workspace's own server, with every stage, retrain and the cycle deployed and served
+    (no work pool, no worker): start the server and the deployment server if needed, print the URLs, return."""
+    from labelloop.flows import server
+    from labelloop.flows import ui as served
+
+    ws = _workspace(workspace)
+    _quiet_environment(ws.root)
+    try:
+        ws.require()
+        process, _ = server.ensure(ws)
+        typer.echo(f"Prefect UI: {process.url}  (server pid {process.pid})")
+        deployments, started = served.ensure_served(ws, process)
+    except (ValueError, RuntimeError) as error:
+        _fail(error)
+    what = "now served" if started else "already served"
+    typer.echo(f"{len(deployments)} deployments {what} by a background process (log {server.log_path(ws, served.UI)}):")
+    for flow_name, deployment_id in sorted(deployments.items()):
+        typer.echo(f"  {flow_name + '/' + served.DEPLOYMENT_NAME:<32} {process.url}/deployments/deployment/{deployment_id}")
+    cycle_id = deployments.get("active_learning_cycle")
+    if cycle_id:
+        typer.echo(f"custom cycle run (fields left empty = params.yaml now): {process.url}/deployments/deployment/{cycle_id}/run")
+    typer.echo(f"stop both: labelloop server stop -w {shlex.quote(str(ws.root))}")
 
 
 @app.command()

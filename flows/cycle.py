@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from labelloop.config import (
     CaptureParams,
@@ -79,15 +81,20 @@ def active_learning_cycle(
         else:  # labels already bought are still imported, versioned and trained on below
             logger.warning(f"stop rules fired ({'; '.join(halt.reasons)}) and gate.stop.halt is true: "
                            "nothing selected or exported this cycle; change gate.stop to resume")
-        import_flow(root, p.import_, resolved=p)
+        imports = import_flow(root, p.import_, resolved=p)
         version = dataset_flow(root, resolved=p)
-        decision_label = "no-new-data"
+        decision = None
         trained_version = None
         if version.created or train_tasks.needs_retrain(root, p.train, version.tag):
             trained_version = train_flow(root, p.train, resolved=p).version
-            decision_label = gate_flow(root, p.gate, resolved=p, expected_challenger=trained_version).label
-        record = cycle_tasks.close_cycle(root, p, version.tag, version.n_rows, version.n_new, decision_label, batch_id,
+            decision = gate_flow(root, p.gate, resolved=p, expected_challenger=trained_version)
+        record = cycle_tasks.close_cycle(root, p, version.tag, version.n_rows, version.n_new,
+                                         decision.label if decision is not None else "no-new-data", batch_id,
                                          captured.lost_text() or None, trained_version)
+        # The parent run's own artifact: what this turn bought, got back, versioned and decided, in one place.
+        summary = cycle_tasks.summarise(root, p.train.model_name, record, batch_id, imports, version, decision,
+                                        flow_run.ui_url)
+        create_markdown_artifact(key="cycle", markdown=summary, description=record.line())
         logger.info(record.line())
         return record
 

@@ -5,10 +5,11 @@
 
 One deployment per stage flow, one for `retrain` (dataset → train → gate when new labels arrived)
 and one for the full `active_learning_cycle`, all named `--name` and bound to one workspace.
-Parameter defaults come from the workspace's `params.yaml` (`--params`, else the embedded defaults —
-the repo's `params.yaml` — for a new workspace), so the UI's custom-run form shows the values in force
-and every field is editable; the parameter types are the pydantic section models, so the UI validates
-them like the file. Rerun `make deploy` after editing params.yaml.
+A deployment's only parameter value is the workspace: every run reads the workspace's `params.yaml`
+as it is when the run starts (edit the file, the next scheduled run uses it; nothing to redeploy), and a
+section filled in the UI's custom-run form overrides only the fields filled, for that run
+(`flows/stages.resolve`). The parameter types are the pydantic section models, so the UI validates
+them like the file. A new workspace is made from `--params` (else the embedded defaults) and `--set`.
 
 Entrypoints are module paths (`labelloop.flows.stages.capture_flow`): the worker imports the flows
 from the installed labelloop package, so a deployment works from a wheel as well as from a checkout.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ CYCLE_SECTIONS = ("production", "capture", "select", "export", "import_", "train
 @dataclass(frozen=True)
 class Spec:
     flow: str  # module path of the flow object: "labelloop.flows.stages.capture_flow"
-    sections: dict[str, str]  # flow parameter name -> params.yaml section
+    sections: dict[str, str]  # flow parameter name -> the params.yaml section it overrides for one run
     cron: str | None = None
     description: str = ""
     active_in: tuple[str, ...] = ("stages",)
@@ -101,11 +103,65 @@ def ensure_workspace(ws: Workspace, params_file: Path | None, overrides: dict[st
     return ws
 
 
-def parameters_for(spec: Spec, workspace: str, params) -> dict[str, Any]:
-    values: dict[str, Any] = {"workspace": workspace}
-    for argument, section in spec.sections.items():
-        values[argument] = params.section(section).model_dump(mode="json")
-    return values
+def parameters_for(workspace: str) -> dict[str, Any]:
+    """What a deployment stores: the workspace alone. The params are read from its params.yaml at run
+    time; freezing them here made every later edit of the file silently ineffective for deployed runs."""
+    return {"workspace": workspace}
+
+
+# Flow parameters the cycle passes to its stage flows; not for a person to fill in.
+INTERNAL_PARAMETERS = ("resolved", "expected_challenger")
+OVERRIDE_NOTE = ("Fields left empty keep the workspace's params.yaml as it is when the run starts; "
+                 "a field filled in overrides it for this run only.")
+
+
+def run_form_schema(schema: dict[str, Any], sections: dict[str, str]) -> dict[str, Any]:
+    """The parameter schema the custom-run form is built from, made for overrides: no defaults inside the
+    section models (a prefilled class default would be sent back and silently replace params.yaml's
+    value), each section open as an empty object, the cycle's internal parameters hidden. Types, enums
+    (dropdowns), bounds and descriptions stay, and Prefect still validates a run's parameters against it."""
+    schema = json.loads(json.dumps(schema))  # a deep copy
+    properties = schema.get("properties", {})
+    for name in INTERNAL_PARAMETERS:
+        properties.pop(name, None)
+    schema["required"] = [name for name in schema.get("required", []) if name in properties]
+    for name in sections:
+        if name in properties:
+            properties[name]["default"] = {}
+            properties[name]["description"] = OVERRIDE_NOTE
+    definitions = schema.get("definitions", {})
+    for definition in definitions.values():
+        for field_schema in definition.get("properties", {}).values():
+            field_schema.pop("default", None)
+    used = _references(properties, definitions)
+    schema["definitions"] = {name: body for name, body in definitions.items() if name in used}
+    return schema
+
+
+def _references(node: Any, definitions: dict[str, Any], found: set[str] | None = None) -> set[str]:
+    """Names of the definitions `node` refers to, directly or through other definitions."""
+    found = set() if found is None else found
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        name = ref.rsplit("/", 1)[-1] if ref.startswith("#/definitions/") else None
+        if name and name not in found:
+            found.add(name)
+            _references(definitions.get(name, {}), definitions, found)
+        for value in node.values():
+            _references(value, definitions, found)
+    elif isinstance(node, list):
+        for value in node:
+            _references(value, definitions, found)
+    return found
+
+
+def for_run_form(deployment, spec: Spec):
+    """`deployment` (a RunnerDeployment) with its parameter schema made by `run_form_schema`."""
+    from prefect.utilities.callables import ParameterSchema
+
+    schema = run_form_schema(deployment._parameter_openapi_schema.model_dump(), spec.sections)
+    deployment._parameter_openapi_schema = ParameterSchema(**schema)
+    return deployment
 
 
 def ensure_pool_and_queue(pool: str, queue: str) -> None:
@@ -144,11 +200,12 @@ def register(ws: Workspace, name: str, pool: str, mode: str = "stages", timezone
     """Create or update every deployment for the workspace `ws` (created if missing, its first data
     versions pushed with `retry`); returns {deployment full name: id}."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import deploy
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
     ws = ensure_workspace(ws, params_file, overrides or {}, retry)
-    params = ws.params()
+    ws.params()  # a params.yaml that does not validate fails here, before anything is registered
     queue = queue_name(ws.root)
     ensure_pool_and_queue(pool, queue)
     from labelloop.adapters.tracking import mlflow_uri
@@ -181,18 +238,18 @@ def register(ws: Workspace, name: str, pool: str, mode: str = "stages", timezone
         concurrency = None
         if key == "cycle":
             concurrency = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
-        deployment_id = loaded.deploy(
+        deployment = for_run_form(loaded.to_deployment(
             name=name,
-            work_pool_name=pool,
             work_queue_name=queue,
             job_variables={"env": env},
             schedules=schedules,
             concurrency_limit=concurrency,
-            parameters=parameters_for(spec, str(ws.root), params),
+            parameters=parameters_for(str(ws.root)),
             description=f"{spec.description}\n\nWorkspace: {ws.root}",
             tags=["labelloop", f"workspace:{workspace_slug(ws.root)}", *spec.tags],
             entrypoint_type=EntrypointType.MODULE_PATH,
-            print_next_steps=False,
-        )
+        ), spec)
+        [deployment_id] = deploy(deployment, work_pool_name=pool, build=False, push=False, print_next_steps_message=False,
+                                 ignore_warnings=True)
         created[f"{loaded.name}/{name}"] = str(deployment_id)
     return created

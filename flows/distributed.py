@@ -22,9 +22,9 @@ from labelloop.adapters import dask as distributed
 
 
 @task(name="scan-log-part", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def scan_part_task(path: str, schema: dict, threshold: float, strategy: str, top_k: int, workspace: str | None,
+def scan_part_task(path: str, log_schema: dict, threshold: float, strategy: str, top_k: int, workspace: str | None,
                    model_name: str | None) -> distributed.PartScan:
-    """One part; `schema` is the workspace schema as JSON (`Schema.to_json`)."""
+    """One part; `log_schema` is the schema as JSON (`Schema.to_json`: a parameter Prefect can record)."""
     from labelloop.schema import Schema
 
     model = None
@@ -34,7 +34,7 @@ def scan_part_task(path: str, schema: dict, threshold: float, strategy: str, top
 
         champion = tracking.champion_model(open_workspace(workspace), model_name)  # cached per worker process
         model = champion[1] if champion else None
-    return distributed.scan_partition(path, Schema.from_json(schema), threshold=threshold, strategy=strategy, top_k=top_k,
+    return distributed.scan_partition(path, Schema.from_json(log_schema), threshold=threshold, strategy=strategy, top_k=top_k,
                                       model=model)
 
 
@@ -55,9 +55,9 @@ def _schema(pool: str, workspace: str | None) -> dict:
 
 
 @flow(name="scale-out-scan-parts")
-def _scan_parts(parts: list[str], schema: dict, threshold: float, strategy: str, top_k: int, workspace: str | None,
+def _scan_parts(parts: list[str], log_schema: dict, threshold: float, strategy: str, top_k: int, workspace: str | None,
                 model_name: str | None) -> list[distributed.PartScan]:
-    futures = scan_part_task.map(parts, schema=unmapped(schema), threshold=threshold, strategy=strategy, top_k=top_k,
+    futures = scan_part_task.map(parts, log_schema=unmapped(log_schema), threshold=threshold, strategy=strategy, top_k=top_k,
                                  workspace=workspace, model_name=model_name)
     return [f.result() for f in futures]
 
@@ -75,7 +75,7 @@ def scale_out_scan_flow(pool: str, workspace: str | None = None, threshold: floa
         runner = DaskTaskRunner(cluster_class="distributed.LocalCluster",
                                 cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "dashboard_address": None})
     parts = distributed.list_parts(pool)
-    schema = _schema(pool, workspace)
+    log_schema = _schema(pool, workspace)
     model_name = None
     if rescore:
         if not workspace:
@@ -86,7 +86,7 @@ def scale_out_scan_flow(pool: str, workspace: str | None = None, threshold: floa
     started = time.perf_counter()
     # prefect-dask's runner is a TaskRunner[PrefectDaskFuture]; with_options is typed for TaskRunner[PrefectFuture].
     scan_parts = _scan_parts.with_options(task_runner=runner)  # type: ignore[arg-type]
-    scans = scan_parts(parts, schema, threshold, strategy, batch_size, workspace, model_name)
+    scans = scan_parts(parts, log_schema, threshold, strategy, batch_size, workspace, model_name)
     mode = f"dask ({scheduler_address or f'LocalCluster x{n_workers}'})"
     result = distributed.merge_scans(scans, batch_size, time.perf_counter() - started, mode)
     create_markdown_artifact(key="scale-out-scan", description="capture + scoring on Dask", markdown=(

@@ -133,7 +133,7 @@ def healthy(url: str | None, timeout: float = 3.0) -> bool:
     if url is None:
         return False
     try:
-        with urllib.request.urlopen(f"{url}/api/health", timeout=timeout) as response:  # noqa: S310 - our own URL
+        with urllib.request.urlopen(f"{url}/api/health", timeout=timeout) as response:
             return response.status == 200 and response.read().strip() == b"true"
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -154,7 +154,8 @@ def running(ws: Workspace) -> Background | None:
     return process
 
 
-def ensure(ws: Workspace, timeout: float = START_TIMEOUT_SECONDS, environ: Mapping[str, str] | None = None) -> tuple[Background, bool]:
+def ensure(ws: Workspace, timeout: float = START_TIMEOUT_SECONDS,
+           environ: Mapping[str, str] | None = None) -> tuple[Background, bool]:
     """The workspace's server, started when none answers; (server, started now?).
 
     Under the workspace's server lock: a second command arriving meanwhile waits, then reuses it."""

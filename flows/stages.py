@@ -18,10 +18,12 @@ from contextlib import contextmanager
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
 
 from labelloop.adapters import versioning
 from labelloop.apps.reports import batch_markdown, gate_markdown, gate_run_links, import_markdown, record_stage_params
 from labelloop.config import (
+    DEFAULT_MODEL_NAME,
     CaptureParams,
     ExportParams,
     GateParams,
@@ -51,10 +53,25 @@ DEFAULT_WORKSPACE = "./workspace"
 
 
 def resolve(workspace: str, resolved: Params | None = None, **overrides) -> tuple[Workspace, Params]:
-    """The workspace and the params of this run: `resolved` (a parent run's) or the file, plus overrides,
-    validated as one file."""
+    """The workspace and the params of this run: `resolved` (a parent run's) or the file as it is now,
+    plus overrides, validated as one file.
+
+    A section given as a model overrides only the fields that were set on it: a custom run from the
+    Prefect UI that fills in `batch_size` changes that one key and keeps the rest of params.yaml (not the
+    model's class defaults)."""
     ws = open_workspace(workspace).require()
-    return ws, (resolved if resolved is not None else ws.params()).with_overrides(**overrides)
+    return ws, (resolved if resolved is not None else ws.params()).with_overrides(
+        **{name: set_fields(name, value) for name, value in overrides.items()})
+
+
+def set_fields(name: str, section):
+    """The keys a section model was given (nested models alike), as a dict of overrides; None stays None."""
+    if not isinstance(section, BaseModel):
+        return section
+    given = section.model_dump(mode="json", exclude_unset=True)
+    if name == "train" and given.get("model_name") == DEFAULT_MODEL_NAME:
+        given.pop("model_name")  # the default name means this workspace's model (init renamed it), never the literal
+    return given
 
 
 @contextmanager

@@ -38,3 +38,10 @@ def close_cycle(workspace: str, params: Params, data_tag: str, labels: int, new_
     """The cycle's history row: champion metrics, spend, stop rules."""
     return cycle.close_cycle(open_workspace(workspace), params, data_tag, labels, new_labels, decision, batch_id,
                              capture_lost, trained_version)
+
+
+@task(name="summarise-cycle")
+def summarise(workspace: str, model_name: str, record: CycleRecord, batch_id: str | None, imports: list, version,
+              decision, run_url: str | None) -> str:
+    """The cycle's summary as markdown (published by the parent flow as its artifact)."""
+    return cycle.cycle_summary(open_workspace(workspace), model_name, record, batch_id, imports, version, decision, run_url)

@@ -16,6 +16,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# CLI commands called in-process (and the CLI processes tests start) use Prefect's temporary server, not a
+# workspace's background one that would outlive the test; tests/flows/test_server.py tests that one.
+os.environ.setdefault("LABELLOOP_PREFECT_SERVER", "ephemeral")
 
 
 # Session fixtures that stand for one thing on this machine (a server on a fixed port, a stack that

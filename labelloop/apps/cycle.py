@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from labelloop.adapters import tracking, versioning
-from labelloop.apps.reports import label_spend
+from labelloop.apps.reports import cycle_markdown, gate_run_links, label_spend
 from labelloop.batches import BatchStore
 from labelloop.columns import ITEM_ID
 from labelloop.config import Params
 from labelloop.core.io import read_parquet
 from labelloop.domain.cycle import CycleRecord
-from labelloop.history import append_history, load_history
+from labelloop.history import append_history, history_path, load_history
 from labelloop.stages import gate as gate_stage
 from labelloop.stages import train as train_stage
 from labelloop.workspace import Workspace
@@ -111,3 +111,21 @@ def record_pending(workspace: Workspace, params: Params, pending: PendingVersion
     record = cycle_record(workspace, params, pending.data_tag, labels, labels - previous, decision,
                           batches[-1] if batches else None)
     return record_cycle(workspace, params, record, trained_version)
+
+
+def cycle_summary(workspace: Workspace, model_name: str, record: CycleRecord, batch_id: str | None, imports: list,
+                  version, decision, run_url: str | None = None) -> str:
+    """The markdown the parent cycle run carries: batch, import, data version, gate, stop rules, links."""
+    store = BatchStore(workspace)
+    batch = store.get(batch_id) if batch_id and store.exists(batch_id) else None
+    links: dict[str, str] = {}
+    if run_url:
+        links["this cycle in Prefect"] = f"[flow run]({run_url})"
+    if decision is not None:
+        links |= gate_run_links(workspace, model_name, decision)
+    if batch is not None:
+        links["batch files"] = f"`{workspace.batch_dir(batch.batch_id)}`"
+    if record.data_tag:
+        links["data version"] = f"`git -C {workspace.registry_dir} show {record.data_tag}`"
+    links["cycle history"] = f"`{history_path(workspace)}`"
+    return cycle_markdown(record, batch, imports, version, decision, links)

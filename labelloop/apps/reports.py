@@ -63,6 +63,57 @@ def gate_markdown(decision, tracking_uri: str, run_links: dict[str, str] | None 
     return f"## Gate\n\n{_table(rows)}\n\n### Reasons\n{reasons}"
 
 
+def cycle_markdown(record, batch=None, imports: list | None = None, version=None, decision=None,
+                   links: dict[str, str] | None = None) -> str:
+    """The parent cycle run's summary: what was bought, what came back, the data version, the gate's
+    decision and reasons, the stop rules, and where to look next (`links`: name → URL or path)."""
+    acc = "-" if record.champion_accuracy is None else f"{record.champion_accuracy:.4f}"
+    f1 = "-" if record.champion_macro_f1 is None else f"{record.champion_macro_f1:.4f}"
+    parts = [f"## Cycle {record.cycle}: gate {record.decision}", "",
+             _table([("labels", f"{record.labels} (+{record.new_labels})"), ("data version", record.data_tag or "-"),
+                     ("champion", f"v{record.champion_version}: accuracy {acc}, macro-F1 {f1}"),
+                     ("label spend", f"{record.cost:.2f}" + (f" ({record.cost_per_point:.2f} per accuracy point)"
+                                                             if record.cost_per_point is not None else ""))])]
+    if batch is not None:
+        parts += ["", "### Batch", "", _table([
+            ("batch", batch.batch_id), ("items", batch.n_items), ("strategy", batch.strategy),
+            ("selector", batch.selector_used or batch.selector), ("seed", batch.seed),
+            ("scored by champion", batch.champion_version), ("labels ordered", batch.labels_ordered or batch.n_items)])]
+    else:
+        parts += ["", "### Batch", "", "No batch selected this cycle (an empty pool, or stop rules halting purchases)."]
+    parts += ["", import_markdown(imports or []).replace("## Import", "### Import", 1)]
+    if version is not None:
+        change = f"created: {version.n_rows} rows (+{version.n_new})" if version.created else f"unchanged ({version.n_rows} rows)"
+        parts += ["", "### Data version", "", f"{version.tag} {change}"
+                  + (f" from {', '.join(version.batches)}" if version.created and version.batches else "")]
+    parts += ["", "### Gate", ""]
+    if decision is None:
+        parts.append(f"{record.decision}: no model was trained this cycle.")
+    else:
+        champion = "-" if decision.champion_value is None else f"{decision.champion_value:.4f}"
+        parts += [(f"**{decision.label}** challenger v{decision.challenger_version} ({decision.primary_metric} "
+                   f"{decision.challenger_value:.4f}) vs champion v{decision.champion_version} ({champion})"), "",
+                  *(f"- {reason}" for reason in decision.reasons)]
+    parts += ["", "### Stop rules", ""]
+    stop = record.stop or {}
+    if not stop.get("rules"):
+        parts.append("not evaluated yet (the first cycles have no history to judge)")
+    else:
+        parts.append("**fired**: " + "; ".join(stop.get("reasons", [])) if stop.get("stop") else "none fired")
+        parts += ["", "| rule | enabled | value | threshold | fired |", "|---|---|---|---|---|"]
+        for name, rule in stop["rules"].items():
+            value = rule.get("value")
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            parts.append(f"| {name} | {rule.get('enabled')} | {shown if shown is not None else '-'} | "
+                         f"{rule.get('threshold') if rule.get('threshold') is not None else '-'} | "
+                         f"{rule.get('triggered', False)} |")
+    if record.capture_lost:
+        parts += ["", f"Capture gave up on: {record.capture_lost}"]
+    if links:
+        parts += ["", "### Links", "", *(f"- {name}: {link}" for name, link in links.items())]
+    return "\n".join(parts)
+
+
 def gate_run_links(workspace: Workspace, model_name: str, decision) -> dict[str, str]:
     """Links to the MLflow runs and model versions the gate compared (for the gate artifact).
 

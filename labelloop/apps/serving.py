@@ -357,9 +357,10 @@ class PredictionService:
         current = self._model
         if version is None or (current is not None and current.version == version) or version in self._refused:
             return current
+        problem: str | None
         try:
             model = tracking.load_model(self.workspace, self.model_name, version)
-        except ValueError as error:  # e.g. it predicts classes outside the label set: refused, not retried
+        except ValueError as error:  # an older labelloop's model, classes outside the label set: refused, not retried
             model, problem = None, f"it cannot be loaded for this workspace: {error}"
         else:
             problem = self._incompatibility(version, model)

@@ -265,6 +265,11 @@ def test_schema_endpoint_example_is_a_valid_request(mixed_client):
     assert set(example["rows"][0]) == {"amount", "age", "plan", "country", "comment"}
     assert {c["name"]: c["role"] for c in described["columns"]}["comment"] == "text"
     assert client.post("/predict", json=example).status_code == 200
+    # The OpenAPI document types each field by its role.
+    openapi = client.get("/openapi.json").json()
+    row = next(v for k, v in openapi["components"]["schemas"].items() if k.startswith("Row"))
+    assert set(row["required"]) == {"amount", "plan"} and row["additionalProperties"] is False
+    assert row["properties"]["amount"]["type"] == "number" and row["properties"]["comment"]["anyOf"][0]["type"] == "string"
 
 
 @pytest.mark.parametrize("mode", ["durable", "buffered"])
@@ -300,3 +305,21 @@ def test_in_process_scoring_takes_the_workspace_traffic_as_stored(mixed):
     np.testing.assert_allclose(logged[schema.proba_columns].to_numpy(), scored.probas, rtol=1e-9)
     assert _values(logged["country"]) == _values(traffic["country"])
     assert _values(logged["customer_id"]) == _values(traffic["customer_id"])  # ids are logged with the row
+
+
+def test_a_version_that_cannot_be_loaded_is_refused_and_not_retried(mixed, monkeypatch):
+    from labelloop.adapters import tracking
+    from labelloop.apps.serving import NoChampion
+
+    calls = []
+
+    def older(workspace, model_name, version):
+        calls.append(version)
+        raise tracking.IncompatibleModel(f"model {model_name!r} version {version} was stored by an older labelloop")
+
+    monkeypatch.setattr(tracking, "load_model", older)
+    service = PredictionService(mixed, mixed.params().train.model_name, mode="buffered", alias_ttl_seconds=0.001)
+    for _ in range(2):
+        with pytest.raises(NoChampion, match="older labelloop"):
+            service.predict(pd.DataFrame([_row()]))
+    assert calls == ["1"] and "older labelloop" in service.health()["refused_versions"]["1"]

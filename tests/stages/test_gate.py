@@ -20,8 +20,8 @@ from labelloop.columns import ITEM_ID, PREDICTED, PREDICTION_ID, TS
 from labelloop.config import GateParams, StopParams, TrainParams, dump_params
 from labelloop.core.faults import ENV
 from labelloop.core.io import write_parquet, write_text
-from labelloop.domain.gate import MCNEMAR
 from labelloop.domain.cycle import CycleRecord
+from labelloop.domain.gate import MCNEMAR
 from labelloop.history import append_history
 from labelloop.stages import dataset, gate, train
 from labelloop.stages.production import append_predictions

@@ -173,6 +173,7 @@ def test_dvc_stages_train_and_evaluate_the_same_pipeline_on_a_mixed_schema(mixed
     workspace, params, result = mixed
     copy = clone_workspace(workspace, tmp_path / "ws")  # the stages write model/ and metrics.json into the registry
     registry = copy.registry_dir
+    assert train.stage_validate(registry)["success"]
     path = train.stage_train(registry)
     assert path == registry / "model" / "model.skops"
     recorded = json.loads((registry / "model" / train.SERIALIZATION_FILE).read_text())

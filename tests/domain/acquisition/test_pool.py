@@ -112,3 +112,58 @@ def test_select_pool_to_file(tmp_path):
         select_pool_to_file(tmp_path / "missing.parquet", out, "margin", 5)
     with pytest.raises(ValueError, match="unknown strategy"):
         select_pool_to_file(path, out, "nope", 5)
+
+
+class CountingSpace:
+    """A fittable feature map that records what it was fitted on and how many rows each call mapped."""
+
+    sample_rows = 120
+
+    def __init__(self, inner) -> None:
+        self.inner, self.fitted_on, self.mapped = inner, [], []
+
+    def fit(self, sample, seed):
+        self.fitted_on.append(len(sample))
+        fitted = self.inner.fit(sample, seed)
+
+        def space(rows):
+            self.mapped.append(len(rows))
+            return fitted(rows)
+
+        return space
+
+
+@pytest.mark.parametrize("strategy,selector", [("hybrid", None), ("margin", "coreset")])
+def test_streamed_selection_on_text_uses_a_feature_map_fitted_on_a_bounded_sample(tmp_path, strategy, selector):
+    from labelloop.domain.acquisition.space import ModelSpace
+    from labelloop.model import LabelloopClassifier
+    from tests.domain.acquisition.test_space import CLASSES, FAST, mixed_frame
+
+    frame, y, schema = mixed_frame(n=900, seed=2)
+    model = LabelloopClassifier.from_params(FAST, schema).fit(frame.iloc[:80], y[:80])
+    pool = frame.iloc[80:].reset_index(drop=True)
+    probas = model.predict_proba(pool)
+    for j, name in enumerate(CLASSES):
+        pool[f"proba_{name}"] = probas[:, j]
+    pool.insert(0, "prediction_id", [f"p{i}" for i in range(len(pool))])
+    path = tmp_path / "pool.parquet"
+    pool.to_parquet(path)
+    space = CountingSpace(ModelSpace.of_model(model, components=6))
+    context = SelectionContext(labelled_rows=frame.iloc[:80], labelled_labels=y[:80], class_names=CLASSES, schema=schema,
+                               feature_map=space)
+    batch, keep_factor = 12, 3
+    sel = select_from_parquet(path, strategy=strategy, selector=selector, batch_size=batch, seed=0, chunk_size=100,
+                              keep_factor=keep_factor, context=context)
+    assert len(set(sel.item_ids)) == batch and set(sel.item_ids) <= set(pool["prediction_id"])
+    assert sel.n_candidates == len(pool) and "body" in sel.rows.columns
+    # Fitted once, on a uniform sample of the stream no larger than the map's sample_rows; then it maps only the
+    # candidate set the stream kept (top, random and per-group rows) — never the whole pool at once.
+    assert space.fitted_on == [CountingSpace.sample_rows]
+    keep = batch * keep_factor
+    bound = 2 * keep + batch * len(CLASSES) + (80 if selector == "coreset" else 0)  # coreset maps the labelled rows too
+    assert sum(space.mapped) <= bound < len(pool)
+    again = select_from_parquet(path, strategy=strategy, selector=selector, batch_size=batch, seed=0, chunk_size=100,
+                                keep_factor=keep_factor, context=SelectionContext(
+                                    labelled_rows=frame.iloc[:80], labelled_labels=y[:80], class_names=CLASSES,
+                                    schema=schema, feature_map=CountingSpace(ModelSpace.of_model(model, components=6))))
+    assert again.item_ids == sel.item_ids  # seeded: the same sample, the same space, the same batch
