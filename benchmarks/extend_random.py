@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 
-def replay_random(config: dict, X, y, class_names, repeat: int, sizes: list[int], n_jobs: int | None) -> list[dict]:
+def replay_random(config: dict, table, repeat: int, sizes: list[int], n_jobs: int | None) -> list[dict]:
     from sklearn.model_selection import train_test_split
 
     from labelloop.apps.simulate import evaluate
@@ -34,14 +34,15 @@ def replay_random(config: dict, X, y, class_names, repeat: int, sizes: list[int]
 
     seed, seed_size, batch = config["seed"], config["seed_size"], config["batch_size"]
     params = TrainParams(**{**config["train_params"], **({} if n_jobs is None else {"n_jobs": n_jobs})})
+    y, class_names = table.labels, table.schema.class_names
     counts = pd.Series(y).value_counts()
     minority = str(counts.sort_values(kind="stable").index[0])
-    idx = np.arange(len(X))
+    idx = np.arange(len(y))
     pool, test = train_test_split(idx, test_size=config["test_size"], stratify=y, random_state=seed + repeat)
     pool = np.sort(pool)
     rng = np.random.default_rng([seed, repeat])
     labelled = list(rng.choice(pool, seed_size, replace=False))
-    in_labelled = np.zeros(len(X), dtype=bool)
+    in_labelled = np.zeros(len(y), dtype=bool)
     in_labelled[labelled] = True
     wanted = sorted(set(sizes))
     rows = []
@@ -49,8 +50,8 @@ def replay_random(config: dict, X, y, class_names, repeat: int, sizes: list[int]
     while wanted:
         if len(labelled) in wanted:
             lab = np.asarray(labelled)
-            model = LabelloopClassifier.from_params(params, class_names).fit(X[lab], y[lab])
-            scores = evaluate(y[test], model.predict(X[test]), minority)
+            model = LabelloopClassifier.from_params(params, table.schema).fit(table.rows(lab), y[lab])
+            scores = evaluate(y[test], model.predict(table.rows(test)), minority)
             rows.append({"strategy": "random", "repeat": repeat, "round": round_, "n_labels": len(lab), **scores})
             print(json.dumps(rows[-1]), flush=True)
             wanted.remove(len(labelled))
@@ -63,7 +64,7 @@ def replay_random(config: dict, X, y, class_names, repeat: int, sizes: list[int]
         chosen, _, _ = select_indices(
             dummy, batch, strategy="random", selector=None,
             seed=int(np.random.default_rng([seed, repeat, round_]).integers(2**31 - 1)),
-            features=X[candidates], class_names=class_names,
+            class_names=class_names,
         )
         picked = candidates[chosen]
         in_labelled[picked] = True
@@ -86,13 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     summary = json.loads(Path(args.summary).read_text())
     config = summary["config"]
-    X, y, _ = load_table(args.data, config["label_col"])
-    class_names = sorted(set(y))
+    from labelloop.schema import SchemaOverrides
+
+    overrides = SchemaOverrides(*(tuple(config.get(f"{role}_columns", [])) for role in
+                                  ("id", "numeric", "categorical", "text", "drop")))
+    table = load_table(args.data, config["label_col"], overrides)
     sizes = list(range(args.start, args.stop + 1, args.step))
     started = time.perf_counter()
     rows = []
     for repeat in range(config["repeats"]):
-        rows.extend(replay_random(config, X, y, class_names, repeat, sizes, args.n_jobs))
+        rows.extend(replay_random(config, table, repeat, sizes, args.n_jobs))
     curve = pd.DataFrame(rows)
     out = Path(args.out or Path(args.summary).with_name("random_extended.csv"))
     curve.to_csv(out, index=False)

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--metric", default="accuracy")
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs of background runs)")
     parser.add_argument("--n-jobs", type=int, default=None,
                         help="XGBoost threads (default: train's). On a loaded machine 1 is far faster: "
                              "two OpenMP threads that get descheduled spin-wait on each other")
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         data=args.data, label_col=args.label_col, strategies=args.strategies.split(","), selector=args.selector,
         seed_size=args.seed_size, batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats,
         test_size=args.test_size, metric=args.metric, out=args.out, log_mlflow=not args.no_mlflow,
-        selector_params=selector_params, seed=args.seed, train_params=TrainParams(**train) if train else None,
+        progress=not args.no_progress, selector_params=selector_params, seed=args.seed,
+        train_params=TrainParams(**train) if train else None,
         id_columns=names(args.id_col), numeric_columns=names(args.numeric_col),
         categorical_columns=names(args.categorical_col), text_columns=names(args.text_col),
         drop_columns=names(args.drop_col),

@@ -2,9 +2,13 @@
 
 In memory (probas given, 1M candidates): margin/entropy top-k, cluster, coreset, hybrid at batch 1,000.
 Streamed from parquet (`select_pool_to_file`, each in a fresh process so peak RSS is its own): 1M and 10M rows.
+Text (`--mode text-file`): a pool whose only feature is a text column of ≈300 characters; the selection space
+is the champion's (TF-IDF + logistic regression, trained here on 5,000 texts) reduced by TruncatedSVD, fitted
+on a uniform sample of the stream and applied to the kept candidates.
 
     .venv/bin/python benchmarks/selection_speed.py --rows 1000000 --mode memory
     .venv/bin/python benchmarks/selection_speed.py --rows 10000000 --mode file --pool benchmarks/results/pool_10m.parquet
+    .venv/bin/python benchmarks/selection_speed.py --rows 1000000 --mode text-file --pool benchmarks/results/text_pool_1m.parquet
 """
 
 from __future__ import annotations
@@ -99,18 +103,83 @@ def file_mode(rows: int, batch: int, pool: Path) -> list[dict]:
     return results
 
 
+TEXT_CASES = [("margin", "topk"), ("margin", "cluster"), ("margin", "coreset"), ("hybrid", None)]
+
+
+def text_model(path: Path, text_params: dict) -> Path:
+    """`train`'s pipeline for a text-only schema, fitted on 5,000 synthetic texts, pickled to `path`."""
+    import pickle
+
+    import pandas as pd
+    from synthetic_pool import N_CLASSES, texts
+
+    from labelloop.config import TextParams, TrainParams
+    from labelloop.model import LabelloopClassifier
+    from labelloop.schema import ColumnSpec, Schema
+
+    schema = Schema([ColumnSpec("text", "text", "string")], [f"c{k}" for k in range(N_CLASSES)])
+    text, label, _ = texts(5_000, seed=10_000)
+    model = LabelloopClassifier.from_params(TrainParams(estimator="logistic_regression", text=TextParams(**text_params)), schema)
+    model.fit(pd.DataFrame({"text": text}), np.array([f"c{k}" for k in label]))
+    path.write_bytes(pickle.dumps(model))
+    return path
+
+
+def text_file_mode(rows: int, batch: int, pool: Path, text_params: dict, chunk: int) -> list[dict]:
+    from synthetic_pool import write_text_pool
+
+    if not pool.exists():
+        started = time.perf_counter()
+        write_text_pool(pool, rows)
+        print(f"wrote {pool} ({rows:,} rows, {pool.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.0f} s",
+              flush=True)
+    tag = "word" if text_params.get("char_ngrams", "default") is None else "default"
+    started = time.perf_counter()
+    model_path = text_model(pool.with_suffix(f".model-{tag}.pkl"), text_params)
+    print(f"trained the model ({tag} n-grams) in {time.perf_counter() - started:.1f} s", flush=True)
+    results = []
+    for strategy, selector in TEXT_CASES:
+        code = (
+            "import json, pickle; from pathlib import Path;"
+            "from labelloop.domain.acquisition.pool import SelectionContext, select_pool_to_file;"
+            "from labelloop.domain.acquisition.space import ModelSpace;"
+            f"model = pickle.loads(Path({str(model_path)!r}).read_bytes());"
+            "ctx = SelectionContext(class_names=model.schema.class_names, schema=model.schema, train_params=model.params,"
+            " feature_map=ModelSpace.of_model(model, model.params.text.selection_components));"
+            f"r = select_pool_to_file({str(pool)!r}, {str(pool.with_suffix('.batch.parquet'))!r}, {strategy!r}, {batch}, "
+            f"selector={selector!r}, seed=0, chunk_size={chunk}, context=ctx);"
+            "print(json.dumps(r))"
+        )
+        load_before = _load()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        timings = report["timings"]
+        results.append({"mode": "text-file", "ngrams": tag, "rows": rows, "strategy": strategy, "selector": report["selector"],
+                        "batch": batch, "total_s": round(report["seconds"], 2), "peak_rss_mib": round(report["peak_memory_mib"]),
+                        "score_s": round(timings["score"], 2), "select_s": round(timings["select"], 2),
+                        "space_fit_s": round(timings.get("space_fit", 0.0), 2), "n_selected": report["n_selected"],
+                        "load1_before": load_before, "load1_after": _load()})
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--mode", choices=["memory", "file"], default="memory")
+    parser.add_argument("--mode", choices=["memory", "file", "text-file"], default="memory")
     parser.add_argument("--pool", default=None)
     parser.add_argument("--json", default=None)
     parser.add_argument("--calls", type=int, default=3, help="memory mode: calls per case (1st cold, rest warm)")
+    parser.add_argument("--text-params", default="{}", help='text-file mode: train.text as JSON, e.g. {"char_ngrams": null}')
+    parser.add_argument("--chunk", type=int, default=200_000, help="file modes: rows per streamed chunk")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if args.mode == "memory":
         results = memory_mode(args.rows, args.batch, args.calls)
+    elif args.mode == "text-file":
+        results = text_file_mode(args.rows, args.batch, Path(args.pool or f"benchmarks/results/text_pool_{args.rows}.parquet"),
+                                 json.loads(args.text_params), args.chunk)
     else:
         results = file_mode(args.rows, args.batch, Path(args.pool or f"benchmarks/results/pool_{args.rows}.parquet"))
     if args.json:

@@ -1,4 +1,5 @@
-"""Synthetic prediction-log pools: n rows, 10 classes, 32 features (float32), written in chunks."""
+"""Synthetic prediction-log pools, written in chunks: n rows, 10 classes, and either 32 float32 features
+(`write_pool`) or one text column of a few hundred characters (`write_text_pool`)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,54 @@ def write_pool(path: str | Path, n: int, chunk: int = 500_000, seed: int = 0) ->
             frame.insert(0, "prediction_id", np.arange(start, start + m).astype(str))
             frame.insert(1, "ts", pd.Timestamp("2026-11-01"))
             frame.insert(2, "model_version", "1")
+            frame["predicted"] = pd.Series(probas.argmax(axis=1)).map(lambda k: f"c{k}").to_numpy()
+            frame["confidence"] = probas.max(axis=1).astype(np.float32)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    return path
+
+
+VOCABULARY = 4_000  # words w0000..w3999; each class favours its own 150
+TEXT_WORDS = 50  # ≈ 300 characters per text
+
+
+def texts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(texts, labels as class indices, probas n×10 float64): a third of each text's words from its class's
+    own vocabulary, the rest from everyone's; the probas are a noisy guess of the label, as a model's."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, N_CLASSES, size=n)
+    own = (label[:, None] * 150 + rng.integers(0, 150, size=(n, TEXT_WORDS))) % VOCABULARY
+    common = rng.integers(0, VOCABULARY, size=(n, TEXT_WORDS))
+    words = np.where(rng.random((n, TEXT_WORDS)) < 1 / 3, own, common)
+    names = np.array([f"w{i:04d}" for i in range(VOCABULARY)])
+    text = [" ".join(row) for row in names[words]]
+    logits = rng.normal(size=(n, N_CLASSES))
+    logits[np.arange(n), label] += rng.gamma(2.0, 1.5, size=n)
+    probas = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probas /= probas.sum(axis=1, keepdims=True)
+    return text, label, probas
+
+
+def write_text_pool(path: str | Path, n: int, chunk: int = 200_000, seed: int = 0) -> Path:
+    """A prediction log of `n` rows with a `text` column (≈300 characters) and proba_c0..c9."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    try:
+        for i, start in enumerate(range(0, n, chunk)):
+            m = min(chunk, n - start)
+            text, _, probas = texts(m, seed=seed + 1 + i)
+            frame = pd.DataFrame({"prediction_id": np.arange(start, start + m).astype(str)})
+            frame["ts"] = pd.Timestamp("2026-11-01")
+            frame["model_version"] = "1"
+            frame["text"] = text
+            for k in range(N_CLASSES):
+                frame[f"proba_c{k}"] = probas[:, k].astype(np.float32)
             frame["predicted"] = pd.Series(probas.argmax(axis=1)).map(lambda k: f"c{k}").to_numpy()
             frame["confidence"] = probas.max(axis=1).astype(np.float32)
             table = pa.Table.from_pandas(frame, preserve_index=False)

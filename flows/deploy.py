@@ -131,8 +131,13 @@ def run_form_schema(schema: dict[str, Any], sections: dict[str, str]) -> dict[st
             properties[name]["description"] = OVERRIDE_NOTE
     definitions = schema.get("definitions", {})
     for definition in definitions.values():
-        for field_schema in definition.get("properties", {}).values():
+        for key, field_schema in definition.get("properties", {}).items():
             field_schema.pop("default", None)
+            if field_schema.get("type") == "boolean":
+                # The form always sends a checkbox (false when untouched), which would override params.yaml: offer a
+                # dropdown instead, sent only when chosen ("true"/"false", read as booleans); the API still takes a boolean.
+                definition["properties"][key] = {"anyOf": [{"type": "string", "enum": ["true", "false"]}, {"type": "boolean"}],
+                                                 **{k: v for k, v in field_schema.items() if k != "type"}}
     used = _references(properties, definitions)
     schema["definitions"] = {name: body for name, body in definitions.items() if name in used}
     return schema

@@ -232,14 +232,12 @@ def terminate(process: Background, grace_seconds: float = 15.0) -> None:
     Only ever called for a process whose command line was checked to be ours."""
     for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
         try:
-            os.killpg(process.pid, sig)
+            if os.getpgid(process.pid) == process.pid:  # a session of its own (how labelloop starts them)
+                os.killpg(process.pid, sig)
+            else:
+                os.kill(process.pid, sig)
         except ProcessLookupError:
             return
-        except PermissionError:  # not a group leader we may signal: the process alone
-            try:
-                os.kill(process.pid, sig)
-            except ProcessLookupError:
-                return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if command_line(process.pid) is None:

@@ -7,8 +7,8 @@ Select (`labelloop.stages.select`) writes a batch, export (`labelloop.stages.exp
 import (`labelloop.stages.importing`) its final labels, dataset versions them.
 
 The pool holds captured rows not yet in a batch: capture adds to it, select and export take items
-out of it. The review queue holds items whose labels need another look: import adds to it and
-resolves them, export sends the pending ones again.
+out of it. The review queue holds items whose labels need another look: import adds to it (answers that failed
+review, and labels the error scan doubts) and resolves them, export sends the pending ones again.
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ def drop_from_pool(workspace: Workspace, pool: pd.DataFrame, item_ids: pd.Series
 
 # ----------------------------------------------------------------------------------- the review queue
 REVIEW_QUEUE_COLUMNS = [ITEM_ID, "source_batch", "reason", "status", "sent_batch"]
+# Optional per entry: what the error scan saw (the label it doubts, the class it suggests, in words).
+REVIEW_DETAIL_COLUMNS = ["given_label", "suggested_label", "detail"]
 
 
 class ReviewQueue:
@@ -151,27 +153,39 @@ class ReviewQueue:
         self._items: list[dict[str, Any]] = data["items"]
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self._items, columns=REVIEW_QUEUE_COLUMNS)
+        """Every entry: REVIEW_QUEUE_COLUMNS, then REVIEW_DETAIL_COLUMNS (None where an entry has none)."""
+        frame = pd.DataFrame(self._items, columns=[*REVIEW_QUEUE_COLUMNS, *REVIEW_DETAIL_COLUMNS])
+        for column in REVIEW_DETAIL_COLUMNS:
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        return frame
 
     def _save(self) -> None:
         write_json(self.path, {"items": self._items})
 
     def add(self, source_batch: str, entries: pd.DataFrame) -> int:
-        """Add `item_id` + `reason` rows found by one import; returns how many were new."""
+        """Add `item_id` + `reason` rows found by one import (and any REVIEW_DETAIL_COLUMNS they carry) whose
+        labels came from `source_batch`; returns how many were new."""
         require_columns(entries, [ITEM_ID, "reason"], "review entries")
         known = {(e[ITEM_ID], e["source_batch"]) for e in self._items}
+        details = [c for c in REVIEW_DETAIL_COLUMNS if c in entries.columns]
         added = 0
-        for item_id, reason in zip(entries[ITEM_ID], entries["reason"]):
-            key = (str(item_id), source_batch)
+        for _, row in entries.iterrows():
+            key = (str(row[ITEM_ID]), source_batch)
             if key in known:
                 continue
             known.add(key)
-            self._items.append({ITEM_ID: key[0], "source_batch": source_batch, "reason": str(reason),
-                                "status": "pending", "sent_batch": None})
+            entry = {ITEM_ID: key[0], "source_batch": source_batch, "reason": str(row["reason"]),
+                     "status": "pending", "sent_batch": None}
+            entry.update({c: str(row[c]) for c in details if not pd.isna(row[c])})
+            self._items.append(entry)
             added += 1
         if added:
             self._save()
         return added
+
+    def ever_queued(self, reason: str) -> set[str]:
+        """Items that have had an entry with `reason`, whatever its status (the error scan asks about a label once)."""
+        return {e[ITEM_ID] for e in self._items if e["reason"] == reason}
 
     def pending(self, max_sends: int | None = None) -> list[str]:
         """Item ids waiting to be sent again (each once, in the order they were queued).

@@ -195,9 +195,47 @@ class ExportParams(Section):
     max_review_sends: int = Field(
         2, ge=1, le=10, description="Times one item is re-sent for review before it is left to a human reviewer."
     )
+    context: Literal["none", "guess", "guess+why"] = Field(
+        "guess",
+        description="What tasks carry besides the item: none; guess (the model's label and confidence); guess+why (also "
+        "the features pushing toward and away from it: TreeSHAP for XGBoost, coefficients x values for linear models, "
+        "none for other estimators; labelloop/explain.py).",
+    )
+    show_guess: Literal["always", "after_answer", "never"] = Field(
+        "always",
+        description="When annotators see the guess: always (with the item; Label Studio pre-fills it), after_answer (file "
+        "drop: a separate `after_answer` field the vendor shows once the item is answered; Label Studio cannot, so it "
+        "gets no guess), never (no guess leaves). A visible guess can anchor annotators: see gold_guess_share.",
+    )
+    gold_guess_share: float = Field(
+        0.5, ge=0, le=1,
+        description="Share of gold questions that show a guess before the answer (the rest: only after), when context "
+        "is not none and show_guess is not never; the import reports annotator accuracy with and without it. The "
+        "guess on a gold question comes from a model fitted without that question.",
+    )
+    why_features: int = Field(3, ge=1, le=10, description="guess+why: features listed toward and away from the guess.")
     simulated: SimulatedVendorParams = SimulatedVendorParams()
     filedrop_url: str | None = Field(None, description="fsspec URL of the drop; default <workspace>/filedrop.")
     label_studio_url: str = Field("http://127.0.0.1:8080", description="Token comes from LABEL_STUDIO_API_KEY.")
+
+
+class ErrorScanParams(Section):
+    """Label-error repair after each import: out-of-fold probabilities over the labelled set, confident-learning
+    flags (labelloop/domain/quality.py `find_label_errors`), flagged items asked again through the review queue."""
+
+    enabled: bool = Field(
+        False, description="Scan after every import that brought labels (off by default: each scan fits `folds` models "
+        "and every re-asked item is paid overlap_annotators times).",
+    )
+    folds: int = Field(5, ge=2, le=10, description="Cross-validation folds for the out-of-fold probabilities.")
+    max_rows: int = Field(
+        5000, ge=20, description="Rows the scan fits on at most: the seed rows and the newest labels (bounds its cost).")
+    min_rows: int = Field(100, ge=20, description="No scan before the labelled set has this many rows.")
+    max_flags: int = Field(
+        20, ge=1, description="Flagged items queued per scan at most, the most confidently wrong first (bounds the re-ask cost).")
+    n_estimators: int = Field(
+        50, ge=1, description="Trees per fold model (XGBoost, random forest): cheaper than `train`; other estimators use "
+        "the train settings.")
 
 
 class ImportParams(Section):
@@ -216,6 +254,7 @@ class ImportParams(Section):
         3.0, ge=0, description="Fetch fully imported batches again for this many days after their import, so a vendor's "
         "corrected answers reach the labelled set as relabels (0 = never)."
     )
+    error_scan: ErrorScanParams = ErrorScanParams()
 
 
 class DatasetParams(Section):

@@ -20,6 +20,7 @@ row is quarantined with the reason (by `labelloop.adapters.validation.validate_p
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ from labelloop.columns import (
     PROBA_PREFIX,
     TS,
 )
-from labelloop.schema import Schema, conform, unparseable
+from labelloop.schema import Schema, as_text, unparseable
 
 # A part without one of these (or without a proba_<class> per class, or a feature column) is
 # quarantined whole: no row of it can be trusted.
@@ -226,21 +227,28 @@ def log_features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         raise ValueError(f"feature rows lack the schema's columns {missing[:10]}")
     columns = log_feature_columns(list(frame.columns), schema)
     frame = frame.reset_index(drop=True)
-    bad = unparseable(frame, schema)
+    numeric = [c for c in columns if schema.column(c).role == "numeric"]
+    subset = frame[numeric]
+    if all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in subset.dtypes):
+        values = subset.to_numpy(dtype="float64", na_value=np.nan)  # one vectorised pass: the common case
+        infinite = np.isinf(values)
+        bad = {numeric[j]: pd.Series(infinite[:, j]) for j in np.flatnonzero(infinite.any(axis=0))}
+    else:
+        bad = unparseable(frame, schema)
+        values = np.column_stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+                                  for c in numeric]) if numeric else np.empty((len(frame), 0))
     if bad:
         column, mask = next(iter(bad.items()))
         examples = [snippet(v) for v in frame.loc[mask.to_numpy(), column].head(3)]
         raise ValueError(f"numeric column {column!r} holds values that are not finite numbers: {', '.join(examples)} "
                          f"({int(mask.sum())} rows); validate before logging")
-    out = {}
+    if len(numeric) == len(columns):
+        return pd.DataFrame(values, columns=columns)
+    out: dict[str, Any] = {name: values[:, j] for j, name in enumerate(numeric)}
     for name in columns:
-        values = frame[name]
-        if schema.column(name).role == "numeric":
-            numeric_dtype = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
-            out[name] = (values if numeric_dtype else pd.to_numeric(values, errors="coerce")).astype("float64")
-        else:
-            out[name] = _encodable(conform(frame, schema, [name])[name])
-    return pd.DataFrame(out, index=frame.index, columns=columns)
+        if name not in out:
+            out[name] = _encodable(pd.Series([as_text(v) for v in frame[name].to_numpy(dtype=object)], dtype=object))
+    return pd.DataFrame(out, columns=columns)
 
 
 def _encodable(values: pd.Series) -> pd.Series:

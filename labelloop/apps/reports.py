@@ -73,7 +73,7 @@ def cycle_markdown(record, batch=None, imports: list | None = None, version=None
              _table([("labels", f"{record.labels} (+{record.new_labels})"), ("data version", record.data_tag or "-"),
                      ("champion", f"v{record.champion_version}: accuracy {acc}, macro-F1 {f1}"),
                      ("label spend", f"{record.cost:.2f}" + (f" ({record.cost_per_point:.2f} per accuracy point)"
-                                                             if record.cost_per_point is not None else ""))])]
+                                                             if record.cost and record.cost_per_point is not None else ""))])]
     if batch is not None:
         parts += ["", "### Batch", "", _table([
             ("batch", batch.batch_id), ("items", batch.n_items), ("strategy", batch.strategy),

@@ -349,7 +349,8 @@ def _run_strategy(
         chosen, _, _ = select_indices(
             probas, config.batch_size, strategy=strategy, selector=config.selector,
             seed=int(np.random.default_rng([config.seed, repeat, round_]).integers(2**31 - 1)),
-            rows=candidate_rows, context=context, class_names=class_names,
+            rows=candidate_rows, features=candidate_rows if schema.all_numeric else None, context=context,
+            class_names=class_names,
         )
         select_seconds += time.perf_counter() - started
         picked = candidates[chosen]

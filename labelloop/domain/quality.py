@@ -29,6 +29,12 @@ AGGREGATION_COLUMNS = [ITEM_ID, LABEL, "n_votes", "agreement", "method", "needs_
 REASON_NO_AGREEMENT = "no_agreement"
 REASON_MODEL_CONTRADICTS = "model_contradicts"
 REASON_ANNOTATOR_EXCLUDED = "annotator_excluded"
+REASON_LABEL_ERROR = "label_error"  # the error scan: out-of-fold probabilities say the label is likely wrong
+
+# When an annotator sees the model's guess (`export.show_guess`; a plan's `guess_shown` column).
+GUESS_BEFORE = "before"  # with the item, before answering
+GUESS_AFTER = "after"  # only once the item is answered (file drop: the `after_answer` field)
+GUESS_NEVER = "never"  # not at all (no guess, context none, show_guess never)
 
 
 def require_columns(frame: pd.DataFrame, needed: Sequence[str], what: str) -> None:
@@ -431,6 +437,135 @@ def confident_learning_flags(
             "flagged": flagged.astype(bool),
         }
     )
+
+
+@dataclass(frozen=True)
+class LabelErrorFlags:
+    flagged: np.ndarray  # (n,) bool: the given label is likely wrong
+    suggested: np.ndarray  # (n,) int: the class the probabilities point to instead (-1 where not flagged)
+    thresholds: np.ndarray  # (k,) per-class self-confidence thresholds (inf for a class nobody was given)
+    margin: np.ndarray  # (n,) p[suggested] - p[given] where flagged, NaN elsewhere: how confidently wrong
+
+
+def find_label_errors(given: np.ndarray, probas: np.ndarray) -> LabelErrorFlags:
+    """Confident learning (Northcutt et al. 2021) over out-of-fold probabilities: which given labels are likely wrong.
+
+    `given`: (n,) class index of each item's label (-1: unknown, never flagged); `probas`: (n, k) out-of-fold
+    probabilities (each row scored by a model that did not train on it). Per class j the threshold t_j is the
+    mean probability of j over the items labelled j (its self-confidence). An item is flagged when its given
+    label's probability is below that label's threshold while some other class j reaches its own t_j; the
+    suggested class is the most probable such j. A class nobody was given has no threshold (inf).
+    """
+    probas = np.asarray(probas, dtype=np.float64)
+    given = np.asarray(given, dtype=np.int64)
+    if probas.ndim != 2 or len(probas) != len(given):
+        raise ValueError(f"find_label_errors needs (n,) labels and (n, k) probabilities, got {given.shape} and {probas.shape}")
+    n, k = probas.shape
+    if len(given) and (given.max(initial=-1) >= k or given.min(initial=0) < -1):
+        raise ValueError(f"label indices must be in [-1, {k - 1}]")
+    thresholds = np.full(k, np.inf)
+    for j in range(k):
+        mine = given == j
+        if mine.any():
+            thresholds[j] = float(probas[mine, j].mean())
+    known = given >= 0
+    rows = np.arange(n)
+    p_given = np.where(known, probas[rows, np.clip(given, 0, None)], np.nan)
+    above = probas >= thresholds[None, :]
+    if n:
+        above[rows[known], given[known]] = False  # "another class": the given one does not count
+    candidate = np.where(above, probas, -np.inf)
+    suggested = candidate.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    has_other = np.isfinite(candidate[rows, suggested]) if n else np.zeros(0, dtype=bool)
+    below_own = known & (p_given < np.where(known, thresholds[np.clip(given, 0, None)], np.inf))
+    flagged = below_own & has_other
+    margin = np.where(flagged, probas[rows, suggested] - p_given, np.nan) if n else np.zeros(0)
+    return LabelErrorFlags(flagged=flagged, suggested=np.where(flagged, suggested, -1), thresholds=thresholds, margin=margin)
+
+
+# ------------------------------------------------------------------------------ guess shown or not
+def assign_guess_conditions(is_gold: np.ndarray, has_guess: np.ndarray, show_guess: str, gold_guess_share: float,
+                            seed: int = 0) -> np.ndarray:
+    """When each item of an export shows the model's guess: GUESS_BEFORE, GUESS_AFTER or GUESS_NEVER.
+
+    Items follow `show_guess` (always: before; after_answer: after; never: never) except two groups, so that
+    annotator accuracy can be compared with and without a visible guess: `gold_guess_share` of the gold
+    questions show it before the answer and the rest after; and as many real items as there are gold
+    questions in the condition the mode does not use get that condition too (decoys), so the condition never
+    tells a gold question apart. An item without a guess is GUESS_NEVER.
+    """
+    if show_guess not in ("always", "after_answer", "never"):
+        raise ValueError(f"show_guess must be always, after_answer or never, got {show_guess!r}")
+    if not 0 <= gold_guess_share <= 1:
+        raise ValueError(f"gold_guess_share must be in [0, 1], got {gold_guess_share}")
+    is_gold = np.asarray(is_gold, dtype=bool)
+    has_guess = np.asarray(has_guess, dtype=bool)
+    out = np.full(len(is_gold), GUESS_NEVER, dtype=object)
+    if show_guess == "never":
+        return out
+    usual, other = (GUESS_BEFORE, GUESS_AFTER) if show_guess == "always" else (GUESS_AFTER, GUESS_BEFORE)
+    rng = np.random.default_rng(seed)
+    out[has_guess] = usual
+    gold = np.flatnonzero(is_gold & has_guess)
+    n_before = round(gold_guess_share * len(gold))
+    shuffled = rng.permutation(gold)
+    out[shuffled[:n_before]] = GUESS_BEFORE
+    out[shuffled[n_before:]] = GUESS_AFTER
+    n_other = int((out[gold] == other).sum())
+    real = np.flatnonzero(~is_gold & has_guess)
+    if n_other and len(real):
+        out[rng.choice(real, size=min(n_other, len(real)), replace=False)] = other
+    return out
+
+
+def guess_condition_record(annotations: pd.DataFrame, gold: pd.Series, conditions: pd.Series,
+                           guesses: pd.Series) -> dict[str, dict[str, list[int]]]:
+    """Per annotator and condition (`with_guess`: shown before answering; `without_guess`: after or never),
+    on gold questions: [answers, correct, answers where the guess was wrong, of those, answers equal to the
+    wrong guess]. `gold`, `conditions`, `guesses` are indexed by item id. JSON-ready (the gold tracker keeps it)."""
+    votes = _votes(annotations)
+    gold = gold.astype(str)
+    gold.index = gold.index.astype(str)
+    votes = votes[votes[ITEM_ID].isin(gold.index)]
+    record: dict[str, dict[str, list[int]]] = {}
+    for annotator, item_id, label in zip(votes[ANNOTATOR_ID], votes[ITEM_ID], votes[LABEL], strict=True):
+        condition = "with_guess" if str(conditions.get(item_id, GUESS_NEVER)) == GUESS_BEFORE else "without_guess"
+        guess = guesses.get(item_id)
+        guess = None if guess is None or (isinstance(guess, float) and np.isnan(guess)) else str(guess)
+        truth = gold[item_id]
+        counts = record.setdefault(annotator, {}).setdefault(condition, [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += int(label == truth)
+        if guess is not None and guess != truth:
+            counts[2] += 1
+            counts[3] += int(label == guess)
+    return record
+
+
+def guess_condition_summary(records: Iterable[Mapping[str, Mapping[str, Sequence[int]]]]) -> dict[str, Any]:
+    """`guess_condition_record`s summed: per condition answers, correct, accuracy, answers on a wrong guess and
+    the share of those that followed it; and per annotator the accuracy in each condition."""
+    totals: dict[str, list[int]] = {"with_guess": [0, 0, 0, 0], "without_guess": [0, 0, 0, 0]}
+    per_annotator: dict[str, dict[str, list[int]]] = {}
+    for record in records:
+        for annotator, conditions in record.items():
+            mine = per_annotator.setdefault(annotator, {})
+            for condition, counts in conditions.items():
+                if condition not in totals:
+                    continue
+                totals[condition] = [a + int(b) for a, b in zip(totals[condition], counts, strict=True)]
+                mine[condition] = [a + int(b) for a, b in zip(mine.get(condition, [0, 0, 0, 0]), counts, strict=True)]
+
+    def stats(counts: Sequence[int]) -> dict[str, Any]:
+        n, correct, wrong_guess, followed = counts
+        return {"answers": n, "correct": correct, "accuracy": correct / n if n else None,
+                "on_wrong_guess": wrong_guess, "followed_wrong_guess": followed / wrong_guess if wrong_guess else None}
+
+    summary: dict[str, Any] = {condition: stats(counts) for condition, counts in totals.items()}
+    summary["per_annotator"] = {
+        annotator: {condition: (counts[1] / counts[0] if counts[0] else None) for condition, counts in conditions.items()}
+        for annotator, conditions in sorted(per_annotator.items())}
+    return summary
 
 
 # -------------------------------------------------------------------------------- export-side helpers

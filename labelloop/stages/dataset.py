@@ -182,6 +182,15 @@ def _apply_answers(labeled: pd.DataFrame, answers: pd.DataFrame, excluded: set[s
     return labeled, True
 
 
+def next_labeled(workspace: Workspace) -> pd.DataFrame:
+    """The labelled set as the next dataset run will version it (the current set with every final label
+    not yet versioned applied), without writing anything: what the import's error scan looks at."""
+    in_force = exclusions(workspace)
+    labeled, _ = _apply_answers(load_labeled(workspace), latest_answers(workspace), excluded_item_ids(in_force),
+                                kept_label_item_ids(in_force))
+    return labeled
+
+
 def diff_versions(previous: pd.DataFrame | None, labeled: pd.DataFrame, answers: pd.DataFrame | None = None) -> dict:
     """What `labeled` adds to `previous`: rows per batch (`late` when the batch already had rows in
     `previous`), relabels (item_id, old_label, new_label, batch_id, annotators), removed items."""

@@ -4,12 +4,23 @@ Export plans each batch once (`plan.parquet`, written atomically before the vend
 on every rerun): the selected new items plus the quality-control extras — gold questions, review
 items sent again, easy items — with `annotators_wanted` per item (`labelloop.domain.quality.plan_quality_items`).
 Gold labels stay in the plan only.
+
+Annotator context (`export.context`, `export.show_guess`): the plan records, per item, when its guess is
+shown (`guess_shown`: before the answer, after it, never; `labelloop.domain.quality.assign_guess_conditions`
+splits the gold questions between before and after) and, with `guess+why`, why the model guesses it
+(`why`, JSON: `labelloop.explain`, from the registered model version that made the guess). A gold question's
+guess comes from a model fitted like the champion on the labelled set without the batch's gold questions:
+the champion trained on them and would nearly always be right.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from labelloop.adapters.vendors import ExportBatch
@@ -20,15 +31,20 @@ from labelloop.batches import (
     drop_from_pool,
     load_pool,
 )
-from labelloop.columns import CONFIDENCE, ITEM_ID, MODEL_VERSION, PREDICTED
-from labelloop.config import ExportParams
+from labelloop.columns import CONFIDENCE, ITEM_ID, LABEL, MODEL_VERSION, PREDICTED
+from labelloop.config import ExportParams, TrainParams
 from labelloop.core.faults import crash_point
 from labelloop.core.io import read_parquet, write_parquet
-from labelloop.domain.quality import plan_quality_items
-from labelloop.schema import Schema
+from labelloop.domain.quality import GUESS_NEVER, REASON_LABEL_ERROR, assign_guess_conditions, plan_quality_items
+from labelloop.schema import Schema, as_text
 from labelloop.workspace import Workspace
 
+if TYPE_CHECKING:
+    from labelloop.model import LabelloopClassifier
+
 EXPORT_FIELDS = [PREDICTED, CONFIDENCE, MODEL_VERSION, "utility", "annotators_wanted"]  # besides item_id + allowed columns
+CONTEXT_FIELDS = ["guess_shown", "why"]  # sent when the plan has them (annotator context)
+ModelLoader = Callable[[str], "LabelloopClassifier | None"]  # a registered version -> its model, None if unavailable
 
 
 def with_model_version(items: pd.DataFrame, champion_version: str | None) -> pd.DataFrame:
@@ -58,12 +74,14 @@ def columns_to_send(schema: Schema, allowed: list[str] | None) -> list[str]:
     return [c for c in schema.stored_columns if c in set(allowed)]
 
 
-def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, store: BatchStore) -> pd.DataFrame:
+def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, store: BatchStore,
+                train: TrainParams | None = None, load_model: ModelLoader | None = None) -> pd.DataFrame:
     """The batch's export plan: new items + gold + review re-sends + easy items (`quality.plan_quality_items`).
 
     Gold questions come from the labelled seed set (curated true labels; never the holdout, never
     crowd labels); review items are the review queue's pending ones, with the row their source batch
-    sent; easy items are the pool's most confident rows. Deterministic per batch id.
+    sent (a label the error scan flagged is re-asked although it is in the labelled set); easy items are
+    the pool's most confident rows. Then the annotator context (`add_guess_context`). Deterministic per batch id.
     """
     items = with_model_version(store.selected_items(meta.batch_id), meta.champion_version)
     if len(items) > params.max_batch_size:
@@ -80,8 +98,11 @@ def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, sto
         wanted = queue.pending(max_sends=params.max_review_sends)
         if wanted:
             labeled_ids = set(read_parquet(workspace.labeled_path, columns=[ITEM_ID])[ITEM_ID].astype(str))
-            wanted = [i for i in wanted if i not in labeled_ids]
-            sources = queue.frame().drop_duplicates(ITEM_ID, keep="last").set_index(ITEM_ID)["source_batch"]
+            entries = queue.frame()
+            label_errors = set(entries.loc[(entries["reason"] == REASON_LABEL_ERROR) & (entries["status"] == "pending"),
+                                           ITEM_ID].astype(str))
+            wanted = [i for i in wanted if i not in labeled_ids or i in label_errors]
+            sources = entries.drop_duplicates(ITEM_ID, keep="last").set_index(ITEM_ID)["source_batch"]
             rows = []
             for source in sorted({sources[i] for i in wanted}):
                 if source != meta.batch_id and store.exists(source):
@@ -99,10 +120,101 @@ def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, sto
         overlap_annotators=params.overlap_annotators, max_batch_size=params.max_batch_size,
         easy_pool=easy_pool, easy_share=params.easy_share, review_items=review, seed=seed,
     )
-    return plan
+    return add_guess_context(workspace, params, plan, meta, seed, train, load_model)
 
 
-def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[str]:
+def add_guess_context(workspace: Workspace, params: ExportParams, plan: pd.DataFrame, meta: BatchMeta, seed: int,
+                      train: TrainParams | None, load_model: ModelLoader | None) -> pd.DataFrame:
+    """`plan` with `guess_shown` (before / after / never per item) and `why` (JSON or None) per `export.context`
+    and `export.show_guess`; gold questions get a guess from a model fitted without them (`gold_guesses`)."""
+    out = plan.copy()
+    out["guess_shown"] = GUESS_NEVER
+    out["why"] = None
+    if params.context == "none" or params.show_guess == "never" or out.empty:
+        return out
+    schema = workspace.schema()
+    train = train or workspace.params().train
+    is_gold = out["is_gold"].astype(bool).to_numpy()
+    heldout = None
+    if is_gold.any():
+        heldout = gold_guesses(workspace, out[is_gold], schema, train)
+        version = meta.champion_version or _most_common(out.loc[~is_gold, MODEL_VERSION] if MODEL_VERSION in out else None)
+        probas = heldout.predict_proba(out.loc[is_gold])
+        out[PREDICTED] = out[PREDICTED].astype(object) if PREDICTED in out.columns else None
+        out[CONFIDENCE] = out[CONFIDENCE].astype(float) if CONFIDENCE in out.columns else np.nan
+        out[MODEL_VERSION] = out[MODEL_VERSION].astype(object) if MODEL_VERSION in out.columns else None
+        out.loc[is_gold, PREDICTED] = np.asarray(schema.class_names, dtype=object)[probas.argmax(axis=1)]
+        out.loc[is_gold, CONFIDENCE] = probas.max(axis=1)
+        # The batch's version, as on its real items: a guess must not single out a gold question.
+        out.loc[is_gold, MODEL_VERSION] = version
+    if PREDICTED not in out.columns:
+        return out
+    guesses = out[PREDICTED].map(lambda v: None if pd.isna(v) else str(v))
+    has_guess = guesses.isin(schema.class_names).to_numpy()
+    out["guess_shown"] = assign_guess_conditions(is_gold, has_guess, params.show_guess, params.gold_guess_share, seed)
+    if params.context == "guess+why":
+        loader = load_model or champion_loader(workspace, train.model_name)
+        shown = out["guess_shown"] != GUESS_NEVER
+        groups: dict[Any, list[int]] = {}
+        versions = out[MODEL_VERSION].map(as_text) if MODEL_VERSION in out.columns else pd.Series(None, index=out.index)
+        for position in np.flatnonzero(shown.to_numpy()):
+            groups.setdefault("gold" if is_gold[position] else versions.iloc[position], []).append(int(position))
+        why: list[str | None] = [None] * len(out)
+        for key, positions in groups.items():
+            rows = out.iloc[positions]
+            model = heldout if key == "gold" else loader(key) if key is not None else None
+            for position, explanation in zip(positions, explain_rows(model, rows, params.why_features, key), strict=True):
+                why[position] = json.dumps(explanation, sort_keys=True, allow_nan=False)
+        out["why"] = why
+    return out
+
+
+def explain_rows(model: LabelloopClassifier | None, rows: pd.DataFrame, top: int, version: str | None) -> list[dict[str, Any]]:
+    """Why `model` guesses each row's PREDICTED; without the model, an explanation that says so."""
+    if model is None:
+        note = f"the model that made this guess (version {version}) could not be loaded"
+        return [{"label": str(g), "method": "none", "toward": [], "away": [], "note": note} for g in rows[PREDICTED]]
+    from labelloop.explain import explain
+
+    return explain(model, rows, labels=rows[PREDICTED].tolist(), top=top)
+
+
+def gold_guesses(workspace: Workspace, gold: pd.DataFrame, schema: Schema, train: TrainParams) -> LabelloopClassifier:
+    """A model fitted like the champion (`train`) on the labelled set without `gold`'s items: its guesses on the
+    gold questions are as often wrong as a model's guesses on items it never saw."""
+    from labelloop.model import LabelloopClassifier
+
+    labeled = read_parquet(workspace.labeled_path)
+    rest = labeled[~labeled[ITEM_ID].astype(str).isin(set(gold[ITEM_ID].astype(str)))]
+    return LabelloopClassifier.from_params(train, schema).fit(rest, rest[LABEL].astype(str).to_numpy())
+
+
+def champion_loader(workspace: Workspace, model_name: str) -> ModelLoader:
+    """Registered versions of `model_name` from the tracking server (cached); None for a version that is not there
+    or cannot be loaded any more (a production model outside the registry, an older labelloop's model)."""
+
+    def load(version: str) -> LabelloopClassifier | None:
+        from mlflow.exceptions import MlflowException
+
+        from labelloop.adapters import tracking
+
+        try:
+            return tracking.load_model(workspace, model_name, version)
+        except (MlflowException, tracking.IncompatibleModel):
+            return None
+
+    return load
+
+
+def _most_common(values: pd.Series | None) -> str | None:
+    if values is None:
+        return None
+    present = values.dropna().astype(str)
+    return str(present.value_counts().sort_index(kind="stable").idxmax()) if len(present) else None
+
+
+def export_batches(workspace: Workspace, params: ExportParams, vendor, train: TrainParams | None = None,
+                   load_model: ModelLoader | None = None) -> list[str]:
     """The export stage: export every selected-but-not-exported batch; idempotent per batch id.
 
     The plan is written once per batch before the vendor call and reused on a rerun, so a rerun
@@ -110,7 +222,9 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
     Only item ids, the id and feature columns `export.columns` allows (all by default, in the schema's
     order, with their raw values), the model's guess with its model version, the acquisition score and
     `annotators_wanted` leave: gold labels and the gold / review / easy marks stay here. The batch
-    carries the schema, so a vendor knows which column is text.
+    carries the schema, so a vendor knows which column is text. With annotator context, `guess_shown` and
+    `why` leave too. `train` (default: the workspace's) names the model and fits the gold questions' guesses;
+    `load_model` (default: the tracking server) gives the registered version that made a guess.
     """
     schema = workspace.schema()
     columns = columns_to_send(schema, params.columns)
@@ -123,7 +237,7 @@ def export_batches(workspace: Workspace, params: ExportParams, vendor) -> list[s
         if plan_path.exists():
             plan = read_parquet(plan_path)
         else:
-            plan = plan_export(workspace, params, meta, store)
+            plan = plan_export(workspace, params, meta, store, train, load_model)
             write_parquet(plan_path, plan)
         # Both steps below repeat harmlessly on a rerun: they are keyed by the plan's item ids.
         resent = plan.loc[plan["is_review"].astype(bool), ITEM_ID].astype(str)
@@ -160,4 +274,11 @@ def export_payload(plan: pd.DataFrame, columns: list[str], schema: Schema) -> pd
     not_gold = ~plan["is_gold"].astype(bool) if "is_gold" in plan.columns else pd.Series(True, index=plan.index)
     sent = [c for c in columns if c in plan.columns and (c not in schema.id_columns or plan.loc[not_gold, c].notna().any())]
     fields = [c for c in EXPORT_FIELDS if c in plan.columns or c == MODEL_VERSION]
-    return plan.reindex(columns=[ITEM_ID, *sent, *fields])
+    context = [c for c in CONTEXT_FIELDS if c in plan.columns]
+    payload = plan.reindex(columns=[ITEM_ID, *sent, *fields, *context])
+    if "guess_shown" in payload.columns:  # a guess nobody may see does not leave
+        hidden = payload["guess_shown"] == GUESS_NEVER
+        for column in (PREDICTED, CONFIDENCE, MODEL_VERSION, "why"):
+            if column in payload.columns and hidden.any():
+                payload[column] = payload[column].astype(object).where(~hidden, None)
+    return payload

@@ -133,7 +133,7 @@ def stage_train(registry: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     serialization, data, trusted = tracking.pipeline_storage(model.pipeline_)
     if data is None:
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped]
 
         data = cloudpickle.dumps(model.pipeline_)
     path = out / MODEL_FILES[serialization]
@@ -245,8 +245,9 @@ def pinned_requirements(estimator: object | None = None, serialization: str = tr
     names = ["xgboost", "scikit-learn", "pandas", "numpy", "cloudpickle"]
     if serialization == tracking.SKOPS:
         names.append("skops")
-    package = type(estimator).__module__.split(".", 1)[0] if estimator is not None else ""
-    names.extend(d for d in packages_distributions().get(package, []) if package not in ("sklearn", "xgboost", "builtins"))
+    package = type(estimator).__module__.split(".", 1)[0] if estimator is not None else "sklearn"
+    if package not in ("sklearn", "xgboost"):  # packages_distributions scans every installed package: only when needed
+        names.extend(packages_distributions().get(package, []))
     return [f"{name}=={version(name)}" for name in dict.fromkeys(names)]
 
 
@@ -256,10 +257,11 @@ def model_signature(schema: Schema):
     Every feature column is `required` (MLflow's word for "present": the pipeline selects each by name);
     a missing value is null in any of them — MLflow passes None/NaN through, the pipeline imputes or keeps it."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec
+    from mlflow.types import ColSpec, TensorSpec
     from mlflow.types import Schema as ColumnSchema
 
-    inputs = [ColSpec("double" if spec.role == "numeric" else "string", spec.name) for spec in schema.features]
+    inputs: list[ColSpec | TensorSpec] = [ColSpec("double" if spec.role == "numeric" else "string", spec.name)
+                                          for spec in schema.features]
     return ModelSignature(inputs=ColumnSchema(inputs), outputs=ColumnSchema([ColSpec("string")]))
 
 

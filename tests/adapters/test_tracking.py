@@ -61,7 +61,8 @@ def test_a_version_stored_by_an_older_labelloop_is_refused_naming_it_and_saying_
     tracking.client(workspace)
     with mlflow.start_run(experiment_id=tracking.experiment_id(workspace)):
         trusted = ["labelloop.model.LabelloopClassifier"] if serialization == "skops" else None
-        info = mlflow.sklearn.log_model(old, name="model", serialization_format=serialization, skops_trusted_types=trusted)
+        info = mlflow.sklearn.log_model(old, name="model", serialization_format=serialization, skops_trusted_types=trusted,
+                                        pip_requirements=["scikit-learn"])  # given: MLflow's inference runs a subprocess
     version = mlflow.register_model(info.model_uri, "old-model").version
     with pytest.raises(tracking.IncompatibleModel) as error:
         tracking.load_model(workspace, "old-model", version)

@@ -35,8 +35,8 @@ def store(workspace_template, tmp_path_factory):
 def rest_transport(store):
     """MLflow's own tracking server app (Flask), in-process over WSGI: the REST API a server answers with."""
     httpx = pytest.importorskip("httpx")
-    from mlflow.server import handlers
     from mlflow.server import app as mlflow_app
+    from mlflow.server import handlers
 
     ws, _ = store
     saved = handlers._tracking_store, handlers._model_registry_store

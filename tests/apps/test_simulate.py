@@ -128,3 +128,53 @@ def test_simulation_logs_to_mlflow(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("labelloop-simulate").experiment_id])
     assert len(runs) == 3
+
+
+def test_simulate_on_a_mixed_table_uses_every_column_and_reports_the_roles(tmp_path):
+    """Categorical, text, numeric with NaN and an id column: every feature used, the id not, each role printed."""
+    from labelloop.config import TextParams, TrainParams
+    from tests.domain.acquisition.test_space import mixed_frame
+
+    frame, y, _ = mixed_frame(n=260, seed=4)
+    frame.insert(0, "ticket_id", [f"T{i:05d}" for i in range(len(frame))])
+    frame["label"] = y
+    frame.loc[[3, 7], "label"] = None  # rows without a label: left out, and said so
+    path = tmp_path / "tickets.parquet"
+    frame.to_parquet(path)
+    printed: list[str] = []
+    summary = run_simulation(SimulationConfig(
+        data=str(path), strategies=["random", "margin", "hybrid", "bald"], seed_size=20, batch_size=15, rounds=2, repeats=1,
+        committee_size=2, out=str(tmp_path / "out"), log_mlflow=False, progress=False,
+        train_params=TrainParams(estimator="logistic_regression", text=TextParams(char_ngrams=None, min_df=1)),
+    ), echo=printed.append)
+    assert summary["roles"] == {"ticket_id": "id", "amount": "numeric", "country": "categorical", "body": "text"}
+    assert summary["feature_columns"] == ["amount", "country", "body"] and summary["n_features"] == 3
+    assert summary["estimator"] == "logistic_regression" and summary["n_rows"] == len(frame) - 2
+    table = "\n".join(printed)
+    for column, role in summary["roles"].items():
+        assert any(line.split()[:2] == [column, role] for line in printed), (column, role, table)
+    assert "2 of 260 rows have no label" in table and "ticket_id" in table
+    assert any("looks like an id" in w for w in summary["schema_warnings"])
+    curves = pd.read_csv(tmp_path / "out" / "curves.csv")
+    assert set(curves["strategy"]) == {"random", "margin", "hybrid", "bald"}
+    assert sorted(curves["n_labels"].unique()) == [20, 35, 50]
+
+
+def test_schema_overrides_reach_the_simulation(tmp_path):
+    from labelloop.config import TrainParams
+
+    rng = np.random.default_rng(0)
+    n = 200
+    y = rng.choice(["a", "b"], size=n)
+    frame = pd.DataFrame({"code": rng.integers(0, 5, n), "x": rng.normal(size=n) + (y == "b"), "label": y})
+    path = tmp_path / "d.csv"
+    frame.to_csv(path, index=False)
+    config = SimulationConfig(data=str(path), strategies=["margin"], seed_size=20, batch_size=10, rounds=1, repeats=1,
+                              out=str(tmp_path / "out"), log_mlflow=False, progress=False,
+                              train_params=TrainParams(n_estimators=5, max_depth=2),
+                              categorical_columns=["code"], drop_columns=[])
+    summary = run_simulation(config, echo=None)
+    assert summary["roles"] == {"code": "categorical", "x": "numeric"}
+    dropped = run_simulation(SimulationConfig(**{**config.__dict__, "drop_columns": ["code"], "categorical_columns": [],
+                                                 "out": str(tmp_path / "out2")}), echo=None)
+    assert dropped["roles"] == {"code": "ignored", "x": "numeric"} and dropped["feature_columns"] == ["x"]

@@ -141,3 +141,25 @@ def test_every_cycle_reports_its_stop_rules_and_a_halted_cycle_buys_nothing(two_
     assert halted.batch_id is None and len(BatchStore(ws).list()) == batches_before
     assert halted.stop["stop"] and "label budget reached" in halted.stop["reasons"][0]
     assert halted.decision == "no-new-data"
+
+
+def test_the_parent_cycle_run_carries_a_summary_artifact(two_cycles):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    ws, records, _ = two_cycles
+    batch_ids = [m.batch_id for m in BatchStore(ws).list()]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cycle"])))
+        mine = [a for a in artifacts if any(b in str(a.data) for b in batch_ids)]
+        runs = {a.flow_run_id: client.read_flow_run(a.flow_run_id) for a in mine}
+    assert len(mine) == 2  # one per cycle, on the parent run itself (not on a task or a subflow)
+    assert {client_run.parent_task_run_id for client_run in runs.values()} == {None}
+    assert {a.task_run_id for a in mine} == {None}
+    for artifact, record in zip(sorted(mine, key=lambda a: a.created), records, strict=True):
+        text = str(artifact.data)
+        assert artifact.description == record.line()
+        assert f"## Cycle {record.cycle}: gate {record.decision}" in text and record.batch_id in text
+        for section in ("### Batch", "### Import", "### Data version", "### Gate", "### Stop rules", "### Links"):
+            assert section in text
+        assert "| label_budget |" in text and "challenger run" in text

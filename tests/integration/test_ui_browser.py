@@ -1,4 +1,5 @@
-"""The UI path in a real browser: Debian's chromium, driven by Playwright, on the test stack's Prefect UI.
+"""The UI path in a real browser: Debian's chromium, driven by Playwright, on the test stack's Prefect UI and
+on the embedded default (`labelloop ui`: the workspace's own background server, its deployments served).
 
 Opens the cycle deployment's custom-run form, changes one typed field (select → Batch Size), submits,
 and checks the run completes with that parameter (in the UI, in the API, and in the batch written).
@@ -147,3 +148,99 @@ def test_custom_run_from_the_ui_with_one_changed_parameter(stack_client, screens
     page.get_by_text("Completed").first.wait_for(state="visible", timeout=60_000)
     newest = BatchStore(Workspace.at(stack_client.workspace)).list()[-1]
     assert newest.n_items == NEW_BATCH_SIZE and newest.params["batch_size"] == NEW_BATCH_SIZE
+
+
+# -- the embedded default: `labelloop ui` on a workspace's own server, no stack -------------------------------
+LABELLOOP = str(Path(sys.executable).parent / "labelloop")
+UI_BATCH_SIZE = 17
+
+
+def _installed_chromium() -> str:
+    """Debian's chromium, never downloaded here: `make test` installs it (apt-get install -y chromium)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium; LABELLOOP_CHROMIUM names another): "
+                    "the browser test of `labelloop ui` needs it")
+    pytest.importorskip("playwright.sync_api", reason="the Playwright driver (pip install playwright; no browser download)")
+    return CHROMIUM
+
+
+@pytest.fixture
+def served_workspace(workspace):
+    """`labelloop ui` run as a user runs it: the workspace's background server + its deployments served."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "LABELLOOP_PREFECT_SERVER", "PREFECT_HOME")}
+    started = time.monotonic()
+    result = subprocess.run([LABELLOOP, "ui", "-w", str(workspace.root)], env=env, capture_output=True, text=True,
+                            timeout=600, check=False)
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        url = re.search(r"^Prefect UI: (http://127\.0\.0\.1:\d+)", result.stdout, re.M).group(1)
+        form = re.search(r"^custom cycle run .*: (http://\S+/run)$", result.stdout, re.M).group(1)
+        print(f"\nlabelloop ui: {time.monotonic() - started:.0f} s to a served UI at {url}")
+        yield workspace, url, form
+    finally:
+        stopped = subprocess.run([LABELLOOP, "server", "stop", "-w", str(workspace.root)], env=env, capture_output=True,
+                                 text=True, timeout=120, check=False)
+        print(stopped.stdout)
+
+
+def _api(url: str, path: str, body: dict | None = None):
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/api{path}", data=None if body is None else json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_custom_cycle_run_from_labelloop_ui_with_one_changed_parameter(served_workspace, tmp_path):
+    """The issue-15 path on the embedded default: `labelloop ui`, Run → Custom run on the cycle, select → Batch
+    Size changed, Submit; the run completes with that one override and params.yaml for everything else."""
+    from playwright.sync_api import sync_playwright
+
+    from labelloop.batches import BatchStore
+
+    executable = _installed_chromium()
+    workspace, url, form_url = served_workspace
+    deployment_id = form_url.rsplit("/", 2)[-2]
+    deployment = _api(url, f"/deployments/{deployment_id}")
+    assert deployment["parameters"] == {"workspace": str(workspace.root)}  # nothing frozen: params.yaml is read per run
+    assert workspace.params().select.batch_size != UI_BATCH_SIZE
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(form_url, wait_until="networkidle", timeout=90_000)
+            field = form_field(page, "Batch Size (Optional)")
+            assert field.input_value() == ""  # empty = params.yaml's value when the run starts, not a stale copy
+            field.fill(str(UI_BATCH_SIZE))
+            page.get_by_role("button", name="Submit").click()
+            submitted = time.monotonic()
+            deadline = submitted + 60
+            while not (runs := _api(url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})):
+                assert time.monotonic() < deadline, "no flow run was created within 60 s of clicking Submit"
+                time.sleep(1)
+            [run] = runs
+            deadline = submitted + 900
+            final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+            while (run := _api(url, f"/flow_runs/{run['id']}"))["state"]["type"] not in final:
+                assert time.monotonic() < deadline, f"UI-started run not finished within 900 s: {run['state']}"
+                time.sleep(2)
+            print(f"custom run from Submit to {run['state']['type']}: {time.monotonic() - submitted:.0f} s")
+            page.goto(f"{url}/runs/flow-run/{run['id']}", wait_until="networkidle", timeout=90_000)
+            page.get_by_text("Completed").first.wait_for(state="visible", timeout=60_000)
+        except Exception:
+            shot = tmp_path / "labelloop-ui.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"\nscreenshot of the failing page: {shot} (url {page.url})")
+            raise
+        finally:
+            browser.close()
+    log = (workspace.prefect_home / "labelloop-ui.log").read_text(errors="replace")[-3000:]
+    assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{log}"
+    assert run["parameters"] == {"workspace": str(workspace.root), "select": {"batch_size": UI_BATCH_SIZE}}
+    newest = BatchStore(workspace).list()[-1]
+    assert newest.n_items == UI_BATCH_SIZE and newest.strategy == workspace.params().select.strategy
+    artifacts = _api(url, "/artifacts/filter", {"artifacts": {"key": {"any_": ["cycle"]}}})
+    assert [a["flow_run_id"] for a in artifacts] == [run["id"]]  # the summary sits on the parent run

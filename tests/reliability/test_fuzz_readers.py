@@ -44,13 +44,18 @@ def log_frames(draw):
     return frame
 
 
+def split(frame: pd.DataFrame, schema: Schema):
+    """The validated frame: every row kept or quarantined with a reason, none lost."""
+    checked = validate_prediction_log(frame, schema)
+    assert len(checked.valid) + len(checked.quarantined) == len(frame)
+    assert checked.quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
+    return checked
+
+
 @SETTINGS
 @given(log_frames())
 def test_prediction_log_reader_keeps_or_quarantines_every_row(frame):
-    checked = validate_prediction_log(frame, SCHEMA)
-    valid, quarantined = checked.valid, checked.quarantined
-    assert len(valid) + len(quarantined) == len(frame)
-    assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
+    valid = split(frame, SCHEMA).valid
     if len(valid):
         numbers = valid[[*FEATURES, *PROBAS, "confidence"]].to_numpy(dtype=float)
         assert np.isfinite(numbers).all()
@@ -142,10 +147,7 @@ def shaped_log_frames(draw):
 def test_prediction_log_reader_normalises_any_shape_and_keeps_or_quarantines_every_row(frame):
     from labelloop.prediction_log import TS_DTYPE
 
-    checked = validate_prediction_log(frame, SCHEMA)
-    valid, quarantined = checked.valid, checked.quarantined
-    assert len(valid) + len(quarantined) == len(frame)
-    assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
+    valid = split(frame, SCHEMA).valid
     for column in ("prediction_id", "item_id", "predicted", "model_version"):
         assert valid[column].map(lambda v: isinstance(v, str) and v.strip() != "").all(), column
     assert valid["prediction_id"].is_unique and valid["item_id"].is_unique
@@ -199,10 +201,8 @@ def mixed_log_frames(draw):
 @SETTINGS
 @given(mixed_log_frames())
 def test_mixed_type_columns_keep_or_quarantine_every_row_and_kept_rows_fit_the_schema(frame):
-    checked = validate_prediction_log(frame, MIXED)
-    valid, quarantined = checked.valid, checked.quarantined
-    assert len(valid) + len(quarantined) == len(frame)
-    assert quarantined["reason"].map(lambda r: isinstance(r, str) and len(r) > 0).all()
+    checked = split(frame, MIXED)
+    valid = checked.valid
     assert valid["age"].dtype == np.float64 and not np.isinf(valid["age"]).any()
     assert valid["amount"].notna().all() and np.isfinite(valid["amount"]).all()
     assert valid["country"].map(lambda v: isinstance(v, str)).all()

@@ -20,20 +20,14 @@ import pytest
 
 from labelloop.batches import load_pool
 from labelloop.config import CaptureParams
-from labelloop.schema import ColumnSpec, Schema
+from labelloop.schema import Schema
 from labelloop.stages.capture import capture, capture_status, capture_status_line
 from labelloop.stages.production import list_log_parts, predictions_frame, serve_traffic
 from labelloop.stages.production import wal as prediction_wal
+from tests.adapters.test_validation import MIXED
 
-CLASSES = ["no", "yes"]
-SCHEMA = Schema([
-    ColumnSpec("customer_id", "id", "string"),
-    ColumnSpec("age", "numeric", "float64", nullable=True),
-    ColumnSpec("amount", "numeric", "float64"),
-    ColumnSpec("country", "categorical", "string", categories=["de", "fr"]),
-    ColumnSpec("plan", "categorical", "string", nullable=True, categories=["free", "pro"]),
-    ColumnSpec("review", "text", "string", nullable=True, min_length=2, max_length=60),
-], CLASSES, "label")
+SCHEMA = MIXED  # id, numeric (one nullable), categorical (one nullable), text; classes A and B
+CLASSES = SCHEMA.class_names
 
 
 def read_log(ws) -> pd.DataFrame:
@@ -118,7 +112,7 @@ def test_a_segment_in_the_old_numeric_format_is_still_recovered(workspace):
     frame = read_log(workspace).sort_values("prediction_id")
     assert frame["prediction_id"].tolist() == ["old-1", "old-2", "old-3"]
     np.testing.assert_array_equal(frame[["x1", "x2"]].to_numpy(), matrix)
-    assert frame["model_version"].tolist() == ["1", "1", "2"] and frame["predicted"].tolist() == ["no", "yes", "no"]
+    assert frame["model_version"].tolist() == ["1", "1", "2"] and frame["predicted"].tolist() == ["A", "B", "A"]
 
 
 def test_an_unknown_segment_format_is_one_clear_error(workspace):
@@ -138,9 +132,12 @@ def test_a_value_that_cannot_be_logged_is_refused_before_it_reaches_the_wal():
         chunk(features(2).drop(columns=["review"]), "x")
     with pytest.raises(ValueError, match="all-numeric schema"):
         prediction_wal.LogChunk(SCHEMA, np.ones((1, 5)), np.array([[0.5, 0.5]]), ["m"], "1", datetime.now(UTC))
-    # Canonical on construction: numbers in a categorical column as text, NaN as None.
-    made = chunk(features(2, country=[7, "fr"], plan=[np.nan, "pro"]), "x")
-    assert made.features["country"].tolist() == ["7", "fr"] and made.features["plan"].tolist() == [None, "pro"]
+    # Numbers written as text (in a numeric column) are read; in a categorical column a number is logged as text.
+    made = chunk(features(2, amount=["1.5", 2], country=[7, "fr"], plan=[np.nan, "pro"]), "x")
+    decoded = prediction_wal._decode_group(prediction_wal._encode_group([made]), SCHEMA)[0]
+    logged = prediction_wal.log_frame([decoded])
+    assert logged["amount"].tolist() == [1.5, 2.0] and logged["country"].tolist() == ["7", "fr"]
+    assert logged["plan"].isna().tolist() == [True, False]
 
 
 # -- production → capture ----------------------------------------------------------------------------

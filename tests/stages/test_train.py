@@ -27,7 +27,7 @@ def mixed_table(n: int = 400, seed: int = 0) -> pd.DataFrame:
     """A support-ticket table: an id, a nullable amount, a nullable country code, a text, and the label."""
     rng = np.random.RandomState(seed)
     labels = rng.choice(list(WORDS), n, p=[0.4, 0.35, 0.25])
-    every_word = sum(WORDS.values(), [])
+    every_word = [word for words in WORDS.values() for word in words]
     text = [" ".join([*rng.choice(WORDS[label] if rng.rand() < 0.8 else every_word, 2), *rng.choice(FILLER, 6)])
             for label in labels]
     country = [rng.choice(["fr", "de"] if label == "billing" else ["us", "es", "it", "fr"]) for label in labels]
@@ -176,3 +176,23 @@ def test_validate_stage_reports_unknown_labels_and_duplicates(workspace):
         train.stage_validate(workspace.registry_dir)
     assert "ExpectColumnValuesToBeInSet(label" in str(error.value)
     assert "ExpectColumnValuesToBeUnique(item_id)" in str(error.value)
+
+
+def test_the_dvc_train_stage_stores_one_model_file_and_refuses_a_skops_file_naming_unsafe_types(workspace, monkeypatch):
+    import skops.io
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    _small_train(workspace)
+    registry, holdout = workspace.registry_dir, pd.read_parquet(workspace.holdout_path)
+    assert train.stage_train(registry).name == "model.skops"
+    expected = train.load_pipeline_model(registry).predict_proba(holdout)
+    monkeypatch.setattr(tracking, "pipeline_storage", lambda pipeline: (tracking.CLOUDPICKLE, None, []))
+    assert train.stage_train(registry).name == "model.pkl"  # the fallback: and the skops file is gone
+    assert sorted(p.name for p in (registry / "model").iterdir()) == ["model.pkl", "serialization.json", "train_params.json"]
+    np.testing.assert_allclose(train.load_pipeline_model(registry).predict_proba(holdout), expected)
+    # A skops file that names a type beyond the safe ones is not loaded, whatever serialization.json says.
+    skops.io.dump(Pipeline([("f", FunctionTransformer(json.dumps))]), registry / "model" / "model.skops")
+    (registry / "model" / "serialization.json").write_text(json.dumps({"format": "skops", "file": "model.skops"}))
+    with pytest.raises(tracking.IncompatibleModel, match=r"skops, naming json.dumps"):
+        train.load_pipeline_model(registry)

@@ -170,7 +170,7 @@ def test_the_champion_loads_and_predicts_in_a_fresh_venv_without_labelloop(mixed
 def test_dvc_stages_train_and_evaluate_the_same_pipeline_on_a_mixed_schema(mixed, tmp_path):
     import skops.io
 
-    workspace, params, result = mixed
+    workspace, _, result = mixed
     copy = clone_workspace(workspace, tmp_path / "ws")  # the stages write model/ and metrics.json into the registry
     registry = copy.registry_dir
     assert train.stage_validate(registry)["success"]

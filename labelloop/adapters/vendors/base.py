@@ -8,6 +8,7 @@ import stage archives unchanged before it validates anything.
 from __future__ import annotations
 
 import abc
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,21 @@ class VendorRefused(VendorError):
     """One batch's payload was refused without being used (a link, a FIFO, oversized, wrong encoding):
     nothing of that batch is imported, the import of the other batches goes on, and a rerun after the
     vendor fixes the payload imports it."""
+
+
+# When the annotator may see a row's guess (the plan's `guess_shown`; labelloop.domain.quality GUESS_*).
+SHOW_BEFORE, SHOW_AFTER, SHOW_NEVER = "before", "after", "never"
+
+
+@dataclass(frozen=True)
+class Guess:
+    """The model's guess on one item, as a vendor may show it."""
+
+    label: str
+    score: float | None
+    model_version: str | None
+    shown: str  # SHOW_BEFORE (with the item), SHOW_AFTER (only once it is answered) or SHOW_NEVER
+    why: dict[str, Any] | None = None  # labelloop.explain's explanation (export.context guess+why)
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,30 @@ class ExportBatch:
         ranks = np.empty(len(utility), dtype=np.int64)
         ranks[order] = np.arange(1, len(utility) + 1)
         return ranks.tolist()
+
+    def guess(self, position: int) -> Guess | None:
+        """Row `position`'s guess and when it may be shown; None when the row has none in the label set (a batch
+        without a `guess_shown` column shows every guess with the item, as before annotator context existed)."""
+        if "predicted" not in self.items.columns:
+            return None
+        label = as_text(self.items["predicted"].iloc[position])
+        if label is None or label not in self.label_set:
+            return None
+        shown = as_text(self.items["guess_shown"].iloc[position]) if "guess_shown" in self.items.columns else SHOW_BEFORE
+        if shown not in (SHOW_BEFORE, SHOW_AFTER):
+            return None
+        score = json_value(self.items["confidence"].iloc[position]) if "confidence" in self.items.columns else None
+        why = None
+        if "why" in self.items.columns:
+            raw = self.items["why"].iloc[position]
+            if isinstance(raw, str) and raw:
+                try:
+                    why = json.loads(raw)
+                except json.JSONDecodeError as error:
+                    raise VendorError(f"batch {self.batch_id}: the explanation of row {position} is not JSON: {error}") from error
+            elif isinstance(raw, dict):
+                why = raw
+        return Guess(label, float(score) if score is not None else None, self.model_version(position), shown, why)
 
     def model_version(self, position: int) -> str | None:
         """The registered model version that made row `position`'s guess (None when not recorded)."""

@@ -8,10 +8,13 @@ Layout under the drop URL (any fsspec URL: a local path, `file://`, `s3://bucket
     <batch_id>/labels.manifest.json   optional, written by the vendor after the labels file
     <batch_id>/archive/labels-<sha256[:16]>.<ext>   every labels file read, archived unchanged
 
-The formats are documented for vendors in docs/vendors.md. Export is idempotent (same batch and same
-content: nothing is rewritten; same batch id with other content: VendorError). Fetching reads the
-whole labels file each time, so a vendor may append to it or replace it as work progresses; lines
-that cannot be parsed come back with a `parse_error` and end in the import's quarantine.
+The formats are documented for vendors in docs/vendors.md. With annotator context (`export.show_guess`),
+a task's guess is in `model_guess` (shown with the item, with `why` under guess+why) or in `after_answer`
+(the vendor shows it only once the item is answered; the manifest's `show_after_answer` names the field).
+Export is idempotent (same batch and same content: nothing is rewritten; same batch id with other content:
+VendorError). Fetching reads the whole labels file each time, so a vendor may append to it or replace it
+as work progresses; lines that cannot be parsed come back with a `parse_error` and end in the import's
+quarantine.
 
 Hostile files: in a local drop only regular files with one link are read, through directories that
 are not links (`labelloop.core.confined_files`): a symbolic link (to a secret, to /dev/zero, a batch folder
@@ -40,9 +43,12 @@ import pandas as pd
 
 from labelloop.adapters.vendors.base import (
     ANNOTATION_COLUMNS,
+    SHOW_AFTER,
+    SHOW_BEFORE,
     ExportBatch,
     ExportReceipt,
     FetchedLabels,
+    Guess,
     Vendor,
     VendorError,
     VendorRefused,
@@ -186,6 +192,7 @@ class FileDropVendor(Vendor):
         items = batch.items
         ids = batch.checked_ids()
         priorities = batch.priorities()
+        with_why, with_after = _context_fields(batch)
         lines = []
         for position in range(len(items)):
             row = items.iloc[position]
@@ -195,7 +202,17 @@ class FileDropVendor(Vendor):
                 "features": batch.values(position),
                 "annotators_wanted": int(row["annotators_wanted"]) if "annotators_wanted" in items.columns else 1,
             }
-            if "predicted" in items.columns:
+            if "guess_shown" in items.columns:  # annotator context: the guess before, after the answer, or not at all
+                guess = batch.guess(position)
+                before = guess if guess is not None and guess.shown == SHOW_BEFORE else None
+                after = guess if guess is not None and guess.shown == SHOW_AFTER else None
+                task["model_guess"] = _guess_fields(before)
+                if with_why:
+                    task["why"] = before.why if before is not None else None
+                if with_after:
+                    task["after_answer"] = ({"model_guess": _guess_fields(after), **({"why": after.why} if with_why else {})}
+                                            if after is not None else None)
+            elif "predicted" in items.columns:
                 task["model_guess"] = {"label": _json_value(row["predicted"]),
                                        "score": _json_value(row["confidence"]) if "confidence" in items.columns else None,
                                        "model_version": batch.model_version(position)}
@@ -222,6 +239,7 @@ class FileDropVendor(Vendor):
             return ExportReceipt(batch.batch_id, self.name, int(manifest["row_count"]), created=False, vendor_ref=ref)
         # tasks first, manifest last: a manifest only exists next to a complete tasks.jsonl.
         self._write(batch.batch_id, "tasks.jsonl", data=tasks)
+        _, with_after = _context_fields(batch)
         manifest = {
             "format": FORMAT,
             "batch_id": batch.batch_id,
@@ -233,6 +251,8 @@ class FileDropVendor(Vendor):
             "columns": [{"name": c, "role": batch.role(c)} for c in batch.feature_columns],
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if with_after:
+            manifest["show_after_answer"] = ["after_answer"]  # task fields to reveal only once the item is answered
         self._write(batch.batch_id, "manifest.json", data=(json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         return ExportReceipt(batch.batch_id, self.name, n_rows, created=True, vendor_ref=ref)
 
@@ -294,6 +314,24 @@ class FileDropVendor(Vendor):
         wanted = tasks.set_index("item_id")["annotators_wanted"] if len(tasks) else pd.Series(dtype=int)
         done = int((answers.reindex(wanted.index, fill_value=0) >= wanted).sum()) if len(wanted) else 0
         return VendorStatus(batch_id, len(tasks), done, extra={"answers": len(ok)})
+
+
+def _guess_fields(guess: Guess | None) -> dict[str, Any]:
+    """`model_guess`: label, score and model version, all null when there is no guess to show here."""
+    if guess is None:
+        return {"label": None, "score": None, "model_version": None}
+    return {"label": guess.label, "score": guess.score, "model_version": guess.model_version}
+
+
+def _context_fields(batch: ExportBatch) -> tuple[bool, bool]:
+    """Whether the batch's tasks get a `why` field and an `after_answer` field (only when some item uses it, so a
+    batch without annotator context renders as it always did)."""
+    items = batch.items
+    if "guess_shown" not in items.columns:
+        return False, False
+    with_why = "why" in items.columns and bool(items["why"].notna().any())
+    with_after = bool((items["guess_shown"].astype(str) == SHOW_AFTER).any())
+    return with_why, with_after
 
 
 def _record(line_no: int, values: dict[str, Any], batch_id: str) -> dict[str, Any]:

@@ -9,7 +9,13 @@ every project gets a Data Manager tab, "labelloop: by priority", that shows both
 the tasks by priority, so the labelling stream started from it takes the most useful items first. The
 model's guess is a prediction (a pre-annotation) with its score and the registered model version that
 made it; the project's model version is the batch's, so Label Studio pre-fills the answer with it.
-Gold items look like any other task, but carry no guess (docs/vendors.md, "What an export sends").
+Gold items look like any other task (docs/vendors.md, "What an export sends").
+
+Annotator context (`export.context`, `export.show_guess`): a guess shown with the item is the
+pre-annotation and, under guess+why, a "Why the model thinks ..." block lists the features pushing toward
+and away from it. Label Studio has no way to reveal something only once a task is answered, so a guess
+meant for after the answer (`show_guess: after_answer`) is not sent: neither pre-filled nor in the task
+data (which the Data Manager would show).
 
 Export is idempotent: the project is found by its title (`labelloop batch <batch_id>`) and only tasks
 whose item id is not in it yet are imported, so an export that died halfway can be rerun. Fetching
@@ -46,9 +52,11 @@ import pandas as pd
 
 from labelloop.adapters.vendors.base import (
     ANNOTATION_COLUMNS,
+    SHOW_BEFORE,
     ExportBatch,
     ExportReceipt,
     FetchedLabels,
+    Guess,
     Vendor,
     VendorError,
     VendorStatus,
@@ -58,11 +66,14 @@ from labelloop.adapters.vendors.base import json_value as _json_value
 from labelloop.core.io import read_json, write_json
 from labelloop.core.redact import redact_uri
 from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy, with_retries
+from labelloop.explain import why_text
 
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 FROM_NAME = "label"
 TO_NAME = "item"
 TABLE_NAME = "columns"
+WHY_NAME = "why"
+NO_WHY = "(no model explanation for this item)"
 FETCHED_COLUMNS = [*ANNOTATION_COLUMNS, "task_id", "parse_error"]
 IMPORT_CHUNK = 500
 # Statuses worth another attempt: the server is overloaded, restarting or timed out at its proxy.
@@ -88,12 +99,13 @@ def _header_text(text: str) -> str:
     return text.replace("$", "\uff04")
 
 
-def label_config(label_set: list[str], text_columns: Sequence[str] = (), table: bool = True) -> str:
+def label_config(label_set: list[str], text_columns: Sequence[str] = (), table: bool = True, why: bool = False) -> str:
     """The labelling interface for one batch.
 
     The item id (with its priority rank), one text block per text column (`$text_<k>`, under a header
     naming the column), one table of the other columns (`$table`, see `table_rows`) when there are any,
-    and one single-choice question over the label set.
+    with `why` a block saying why the model guesses what it guesses (`$why_title`, `$why`), and one
+    single-choice question over the label set.
     """
     if not label_set:
         raise VendorError("cannot build a Label Studio config for an empty label set")
@@ -108,6 +120,9 @@ def label_config(label_set: list[str], text_columns: Sequence[str] = (), table: 
         parts.append(f'  <Text name="{text_key(position)}" value="${text_key(position)}"/>')
     if table:
         parts.append(f'  <Table name="{TABLE_NAME}" value="$table"/>')
+    if why:
+        parts.append('  <Header value="$why_title" size="6"/>')
+        parts.append(f'  <Text name="{WHY_NAME}" value="$why"/>')
     parts += [
         f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInLine="true" required="true">',
         choices,
@@ -144,6 +159,20 @@ def table_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
             row["value" + suffix] = _shown(values[names[k]]) if k < len(names) else ""
         rows.append(row)
     return rows
+
+
+def batch_has_why(batch: ExportBatch) -> bool:
+    """Whether some item of the batch shows an explanation with its guess (the project then has the why block)."""
+    return any(g is not None and g.shown == SHOW_BEFORE and g.why is not None
+               for g in (batch.guess(p) for p in range(len(batch.items))))
+
+
+def why_block(guess: Guess | None) -> tuple[str, str]:
+    """The why block's header and text for one task: why the model thinks what it guesses, or that it says nothing."""
+    if guess is None or guess.why is None:
+        return "Model explanation", NO_WHY
+    score = f" (confidence {guess.score:.2f})" if guess.score is not None else ""
+    return _header_text(f"Why the model thinks {guess.label!r}{score}"), why_text(guess.why)
 
 
 def _priority_view() -> dict[str, Any]:
@@ -270,6 +299,7 @@ class LabelStudioVendor(Vendor):
         ids = batch.checked_ids()
         priorities = batch.priorities()
         text_columns, table_columns = batch.text_columns, batch.table_columns
+        with_why = batch_has_why(batch)
         payloads = []
         for position in range(len(items)):
             row = items.iloc[position]
@@ -288,17 +318,20 @@ class LabelStudioVendor(Vendor):
             if table_columns:
                 data["table"] = table_rows({c: values[c] for c in table_columns})
             task: dict[str, Any] = {"data": data}
-            guess = _json_value(row["predicted"]) if "predicted" in items.columns else None
-            if guess is not None and str(guess) in batch.label_set:
-                score = _json_value(row["confidence"]) if "confidence" in items.columns else None
+            guess = batch.guess(position)
+            # Only a guess shown with the item: Label Studio cannot reveal one after the answer (show_guess
+            # after_answer), so such a guess is not sent at all — neither pre-filled nor in the task data.
+            shown = guess if guess is not None and guess.shown == SHOW_BEFORE else None
+            if with_why:
+                data["why_title"], data["why"] = why_block(shown)
+            if shown is not None:
                 prediction: dict[str, Any] = {
-                    "score": float(score) if score is not None else None,
+                    "score": shown.score,
                     "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
-                                "value": {"choices": [str(guess)]}}],
+                                "value": {"choices": [shown.label]}}],
                 }
-                version = batch.model_version(position)
-                if version is not None:
-                    prediction["model_version"] = version
+                if shown.model_version is not None:
+                    prediction["model_version"] = shown.model_version
                 task["predictions"] = [prediction]
             payloads.append(task)
         return payloads
@@ -337,7 +370,8 @@ class LabelStudioVendor(Vendor):
                 title=title,
                 description=f"labelloop batch {batch.batch_id}: {len(payloads)} items. Label from the "
                             f"'{VIEW_TITLE}' tab to take the most useful items first (priority 1 = most useful).",
-                label_config=label_config(list(batch.label_set), batch.text_columns, table=bool(batch.table_columns)),
+                label_config=label_config(list(batch.label_set), batch.text_columns, table=bool(batch.table_columns),
+                                          why=batch_has_why(batch)),
                 maximum_annotations=int(wanted),
                 show_skip_button=True,
                 show_collab_predictions=True,

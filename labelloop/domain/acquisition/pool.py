@@ -26,7 +26,15 @@ import pyarrow.parquet as pq
 
 from labelloop.domain.acquisition.registry import StrategySpec, choose, get_selector, get_strategy, resolve_selector, score
 from labelloop.domain.acquisition.selectors import HYBRID, BatchShrunkWarning
-from labelloop.domain.acquisition.space import SAMPLE_ROWS, FeatureMap, FittableFeatureMap, ModelSpace, raw_features
+from labelloop.domain.acquisition.space import (
+    SAMPLE_ROWS,
+    FeatureMap,
+    FittableFeatureMap,
+    LazyFeatures,
+    ModelSpace,
+    lazily,
+    raw_features,
+)
 
 if TYPE_CHECKING:
     from labelloop.config import HybridParams, TrainParams
@@ -304,10 +312,15 @@ def select_indices(
     selector_params = prepared.context.params_of_selector(selector)
     wants_features = "features" in prepared.spec.needs or "features" in sel_spec.needs
     wants_labelled = _reads_labelled_features(prepared.spec, selector, selector_params)
+    selector_features: np.ndarray | LazyFeatures | None = features
     if (wants_features or wants_labelled) and rows is not None and len(probas):
         space = prepared.fit_space(rows)  # the default for raw matrices: the matrix itself
         if features is None and wants_features:
-            features = space(rows)
+            # A strategy reads every row's features; a selector only its top candidates' (mapped when indexed).
+            if "features" in prepared.spec.needs:
+                features = selector_features = space(rows)
+            else:
+                selector_features = lazily(rows, space)
     utilities = prepared.utilities(probas, features, rng, rows) if len(probas) else np.empty(0)
     scored = time.perf_counter()
     if groups is None and len(probas) and "groups" in sel_spec.needs:
@@ -316,7 +329,7 @@ def select_indices(
     sel_needs = sel_spec.needs
     labelled_groups = _labelled_class_indices(ctx, names, selector_params) if {"groups", "labelled"} <= sel_needs else None
     chosen = choose(
-        selector, utilities, batch_size, selector_params, rng=rng, features=features, groups=groups,
+        selector, utilities, batch_size, selector_params, rng=rng, features=selector_features, groups=groups,
         labelled_features=prepared.labelled_features() if wants_labelled else None,
         labelled_groups=labelled_groups,
     ) if len(probas) else _empty_batch(batch_size)
@@ -572,7 +585,7 @@ def select_from_parquet(
         if selector_space:
             kept_rows = _model_rows(kept, schema, feature_columns)
             space = prepared.fit_space(sample.drop(columns="_key") if sample is not None else kept_rows)
-            features = space(kept_rows) if "features" in sel_spec.needs else None
+            features = lazily(kept_rows, space) if "features" in sel_spec.needs else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BatchShrunkWarning)
             chosen = choose(

@@ -11,6 +11,7 @@ from typing import get_args
 import numpy as np
 
 from labelloop.config import HybridDiversity, HybridExploitWeighting, HybridExplore, HybridParams, HybridQuotaBalance
+from labelloop.domain.acquisition.space import LazyFeatures
 
 
 class BatchShrunkWarning(UserWarning):
@@ -81,9 +82,14 @@ def _scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _need_features(features: np.ndarray | None, n: int, who: str) -> np.ndarray:
+def _need_features(features: np.ndarray | LazyFeatures | None, n: int, who: str) -> np.ndarray:
+    """The features as a finite float32 matrix; a LazyFeatures stays lazy (rows are mapped when indexed)."""
     if features is None:
         raise ValueError(f"the {who} selector needs features= (the candidates' feature columns)")
+    if isinstance(features, LazyFeatures):
+        if len(features) != n:
+            raise ValueError(f"features must be (rows={n}, d), got shape {features.shape}")
+        return features  # type: ignore[return-value]  # indexed like an array: rows come out finite float32
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) != n:
         raise ValueError(f"features must be (rows={n}, d), got shape {features.shape}")

@@ -7,10 +7,16 @@ Selectors (cluster, coreset, hybrid) and information density need a dense float 
   standardize every column themselves, so the model's features would be the same matrix at the cost of a
   model call; raw columns also exist before the first model does.
 - any other schema: the model's own feature space (`ModelSpace`): the fitted pipeline's ColumnTransformer
-  output — numeric (imputed / scaled as the estimator needs), categorical codes or one-hot columns, and
-  each text column's n-grams, those (sparse, tens of thousands of columns) reduced with TruncatedSVD to
+  output — numeric columns as the model reads them (imputed / scaled as the estimator needs) and each
+  text column's n-grams, those (sparse, tens of thousands of columns) reduced with TruncatedSVD to
   `components` dimensions. The SVD is fitted once per selection on a bounded uniform sample of the pool
   (`fit`), then applied chunk by chunk, so memory is bounded by the chunk, not by the pool.
+  Categorical columns (ordinal codes or one-hot columns) are left out of the distances when numeric or
+  text columns remain: the selectors standardize every column, so a code column spreads arbitrary
+  category numbers over a unit scale and a one-hot column of a category of share p puts its rows
+  1/√p apart from the rest — k-means and k-center then chase category identity. On churn (4 categorical
+  and 15 numeric columns, XGBoost) the hybrid needed 550 labels without them against 750 with the codes
+  (and 750 with one-hot columns), 2 repeats (docs/benchmarks.md). A table of categoricals alone keeps them.
 
 A feature map is any callable `rows -> (n, d) float32` (rows: a DataFrame with the model's input columns,
 or a float matrix for an all-numeric schema). An object with a `fit(sample, seed)` method returning such a
@@ -34,7 +40,10 @@ FeatureMap = Callable[[Any], np.ndarray]
 
 SAMPLE_ROWS = 5_000  # pool rows the SVD (and an unfitted transformer) is fitted on, at most
 CHUNK_ROWS = 20_000  # rows transformed at a time: the sparse n-gram matrix of a chunk is the temporary
-TEXT_BLOCK_PREFIX = "text_"  # labelloop.model.build_features names each text column's transformer text_<i>
+# Names labelloop.model.build_features gives its transformers: text_<i> per text column; categorical (ordinal
+# codes, native categoricals) and onehot for categorical columns.
+TEXT_BLOCK_PREFIX = "text_"
+CATEGORICAL_BLOCKS = ("categorical", "onehot")
 
 
 @runtime_checkable
@@ -43,11 +52,12 @@ class FittableFeatureMap(Protocol):
 
 
 def raw_features(columns: list[str] | None = None) -> FeatureMap:
-    """The numeric `columns` (default: all of a frame's) as float32: the all-numeric selection space."""
+    """The numeric `columns` (default: all of a frame's) as float32, a float matrix as it is: the all-numeric space."""
 
     def features(rows: pd.DataFrame | np.ndarray) -> np.ndarray:
-        if not isinstance(rows, pd.DataFrame):
-            return np.asarray(rows, dtype=np.float32)
+        if not isinstance(rows, pd.DataFrame):  # a float matrix is already the space (selectors cast to float32)
+            rows = np.asarray(rows)
+            return rows if rows.dtype.kind == "f" else rows.astype(np.float64)
         if columns is None:
             return rows.to_numpy(dtype=np.float32)
         missing = [c for c in columns if c not in rows.columns]
@@ -123,8 +133,10 @@ class ModelSpace:
 
             features = clone(features).fit(frame)
         matrix = features.transform(frame)
-        text = _text_columns(features, matrix.shape[1])
+        text, categorical = _blocks(features)
         dense = np.setdiff1d(np.arange(matrix.shape[1]), text)
+        if len(text) or len(dense) > len(categorical):  # other columns remain: categories add no geometry
+            dense = np.setdiff1d(dense, categorical)
         means = np.zeros(len(dense), dtype=np.float32)
         if len(dense):
             block = _dense(matrix, dense)
@@ -174,6 +186,12 @@ class FittedSpace:
             out[:, len(self.dense):] = self.svd.transform(text) if self.svd is not None else text.toarray()
         return out
 
+    def at(self, rows: pd.DataFrame | np.ndarray, index: np.ndarray) -> np.ndarray:
+        """This map of rows `index` of `rows` (from the remembered output when `rows` is the fitted sample)."""
+        if self._known is not None and self._known[0] is rows:
+            return self._known[1][index]
+        return self(take(rows, index))
+
     def __call__(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
         if self._known is not None and self._known[0] is rows:
             return self._known[1]
@@ -185,13 +203,17 @@ class FittedSpace:
         return out
 
 
-def _text_columns(features: Any, width: int) -> np.ndarray:
-    """Output columns of the text transformers (by name text_<i>); all columns for an unknown sparse output."""
-    indices = getattr(features, "output_indices_", None)
-    if indices is None:
-        return np.empty(0, dtype=np.int64)
-    parts = [np.arange(s.start, s.stop) for name, s in indices.items() if name.startswith(TEXT_BLOCK_PREFIX)]
-    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+def _blocks(features: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Output columns of the text transformers and of the categorical ones (by their names); none when the
+    transformer does not say (not a ColumnTransformer)."""
+    indices = getattr(features, "output_indices_", None) or {}
+
+    def columns(names: list[str]) -> np.ndarray:
+        parts = [np.arange(indices[n].start, indices[n].stop) for n in names]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+    return (columns([n for n in indices if n.startswith(TEXT_BLOCK_PREFIX)]),
+            columns([n for n in indices if n in CATEGORICAL_BLOCKS]))
 
 
 def _dense(matrix: Any, columns: np.ndarray) -> np.ndarray:
@@ -219,3 +241,37 @@ def _fit_svd(matrix: Any, components: int, seed: int):
     if k < 1:
         return None
     return TruncatedSVD(n_components=k, algorithm="randomized", n_iter=4, random_state=seed).fit(matrix)
+
+
+class LazyFeatures:
+    """The selection-space rows of `rows`, computed only for the rows a selector indexes.
+
+    The diversity selectors look at the top M = top_m_factor × batch candidates by utility (and the
+    hybrid's exploration sample), not at every candidate they are given: mapping only those rows
+    spares the text transform of the rest (e.g. the uniform sample and per-group rows the streamed
+    scan keeps for the quota and exploration shares).
+    """
+
+    def __init__(self, rows: pd.DataFrame | np.ndarray, space: FittedSpace) -> None:
+        self.rows, self.space = rows, space
+        self.shape = (len(rows), space.width)
+        self.ndim = 2
+        self.mapped = 0  # rows mapped so far (tests, benchmarks)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = np.arange(self.shape[0])[index] if not isinstance(index, np.ndarray) else index
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        self.mapped += len(index)
+        out = self.space.at(self.rows, np.asarray(index, dtype=np.int64))
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def lazily(rows: pd.DataFrame | np.ndarray, space: FeatureMap) -> LazyFeatures | np.ndarray:
+    """`space(rows)`, deferred to the rows used when the space says how wide it is (a FittedSpace)."""
+    if isinstance(space, FittedSpace):
+        return LazyFeatures(rows, space)
+    return space(rows)

@@ -53,7 +53,7 @@ import pandas as pd
 
 from labelloop.core.io import _fsync_dir, write_bytes
 from labelloop.prediction_log import log_features
-from labelloop.schema import Schema
+from labelloop.schema import Schema, as_text
 from labelloop.stages.production import append_predictions, predictions_frame
 from labelloop.workspace import Workspace
 
@@ -76,9 +76,11 @@ class LogChunk:
     """Rows scored together: what one request adds to the log.
 
     `features` is either a DataFrame holding the schema's feature columns (and any of its id columns),
-    made canonical on construction (`log_features`: float64 numeric, str-or-None text; a value that
-    cannot be logged raises ValueError here, before the rows reach the write-ahead log), or, for an
-    all-numeric schema, a float64 matrix of the feature columns in order (the fast path).
+    or, for an all-numeric schema, a float64 matrix of the feature columns in order (the fast path).
+    A frame whose numeric columns already have a numeric dtype is kept as given (categorical, text and
+    id values are written as text by the log); any other is made canonical here (`log_features`), so a
+    value that cannot be logged raises ValueError before the rows reach the write-ahead log, where it
+    would fail the other requests of its group and every later attempt to write the segment's part.
     """
 
     schema: Schema
@@ -90,7 +92,9 @@ class LogChunk:
 
     def __post_init__(self) -> None:
         if isinstance(self.features, pd.DataFrame):
-            features: pd.DataFrame | np.ndarray = log_features(self.features, self.schema)
+            features: pd.DataFrame | np.ndarray = self.features
+            if not _loggable_as_is(features, self.schema):
+                features = log_features(features, self.schema)
         else:
             features = np.asarray(self.features, dtype=np.float64)
             if not self.schema.all_numeric or features.ndim != 2 or features.shape[1] != len(self.schema.feature_columns):
@@ -107,6 +111,16 @@ class LogChunk:
         if isinstance(self.features, pd.DataFrame):
             return self.features
         return pd.DataFrame(self.features, columns=self.schema.feature_columns)
+
+
+def _loggable_as_is(frame: pd.DataFrame, schema: Schema) -> bool:
+    """Every feature column there and every numeric one of a numeric dtype: the cheap check a request pays."""
+    present = set(frame.columns)
+    if not all(c in present for c in schema.feature_columns):
+        return False
+    numeric = set(schema.numeric_columns)
+    return all(pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+               for name, dtype in zip(frame.columns, frame.dtypes, strict=True) if name in numeric)
 
 
 def _features(chunks: Sequence[LogChunk]) -> pd.DataFrame:
@@ -156,7 +170,7 @@ def _header(schema: Schema) -> bytes:
 
 
 def _text_values(values: pd.Series) -> list[str | None]:
-    return [v if isinstance(v, str) else None for v in values.to_numpy(dtype=object)]
+    return [v if isinstance(v, str) else as_text(v) for v in values.to_numpy(dtype=object)]
 
 
 def _encode_group(chunks: Sequence[LogChunk]) -> bytes:
@@ -174,9 +188,12 @@ def _encode_group(chunks: Sequence[LogChunk]) -> bytes:
         block = np.full((n_rows, len(numeric)), np.nan)
         row = 0
         for frame in frames:
-            for j, name in enumerate(numeric):
-                if name in frame.columns:
-                    block[row:row + len(frame), j] = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            if all(name in frame.columns for name in numeric):
+                block[row:row + len(frame)] = frame[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+            else:
+                for j, name in enumerate(numeric):
+                    if name in frame.columns:
+                        block[row:row + len(frame), j] = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
             row += len(frame)
         for name in columns:
             if name not in numeric:

@@ -77,7 +77,8 @@ def test_committee_strategy_needs_context_then_works(tmp_path):
     rng = np.random.default_rng(1)
     X_lab = rng.normal(size=(40, 6))
     y_lab = np.array(["c0", "c1", "c2"])[rng.integers(0, 3, 40)]  # c3 never labelled: cold start
-    ctx = SelectionContext(labelled_rows=X_lab, labelled_labels=y_lab, class_names=["c0", "c1", "c2", "c3"], train_params=TrainParams(n_estimators=5),
+    ctx = SelectionContext(labelled_rows=X_lab, labelled_labels=y_lab, class_names=["c0", "c1", "c2", "c3"],
+                           train_params=TrainParams(n_estimators=5),
                            committee_size=3)
     sel = select_from_parquet(path, strategy="bald", selector="topk", batch_size=10, seed=0, chunk_size=300, context=ctx)
     assert len(sel.item_ids) == 10

@@ -59,10 +59,12 @@ def test_text_features_are_reduced_to_dense_components(fitted):
     space = ModelSpace.of_model(model, components=8).fit(frame, seed=0)
     x = space(frame)
     assert x.dtype == np.float32 and np.isfinite(x).all()
-    # the dense columns (imputed numeric + missing indicator + one-hot country) and 8 SVD components of the text
-    n_text = sum(s.stop - s.start for name, s in model.pipeline_.named_steps["features"].output_indices_.items()
-                 if name.startswith("text_"))
-    assert x.shape == (len(frame), raw.shape[1] - n_text + 8)
+    # the numeric block (imputed amount + its missing indicator) and 8 SVD components of the text; the one-hot
+    # country columns carry no distances
+    blocks = model.pipeline_.named_steps["features"].output_indices_
+    assert blocks["numeric"].stop - blocks["numeric"].start == 2 and blocks["onehot"].stop > blocks["onehot"].start
+    assert x.shape == (len(frame), 2 + 8)
+    np.testing.assert_allclose(x[:, :2], raw[:, blocks["numeric"]].toarray(), rtol=1e-6)
     # Chunk by chunk gives the same rows as all at once (a chunk is the only sparse temporary).
     chunked = ModelSpace.of_model(model, components=8, chunk_rows=37).fit(frame, seed=0)
     np.testing.assert_allclose(chunked(frame.iloc[:100].copy()), x[:100], rtol=1e-5, atol=1e-5)
@@ -94,7 +96,19 @@ def test_xgboost_space_imputes_missing_values(fitted):
     raw = model.transform(frame)
     assert np.isnan(raw).any()  # XGBoost reads missing values natively: the pipeline passes them through
     x = ModelSpace.of_model(model).fit(frame, seed=0)(frame)
-    assert x.shape == raw.shape and np.isfinite(x).all()
+    assert x.shape == (len(frame), 1) and np.isfinite(x).all()  # amount; the country codes are left out
+    amount = frame["amount"].to_numpy()
+    np.testing.assert_allclose(x[~np.isnan(amount), 0], amount[~np.isnan(amount)], rtol=1e-6)
+    np.testing.assert_allclose(x[np.isnan(amount), 0], np.nanmean(amount), rtol=1e-5)  # missing: the sample's mean
+
+
+def test_categorical_columns_alone_are_the_space(fitted):
+    frame, y, schema, _ = fitted
+    only = Schema([c for c in schema.columns if c.role == "categorical"], CLASSES)
+    for params in (TrainParams(n_estimators=5, max_depth=2), FAST):  # ordinal codes (XGBoost), one-hot (the rest)
+        model = LabelloopClassifier.from_params(params, only).fit(frame.iloc[:80], y[:80])
+        x = ModelSpace.of_model(model).fit(frame, seed=0)(frame)
+        assert x.shape == model.transform(frame).shape and np.isfinite(x).all()
 
 
 def test_schema_space_needs_no_model(fitted):
@@ -106,7 +120,8 @@ def test_schema_space_needs_no_model(fitted):
 def test_raw_features_are_the_numeric_columns():
     frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, np.nan]})
     np.testing.assert_array_equal(raw_features(["b", "a"])(frame), np.array([[3, 1], [np.nan, 2]], dtype=np.float32))
-    assert raw_features()(np.ones((2, 3))).dtype == np.float32
+    assert raw_features()(np.ones((2, 3), dtype=np.float32)).dtype == np.float32
+    assert raw_features()(np.ones((2, 3), dtype=np.int64)).dtype == np.float64
 
 
 @pytest.mark.parametrize("strategy,selector", [("hybrid", None), ("margin", "cluster"), ("margin", "coreset"),
