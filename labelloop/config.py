@@ -384,7 +384,7 @@ class StopParams(Section):
 
 class GateParams(Section):
     """The promotion rule: challenger and champion compared on the same holdout rows with a paired test
-    (accuracy: McNemar's exact mid-p; macro_f1, neg_log_loss: a paired bootstrap; labelloop/domain/gate.py)."""
+    (accuracy: McNemar's exact test; macro_f1, neg_log_loss: a paired bootstrap; labelloop/domain/gate.py)."""
 
     primary_metric: Literal["accuracy", "macro_f1", "neg_log_loss"] = "accuracy"
     mode: Literal["superiority", "non_inferiority"] = Field(

@@ -1,3 +1,5 @@
+from math import comb
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -140,7 +142,7 @@ def test_a_tiny_noisy_gain_is_rejected_and_the_reason_names_test_rows_difference
     [reason] = [r for r in decision.reasons if "McNemar" in r]
     [evidence] = decision.evidence
     assert not evidence.passed and evidence.lower < 0 < evidence.upper
-    assert "McNemar exact mid-p on 1,287 holdout rows" in reason
+    assert "McNemar exact on 1,287 holdout rows" in reason
     assert "challenger alone right on 41, champion alone on 37" in reason
     assert "accuracy +0.0031" in reason
     assert f"one-sided 90% bounds [{evidence.lower:+.4f}, {evidence.upper:+.4f}]" in reason
@@ -150,13 +152,22 @@ def test_a_tiny_noisy_gain_is_rejected_and_the_reason_names_test_rows_difference
     assert _decide(rows, min_confidence=0).promote
 
 
-def test_mcnemar_p_value_is_the_exact_mid_p_of_the_discordant_rows():
-    # b = 10, c = 2: mid-p = P(X > 10) + P(X = 10)/2 for X ~ Binomial(12, 1/2) = (1 + 12 + 66/2) / 4096.
+def test_mcnemar_p_value_is_the_exact_binomial_tail_of_the_discordant_rows():
+    # b = 10, c = 2: p = P(X >= 10) for X ~ Binomial(12, 1/2) = (1 + 12 + 66) / 4096.
     evidence = mcnemar(_pair(200, 10, 2, 150), threshold=0.0, confidence=0.9)
-    assert evidence.p_value == pytest.approx((1 + 12 + 33) / 4096)
+    assert evidence.p_value == pytest.approx(79 / 4096)
     # The bounds invert the same test: the lower bound sits where p would be exactly 1 - confidence.
     at_bound = mcnemar(_pair(200, 10, 2, 150), threshold=evidence.lower, confidence=0.9)
     assert at_bound.p_value == pytest.approx(0.1, abs=1e-6)
+
+
+@pytest.mark.parametrize("discordant", [20, 39, 80, 150])
+def test_mcnemar_never_promotes_an_equal_challenger_more_often_than_one_minus_min_confidence(discordant):
+    """Exactly: over every split b + c of the discordant rows, weighted by its probability when the two
+    models are equally good (b ~ Binomial(b + c, 1/2)). A mid-p test fails this (13.2% at 20 rows)."""
+    size = sum(comb(discordant, b) / 2 ** discordant
+               for b in range(discordant + 1) if mcnemar(_pair(400, b, discordant - b, 100), 0.0, 0.9).passed)
+    assert 0.03 < size <= 0.1
 
 
 def test_a_required_gain_is_tested_not_just_compared():

@@ -272,3 +272,77 @@ def test_normalize_annotator_id_one_spelling_per_person():
     assert q.normalize_annotator_id("Bob Smith") == "Bob Smith"  # inner spaces and case are kept
     for nothing in (None, float("nan"), pd.NA, "", "   ", "\u200b\u2060\ufeff"):
         assert q.normalize_annotator_id(nothing) is None
+
+
+# --------------------------------------------------------------------------- label-error repair (CL)
+def test_find_label_errors_recovers_known_flipped_labels():
+    rng = np.random.default_rng(0)
+    n, k = 600, 3
+    truth = rng.integers(k, size=n)
+    # Out-of-fold probabilities of a decent model: most mass on the true class, some rows uncertain.
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), truth] += rng.uniform(1.5, 5.0, size=n)
+    probas = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    given = truth.copy()
+    flipped = rng.choice(n, size=60, replace=False)
+    given[flipped] = (truth[flipped] + rng.integers(1, k, size=60)) % k
+    flags = q.find_label_errors(given, probas)
+    found = set(np.flatnonzero(flags.flagged))
+    precision = len(found & set(flipped)) / len(found)
+    recall = len(found & set(flipped)) / len(flipped)
+    assert precision >= 0.6 and recall >= 0.7, (precision, recall)
+    assert (flags.suggested[flipped][np.isin(flipped, list(found))] == truth[flipped][np.isin(flipped, list(found))]).mean() > 0.9
+    assert np.allclose(flags.thresholds, [probas[given == j, j].mean() for j in range(k)])
+    assert np.isnan(flags.margin[~flags.flagged]).all() and (flags.margin[flags.flagged] > 0).all()
+    assert (flags.suggested[~flags.flagged] == -1).all()
+
+
+def test_find_label_errors_rule_on_a_hand_made_case():
+    probas = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+    given = np.array([0, 0, 0, 1, 1, -1])
+    flags = q.find_label_errors(given, probas)
+    # thresholds: class 0 = mean(0.9, 0.8, 0.3) = 0.667; class 1 = mean(0.4, 0.8) = 0.6
+    assert flags.thresholds == pytest.approx([2 / 3, 0.6])
+    # row 2: p0 0.3 < 0.667 and p1 0.7 >= 0.6 -> flagged, suggests 1; row 3: p1 0.4 < 0.6 but p0 0.6 < 0.667 -> not;
+    # row 5 has no given label.
+    assert flags.flagged.tolist() == [False, False, True, False, False, False]
+    assert flags.suggested.tolist() == [-1, -1, 1, -1, -1, -1] and flags.margin[2] == pytest.approx(0.4)
+    assert not q.find_label_errors(np.array([1, 1]), np.array([[0.9, 0.1], [0.8, 0.2]])).flagged.any()  # nobody given 0
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        q.find_label_errors(np.array([2]), np.array([[0.5, 0.5]]))
+
+
+# ----------------------------------------------------------------------- guess shown, guess effect
+def test_gold_questions_are_split_and_decoys_hide_the_minority_condition():
+    is_gold = np.array([True] * 6 + [False] * 20)
+    has_guess = np.ones(26, dtype=bool)
+    always = q.assign_guess_conditions(is_gold, has_guess, "always", 0.5, seed=1)
+    assert list(always[is_gold]).count("before") == 3 and list(always[is_gold]).count("after") == 3
+    assert list(always[~is_gold]).count("after") == 3 and list(always[~is_gold]).count("before") == 17  # 3 decoys
+    after = q.assign_guess_conditions(is_gold, has_guess, "after_answer", 0.5, seed=1)
+    assert list(after[~is_gold]).count("before") == 3 and list(after[~is_gold]).count("after") == 17
+    assert set(q.assign_guess_conditions(is_gold, has_guess, "always", 1.0)) == {"before"}  # no experiment: no decoys
+    assert set(q.assign_guess_conditions(is_gold, has_guess, "after_answer", 0.0)) == {"after"}
+    assert set(q.assign_guess_conditions(is_gold, has_guess, "never", 0.5)) == {"never"}
+    no_guess = has_guess.copy()
+    no_guess[[0, 10]] = False
+    assert q.assign_guess_conditions(is_gold, no_guess, "always", 0.5)[[0, 10]].tolist() == ["never", "never"]
+    with pytest.raises(ValueError, match="show_guess"):
+        q.assign_guess_conditions(is_gold, has_guess, "sometimes", 0.5)
+
+
+def test_gold_accuracy_with_and_without_the_guess():
+    gold = pd.Series({"g1": "cat", "g2": "dog", "g3": "cat", "g4": "dog"})
+    conditions = pd.Series({"g1": "before", "g2": "before", "g3": "after", "g4": "never"})
+    guesses = pd.Series({"g1": "dog", "g2": "dog", "g3": "dog", "g4": None}, dtype=object)
+    votes = answers([("g1", "a", "dog"), ("g2", "a", "dog"), ("g3", "a", "cat"), ("g4", "a", "dog"),
+                     ("g1", "b", "cat"), ("g3", "b", "dog"), ("x", "b", "cat")])  # x is not gold
+    record = q.guess_condition_record(votes, gold, conditions, guesses)
+    assert record == {"a": {"with_guess": [2, 1, 1, 1], "without_guess": [2, 2, 1, 0]},
+                      "b": {"with_guess": [1, 1, 1, 0], "without_guess": [1, 0, 1, 1]}}
+    summary = q.guess_condition_summary([record, record])
+    assert summary["with_guess"] == {"answers": 6, "correct": 4, "accuracy": pytest.approx(4 / 6), "on_wrong_guess": 4,
+                                     "followed_wrong_guess": 0.5}
+    assert summary["without_guess"]["accuracy"] == pytest.approx(4 / 6)
+    assert summary["per_annotator"]["b"] == {"with_guess": 1.0, "without_guess": 0.0}
+    assert q.guess_condition_summary([])["with_guess"]["accuracy"] is None

@@ -57,3 +57,8 @@ def test_the_run_form_has_no_defaults_to_send_back_and_hides_the_cycles_internal
     assert "Params" not in cycle["definitions"]  # only `resolved` used it
     gate = run_form_schema(parameter_schema(gate_flow).model_dump(), SPECS["gate"].sections)
     assert set(gate["properties"]) == {"workspace", "params"} and gate["required"] == []
+    # A checkbox is always sent (false when untouched) and would override params.yaml: a dropdown sent only when chosen.
+    halt = gate["definitions"]["StopParams"]["properties"]["halt"]
+    assert halt["anyOf"] == [{"type": "string", "enum": ["true", "false"]}, {"type": "boolean"}]
+    validated = gate_flow.validate_parameters({"workspace": "ws", "params": {"stop": {"halt": "true"}}})
+    assert validated["params"].stop.halt is True and validated["params"].model_dump(exclude_unset=True) == {"stop": {"halt": True}}

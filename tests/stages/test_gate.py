@@ -121,7 +121,7 @@ def test_the_gate_tests_both_models_on_the_holdout_rows_and_predicts_each_versio
     # The per-row predictions reproduce the accuracies train recorded on the same holdout.
     assert evidence.difference == pytest.approx(second.metrics["accuracy"] - first.metrics["accuracy"])
     assert decision.promote == evidence.passed
-    assert f"McNemar exact mid-p on {len(holdout):,} holdout rows" in decision.reasons[0]
+    assert f"McNemar exact on {len(holdout):,} holdout rows" in decision.reasons[0]
     assert sorted(loaded) == ["1", "2"]
     assert len(list((workspace.state_dir / "gate").glob("*.parquet"))) == 2
 

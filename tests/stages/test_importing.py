@@ -16,8 +16,8 @@ from labelloop.stages.select import select_batch
 from tests.stages.test_select import _pool
 
 
-def _exported_batch(ws, size=12, annotators_wanted=1, export=None):
-    _pool(ws, n=40)
+def _exported_batch(ws, size=12, annotators_wanted=1, export=None, pool=40):
+    _pool(ws, n=pool)
     meta = select_batch(ws, SelectParams(batch_size=size))
     export = export or ExportParams()
     if annotators_wanted > 1:  # every item is an overlap item
@@ -191,3 +191,71 @@ def test_look_alike_annotator_ids_are_one_voter_in_votes_gold_and_agreement(tmp_
     gold = GoldTracker(tmp_path / "gold_tracker.json").summary()
     assert gold[["annotator_id", "n_gold"]].values.tolist() == [["spam", 4]]
     assert outcome.report.excluded_annotators == ["spam"]  # 4 wrong gold answers by one person
+
+
+# ------------------------------------------------------------------------------- annotator context
+def test_gold_accuracy_with_and_without_the_guess_is_reported_and_kept_per_batch(workspace):
+    export = ExportParams(gold_share=0.5, gold_guess_share=0.5, simulated={"annotators": 3, "error_rate": 0.3, "seed": 2})
+    batch_id, vendor = _exported_batch(workspace, size=12, export=export)
+    plan = BatchStore(workspace).items(batch_id)
+    gold = plan[plan["is_gold"]]
+    assert len(gold) == 6 and set(gold["guess_shown"]) == {"before", "after"}
+    [report] = import_labels(workspace, ImportParams(), vendor)
+    effect = report.guess_effect
+    with_guess, without = effect["batch"]["with_guess"], effect["batch"]["without_guess"]
+    answers = BatchStore(workspace).get(batch_id)
+    assert with_guess["answers"] + without["answers"] == 6 * 3 and answers.quality["n_gold"] == 6
+    assert with_guess["answers"] == 3 * int((gold["guess_shown"] == "before").sum())
+    assert 0 <= with_guess["accuracy"] <= 1 and effect["all_batches"]["with_guess"] == with_guess
+    tracker = json.loads((workspace.quality_dir / GoldTracker.FILE_NAME).read_text())
+    assert list(tracker["guess"]) == [batch_id] and set(tracker["batches"]) == {batch_id}
+    assert GoldTracker(workspace.quality_dir / GoldTracker.FILE_NAME).guess_summary()["with_guess"] == with_guess
+
+
+# ------------------------------------------------------------------------------------ label-error repair
+def test_the_repair_path_flag_review_queue_corrected_answer_new_data_version(workspace):
+    from labelloop.stages.dataset import update_dataset
+
+    oracle = pd.read_parquet(workspace.oracle_path).astype({"item_id": str}).set_index("item_id")["label"].astype(str)
+    noisy = ExportParams(simulated={"annotators": 1, "error_rate": 0.4, "seed": 3})
+    first, vendor = _exported_batch(workspace, size=40, export=noisy)
+    scan = ImportParams(recheck_days=0, error_scan={"enabled": True, "min_rows": 20, "folds": 3, "max_flags": 8,
+                                                     "n_estimators": 20})
+    [report] = import_labels(workspace, scan, vendor)
+    summary = report.error_scan
+    assert summary["status"] == "done" and summary["n_labelled"] == 90 and 1 <= summary["n_queued"] <= 8
+    queued = ReviewQueue(workspace.review_queue_path).frame().set_index("item_id")
+    assert set(queued["reason"]) == {"label_error"} and set(queued["source_batch"]) == {first}
+    final = BatchStore(workspace).final_labels(first).set_index("item_id")["label"]
+    assert (queued["given_label"] == final[queued.index]).all()  # the label it doubts, as the batch gave it
+    wrong = [i for i in queued.index if oracle[i] != final[i]]
+    assert len(wrong) >= len(queued) / 2, summary  # most flags are real errors (40% noise)
+    assert import_labels(workspace, scan, vendor) == [] and len(ReviewQueue(workspace.review_queue_path).frame()) == len(queued)
+    v2 = update_dataset(workspace)  # the doubted labels are versioned as they are until someone answers again
+
+    # The next export asks the flagged items again (3 annotators), a careful crowd answers, the import counts it.
+    careful = ExportParams(simulated={"annotators": 3, "error_rate": 0.0, "seed": 3})
+    second, vendor2 = _exported_batch(workspace, size=5, export=careful, pool=60)
+    plan = BatchStore(workspace).items(second).set_index("item_id")
+    assert set(queued.index) <= set(plan.index[plan["is_review"]]) and (plan.loc[queued.index, "annotators_wanted"] == 3).all()
+    [again] = import_labels(workspace, ImportParams(recheck_days=0), vendor2)
+    assert (again.n_reasked, again.n_changed) == (len(queued), len(wrong))
+    assert set(ReviewQueue(workspace.review_queue_path).frame()["status"]) == {"resolved"}
+
+    v3 = update_dataset(workspace)  # the corrected answers are relabels in a new data version
+    assert v3.tag != v2.tag
+    relabels = {r["item_id"]: (r["old_label"], r["new_label"], r["batch_id"]) for r in v3.relabels}
+    assert relabels == {i: (final[i], oracle[i], second) for i in wrong}
+    labeled = pd.read_parquet(workspace.labeled_path).set_index("item_id")
+    assert (labeled.loc[wrong, "label"] == oracle[wrong]).all()
+
+
+def test_the_error_scan_waits_for_enough_rows_and_never_rescans_the_same_set(workspace):
+    batch_id, vendor = _exported_batch(workspace, size=12)
+    params = ImportParams(error_scan={"enabled": True, "min_rows": 500})
+    [report] = import_labels(workspace, params, vendor)
+    assert report.error_scan["status"] == "skipped" and "min_rows=500" in report.error_scan["reason"]
+    from labelloop.stages.importing import scan_label_errors
+
+    assert scan_label_errors(workspace, params.error_scan, workspace.params().train) is None  # same labelled set
+    assert ImportParams().error_scan.enabled is False  # off by default

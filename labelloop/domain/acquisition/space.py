@@ -15,8 +15,9 @@ Selectors (cluster, coreset, hybrid) and information density need a dense float 
   text columns remain: the selectors standardize every column, so a code column spreads arbitrary
   category numbers over a unit scale and a one-hot column of a category of share p puts its rows
   1/√p apart from the rest — k-means and k-center then chase category identity. On churn (4 categorical
-  and 15 numeric columns, XGBoost) the hybrid needed 550 labels without them against 750 with the codes
-  (and 750 with one-hot columns), 2 repeats (docs/benchmarks.md). A table of categoricals alone keeps them.
+  and 15 numeric columns, XGBoost) the hybrid needed 550 labels to target without them, 750 with the codes
+  and 750 with a linear model's encoding (one-hot columns), 2 repeats each (docs/benchmarks.md). A table
+  of categorical columns alone keeps them.
 
 A feature map is any callable `rows -> (n, d) float32` (rows: a DataFrame with the model's input columns,
 or a float matrix for an all-numeric schema). An object with a `fit(sample, seed)` method returning such a

@@ -132,6 +132,21 @@ def test_mixed_item_numeric_utility_and_prediction_with_the_model_version(client
     assert ordered == by_utility
 
 
+def test_annotator_context_the_server_takes_the_why_block_and_pre_fills_only_guesses_shown_before(client, vendor):
+    from .test_context import context_batch
+
+    batch = context_batch(new_batch_id())
+    receipt = vendor.export_batch(batch)
+    project = client.projects.get(id=int(receipt.vendor_ref))
+    assert [t.get("name") for t in ElementTree.fromstring(project.label_config).iter("Text")][-1] == "why"
+    tasks = {t.data["item_id"]: t for t in client.tasks.list(project=project.id, fields="all")}
+    before, after, never = (tasks[i] for i in batch.items["item_id"])
+    assert before.data["why_title"].startswith("Why the model thinks 'cat'") and "amount=12.5" in before.data["why"]
+    assert [p.result[0]["value"]["choices"] for p in client.predictions.list(task=before.id)] == [["cat"]]
+    assert list(client.predictions.list(task=after.id)) == [] and "dog" not in json.dumps(after.data)
+    assert list(client.predictions.list(task=never.id)) == []
+
+
 def test_reexport_creates_no_duplicate_tasks_and_resumes_a_half_done_export(client, vendor):
     batch_id = new_batch_id()
     batch, items = make_batch(batch_id, n=8)
