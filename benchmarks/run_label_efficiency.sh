@@ -42,3 +42,14 @@ $PY benchmarks/extend_random.py --data $D/letter.parquet --summary benchmarks/re
     --from 3550 --to 12050 --step 500 --n-jobs 1
 $PY benchmarks/extend_random.py --data $D/letter.parquet --summary benchmarks/results/letter/summary.json \
     --from 10650 --to 11550 --step 100 --n-jobs 1 --out benchmarks/results/letter/random_extended_100.csv
+# issue #14, real teams' tables (25% holdout as in the issue): churn with its categorical columns (and the
+# full-pool model on its numeric columns only), fine_foods' text with TF-IDF word n-grams + logistic regression
+$PY benchmarks/label_efficiency.py --data $D/churn.parquet --strategies random,margin,hybrid \
+    --seed-size 50 --batch-size 100 --rounds 30 --repeats 5 --test-size 0.25 --metric macro_f1 --n-jobs 1 --no-mlflow \
+    --no-progress --out benchmarks/results/churn_r5
+$PY benchmarks/label_efficiency.py --data $D/churn.parquet --strategies random --drop-col state,area_code,international_plan,voice_mail_plan \
+    --seed-size 50 --batch-size 100 --rounds 0 --repeats 5 --test-size 0.25 --metric macro_f1 --n-jobs 1 --no-mlflow \
+    --no-progress --out benchmarks/results/churn_numeric_r5
+$PY benchmarks/label_efficiency.py --data $D/fine_foods.parquet --strategies random,margin,hybrid --text-params '{"char_ngrams": null}' \
+    --seed-size 50 --batch-size 100 --rounds 30 --repeats 5 --test-size 0.25 --metric accuracy --n-jobs 1 --no-mlflow \
+    --no-progress --out benchmarks/results/fine_foods_r5

@@ -18,6 +18,7 @@ from labelloop.config import (
 )
 from labelloop.core.lock import workspace_lock
 from labelloop.domain.cycle import CycleRecord
+from labelloop.domain.gate import GateDecision
 from labelloop.flows.stages import (
     DEFAULT_WORKSPACE,
     capture_flow,
@@ -61,8 +62,8 @@ def active_learning_cycle(
         if start.champion_version is None:
             logger.info("no champion yet: training the first model on the seed set")
             seeded = train_flow(root, p.train, resolved=p)
-            decision = gate_flow(root, p.gate, resolved=p, expected_challenger=seeded.version)
-            cycle_tasks.record_seed(root, p, seeded.data_tag, seeded.version, decision.label)
+            seed_decision = gate_flow(root, p.gate, resolved=p, expected_challenger=seeded.version)
+            cycle_tasks.record_seed(root, p, seeded.data_tag, seeded.version, seed_decision.label)
         else:
             if start.resumed_gate:
                 logger.warning(f"finished an interrupted gate: version {start.resumed_gate} is champion as its "
@@ -83,7 +84,7 @@ def active_learning_cycle(
                            "nothing selected or exported this cycle; change gate.stop to resume")
         imports = import_flow(root, p.import_, resolved=p)
         version = dataset_flow(root, resolved=p)
-        decision = None
+        decision: GateDecision | None = None
         trained_version = None
         if version.created or train_tasks.needs_retrain(root, p.train, version.tag):
             trained_version = train_flow(root, p.train, resolved=p).version

@@ -33,7 +33,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -254,7 +254,7 @@ def register(ws: Workspace, name: str, pool: str, mode: str = "stages", timezone
             tags=["labelloop", f"workspace:{workspace_slug(ws.root)}", *spec.tags],
             entrypoint_type=EntrypointType.MODULE_PATH,
         ), spec)
-        [deployment_id] = deploy(deployment, work_pool_name=pool, build=False, push=False, print_next_steps_message=False,
-                                 ignore_warnings=True)
+        [deployment_id] = cast(list, deploy(deployment, work_pool_name=pool, build=False, push=False,
+                                            print_next_steps_message=False, ignore_warnings=True))  # sync: a list
         created[f"{loaded.name}/{name}"] = str(deployment_id)
     return created

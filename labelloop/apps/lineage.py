@@ -6,6 +6,8 @@ Read from the tracking store without MLflow (`labelloop.adapters.tracking_store`
 
 from __future__ import annotations
 
+from typing import Any
+
 from labelloop.adapters import tracking, tracking_store, versioning
 from labelloop.batches import BatchStore
 from labelloop.workspace import Workspace
@@ -22,7 +24,7 @@ def lineage(workspace: Workspace, model_name: str, version: str | None = None) -
         raise tracking.UnknownModelVersion(f"version {version} of {model_name!r} has no run in {workspace.tracking_uri}")
     tags, params = run.tags, run.params
     store = BatchStore(workspace)
-    batches = []
+    batches: list[dict[str, Any]] = []
     for batch_id in [b for b in tags.get("batches", "").split(",") if b and b != "seed"]:
         if not store.exists(batch_id):
             batches.append({"batch_id": batch_id, "missing": "no batch record in this workspace"})

@@ -213,15 +213,7 @@ def record_stage_params(workspace: Workspace, stage: str, params, sections: tupl
 
 
 def load_stage_params(workspace: Workspace) -> list[dict]:
-    import json
+    """Every recorded stage run, oldest first (a torn last line from a killed run is skipped)."""
+    from labelloop.core.io import read_json_lines
 
-    path = stage_params_path(workspace)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line from a killed run
-            continue
-    return records
+    return read_json_lines(stage_params_path(workspace))

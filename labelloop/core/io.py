@@ -67,3 +67,18 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     return pd.read_parquet(path, columns=columns)
+
+
+def read_json_lines(path: str | Path) -> list[Any]:
+    """The records of a JSON-lines file, oldest first ([] when it does not exist); a line that does not parse
+    (the torn last line of a killed append) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

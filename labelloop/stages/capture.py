@@ -15,22 +15,35 @@ in a numeric feature, a null where the schema forbids one, absurdly long text) q
 with the reason, never the rest of the part. A category not seen at init is drift, not an error: the
 row is kept and counted per column in the report (`unseen_categories`), the log and the state file
 (a running total for `labelloop status`).
+
+Each window (the rows a run read and kept, every confidence, not only the low ones) is compared with the
+training data (`capture.drift`, labelloop/domain/drift.py): PSI per feature column and KS for numeric
+columns and text lengths, on uniform samples of at most `capture.drift.sample_rows` rows a side. The
+features' reference is the labelled set at the current data version (or the holdout). The model's
+confidence has no training-data counterpart kept in the workspace, so its reference is a quantile sketch
+of the confidence of the first window a model version scored (state/drift-confidence.json; a later
+stage may record a better one, e.g. the version's holdout confidence, with `record_confidence_reference`).
+The result goes into the report (summary, markdown) and, one JSON line per run keyed by the window's
+parts (a rerun replaces its line), into reports/drift.jsonl; `drift_metrics` gives MLflow metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from labelloop.batches import BatchStore, load_pool
-from labelloop.config import CaptureParams
+from labelloop.config import CaptureParams, DriftParams
 from labelloop.core.faults import crash_point
-from labelloop.core.io import read_json, read_parquet, write_json, write_parquet
+from labelloop.core.io import read_json, read_json_lines, read_parquet, write_json, write_parquet, write_text
+from labelloop.domain.drift import DriftReport, confidence_sketch, measure_drift
 from labelloop.prediction_log import storable
 from labelloop.stages.production import list_log_parts
 from labelloop.workspace import Workspace
@@ -57,6 +70,7 @@ class CaptureReport:
     bytes_lost: int = 0  # size of the parts given up
     # per categorical column, rows read this run (and kept) whose category was not seen at init: drift
     unseen_categories: dict[str, int] = field(default_factory=dict)
+    drift: DriftReport | None = None  # the window against the training data; None when off or nothing was read
 
     def lost_text(self) -> str:
         """'' when nothing was given up, else e.g.
@@ -75,8 +89,14 @@ class CaptureReport:
         return text
 
     def drift_text(self) -> str:
-        """'' without drift, else e.g. 'unseen categories (drift, rows kept): country 12, plan 3'."""
-        return unseen_text(self.unseen_categories)
+        """'' without unseen categories or drift report, else e.g. 'unseen categories (drift, rows kept):
+        country 12, plan 3; drift: 1 of 36 columns drifted (PSI ≥ 0.2): x3 PSI 0.41, KS 0.30'."""
+        parts = [unseen_text(self.unseen_categories), self.drift.text() if self.drift is not None else ""]
+        return "; ".join(p for p in parts if p)
+
+    def drift_metrics(self) -> dict[str, float]:
+        """MLflow metrics of the window's drift (drift.psi.<column>, drift.ks.<column>, ...); {} without a report."""
+        return self.drift.metrics() if self.drift is not None else {}
 
     def markdown(self) -> str:
         """The capture artifact: every count, the lost ones included."""
@@ -92,7 +112,10 @@ class CaptureReport:
                  for column, count in self.unseen_categories.items()]
         table = "| capture | count |\n|---|---|\n" + "".join(f"| {name} | {value:,} |\n" for name, value in rows)
         notes = [n for n in (self.lost_text(), f"quarantine: `{self.quarantine_file}`" if self.quarantine_file else "") if n]
-        return table + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
+        text = table + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
+        if self.drift is not None:
+            text += "\n## Drift\n\n" + self.drift.markdown()
+        return text
 
 
 def unseen_text(unseen: dict[str, int]) -> str:
@@ -159,7 +182,88 @@ def capture_status_line(workspace: Workspace) -> str:
     for extra in (unseen_text(status["unseen_categories"]), lost):
         if extra:
             text += f"; {extra}"
+    last = last_drift(workspace)
+    if last is not None:
+        text += f"\nlast {last['text']} (window of {last['at']})"
     return text
+
+
+# -- drift ------------------------------------------------------------------------------------------
+
+
+def drift_log_path(workspace: Workspace) -> Path:
+    return workspace.reports_dir / "drift.jsonl"
+
+
+def confidence_reference_path(workspace: Workspace) -> Path:
+    return workspace.state_dir / "drift-confidence.json"
+
+
+def load_drift_log(workspace: Workspace) -> list[dict]:
+    """Every drift line, oldest first (a line that does not parse is skipped)."""
+    return read_json_lines(drift_log_path(workspace))
+
+
+def last_drift(workspace: Workspace) -> dict | None:
+    records = load_drift_log(workspace)
+    return records[-1] if records else None
+
+
+def _record_drift(workspace: Workspace, window: str, report: DriftReport, model_version: str | None) -> None:
+    """Append the window's line to reports/drift.jsonl: the whole file rewritten atomically, replacing a line of
+    the same window (a rerun after a crash before the watermark writes its line once)."""
+    line = {"window": window, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model_version": model_version,
+            "text": report.text(), "drifted": [c.column for c in report.drifted],
+            "moderate": [c.column for c in report.moderate], "metrics": report.metrics(), "report": report.to_dict()}
+    kept = [r for r in load_drift_log(workspace) if r.get("window") != window]
+    write_text(drift_log_path(workspace), "".join(json.dumps(r, sort_keys=True) + "\n" for r in [*kept, line]))
+
+
+def record_confidence_reference(workspace: Workspace, model_version: str, confidence, source: str) -> None:
+    """Keep `confidence` (its quantile sketch) as the reference model `model_version`'s windows are compared with."""
+    references = read_json(confidence_reference_path(workspace), {})
+    references[str(model_version)] = {"source": source, "rows": len(confidence), "sketch": confidence_sketch(confidence),
+                                      "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json(confidence_reference_path(workspace), references)
+
+
+def _window_drift(workspace: Workspace, window: pd.DataFrame, params: DriftParams, window_id: str) -> DriftReport | None:
+    """The window against the training data (None when drift is off or the window is empty); records the line,
+    and the confidence reference of a model version seen for the first time."""
+    if params.sample_rows == 0 or window.empty:
+        return None
+    schema = workspace.schema()
+    path = workspace.labeled_path if params.reference == "labeled" else workspace.holdout_path
+    import pyarrow.parquet as pq
+
+    stored = set(pq.read_schema(path).names)
+    usable = [c for c in schema.feature_columns if c in stored and c in window.columns]
+    if len(usable) < len(schema.feature_columns):
+        logger.warning("capture: drift not measured for %s (not in the %s data)",
+                       [c for c in schema.feature_columns if c not in usable][:10], params.reference)
+    reference = read_parquet(path, columns=usable)
+    confidence = pd.to_numeric(window["confidence"], errors="coerce").to_numpy(dtype=np.float64)
+    versions = window["model_version"].astype(str) if "model_version" in window.columns else pd.Series([""] * len(window))
+    version = str(versions.mode().iloc[0]) if len(versions) else ""
+    references = read_json(confidence_reference_path(workspace), {})
+    entry = references.get(version)
+    same_version = (versions == version).to_numpy()
+    if entry is None and same_version.sum() >= params.min_rows:  # this window is the reference: nothing to compare
+        record_confidence_reference(workspace, version, confidence[same_version],
+                                    f"the first window model version {version} scored")
+    reference_confidence = np.asarray(entry["sketch"], dtype=np.float64) if entry and entry.get("sketch") else None
+    # Only the rows the reference's version scored are compared on confidence.
+    current_confidence = np.where(same_version, confidence, np.nan) if reference_confidence is not None else None
+    report = measure_drift(
+        reference, window, numeric=[c for c in schema.numeric_columns if c in usable],
+        categorical=[c for c in schema.categorical_columns if c in usable], text=[c for c in schema.text_columns if c in usable],
+        reference_confidence=reference_confidence, current_confidence=current_confidence, bins=params.bins,
+        max_categories=params.max_categories, moderate_psi=params.moderate_psi, drifted_psi=params.drifted_psi,
+        max_rows=params.sample_rows, min_rows=params.min_rows, reference_name=params.reference,
+        confidence_reference=f"{entry['source']} ({entry['rows']:,} rows)" if entry else "",
+    )
+    _record_drift(workspace, window_id, report, version or None)
+    return report
 
 
 def _row_count(path: Path) -> int | None:
@@ -262,9 +366,9 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
     seen |= store.queued_ids() | labeled_ids | holdout_ids
     fresh = low[~low[ITEM_ID].isin(seen)]
     quarantine_file = None
+    digest = hashlib.sha256("\n".join(sorted(taken)).encode()).hexdigest()[:12]
     if quarantine:
         rejected = pd.concat(quarantine, ignore_index=True)
-        digest = hashlib.sha256("\n".join(sorted(taken)).encode()).hexdigest()[:12]
         quarantine_path = workspace.quarantine_dir / f"capture-{digest}.parquet"
         write_parquet(quarantine_path, rejected.astype(str))
         quarantine_file = str(quarantine_path)
@@ -278,6 +382,9 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
         crash_point("capture.after_pool")
     else:
         pool_size = len(pool)
+    drift = _window_drift(workspace, new, params.drift, digest)
+    if drift is not None and drift.drifted:
+        logger.warning("capture: %s", drift.text())
     write_json(_state_path(workspace), {"parts": sorted(state["parts"] | set(taken)), "pending": pending, "given_up": given_up,
                                         "unseen_categories": _add_counts(state["unseen_categories"], unseen)})
     if unseen:
@@ -288,5 +395,5 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
         parts_pending=len(pending), parts_lost=len(lost),
         rows_lost=sum(r["rows"] for r in lost if r["rows"] is not None),
         parts_lost_unknown_rows=sum(1 for r in lost if r["rows"] is None), bytes_lost=sum(r["bytes"] for r in lost),
-        unseen_categories=unseen,
+        unseen_categories=unseen, drift=drift,
     )

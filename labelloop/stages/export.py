@@ -98,11 +98,11 @@ def plan_export(workspace: Workspace, params: ExportParams, meta: BatchMeta, sto
         wanted = queue.pending(max_sends=params.max_review_sends)
         if wanted:
             labeled_ids = set(read_parquet(workspace.labeled_path, columns=[ITEM_ID])[ITEM_ID].astype(str))
-            entries = queue.frame()
-            label_errors = set(entries.loc[(entries["reason"] == REASON_LABEL_ERROR) & (entries["status"] == "pending"),
-                                           ITEM_ID].astype(str))
+            # A labelled item is re-sent only when the error scan doubted its label (then also when that second
+            # look found no agreement); other review items are waiting for a first accepted label.
+            label_errors = queue.ever_queued(REASON_LABEL_ERROR)
             wanted = [i for i in wanted if i not in labeled_ids or i in label_errors]
-            sources = entries.drop_duplicates(ITEM_ID, keep="last").set_index(ITEM_ID)["source_batch"]
+            sources = queue.frame().drop_duplicates(ITEM_ID, keep="last").set_index(ITEM_ID)["source_batch"]
             rows = []
             for source in sorted({sources[i] for i in wanted}):
                 if source != meta.batch_id and store.exists(source):
@@ -155,15 +155,15 @@ def add_guess_context(workspace: Workspace, params: ExportParams, plan: pd.DataF
     if params.context == "guess+why":
         loader = load_model or champion_loader(workspace, train.model_name)
         shown = out["guess_shown"] != GUESS_NEVER
-        groups: dict[Any, list[int]] = {}
         versions = out[MODEL_VERSION].map(as_text) if MODEL_VERSION in out.columns else pd.Series(None, index=out.index)
-        for position in np.flatnonzero(shown.to_numpy()):
-            groups.setdefault("gold" if is_gold[position] else versions.iloc[position], []).append(int(position))
+        groups: dict[tuple[bool, str | None], list[int]] = {}  # (gold question, model version) -> rows
+        for row in np.flatnonzero(shown.to_numpy()):
+            groups.setdefault((bool(is_gold[row]), versions.iloc[row]), []).append(int(row))
         why: list[str | None] = [None] * len(out)
-        for key, positions in groups.items():
-            rows = out.iloc[positions]
-            model = heldout if key == "gold" else loader(key) if key is not None else None
-            for position, explanation in zip(positions, explain_rows(model, rows, params.why_features, key), strict=True):
+        for (gold, version), positions in groups.items():
+            model = heldout if gold else loader(version) if version is not None else None
+            explanations = explain_rows(model, out.iloc[positions], params.why_features, version)
+            for position, explanation in zip(positions, explanations, strict=True):
                 why[position] = json.dumps(explanation, sort_keys=True, allow_nan=False)
         out["why"] = why
     return out

@@ -61,4 +61,5 @@ def test_the_run_form_has_no_defaults_to_send_back_and_hides_the_cycles_internal
     halt = gate["definitions"]["StopParams"]["properties"]["halt"]
     assert halt["anyOf"] == [{"type": "string", "enum": ["true", "false"]}, {"type": "boolean"}]
     validated = gate_flow.validate_parameters({"workspace": "ws", "params": {"stop": {"halt": "true"}}})
-    assert validated["params"].stop.halt is True and validated["params"].model_dump(exclude_unset=True) == {"stop": {"halt": True}}
+    assert validated["params"].stop.halt is True
+    assert validated["params"].model_dump(exclude_unset=True) == {"stop": {"halt": True}}

@@ -3,11 +3,12 @@ import uuid
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from labelloop.batches import load_pool
-from labelloop.config import CaptureParams, SelectParams
+from labelloop.config import CaptureParams, DriftParams, SelectParams
 from labelloop.prediction_log import TS_DTYPE
-from labelloop.stages.capture import capture, capture_status, read_watermark
+from labelloop.stages.capture import capture, capture_status, capture_status_line, drift_log_path, load_drift_log, read_watermark
 from labelloop.stages.production import append_predictions, predictions_frame
 from labelloop.stages.select import select_batch
 
@@ -255,3 +256,123 @@ def test_a_part_that_stays_broken_is_given_up_after_the_limit_with_its_row_count
     assert lost == (2, 5, 1, sizes)
     fourth = capture(workspace, params)  # given up means read: never counted twice
     assert (fourth.parts_read, fourth.parts_lost, fourth.parts_pending) == (0, 0, 0)
+
+
+# -- drift of each window against the training data ---------------------------------------------
+
+def _traffic_rows(ws, n, start=0, shift=None, confidence=None, seed=0):
+    """Log rows with the real features of the simulator's traffic; `shift` adds to columns; confidence drawn."""
+    schema = ws.schema()
+    traffic = pd.read_parquet(ws.traffic_path).iloc[start:start + n].reset_index(drop=True)
+    features = traffic[schema.feature_columns].copy()
+    for column, delta in (shift or {}).items():
+        features[column] = features[column] + delta
+    rng = np.random.default_rng(seed)
+    top = rng.beta(8, 2, len(features)) if confidence is None else confidence(rng, len(features))
+    k = len(schema.class_names)
+    top = np.clip(top, 1 / k + 1e-6, 1.0)
+    probas = np.repeat(((1 - top) / (k - 1))[:, None], k, axis=1)
+    probas[:, 0] = top
+    ids = [f"t{start + i}" for i in range(len(features))]
+    return predictions_frame(features, probas, schema, "1", ids, ts=pd.Timestamp("2026-03-01", tz="UTC"))
+
+
+def _drift_params(**drift):
+    return CaptureParams(drift=DriftParams(**{"reference": "holdout", "min_rows": 200, **drift}))
+
+
+def test_capture_reports_drift_against_the_training_data_and_keeps_one_line_per_window(workspace):
+    column = workspace.schema().numeric_columns[3]
+    append_predictions(workspace, _traffic_rows(workspace, 1_000))
+    calm = capture(workspace, _drift_params())
+    assert calm.drift is not None and not calm.drift.skipped
+    assert not calm.drift.drifted, calm.drift.text()
+    assert calm.drift.reference_rows == len(pd.read_parquet(workspace.holdout_path))
+    # The first window of model version 1 becomes its confidence reference: nothing to compare it with yet.
+    assert "confidence" not in {c.column for c in calm.drift.columns}
+    assert "drift: none of 36 columns" in calm.summary()
+
+    shifted = _traffic_rows(workspace, 1_000, start=1_000, shift={column: 40.0},
+                            confidence=lambda rng, n: rng.beta(2, 2, n))
+    append_predictions(workspace, shifted)
+    moved = capture(workspace, _drift_params())
+    assert {c.column for c in moved.drift.drifted} == {column, "confidence"}, moved.drift.text()
+    assert "columns drifted (PSI ≥ 0.2)" in moved.summary() and column in moved.summary()
+    assert "## Drift" in moved.markdown() and f"| `{column}` | numeric |" in moved.markdown()
+    metrics = moved.drift_metrics()
+    assert metrics[f"drift.psi.{column}"] >= 0.2 and metrics["drift.psi.confidence"] >= 0.2
+    assert metrics["drift.columns_drifted"] == 2
+
+    lines = load_drift_log(workspace)
+    assert len(lines) == 2 and lines[0]["drifted"] == [] and set(lines[1]["drifted"]) == {column, "confidence"}
+    assert lines[1]["metrics"] == pytest.approx(metrics)
+    status = capture_status_line(workspace)
+    assert "last drift: 2 of 37 columns drifted" in status
+
+
+def test_a_rerun_after_a_crash_writes_the_window_drift_line_once(workspace, monkeypatch):
+    append_predictions(workspace, _traffic_rows(workspace, 600))
+    import labelloop.stages.capture as capture_module
+
+    real_write_json = capture_module.write_json
+
+    def crash_on_watermark(path, obj):
+        if path.name == "capture.json":
+            raise RuntimeError("killed")
+        real_write_json(path, obj)
+
+    monkeypatch.setattr(capture_module, "write_json", crash_on_watermark)
+    with pytest.raises(RuntimeError):
+        capture(workspace, _drift_params())
+    monkeypatch.setattr(capture_module, "write_json", real_write_json)
+    assert len(load_drift_log(workspace)) == 1
+    capture(workspace, _drift_params())
+    assert len(load_drift_log(workspace)) == 1
+
+
+def test_too_small_a_training_set_is_said_not_hidden_and_zero_rows_turns_drift_off(workspace):
+    append_predictions(workspace, _traffic_rows(workspace, 300))
+    report = capture(workspace, CaptureParams())  # default: the labelled seed set (50 rows) < min_rows 500
+    labelled = len(pd.read_parquet(workspace.labeled_path))
+    assert report.drift.skipped == f"reference has {labelled} rows and window has 300 rows, fewer than 500"
+    assert "drift: not measured" in report.summary()
+    append_predictions(workspace, _traffic_rows(workspace, 300, start=300))
+    off = capture(workspace, CaptureParams(drift=DriftParams(sample_rows=0)))
+    assert off.drift is None and off.drift_metrics() == {} and len(load_drift_log(workspace)) == 1
+    assert drift_log_path(workspace).exists()
+
+
+def test_idle_capture_writes_no_drift_line(workspace):
+    report = capture(workspace, _drift_params())
+    assert report.drift is None and not drift_log_path(workspace).exists()
+    assert "drift" not in capture_status_line(workspace)
+
+
+def test_categorical_and_text_columns_drift_with_unseen_categories_and_longer_texts(workspace):
+    import json
+
+    from tests.adapters.test_validation import MIXED
+
+    workspace.schema_path.write_text(json.dumps(MIXED.to_json()))
+    rng = np.random.default_rng(7)
+
+    def rows(n, countries, words):
+        return pd.DataFrame({
+            "customer_id": [f"c{i}" for i in range(n)], "age": rng.normal(40, 10, n), "amount": rng.exponential(20, n),
+            "country": rng.choice(countries, n), "plan": rng.choice(["pro", "free", None], n),
+            "review": [" ".join(["ok"] * k) for k in rng.poisson(words, n) + 1],
+        })
+
+    holdout = rows(800, ["de", "fr"], 5).assign(item_id=[f"h{i}" for i in range(800)], label="A")
+    holdout.to_parquet(workspace.holdout_path, index=False)
+    window = rows(800, ["de", "fr", "it"], 20)
+    probas = np.column_stack([np.full(800, 0.6), np.full(800, 0.4)])
+    append_predictions(workspace, predictions_frame(window, probas, MIXED, "1", [f"w{i}" for i in range(800)],
+                                                    ts=pd.Timestamp("2026-03-01", tz="UTC")))
+    report = capture(workspace, _drift_params())
+    by_name = {c.column: c for c in report.drift.columns}
+    assert set(by_name) == {"age", "amount", "country", "plan", "review"}
+    assert by_name["country"].status == "drifted" and by_name["country"].unseen_share == pytest.approx(1 / 3, abs=0.05)
+    assert by_name["review"].kind == "text" and by_name["review"].status == "drifted"
+    assert by_name["age"].status == by_name["plan"].status == "stable"
+    assert report.unseen_categories.get("country", 0) > 0  # capture's own count against init's categories

@@ -11,7 +11,7 @@ from labelloop.batches import BatchStore, ReviewQueue
 from labelloop.config import ExportParams, ImportParams, SelectParams
 from labelloop.domain.quality import gold_answers
 from labelloop.stages.export import export_batches
-from labelloop.stages.importing import GoldTracker, import_labels, process_import
+from labelloop.stages.importing import GoldTracker, import_labels, process_import, scan_label_errors
 from labelloop.stages.select import select_batch
 from tests.stages.test_select import _pool
 
@@ -251,11 +251,9 @@ def test_the_repair_path_flag_review_queue_corrected_answer_new_data_version(wor
 
 
 def test_the_error_scan_waits_for_enough_rows_and_never_rescans_the_same_set(workspace):
-    batch_id, vendor = _exported_batch(workspace, size=12)
+    _, vendor = _exported_batch(workspace, size=12)
     params = ImportParams(error_scan={"enabled": True, "min_rows": 500})
     [report] = import_labels(workspace, params, vendor)
     assert report.error_scan["status"] == "skipped" and "min_rows=500" in report.error_scan["reason"]
-    from labelloop.stages.importing import scan_label_errors
-
     assert scan_label_errors(workspace, params.error_scan, workspace.params().train) is None  # same labelled set
     assert ImportParams().error_scan.enabled is False  # off by default
