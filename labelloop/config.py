@@ -51,8 +51,9 @@ class DriftParams(Section):
     moderate_psi: float = Field(0.1, gt=0, description="A column with PSI at or above this is reported as moderate drift.")
     drifted_psi: float = Field(0.2, gt=0, description="A column with PSI at or above this is reported as drifted.")
     reference: DriftReference = Field(
-        "labeled", description="The features are compared with: labeled = the labelled (training) set at the current "
-        "data version; holdout = the holdout fixed at init."
+        "holdout", description="The features are compared with: holdout = the holdout fixed at init (a uniform sample of "
+        "the population the models are judged on; large from the first cycle); labeled = the labelled (training) set at "
+        "the current data version (biased by selection: active learning picks unusual rows, which reads as drift)."
     )
 
     @model_validator(mode="after")

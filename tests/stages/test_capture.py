@@ -332,7 +332,8 @@ def test_a_rerun_after_a_crash_writes_the_window_drift_line_once(workspace, monk
 
 def test_too_small_a_training_set_is_said_not_hidden_and_zero_rows_turns_drift_off(workspace):
     append_predictions(workspace, _traffic_rows(workspace, 300))
-    report = capture(workspace, CaptureParams())  # default: the labelled seed set (50 rows) < min_rows 500
+    # The labelled seed set (50 rows) is below min_rows 500.
+    report = capture(workspace, CaptureParams(drift=DriftParams(reference="labeled")))
     labelled = len(pd.read_parquet(workspace.labeled_path))
     assert report.drift.skipped == f"reference has {labelled} rows and window has 300 rows, fewer than 500"
     assert "drift: not measured" in report.summary()
