@@ -574,8 +574,15 @@ def simulate(
     params_file: Annotated[Path | None, typer.Option(
         "--params", help="params.yaml whose `train` and `select.hybrid` sections set the model and the hybrid mix.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [default: sqlite in OUT].")] = None,
+    id_col: Annotated[list[str] | None, typer.Option(help="A row identifier, never a feature (repeatable).")] = None,
+    numeric_col: Annotated[list[str] | None, typer.Option(help="Read this column as numbers (repeatable).")] = None,
+    categorical_col: Annotated[list[str] | None, typer.Option(help="Read this column as categories (repeatable).")] = None,
+    text_col: Annotated[list[str] | None, typer.Option(help="Free text, vectorised by the model (repeatable).")] = None,
+    drop_col: Annotated[list[str] | None, typer.Option(help="Do not use this column (repeatable).")] = None,
 ) -> None:
-    """Pool-based active-learning simulation on any labelled table: how many labels does each strategy save?"""
+    """Pool-based active-learning simulation on any labelled table: how many labels does each strategy save?
+
+    Column roles are inferred as `labelloop init` infers them (printed first); the role options override them."""
     _quiet_environment(out.resolve())
     from labelloop.apps.simulate import SimulationConfig, run_simulation
     from labelloop.config import ConfigError, load_params
@@ -587,9 +594,14 @@ def simulate(
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, repeats=repeats, test_size=test_size,
             metric=metric, out=str(out), selector=selector, train_params=params.train, hybrid=params.select.hybrid,
             tracking_uri=tracking_uri,
+            id_columns=[*params.schema_.id_columns, *(id_col or [])],
+            numeric_columns=[*params.schema_.numeric_columns, *(numeric_col or [])],
+            categorical_columns=[*params.schema_.categorical_columns, *(categorical_col or [])],
+            text_columns=[*params.schema_.text_columns, *(text_col or [])],
+            drop_columns=[*params.schema_.drop_columns, *(drop_col or [])],
         )
         config.validate()
-        summary = run_simulation(config)
+        summary = run_simulation(config, echo=typer.echo)
     except (ConfigError, ValueError, FileNotFoundError) as error:
         _fail(error)
     typer.echo(f"{'strategy':<22} {'labels_to_target':>16} {'savings_vs_random':>18} {'final':>7} {'aulc':>7}")

@@ -68,6 +68,7 @@ def _same(a, b) -> bool:
     return {**a.__dict__, "metrics": None} == {**b.__dict__, "metrics": None}
 
 
+@pytest.mark.slow  # the module's store: two models trained, gated, promoted and rolled back
 def test_sqlite_and_rest_read_what_mlflow_reads(store, rest_transport):
     ws, name = store
     readers = _readers(ws, rest_transport)
@@ -88,6 +89,7 @@ def test_sqlite_and_rest_read_what_mlflow_reads(store, rest_transport):
         assert reader.run("0" * 32) is None, label
 
 
+@pytest.mark.slow
 def test_history_versions_and_lineage_match_the_mlflow_client(store, rest_transport):
     from labelloop.apps.lineage import lineage
 
