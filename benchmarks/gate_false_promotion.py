@@ -126,6 +126,8 @@ def summarise(outcomes: list[dict], confidences: list[float], swaps: int) -> dic
 
 def rate(summary: dict, key: str) -> str:
     cell = summary[key]
+    if cell.get("trials") == 0:
+        return "-"
     return f"{cell['rate']:.1%} [{cell['ci95'][0]:.1%}, {cell['ci95'][1]:.1%}]"
 
 

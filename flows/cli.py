@@ -660,6 +660,7 @@ def status(workspace: WorkspaceOption = None) -> None:
     for alias in (tracking.CHAMPION, tracking.CHALLENGER, tracking.PREVIOUS):
         typer.echo(f"{alias}: {aliases.get(alias)}")
     typer.echo(f"pool: {len(load_pool(ws))} candidates")
+    typer.echo(_prefect_line(ws))
     from labelloop.stages.capture import capture_status_line
 
     typer.echo(capture_status_line(ws))
@@ -675,6 +676,24 @@ def status(workspace: WorkspaceOption = None) -> None:
         fired = "; ".join(report.reasons) if report.stop else "none fired"
         typer.echo(f"stop rules after cycle {history[-1].cycle}: {fired}"
                    + (" (gate.stop.halt: the next cycle buys no labels)" if report.stop and params.gate.stop.halt else ""))
+
+
+def _prefect_line(ws) -> str:
+    """Which Prefect API this workspace's commands use, and whether its background server runs."""
+    from labelloop.flows import server  # no Prefect import: a state file, /proc and one health request
+    from labelloop.tasks.environment import prefect_server_mode
+
+    if os.environ.get("PREFECT_API_URL"):
+        return f"prefect: {redact_uri(os.environ['PREFECT_API_URL'])} (PREFECT_API_URL)"
+    state, process = server.describe(ws)
+    line = f"prefect server: {state}" + (f" at {process.url}" if process is not None and state == "running" else "")
+    try:
+        ephemeral = prefect_server_mode() == "ephemeral"
+    except ValueError as error:
+        return f"{line} ({error})"
+    if ephemeral:
+        return f"{line} (LABELLOOP_PREFECT_SERVER=ephemeral: each command starts Prefect's temporary server)"
+    return line if state == "running" else f"{line} (the next stage command or `labelloop ui` starts it)"
 
 
 @data_app.command("versions")

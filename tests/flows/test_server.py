@@ -77,6 +77,7 @@ def test_started_by_the_first_command_reused_by_the_next_and_stopped(workspace):
         process = server.read_state(workspace, server.SERVER)
         assert process is not None and _alive(process.pid) and server.healthy(process.url)
         assert "running at " + process.url in _cli("server", "status", "-w", ws, env=env).stdout
+        assert f"prefect server: running at {process.url}" in _cli("status", "-w", ws, env=env).stdout
 
         again = _cli("server", "start", "-w", ws, env=env)
         assert f"already running at {process.url} (pid {process.pid}" in again.stdout

@@ -115,11 +115,13 @@ def test_custom_run_from_the_ui_with_one_changed_parameter(stack_client, screens
         [deployment] = client.read_deployments(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["active_learning_cycle"])),
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT_NAME])))
-    assert deployment.parameters["select"]["batch_size"] != NEW_BATCH_SIZE
+    workspace = Workspace.at(stack_client.workspace)
+    assert deployment.parameters == {"workspace": str(workspace.root)}  # params.yaml is read when each run starts
+    assert workspace.params().select.batch_size != NEW_BATCH_SIZE
 
     page.goto(f"{stack_client.prefect_url}/deployments/deployment/{deployment.id}/run", wait_until="networkidle", timeout=90_000)
     field = form_field(page, "Batch Size (Optional)")
-    assert field.input_value() == str(deployment.parameters["select"]["batch_size"])  # the form shows params.yaml's value
+    assert field.input_value() == ""  # empty = params.yaml's value at run time (no copy frozen at deploy time)
     field.fill(str(NEW_BATCH_SIZE))
     before = set(_deployment_run_ids(deployment.id))
     page.get_by_role("button", name="Submit").click()
@@ -141,13 +143,15 @@ def test_custom_run_from_the_ui_with_one_changed_parameter(stack_client, screens
             time.sleep(3)
     assert run.state.is_completed(), f"UI-started run ended {run.state.type}: {run.state.message}\n{stack_client.logs()}"
     assert run.deployment_id == deployment.id
-    assert run.parameters["select"]["batch_size"] == NEW_BATCH_SIZE
-    assert run.parameters["train"] == deployment.parameters["train"]  # the other fields went through untouched
+    # Only the one field filled in is an override; the sections left empty arrive as {} (params.yaml's values).
+    assert {name: value for name, value in run.parameters.items() if value != {}} == {
+        "workspace": str(workspace.root), "select": {"batch_size": NEW_BATCH_SIZE}}
 
     page.goto(f"{stack_client.prefect_url}/runs/flow-run/{run_id}", wait_until="networkidle", timeout=90_000)
     page.get_by_text("Completed").first.wait_for(state="visible", timeout=60_000)
-    newest = BatchStore(Workspace.at(stack_client.workspace)).list()[-1]
+    newest = BatchStore(workspace).list()[-1]
     assert newest.n_items == NEW_BATCH_SIZE and newest.params["batch_size"] == NEW_BATCH_SIZE
+    assert newest.strategy == workspace.params().select.strategy
 
 
 # -- the embedded default: `labelloop ui` on a workspace's own server, no stack -------------------------------
