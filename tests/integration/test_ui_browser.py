@@ -53,20 +53,26 @@ def _ensure_playwright() -> None:
 
 
 @pytest.fixture(scope="module")
-def browser_page(stack_client):
+def playwright_driver():
+    """One Playwright driver for the module: its sync API runs an event loop, so two cannot be open at once."""
     _ensure_playwright()
-    executable = _ensure_chromium()
     from playwright.sync_api import sync_playwright
 
-    profile = tempfile.mkdtemp(prefix="labelloop-chromium-")
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=executable, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
-            shutil.rmtree(profile, ignore_errors=True)
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def browser_page(stack_client, playwright_driver):
+    executable = _ensure_chromium()
+    profile = tempfile.mkdtemp(prefix="labelloop-chromium-")
+    context = playwright_driver.chromium.launch_persistent_context(
+        profile, executable_path=executable, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture
@@ -171,7 +177,8 @@ def _installed_chromium() -> str:
 @pytest.fixture
 def served_workspace(workspace):
     """`labelloop ui` run as a user runs it: the workspace's background server + its deployments served."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "LABELLOOP_PREFECT_SERVER", "PREFECT_HOME")}
+    env = {k: v for k, v in os.environ.items() if k not in (  # its own servers: not the real stack's of another test
+        "PREFECT_API_URL", "LABELLOOP_PREFECT_SERVER", "PREFECT_HOME", "LABELLOOP_TRACKING_URI", "MLFLOW_TRACKING_URI")}
     started = time.monotonic()
     result = subprocess.run([LABELLOOP, "ui", "-w", str(workspace.root)], env=env, capture_output=True, text=True,
                             timeout=600, check=False)
@@ -197,11 +204,9 @@ def _api(url: str, path: str, body: dict | None = None):
         return json.load(response)
 
 
-def test_custom_cycle_run_from_labelloop_ui_with_one_changed_parameter(served_workspace, tmp_path):
+def test_custom_cycle_run_from_labelloop_ui_with_one_changed_parameter(served_workspace, playwright_driver, tmp_path):
     """The issue-15 path on the embedded default: `labelloop ui`, Run → Custom run on the cycle, select → Batch
     Size changed, Submit; the run completes with that one override and params.yaml for everything else."""
-    from playwright.sync_api import sync_playwright
-
     from labelloop.batches import BatchStore
 
     executable = _installed_chromium()
@@ -211,36 +216,35 @@ def test_custom_cycle_run_from_labelloop_ui_with_one_changed_parameter(served_wo
     assert deployment["parameters"] == {"workspace": str(workspace.root)}  # nothing frozen: params.yaml is read per run
     assert workspace.params().select.batch_size != UI_BATCH_SIZE
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(form_url, wait_until="networkidle", timeout=90_000)
-            field = form_field(page, "Batch Size (Optional)")
-            assert field.input_value() == ""  # empty = params.yaml's value when the run starts, not a stale copy
-            field.fill(str(UI_BATCH_SIZE))
-            page.get_by_role("button", name="Submit").click()
-            submitted = time.monotonic()
-            deadline = submitted + 60
-            while not (runs := _api(url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})):
-                assert time.monotonic() < deadline, "no flow run was created within 60 s of clicking Submit"
-                time.sleep(1)
-            [run] = runs
-            deadline = submitted + 900
-            final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-            while (run := _api(url, f"/flow_runs/{run['id']}"))["state"]["type"] not in final:
-                assert time.monotonic() < deadline, f"UI-started run not finished within 900 s: {run['state']}"
-                time.sleep(2)
-            print(f"custom run from Submit to {run['state']['type']}: {time.monotonic() - submitted:.0f} s")
-            page.goto(f"{url}/runs/flow-run/{run['id']}", wait_until="networkidle", timeout=90_000)
-            page.get_by_text("Completed").first.wait_for(state="visible", timeout=60_000)
-        except Exception:
-            shot = tmp_path / "labelloop-ui.png"
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"\nscreenshot of the failing page: {shot} (url {page.url})")
-            raise
-        finally:
-            browser.close()
+    browser = playwright_driver.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(form_url, wait_until="networkidle", timeout=90_000)
+        field = form_field(page, "Batch Size (Optional)")
+        assert field.input_value() == ""  # empty = params.yaml's value when the run starts, not a stale copy
+        field.fill(str(UI_BATCH_SIZE))
+        page.get_by_role("button", name="Submit").click()
+        submitted = time.monotonic()
+        deadline = submitted + 60
+        while not (runs := _api(url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})):
+            assert time.monotonic() < deadline, "no flow run was created within 60 s of clicking Submit"
+            time.sleep(1)
+        [run] = runs
+        deadline = submitted + 900
+        final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        while (run := _api(url, f"/flow_runs/{run['id']}"))["state"]["type"] not in final:
+            assert time.monotonic() < deadline, f"UI-started run not finished within 900 s: {run['state']}"
+            time.sleep(2)
+        print(f"custom run from Submit to {run['state']['type']}: {time.monotonic() - submitted:.0f} s")
+        page.goto(f"{url}/runs/flow-run/{run['id']}", wait_until="networkidle", timeout=90_000)
+        page.get_by_text("Completed").first.wait_for(state="visible", timeout=60_000)
+    except Exception:
+        shot = tmp_path / "labelloop-ui.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"\nscreenshot of the failing page: {shot} (url {page.url})")
+        raise
+    finally:
+        browser.close()
     log = (workspace.prefect_home / "labelloop-ui.log").read_text(errors="replace")[-3000:]
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{log}"
     # The form sends the sections left empty as {}: nothing but the one field overrides params.yaml.
