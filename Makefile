@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS=1
 export MLFLOW_ENABLE_TELEMETRY=false
 export DO_NOT_TRACK=1
 
-.PHONY: install install-test demo test test-fast clean
+.PHONY: install install-test demo test test-fast clean chromium
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ demo: install
 
 # Two xdist workers, one OpenMP thread each (2 cores). Tests sharing a server or a module fixture run
 # on one worker, the servers' groups first (tests/conftest.py; --no-loadscope-reorder keeps that order).
-test: install-test lint
+test: install-test lint chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 test-fast: install-test
@@ -58,7 +58,12 @@ lint: install-test
 	cd $(LAYOUT) && $(abspath $(VENV))/bin/lint-imports --no-cache --no-logo $(CURDIR)/pyproject.toml
 
 clean:
+	-$(VENV)/bin/labelloop server stop -w $(WORKSPACE) 2>/dev/null
 	rm -rf $(VENV) $(WORKSPACE)
+
+# The browser test (tests/integration/test_ui_browser.py) drives Debian's chromium with Playwright.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 # --- production stack ---
 # Prefect server + MLflow server on Postgres, a process worker (infra/stack.sh; docs/production.md).
