@@ -131,14 +131,14 @@ def select_flow(workspace: str = DEFAULT_WORKSPACE, params: SelectParams | None 
 def export_flow(workspace: str = DEFAULT_WORKSPACE, params: ExportParams | None = None,
                 resolved: Params | None = None) -> list[str]:
     with stage_run("export", ("export",), workspace, resolved, export=params) as (ws, p):
-        return export_batches(str(ws.root), p.export)
+        return export_batches(str(ws.root), p.export, p.train)
 
 
 @flow(name="import")
 def import_flow(workspace: str = DEFAULT_WORKSPACE, params: ImportParams | None = None,
                 resolved: Params | None = None) -> list:
     with stage_run("import", ("import", "export"), workspace, resolved, import_=params) as (ws, p):
-        reports = import_labels(str(ws.root), p.import_, p.export)
+        reports = import_labels(str(ws.root), p.import_, p.export, p.train)
         create_markdown_artifact(key="import", markdown=import_markdown(reports), description="labels imported")
         return reports
 

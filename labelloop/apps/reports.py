@@ -46,6 +46,26 @@ def import_markdown(reports: list) -> str:
     refused = [r for r in reports if getattr(r, "refused", None)]
     if refused:  # the reason is labelloop's own words about the file, never the file's content
         lines += ["", "### Refused unread", *(f"- {r.batch_id}: {r.refused}" for r in refused)]
+    repaired = [r for r in reports if getattr(r, "n_reasked", 0)]
+    if repaired:
+        lines += ["", "### Labels asked again (error scan)",
+                  *(f"- {r.batch_id}: {r.n_reasked} re-asked, {r.n_changed} changed (relabels in the next data version)"
+                    for r in repaired)]
+    scan = next((r.error_scan for r in reports if getattr(r, "error_scan", None)), None)
+    if scan:
+        lines += ["", "### Label-error scan", scan.get("reason") or (
+            f"{scan.get('n_rows', '?')} rows, {scan.get('n_flagged', '?')} flagged, {scan.get('n_queued', '?')} queued "
+            f"for another look ({scan.get('folds', '?')} folds, {scan.get('seconds', '?')} s)")]
+    effect = next((r.guess_effect for r in reversed(reports) if getattr(r, "guess_effect", None)), None)
+    if effect:
+        def accuracy(side: dict) -> str:
+            return "-" if side.get("accuracy") is None else f"{side['accuracy']:.3f} ({side.get('answers', 0)} answers)"
+
+        shown, hidden = effect["all_batches"]["with_guess"], effect["all_batches"]["without_guess"]
+        lines += ["", "### Gold accuracy with and without the model's guess",
+                  (f"- guess shown before answering: {accuracy(shown)}; answers following a wrong guess: "
+                  f"{shown.get('followed_wrong_guess', '-')}"),
+                  f"- guess not shown: {accuracy(hidden)}"]
     return "\n".join(lines)
 
 

@@ -41,3 +41,20 @@ def test_batch_report_prices_every_answer_ordered():
     report = batch_markdown(meta, items, 0.5)
     assert "| labels ordered | 24 |" in report and "| estimated cost | 12.00 |" in report
 
+
+
+def test_import_markdown_shows_the_error_scan_and_the_guess_effect():
+    from types import SimpleNamespace
+
+    from labelloop.apps.reports import import_markdown
+
+    side = {"answers": 20, "correct": 18, "accuracy": 0.9, "on_wrong_guess": 4, "followed_wrong_guess": 0.25}
+    report = SimpleNamespace(batch_id="batch-0003", n_items=10, n_answers=20, n_labelled=10, n_quarantined=0,
+                             status="imported", agreement=0.9, refused=None, n_reasked=3, n_changed=2,
+                             error_scan={"n_rows": 400, "n_flagged": 9, "n_queued": 5, "folds": 5, "seconds": 1.2},
+                             guess_effect={"all_batches": {"with_guess": side, "without_guess": side | {"accuracy": None}}})
+    text = import_markdown([report])
+    assert "- batch-0003: 3 re-asked, 2 changed" in text
+    assert "400 rows, 9 flagged, 5 queued" in text
+    assert "guess shown before answering: 0.900 (20 answers); answers following a wrong guess: 0.25" in text
+    assert "- guess not shown: -" in text
