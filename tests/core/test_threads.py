@@ -103,14 +103,16 @@ def test_bad_n_jobs_is_one_clear_error_naming_the_allowed_values(bad):
 
 def test_a_fit_uses_the_resolved_thread_count():
     from labelloop.model import LabelloopClassifier
+    from labelloop.schema import Schema
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, 3)), np.array(["a", "b", "c"] * 20)
-    model = LabelloopClassifier.from_params(TrainParams(n_estimators=3, max_depth=2), ["a", "b", "c"]).fit(X, y)
-    assert model.n_jobs == "auto"
-    assert model.booster_.get_params()["n_jobs"] == resolve_n_jobs("auto") >= 1
+    schema = Schema.numeric(["f0", "f1", "f2"], ["a", "b", "c"])
+    model = LabelloopClassifier.from_params(TrainParams(n_estimators=3, max_depth=2), schema).fit(X, y)
+    assert model.params.n_jobs == "auto"
+    assert model.estimator_.get_params()["n_jobs"] == resolve_n_jobs("auto") >= 1
     with pytest.raises(ValueError, match="positive integer"):
-        LabelloopClassifier(class_names=["a", "b", "c"], n_jobs=0).fit(X, y)
+        TrainParams(n_jobs=0)
 
 
 def test_thread_environment_keeps_what_the_user_set():
@@ -126,7 +128,7 @@ _PROBE = (
     "print(os.environ.get('OMP_WAIT_POLICY'), gomp())\n"
     "result = CliRunner().invoke(labelloop.flows.cli.app, ['strategies'])\n"
     "assert result.exit_code == 0, result.output\n"
-    "import labelloop.model\n"
+    "import xgboost\n"  # the ML stack (labelloop.model itself imports it lazily, on a fit)
     "print(os.environ.get('OMP_WAIT_POLICY'), gomp())\n"
 )
 

@@ -16,7 +16,9 @@ from labelloop.history import load_history
 
 pytestmark = pytest.mark.slow
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+# ../shared/datasets beside the checkout (the project's data), or the machine's copy when the checkout is elsewhere (CI clones).
+_CANDIDATES = [Path(__file__).resolve().parents[2].parent / "shared" / "datasets", Path("/work/shared/datasets")]
+DATASETS = next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0])
 
 
 def _id_and_missing_table(n=1500, seed=0):

@@ -97,7 +97,7 @@ def test_pyfunc_predicts_string_labels_for_rows_with_nulls_and_an_unseen_categor
     # Probabilities: the same artifact through the scikit-learn flavour, columns in `classes_` order.
     pipeline = mlflow.sklearn.load_model(uri)
     probas = pipeline.predict_proba(pd.DataFrame(ROWS))
-    np.testing.assert_allclose(probas.sum(axis=1), 1.0)
+    np.testing.assert_allclose(probas.sum(axis=1), 1.0, rtol=1e-6)  # float32 probabilities
     assert list(pipeline.classes_) == schema.class_names
     np.testing.assert_allclose(probas, wrapper.predict_proba(conform(pd.DataFrame(ROWS), schema)), atol=1e-6)
     with pytest.raises(mlflow.exceptions.MlflowException, match="amount"):  # every feature column must be present
