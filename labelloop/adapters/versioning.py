@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import sys
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +64,24 @@ def _git_env() -> dict[str, str]:
 def _dvc_repo(repo: Path):
     from dvc.repo import Repo
 
+    _rebind_dvc_console()
     return Repo(str(repo))
+
+
+def _rebind_dvc_console() -> None:
+    """`import dvc` binds DVC's console handlers to the sys.stdout/sys.stderr of that moment, and they
+    raise on a failed write: once that stream is closed (a daemon, a swapped or captured stream), any
+    DVC log line — a per-file push failure included — became the operation's error. Point them at the
+    current streams before each use."""
+    from dvc.logger import LoggerHandler
+
+    for name in DVC_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, LoggerHandler):
+                current = sys.stderr if handler.level >= logging.WARNING else sys.stdout
+                # Assigned, not setStream(): that flushes the old stream, which raises once closed.
+                with handler.lock or contextlib.nullcontext():
+                    handler.stream = current
 
 
 @contextlib.contextmanager
@@ -288,7 +306,8 @@ DVC_LOGGERS = ("dvc", "dvc_data", "dvc_objects")
 def _push_once(repo: Path, url: str) -> None:
     errors = _DvcErrors()
     for name in DVC_LOGGERS:
-        logging.getLogger(name).addHandler(errors)
+        # First in line: the reason is kept even if a console handler after it fails.
+        logging.getLogger(name).handlers.insert(0, errors)
     try:
         with _dvc_repo(repo) as dvc_repo:
             dvc_repo.push()

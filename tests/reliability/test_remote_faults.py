@@ -165,12 +165,27 @@ def test_dvc_remote_unreachable_push_fails_clearly_the_version_stays_local_and_t
     assert dataset.update_dataset(workspace, retry=FAST).created is False  # and a third run has nothing to do
 
 
-def test_dvc_remote_answering_503_fails_after_bounded_retries(workspace):
+@pytest.mark.parametrize("dvc_console", ["open", "closed"])
+def test_dvc_remote_answering_503_fails_after_bounded_retries(workspace, monkeypatch, dvc_console):
+    import io
+    import logging
+
+    from dvc.logger import LoggerHandler
+
     from labelloop.adapters import versioning
     from labelloop.adapters.versioning import RemoteUnavailable
     from labelloop.stages import dataset
     from tests.stages.test_dataset import _fake_imported_batch
 
+    if dvc_console == "closed":
+        # `import dvc` bound its console handlers to the streams of that moment; a daemon or a swapped
+        # stream closes them, and DVC's handler then raises from inside the push (seen in CI).
+        gone = io.StringIO()
+        gone.close()
+        for name in versioning.DVC_LOGGERS:
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, LoggerHandler):
+                    monkeypatch.setattr(handler, "stream", gone)
     _fake_imported_batch(workspace, "batch-0001-aaaaaa")
     with fault_server("error") as server:
         versioning.set_remote(workspace.registry_dir, f"{server.url}/dvc-remote")
