@@ -372,6 +372,8 @@ def demo(
         export = (overrides.pop("export", {}) | {"vendor": vendor}
                   | ({"label_studio_url": label_studio_url} if label_studio_url else {}))
         source = {"source": str(shipped_dataset_path(dataset))} if dataset != "satellite" else {}
+        # The demo labels an audit sample (select.audit_fraction, default 0 elsewhere): its lines show the estimate.
+        overrides["select"] = {"audit_fraction": DEMO_AUDIT_FRACTION} | overrides.get("select", {})
         params = Params().with_overrides(export=export, dataset=source | overrides.pop("dataset", {}), **overrides)
     except ConfigError as error:
         _fail(error)
@@ -409,6 +411,9 @@ def demo(
         typer.echo(f"  Label Studio:  {redact_uri(params.export.label_studio_url)}"
                    f"   (projects 'labelloop {ws.workspace_id} batch …'; "
                    f"admin password in .labelstudio/admin-password; stop: bash {shlex.quote(str(_label_studio_script()))} stop)")
+
+
+DEMO_AUDIT_FRACTION = 0.1
 
 
 @app.command()
@@ -579,6 +584,9 @@ def simulate(
     categorical_col: Annotated[list[str] | None, typer.Option(help="Read this column as categories (repeatable).")] = None,
     text_col: Annotated[list[str] | None, typer.Option(help="Free text, vectorised by the model (repeatable).")] = None,
     drop_col: Annotated[list[str] | None, typer.Option(help="Do not use this column (repeatable).")] = None,
+    audit_fraction: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Audit items per round as a share of the batch, estimated against the hidden truth "
+        "[default: params' select.audit_fraction].")] = None,
 ) -> None:
     """Pool-based active-learning simulation on any labelled table: how many labels does each strategy save?
 
@@ -593,6 +601,9 @@ def simulate(
             data=str(data), label_col=label_col, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
             seed_size=seed_size, batch_size=batch_size, rounds=rounds, repeats=repeats, test_size=test_size,
             metric=metric, out=str(out), selector=selector, train_params=params.train, hybrid=params.select.hybrid,
+            bandit=params.select.bandit,
+            audit_fraction=params.select.audit_fraction if audit_fraction is None else audit_fraction,
+            audit_sample_rows=params.capture.audit_sample_rows,
             tracking_uri=tracking_uri,
             id_columns=[*params.schema_.id_columns, *(id_col or [])],
             numeric_columns=[*params.schema_.numeric_columns, *(numeric_col or [])],
@@ -610,6 +621,10 @@ def simulate(
         savings_text = "-" if savings is None else f"{savings:.0f}%{' (≥)' if row.get('savings_is_lower_bound') else ''}"
         typer.echo(f"{name:<22} {row.get('labels_to_target')!s:>16} {savings_text:>18} "
                    f"{row['final_value']:>7.4f} {row['aulc']:>7.4f}")
+    if summary.get("audit"):
+        audit = summary["audit"]
+        typer.echo(f"audit: live accuracy within the audit's 90% interval in {audit['coverage']:.0%} of "
+                   f"{audit['rounds']} rounds (mean width {audit['mean_width']:.3f}, mean error {audit['mean_error']:+.4f})")
     typer.echo(f"wrote {out}/curves.csv, {out}/summary.json, {out}/learning_curves.png")
 
 
@@ -664,6 +679,17 @@ def status(workspace: WorkspaceOption = None) -> None:
     from labelloop.stages.capture import capture_status_line
 
     typer.echo(capture_status_line(ws))
+    from labelloop.stages.monitor import status_lines
+
+    for line in status_lines(ws):
+        typer.echo(line)
+    from labelloop.stages.audit import audit_status_line
+
+    typer.echo(audit_status_line(ws))
+    if params.autolabel.enabled or ws.state_dir.joinpath("autolabel.json").exists():
+        from labelloop.stages.autolabel import status_line as autolabel_status_line
+
+        typer.echo(autolabel_status_line(ws))
     for meta in BatchStore(ws).list():
         typer.echo(f"  {meta.batch_id}: {meta.status}, {meta.n_items} items, {meta.strategy}, "
                    f"labelled {meta.n_labelled}, in {meta.versioned_in}")
@@ -781,9 +807,18 @@ def data_readmit(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Lift a rollback's exclusion of BATCH_ID: a new data version with its items back in the labelled set."""
+    from labelloop.stages import dataset
+
+    # Not excluded / unknown batch, off the production line, busy: one message.
+    version = _change_registry(workspace, lambda ws, retry: dataset.readmit(ws, batch_id, retry=retry))
+    typer.echo(f"re-admitted {batch_id} as {version.tag} ({version.n_rows} rows, +{version.n_new})")
+
+
+def _change_registry(workspace: Path | None, change):
+    """`change(ws, retry)` under the workspace lock (no cycle or stage writes the registry meanwhile), on a
+    recovered registry; a user error (ValueError, RuntimeError) ends the command with its message."""
     from labelloop.adapters import versioning
     from labelloop.core.lock import workspace_lock
-    from labelloop.stages import dataset
 
     ws = _workspace(workspace)
     _quiet_environment(ws.root)
@@ -791,10 +826,34 @@ def data_readmit(
         ws.require()
         with workspace_lock(ws):
             versioning.recover_registry(ws.registry_dir)
-            version = dataset.readmit(ws, batch_id, retry=_retry_policy())
-    except (ValueError, RuntimeError) as error:  # not excluded / unknown batch, off the production line, busy
+            return change(ws, _retry_policy())
+    except (ValueError, RuntimeError) as error:
         _fail(error)
-    typer.echo(f"re-admitted {batch_id} as {version.tag} ({version.n_rows} rows, +{version.n_new})")
+
+
+autolabel_app = typer.Typer(help="Auto-labels (params.yaml `autolabel`): withdraw a cycle's.", no_args_is_help=True)
+app.add_typer(autolabel_app, name="autolabel")
+
+
+@autolabel_app.command("withdraw")
+def autolabel_withdraw(
+    workspace: WorkspaceOption = None,
+    cycle: Annotated[int | None, typer.Option(help="The cycle whose auto-labels to withdraw.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Or one auto batch (auto-cNNNN-...), see `labelloop status`.")] = None,
+) -> None:
+    """Take a cycle's auto-labels out of the labelled set: a new data version without them (human labels untouched;
+    `labelloop data readmit BATCH` brings them back). A rerun changes nothing."""
+    from labelloop.stages import autolabel
+
+    # Nothing to withdraw, off the production line, busy: one message.
+    version = _change_registry(workspace, lambda ws, retry: autolabel.withdraw(ws, cycle=cycle, batch_id=batch,
+                                                                               retry=retry))
+    if not version.created:
+        typer.echo(f"already withdrawn: {version.tag} ({version.n_rows} rows) has none of them; nothing changed")
+        return
+    for entry in version.excluded:
+        typer.echo(f"  withdrew {entry['batch_id']} ({entry['n_items']} auto-labels)")
+    typer.echo(f"labelled set without them: {version.tag} ({version.n_rows} rows)")
 
 
 @data_app.command("checkout")

@@ -29,8 +29,10 @@ from labelloop.flows.stages import (
     production_flow,
     resolve,
     select_flow,
+    stages_as_subflows,
     train_flow,
 )
+from labelloop.tasks import autolabel as autolabel_tasks
 from labelloop.tasks import cycle as cycle_tasks
 from labelloop.tasks import gate as gate_tasks
 from labelloop.tasks import train as train_tasks
@@ -57,7 +59,9 @@ def active_learning_cycle(
     ws, p = resolve(workspace, production=production, capture=capture, select=select, export=export,
                     import_=import_, train=train, gate=gate)
     root = str(ws.root)
-    with workspace_lock(ws):
+    # The stages run as subflows of this run (each visible in the UI with its own name, logs and artifacts),
+    # without a heartbeat thread each: this run's heartbeat speaks for the process they share.
+    with workspace_lock(ws), stages_as_subflows():
         start = cycle_tasks.start_cycle(root, p.train.model_name)
         if start.champion_version is None:
             logger.info("no champion yet: training the first model on the seed set")
@@ -78,6 +82,8 @@ def active_learning_cycle(
         batch_id = None
         if halt is None:
             batch_id = select_flow(root, p.select, resolved=p)
+            if p.autolabel.enabled:  # confident pool rows labelled by the champion; check items exported below
+                logger.info(autolabel_tasks.run_autolabel(root, p)["reason"])
             export_flow(root, p.export, resolved=p)
         else:  # labels already bought are still imported, versioned and trained on below
             logger.warning(f"stop rules fired ({'; '.join(halt.reasons)}) and gate.stop.halt is true: "

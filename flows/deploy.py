@@ -15,8 +15,11 @@ Entrypoints are module paths (`labelloop.flows.stages.capture_flow`): the worker
 from the installed labelloop package, so a deployment works from a wheel as well as from a checkout.
 
 Schedules (`--mode stages`, the default): production traffic hourly (simulated workspaces only),
-capture / select / export daily, import hourly, retrain hourly after import (no-op without new
-labels); the full cycle's daily schedule exists but is paused. `--mode cycle` inverts that.
+capture / select / export daily, import hourly; the full cycle's daily schedule exists but is paused.
+`--mode cycle` inverts that. Retrain has no schedule: a deployment trigger (a Prefect automation owned by
+the deployment, `event_triggers`) runs it when a stand-alone import of its workspace lands labels
+(the event `labelloop.labels.imported`, `tasks/events.py`), enabled in `--mode stages` and disabled
+with `--paused` or in `--mode cycle` (the cycle retrains on what it imports itself).
 
 Overlap: every deployment of a workspace goes to one work queue with concurrency limit 1, so two
 runs on one workspace never run at once (the next one waits in Scheduled/Late until the slot is
@@ -26,11 +29,9 @@ and the cycle holds the workspace file lock as the last line of defence.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -38,6 +39,7 @@ from typing import Any, cast
 import typer
 
 from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy
+from labelloop.tasks.events import IMPORTED_BY_LABEL, LABELS_IMPORTED, WORKSPACE_LABEL, workspace_slug
 from labelloop.workspace import Workspace
 
 CYCLE_SECTIONS = ("production", "capture", "select", "export", "import_", "train", "gate")
@@ -52,6 +54,7 @@ class Spec:
     active_in: tuple[str, ...] = ("stages",)
     needs_simulator: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
+    on_event: str | None = None  # run on this labelloop event of the deployment's workspace (`event_triggers`)
 
 
 SPECS: dict[str, Spec] = {
@@ -65,8 +68,9 @@ SPECS: dict[str, Spec] = {
                    "Send selected batches to the annotation vendor (daily)."),
     "import": Spec("labelloop.flows.stages.import_flow", {"params": "import"}, "5 * * * *",
                    "Fetch, validate and aggregate the vendor's labels (hourly)."),
-    "retrain": Spec("labelloop.flows.ops.retrain_flow", {"train": "train", "gate": "gate"}, "35 * * * *",
-                    "dataset → retrain → gate when new labels arrived (hourly, no-op otherwise)."),
+    "retrain": Spec("labelloop.flows.ops.retrain_flow", {"train": "train", "gate": "gate"}, None,
+                    "dataset → retrain → gate, run by the event an import that lands labels sends (no-op without new labels).",
+                    on_event=LABELS_IMPORTED),
     "dataset": Spec("labelloop.flows.stages.dataset_flow", {}, None, "New DVC data version from imported labels (manual)."),
     "train": Spec("labelloop.flows.stages.train_flow", {"params": "train"}, None,
                   "Train a challenger on the current data version (manual)."),
@@ -77,14 +81,31 @@ SPECS: dict[str, Spec] = {
 }
 
 
-def workspace_slug(root: Path) -> str:
-    """A short, stable name for a workspace: its directory name + a hash of its absolute path."""
-    base = re.sub(r"[^a-z0-9-]+", "-", root.name.lower()).strip("-") or "workspace"
-    return f"{base[:24]}-{hashlib.sha256(str(root).encode()).hexdigest()[:6]}"
-
-
 def queue_name(root: Path) -> str:
     return f"ws-{workspace_slug(root)}"
+
+
+def event_triggers(spec: Spec, root: Path, enabled: bool = True) -> list:
+    """The deployment's triggers: for a spec with `on_event`, one `DeploymentEventTrigger` that runs the
+    deployment (with its own parameters: the workspace) on each such event of this workspace that a
+    stand-alone import sent — the cycle, which retrains on its own imports, is left out
+    (`labelloop.imported-by`). Reactive, threshold 1: one run per event; an import sends one event per
+    run that landed labels and none on a rerun (`tasks/events.py`). Prefect keeps it as an automation owned
+    by the deployment, replaced on every registration."""
+    if spec.on_event is None:
+        return []
+    from prefect.events import DeploymentEventTrigger
+
+    slug = workspace_slug(root)
+    return [DeploymentEventTrigger(
+        name=f"{slug}: {spec.flow.rsplit('.', 1)[-1].removesuffix('_flow')} on {spec.on_event}",
+        description=f"Run this deployment when {root} lands new labels (a stand-alone import run).",
+        enabled=enabled,
+        expect={spec.on_event},
+        match={WORKSPACE_LABEL: slug, IMPORTED_BY_LABEL: "import"},
+        posture="Reactive",
+        threshold=1,
+    )]
 
 
 def ensure_workspace(ws: Workspace, params_file: Path | None, overrides: dict[str, dict[str, Any]],
@@ -248,6 +269,7 @@ def register(ws: Workspace, name: str, pool: str, mode: str = "stages", timezone
             work_queue_name=queue,
             job_variables={"env": env},
             schedules=schedules,
+            triggers=event_triggers(spec, ws.root, enabled=(mode in spec.active_in) and not paused),
             concurrency_limit=concurrency,
             parameters=parameters_for(str(ws.root)),
             description=f"{spec.description}\n\nWorkspace: {ws.root}",

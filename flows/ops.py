@@ -14,7 +14,8 @@ def retrain_flow(workspace: str = DEFAULT_WORKSPACE, train: TrainParams | None =
                  gate: GateParams | None = None) -> dict:
     """dataset → retrain → gate, only when new labels arrived.
 
-    Scheduled hourly after import: when the dataset stage makes no new version and a challenger for
+    Run by its deployment trigger when a stand-alone import lands labels (`labelloop.labels.imported`,
+    flows/deploy.py), or by hand: when the dataset stage makes no new version and a challenger for
     the current data version already exists, nothing is trained and nothing is gated. The params are
     resolved once and the workspace lock is held throughout, like a cycle.
     """

@@ -42,7 +42,7 @@ from labelloop.tasks.capture import capture_predictions
 from labelloop.tasks.dataset import update_dataset
 from labelloop.tasks.environment import open_workspace
 from labelloop.tasks.export import export_batches
-from labelloop.tasks.gate import decide, promote, record
+from labelloop.tasks.gate import bandit_reward, decide, promote, record
 from labelloop.tasks.importing import import_labels
 from labelloop.tasks.production import serve_traffic
 from labelloop.tasks.select import select_batch
@@ -88,6 +88,23 @@ def stage_run(stage: str, sections: tuple[str, ...], workspace: str, resolved: P
         yield ws, p
 
 
+@contextmanager
+def stages_as_subflows() -> Iterator[None]:
+    """Run the stage flows called inside as subflows without their own heartbeat thread.
+
+    A flow run's heartbeat is a thread that tells the server the run's process is alive; Prefect joins it
+    when the run ends, which waits out the thread's current one-second sleep: ~0.5 s per stage, a third
+    of a cycle's time in one process (docs/benchmarks.md, "Where a cycle's time goes"). A stage run by a
+    parent in the same process dies with it, and the parent's own heartbeat (started before this is
+    entered, and so unaffected) is what tells the server that process is gone. The stage runs themselves
+    are unchanged: each is a flow run under the parent with its name, parameters, logs and artifacts,
+    and each stage stays a deployment of its own (run alone, it keeps its heartbeat)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 def _flow_run_ids() -> dict[str, str | None]:
     from prefect.runtime import flow_run
 
@@ -122,6 +139,8 @@ def select_flow(workspace: str = DEFAULT_WORKSPACE, params: SelectParams | None 
         if meta is None:
             return None
         items = BatchStore(ws).items(meta.batch_id)
+        if meta.bandit:
+            get_run_logger().info(f"auto: batch drawn by {meta.bandit['arm']} (p = {meta.bandit['probability']:.2f})")
         create_markdown_artifact(key="batch", markdown=batch_markdown(meta, items, p.export.price_per_label),
                                  description=f"batch {meta.batch_id}")
         return meta.batch_id
@@ -172,6 +191,10 @@ def gate_flow(workspace: str = DEFAULT_WORKSPACE, params: GateParams | None = No
             raise RuntimeError(
                 f"the gate would judge version {decision.challenger_version} of {model_name!r}, but this run trained "
                 f"version {expected_challenger}; nothing recorded or promoted (was the challenger alias moved by another run?)")
+        # select.strategy auto: the batches this challenger trained on earn their arm's reward (once each).
+        paid = bandit_reward(str(ws.root), model_name, decision.challenger_version, p.select.bandit)
+        if paid:
+            get_run_logger().info(paid)
         if decision.challenger_version == decision.champion_version:
             # A rerun after promotion: the decision on that version stands as recorded (reasons say why).
             get_run_logger().info("; ".join(decision.reasons))

@@ -44,16 +44,17 @@ def deployment_specs(ws: Workspace) -> dict:
 
 def build_deployments(ws: Workspace) -> list:
     """One RunnerDeployment per spec: no schedule, parameters = the workspace only, the run form made
-    for overrides (`deploy.run_form_schema`)."""
+    for overrides (`deploy.run_form_schema`); retrain with its event trigger (`deploy.event_triggers`)."""
     from prefect.types.entrypoint import EntrypointType
 
-    from labelloop.flows.deploy import for_run_form, load_flow
+    from labelloop.flows.deploy import event_triggers, for_run_form, load_flow
 
     deployments = []
     for spec in deployment_specs(ws).values():
         deployments.append(for_run_form(load_flow(spec).to_deployment(
             name=DEPLOYMENT_NAME,
             parameters={"workspace": str(ws.root)},
+            triggers=event_triggers(spec, ws.root),  # retrain runs when `labelloop import` (or its deployment) lands labels
             description=(f"{spec.description}\n\nWorkspace: {ws.root}. Empty fields take the workspace's params.yaml "
                          "as it is when the run starts; a field filled in overrides it for this run only."),
             tags=["labelloop", f"workspace:{workspace_slug(ws.root)}", *spec.tags],

@@ -52,6 +52,8 @@ class BatchMeta:
     labels_ordered: int = 0  # answers asked of the vendor (sum of annotators_wanted)
     labels_bought: int = 0  # answers received and paid (cost = labels_bought x export.price_per_label)
     history: list = field(default_factory=list)
+    # select.strategy auto: the arm that drew the batch, its probability, every arm's; reward once measured
+    bandit: dict = field(default_factory=dict)
 
 
 class BatchStore:

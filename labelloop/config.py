@@ -77,6 +77,11 @@ class CaptureParams(Section):
         description="...and only once it has not been modified for this long (a part still growing is never given up).",
     )
     drift: DriftParams = DriftParams()
+    audit_sample_rows: int = Field(
+        1000, ge=1, description="Audit candidates kept per capture window: a uniform random sample of ALL the window's "
+        "rows (every confidence), each with its inclusion probability min(1, audit_sample_rows / window rows); "
+        "select draws `select.audit_fraction` of each batch from them (labelloop/domain/audit.py)."
+    )
 
 
 # The names `params.yaml` may choose; the acquisition tables (labelloop/domain/acquisition/registry.py) and the
@@ -144,9 +149,53 @@ class HybridParams(Section):
         return self
 
 
+# `auto` is not a strategy of the registry: it is the bandit (labelloop/domain/acquisition/bandit.py) choosing one
+# registered strategy (an arm, `select.bandit.arms`) per batch.
+AUTO_STRATEGY = "auto"
+SelectStrategy = Literal[StrategyName, "auto"]
+BASELINE_ARM = "random"
+DEFAULT_ARMS: tuple[StrategyName, ...] = ("random", "margin", "hybrid")
+
+
+class BanditParams(Section):
+    """`select.strategy: auto`: EXP3 with a probability floor over `arms`, paid the importance-weighted accuracy gain
+    each batch brought on the audit items (labelloop/domain/acquisition/bandit.py); state in state/bandit.json."""
+
+    arms: list[StrategyName] = Field(
+        default_factory=lambda: list(DEFAULT_ARMS),
+        description="Registered strategies the bandit chooses among; must include random (the baseline).",
+    )
+    gamma: float = Field(
+        0.3, gt=0, le=1, description="Exploration: every arm keeps a probability of at least gamma / (number of arms).")
+    eta: float = Field(0.5, gt=0, description="Learning rate of the log-weights (EXP3).")
+    reward_scale: float = Field(
+        0.02, gt=0, description="An accuracy gain of this much (0.02 = 2 points) on the audit items pays reward 1, no "
+        "gain 0.5, a loss of this much 0.",
+    )
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arms(cls, value: object) -> object:
+        # Before the Literal check, so an unknown arm is named with the allowed ones.
+        if not isinstance(value, (list, tuple)):
+            return value
+        arms, allowed = [str(v) for v in value], sorted(get_args(StrategyName))
+        unknown = [a for a in arms if a not in allowed]
+        if unknown:
+            raise ValueError(f"unknown arm {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+        repeated = sorted({a for a in arms if arms.count(a) > 1})
+        if repeated:
+            raise ValueError(f"arm {', '.join(map(repr, repeated))} named twice; name each arm once")
+        if BASELINE_ARM not in arms:
+            raise ValueError(f"the arms must include {BASELINE_ARM!r} (the baseline auto must not fall behind); got "
+                             f"{', '.join(arms) or 'none'}; allowed: {', '.join(allowed)}")
+        return value
+
+
 class SelectParams(Section):
-    strategy: StrategyName = Field(
-        "hybrid", description="Acquisition strategy (see `labelloop strategies`); hybrid = best in docs/benchmarks.md."
+    strategy: SelectStrategy = Field(
+        "hybrid", description="Acquisition strategy (see `labelloop strategies`); hybrid = best in docs/benchmarks.md; "
+        "auto = a bandit choosing among select.bandit.arms per batch by the accuracy gain measured on audit items."
     )
     selector: SelectorName = Field(
         "topk", description="How utilities become a batch (the hybrid strategy brings its own selector)."
@@ -161,13 +210,26 @@ class SelectParams(Section):
         None, description="Calibrate the champion's probabilities before scoring (fitted on the holdout); ECE is reported."
     )
     group_column: str | None = Field(None, description="Hybrid quotas per value of this pool column; null = predicted class.")
+    audit_fraction: float = Field(
+        0.0, ge=0, le=1,
+        description="Audit items each batch also labels, as a share of batch_size (rounded; 0 = off): drawn uniformly at "
+        "random from the capture windows' audit candidates (all traffic, not only low-confidence rows), never by the "
+        "strategy, with their sampling probability recorded; they give unbiased estimates of the champion's accuracy "
+        "on live traffic (labelloop/domain/audit.py, README 'The audit sample'). `labelloop demo` runs with 0.1.",
+    )
     hybrid: HybridParams = HybridParams()
+    bandit: BanditParams = BanditParams()
+
+    @property
+    def audit_items(self) -> int:
+        """Audit items per batch: round(audit_fraction × batch_size), at least 1 when the fraction is positive."""
+        return 0 if self.audit_fraction == 0 else max(1, round(self.audit_fraction * self.batch_size))
 
     @field_validator("strategy", "selector", mode="before")
     @classmethod
     def _known(cls, value: object, info: ValidationInfo) -> object:
         # Before the Literal check, so the message reads like the CLI's other choice errors.
-        allowed = get_args(StrategyName if info.field_name == "strategy" else SelectorName)
+        allowed = (*get_args(StrategyName), AUTO_STRATEGY) if info.field_name == "strategy" else get_args(SelectorName)
         if value not in allowed:
             raise ValueError(f"unknown {info.field_name} {value!r}; allowed: {', '.join(sorted(allowed))}")
         return value
@@ -308,6 +370,55 @@ class DatasetParams(Section):
         description="DVC remote for data versions (e.g. s3://bucket/labelloop with the dvc-s3 extra); "
         "null = <workspace>/dvc-remote.",
     )
+
+
+class AutolabelParams(Section):
+    """Auto-labels (labelloop/domain/autolabel.py, labelloop/stages/autolabel.py): after select, pool rows the
+    champion is sure of get its label without a human, at per-class confidence thresholds chosen so the precision of
+    auto-labels, estimated on human-labelled check items above the same thresholds, has a one-sided Clopper-Pearson
+    lower bound of at least min_precision. Re-measured every cycle; below the target auto-labelling pauses itself."""
+
+    enabled: bool = Field(False, description="Auto-label confident pool rows after each select (off by default).")
+    min_precision: float = Field(
+        0.98, gt=0.5, lt=1, description="The lower confidence bound of the auto-labels' precision must reach this.")
+    confidence: float = Field(
+        0.95, ge=0.5, lt=1, description="Confidence level of that one-sided lower bound (Clopper-Pearson).")
+    min_confidence: float = Field(
+        0.9, gt=0, lt=1, description="No threshold below this; held-back check items are drawn among pool rows at or "
+        "above it.")
+    max_rows: int = Field(2000, ge=1, description="Auto-labels per cycle at most (the most confident rows first).")
+    holdback_share: float = Field(
+        0.2, ge=0, lt=1, description="Check items per cycle, as a share of select.batch_size: pool rows at or above "
+        "min_confidence, drawn uniformly, sent to humans anyway (a check batch beside the cycle's batch; the simulator "
+        "takes them out of the batch).")
+    min_checked_per_class: int = Field(
+        10, ge=1, description="A class needs this many checked items above its threshold, else it gets no auto-labels.")
+    min_checked: int = Field(
+        100, ge=1, description="Checked items above the thresholds (all classes) needed before any auto-label: with no "
+        "errors, the 95% bound reaches 0.98 only from about 150.")
+    check_holdout: bool = Field(
+        False, description="The fixed holdout also serves as check items, scored by the champion (never trained on it): "
+        "a uniform human-labelled sample, so thresholds from the first cycle; the holdout then also steers the "
+        "thresholds, not only the gate.")
+
+
+class MonitorParams(Section):
+    """Segment monitoring (labelloop/domain/segments.py): per segment, labels, holdout accuracy, audit accuracy and
+    window share, each cycle (reports/segments.jsonl, `labelloop status`); a drifted or under-performing segment of
+    `select.group_column` gets `segment_boost` times its share of the hybrid selector's quota."""
+
+    segments: list[str] = Field(
+        default_factory=list, description="Columns whose values are segments (e.g. [country, plan]); empty = "
+        "select.group_column when it is set.")
+    segment_boost: float = Field(
+        2.0, ge=1, le=10, description="Hybrid quota weight of a drifted or under-performing group_column segment (1 = off).")
+    underperform_margin: float = Field(
+        0.05, ge=0, le=1, description="A segment whose accuracy (audit, else holdout) is this far below the overall "
+        "under-performs.")
+    drift_ratio: float = Field(
+        1.5, gt=1, description="A segment whose share of the last capture window is at least this times its share of "
+        "the drift reference data has drifted.")
+    min_rows: int = Field(30, ge=1, description="Rows a segment needs (holdout or audit) before its accuracy is judged.")
 
 
 DEFAULT_MODEL_NAME = "labelloop-classifier"
@@ -459,6 +570,8 @@ SECTION_MODELS: dict[str, type[Section]] = {
     "train": TrainParams,
     "gate": GateParams,
     "schema": SchemaParams,
+    "autolabel": AutolabelParams,
+    "monitor": MonitorParams,
 }
 
 
@@ -476,6 +589,8 @@ class Params(BaseModel):
     train: TrainParams = TrainParams()
     gate: GateParams = GateParams()
     schema_: SchemaParams = Field(SchemaParams(), alias="schema")
+    autolabel: AutolabelParams = AutolabelParams()
+    monitor: MonitorParams = MonitorParams()
 
     @model_validator(mode="after")
     def _batch_fits_guard(self) -> Params:
@@ -483,6 +598,12 @@ class Params(BaseModel):
             raise ValueError(
                 f"select.batch_size={self.select.batch_size} exceeds export.max_batch_size="
                 f"{self.export.max_batch_size}; lower the batch or raise the guard"
+            )
+        if self.select.batch_size + self.select.audit_items > self.export.max_batch_size:
+            raise ValueError(
+                f"select.batch_size={self.select.batch_size} plus its {self.select.audit_items} audit items "
+                f"(select.audit_fraction={self.select.audit_fraction}) exceeds export.max_batch_size="
+                f"{self.export.max_batch_size}; lower the batch or the audit fraction, or raise the guard"
             )
         return self
 

@@ -7,8 +7,9 @@
       labels/raw/<batch_id>/      vendor payloads exactly as received
       labels/final/<batch_id>.parquet  aggregated labels
       quarantine/                 rejected rows with their reasons
-      registry/                   git + DVC repo: data/labeled.parquet, data/holdout.parquet, dataset_card.json,
-                                  params.yaml (this workspace's knobs), schema.json (features, label set),
+      audit/candidates/<window>.parquet  per capture window, a uniform sample of all its rows (audit candidates)
+      registry/                   git + DVC repo: data/labeled.parquet, data/holdout.parquet, data/audit.parquet,
+                                  dataset_card.json, params.yaml (this workspace's knobs), schema.json (features, label set),
                                   dvc.yaml (validate → train → evaluate)
       dvc-remote/                 the default DVC remote (a local directory)
       mlflow.db, mlartifacts/     MLflow tracking + registry (SQLite) and artifacts
@@ -128,6 +129,17 @@ class Workspace:
     @property
     def holdout_path(self) -> Path:
         return self.registry_dir / "data" / "holdout.parquet"
+
+    @property
+    def audit_path(self) -> Path:
+        """The audit set: append-only, time-stamped labelled audit items (uniform over captured traffic, with
+        their weights), versioned with the labelled set (labelloop/stages/audit.py documents its columns)."""
+        return self.registry_dir / "data" / "audit.parquet"
+
+    @property
+    def audit_candidates_dir(self) -> Path:
+        """Per capture window, its audit candidates (a uniform sample of all its rows) for select to draw from."""
+        return self.root / "audit" / "candidates"
 
     @property
     def card_path(self) -> Path:

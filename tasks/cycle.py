@@ -7,6 +7,7 @@ from prefect import task
 from labelloop.apps import cycle
 from labelloop.config import Params
 from labelloop.domain.cycle import CycleRecord
+from labelloop.tasks import events
 from labelloop.tasks.environment import open_workspace
 
 
@@ -29,15 +30,20 @@ def record_seed(workspace: str, params: Params, data_tag: str, model_version: st
 @task(name="record-pending-version", retries=2, retry_delay_seconds=[2, 10])
 def record_pending(workspace: str, params: Params, pending: cycle.PendingVersion, decision: str,
                    trained_version: str | None) -> CycleRecord:
-    return cycle.record_pending(open_workspace(workspace), params, pending, decision, trained_version)
+    ws = open_workspace(workspace)
+    record = cycle.record_pending(ws, params, pending, decision, trained_version)
+    events.stop_fired(ws, record, params.gate.stop.halt)  # `labelloop.stop.fired` when its stop rules fired
+    return record
 
 
 @task(name="record-cycle", retries=2, retry_delay_seconds=[2, 10])
 def close_cycle(workspace: str, params: Params, data_tag: str, labels: int, new_labels: int, decision: str,
                 batch_id: str | None, capture_lost: str | None, trained_version: str | None) -> CycleRecord:
-    """The cycle's history row: champion metrics, spend, stop rules."""
-    return cycle.close_cycle(open_workspace(workspace), params, data_tag, labels, new_labels, decision, batch_id,
-                             capture_lost, trained_version)
+    """The cycle's history row: champion metrics, spend, stop rules (`labelloop.stop.fired` when they fired)."""
+    ws = open_workspace(workspace)
+    record = cycle.close_cycle(ws, params, data_tag, labels, new_labels, decision, batch_id, capture_lost, trained_version)
+    events.stop_fired(ws, record, params.gate.stop.halt)
+    return record
 
 
 @task(name="summarise-cycle")

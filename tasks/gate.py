@@ -1,9 +1,10 @@
 from prefect import task
 
-from labelloop.config import GateParams
+from labelloop.config import BanditParams, GateParams
 from labelloop.domain.gate import GateDecision
 from labelloop.domain.stop_rules import StopReport
-from labelloop.stages import gate
+from labelloop.stages import bandit, gate
+from labelloop.tasks import events
 from labelloop.tasks.environment import open_workspace
 
 
@@ -15,7 +16,10 @@ def decide(workspace: str, model_name: str, rules: GateParams) -> GateDecision:
 
 @task(name="gate-record", retries=2, retry_delay_seconds=[2, 10])
 def record(workspace: str, model_name: str, decision: GateDecision, rules: GateParams | None = None) -> None:
-    gate.record_decision(open_workspace(workspace), model_name, decision, rules)
+    """The decision on the challenger's run and model version; a rejection also as `labelloop.gate.rejected`."""
+    ws = open_workspace(workspace)
+    gate.record_decision(ws, model_name, decision, rules)
+    events.gate_rejected(ws, model_name, decision)
 
 
 @task(name="move-champion-alias", retries=2, retry_delay_seconds=[2, 10])
@@ -28,3 +32,9 @@ def promote(workspace: str, model_name: str, decision: GateDecision) -> str | No
 def stop_halt(workspace: str, rules: GateParams) -> StopReport | None:
     """With `gate.stop.halt`, the fired stop rules that keep this cycle from buying labels; None to go on."""
     return gate.halted(open_workspace(workspace), rules)
+
+
+@task(name="bandit-reward", retries=2, retry_delay_seconds=[2, 10])
+def bandit_reward(workspace: str, model_name: str, challenger_version: str, params: BanditParams) -> str | None:
+    """select.strategy auto: pay each batch the challenger trained on its audit accuracy gain (once per batch)."""
+    return bandit.bandit_line(bandit.record_rewards(open_workspace(workspace), model_name, challenger_version, params))

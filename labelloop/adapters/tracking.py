@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from labelloop.core.redact import redact_text
 from labelloop.core.retry import TransientError
-from labelloop.domain.gate import ModelMetrics
+from labelloop.domain.gate import GateDecision, ModelMetrics
 from labelloop.model import LabelloopClassifier
 from labelloop.workspace import Workspace
 
@@ -170,6 +170,38 @@ def model_metrics(workspace: Workspace, model_name: str, version: str) -> ModelM
     )
 
 
+# A model version's description (the MLflow UI's first line about it): the train stage writes what it was
+# trained on and how it scored (`labelloop.stages.train.version_description`); the gate adds its decision and
+# every reason under a heading, replacing an earlier decision on a rerun, never the train stage's text.
+GATE_HEADING = "\n\n**Gate: "
+MAX_DESCRIPTION_CHARS = 5000  # MLflow's model_versions.description column
+
+
+def gate_description(description: str, decision: GateDecision) -> str:
+    """`description` with its gate section (decision, the champion it faced, each reason) set to `decision`'s."""
+    scored = f"{decision.primary_metric} {decision.challenger_value:.4g}"
+    if decision.champion_version is None:
+        against = f"{scored}; no champion yet"
+    elif decision.champion_value is None or decision.champion_version == decision.challenger_version:
+        against = f"{scored}; champion version {decision.champion_version}"
+    else:
+        against = f"{scored} against {decision.champion_value:.4g} of champion version {decision.champion_version}"
+    section = f"{GATE_HEADING}{decision.label}** ({against})\n" + "".join(f"\n- {reason}" for reason in decision.reasons)
+    description = description or ""
+    trained = "" if description.startswith(GATE_HEADING.lstrip("\n")) else description.split(GATE_HEADING, 1)[0]
+    text = trained + section if trained else section.lstrip("\n")
+    return text if len(text) <= MAX_DESCRIPTION_CHARS else text[:MAX_DESCRIPTION_CHARS - 1] + "…"
+
+
+def describe_gate_decision(workspace: Workspace, model_name: str, decision: GateDecision) -> None:
+    """Write the gate's decision and reasons into the challenger version's description (idempotent)."""
+    mlflow_client = client(workspace)
+    version = mlflow_client.get_model_version(model_name, decision.challenger_version)
+    description = gate_description(version.description or "", decision)
+    if description != version.description:
+        mlflow_client.update_model_version(model_name, decision.challenger_version, description=description)
+
+
 # The champion's history: one registered-model tag per change of `champion`, key
 # `labelloop.champion_history.000001`, value one JSON record. Kept in the model registry beside the
 # aliases it records, not in a workspace file: wherever the aliases live (the workspace's SQLite store,
@@ -215,61 +247,28 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _registered_model(workspace: Workspace, model_name: str):
-    """The registered model (tags, aliases), or None when nothing was registered under that name yet."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client(workspace).get_registered_model(model_name)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-
-
-def _version_tags(workspace: Workspace, model_name: str, version: str) -> dict[str, str]:
-    return dict(client(workspace).get_model_version(model_name, str(version)).tags)
-
-
-def _change(workspace: Workspace, model_name: str, version: str, by: str, reason: str, replaced: str | None,
-            at: str | None, recorded: bool = True) -> ChampionChange:
-    tags = _version_tags(workspace, model_name, version)
-    return ChampionChange(str(version), at, by, reason, tags.get("data_tag"), replaced, recorded)
-
-
 def new_champion_change(workspace: Workspace, model_name: str, version: str, by: str, reason: str,
                         replaced: str | None) -> ChampionChange:
     """The record of a change of `champion` labelloop makes now (`by`: one of MOVED_BY)."""
-    return _change(workspace, model_name, version, by, reason, replaced, _utc_now())
+    tags = client(workspace).get_model_version(model_name, str(version)).tags
+    return ChampionChange(str(version), _utc_now(), by, reason, tags.get("data_tag"), replaced)
+
+
+def _registry_reader(workspace: Workspace):
+    """The registry read through MLflow's client (`tracking_store` holds the rules; this module writes)."""
+    from labelloop.adapters.tracking_store import MlflowReader
+
+    return MlflowReader(workspace)
 
 
 def champion_history(workspace: Workspace, model_name: str) -> list[ChampionChange]:
     """Every change of `champion`, oldest first. A store older than the history gets entries derived from
     its aliases (previous-champion, unless a rollback demoted it, then champion); an alias moved without a
     record (by hand in the MLflow UI, or a crash between the move and its record) gets an `unrecorded`
-    entry. Those carry recorded=False and are written with the next change."""
-    model = _registered_model(workspace, model_name)
-    if model is None:
-        return []
-    history = [ChampionChange.from_json(value) for key, value in sorted(model.tags.items())
-               if key.startswith(CHAMPION_HISTORY_TAG)]
-    aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
-    champion = aliases.get(CHAMPION)
-    if champion is None or (history and history[-1].version == champion):
-        return history
-    if not history:
-        previous = aliases.get(PREVIOUS)
-        if previous and previous != champion and not _version_tags(workspace, model_name, previous).get("rolled_back"):
-            history.append(_change(workspace, model_name, previous, "derived",
-                                   "champion before labelloop kept a champion history", None, None, recorded=False))
-        tags = _version_tags(workspace, model_name, champion)
-        reason = tags.get("promoted_because") or tags.get("gate.reasons") or "champion before labelloop kept a champion history"
-        history.append(ChampionChange(champion, None, "derived", reason, tags.get("data_tag"), previous, recorded=False))
-        return history
-    history.append(_change(workspace, model_name, champion, "unrecorded",
-                           "the champion alias was moved without a record (by hand, or a run killed right after the move)",
-                           history[-1].version, None, recorded=False))
-    return history
+    entry. Those carry recorded=False and are written with the next change (`tracking_store.history_from`)."""
+    from labelloop.adapters import tracking_store
+
+    return tracking_store.champion_history(_registry_reader(workspace), model_name)
 
 
 def write_champion_changes(
@@ -282,49 +281,20 @@ def write_champion_changes(
         mlflow_client.set_registered_model_tag(model_name, f"{CHAMPION_HISTORY_TAG}{stored + offset:06d}", change.to_json())
 
 
-def _ranges(numbers: list[int]) -> str:
-    """[1, 2, 3, 5] → '1–3, 5'."""
-    parts: list[tuple[int, int]] = []
-    for number in sorted(numbers):
-        if parts and parts[-1][1] == number - 1:
-            parts[-1] = (parts[-1][0], number)
-        else:
-            parts.append((number, number))
-    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in parts)
-
-
 def describe_versions(workspace: Workspace, model_name: str) -> str:
     """'model 'x' has versions 1–5; aliases champion=5, previous-champion=3' — what a user may name."""
-    model = _registered_model(workspace, model_name)
-    if model is None:
-        return f"model {model_name!r} has no registered versions yet (run `labelloop train` or `labelloop cycle`)"
-    versions = [int(v.version) for v in client(workspace).search_model_versions(f"name = '{model_name}'")]
-    aliases = ", ".join(f"{alias}={version}" for alias, version in sorted((model.aliases or {}).items())) or "none"
-    return f"model {model_name!r} has versions {_ranges(versions) or 'none'}; aliases {aliases}"
+    from labelloop.adapters import tracking_store
+
+    return tracking_store.describe_versions(_registry_reader(workspace), model_name)
 
 
 @server_faults("looking up a model version")
 def resolve_version(workspace: Workspace, model_name: str, ref: str) -> str:
     """A version number ('3' or 'v3') or an alias (champion, challenger, previous-champion) → the version
     number; anything else is one `UnknownModelVersion` that names the versions and aliases that exist."""
-    from mlflow.exceptions import MlflowException
+    from labelloop.adapters import tracking_store
 
-    ref = str(ref).strip()
-    number = ref[1:] if ref[:1] in ("v", "V") and ref[1:].isdigit() else ref
-    model = _registered_model(workspace, model_name)
-    if model is None:
-        raise UnknownModelVersion(f"no version {ref!r}: {describe_versions(workspace, model_name)}")
-    if number.isdigit():
-        try:
-            return str(client(workspace).get_model_version(model_name, number).version)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            raise UnknownModelVersion(f"no version {ref!r}: {describe_versions(workspace, model_name)}") from None
-    aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
-    if ref not in aliases:
-        raise UnknownModelVersion(f"no version or alias {ref!r}: {describe_versions(workspace, model_name)}")
-    return aliases[ref]
+    return tracking_store.resolve_version(_registry_reader(workspace), model_name, ref)
 
 
 # -- how a model is stored -----------------------------------------------------------------------

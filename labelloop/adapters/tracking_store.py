@@ -9,7 +9,9 @@ directly, read-only:
   from the URI or MLFLOW_TRACKING_USERNAME/PASSWORD, a bearer MLFLOW_TRACKING_TOKEN;
 - anything else (a Postgres URI, say): MLflow's client, through `labelloop.adapters.tracking`.
 
-Writes always go through MLflow (`labelloop.adapters.tracking`); nothing here changes the store.
+Writes always go through MLflow (`labelloop.adapters.tracking`); nothing here changes the store. The rules
+over what is read (the champion history, resolving a version, the versions a user may name) are defined here
+once; `labelloop.adapters.tracking` applies them through `MlflowReader`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from labelloop.adapters.tracking import (
     ChampionChange,
     TrackingUnavailable,
     UnknownModelVersion,
-    _ranges,
 )
 from labelloop.core.redact import redact_text, redact_uri
 from labelloop.workspace import Workspace
@@ -299,6 +300,17 @@ def aliases(store: RegistryReader, model_name: str) -> dict[str, str]:
     return dict(model.aliases) if model is not None else {}
 
 
+def version_ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] → '1–3, 5'."""
+    parts: list[tuple[int, int]] = []
+    for number in sorted(numbers):
+        if parts and parts[-1][1] == number - 1:
+            parts[-1] = (parts[-1][0], number)
+        else:
+            parts.append((number, number))
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in parts)
+
+
 def describe_versions(store: RegistryReader, model_name: str) -> str:
     """'model 'x' has versions 1–5; aliases champion=5, previous-champion=3' — what a user may name."""
     model = store.registered_model(model_name)
@@ -306,7 +318,7 @@ def describe_versions(store: RegistryReader, model_name: str) -> str:
         return f"model {model_name!r} has no registered versions yet (run `labelloop train` or `labelloop cycle`)"
     versions = [int(v) for v in store.versions(model_name)]
     shown = ", ".join(f"{alias}={version}" for alias, version in sorted(model.aliases.items())) or "none"
-    return f"model {model_name!r} has versions {_ranges(versions) or 'none'}; aliases {shown}"
+    return f"model {model_name!r} has versions {version_ranges(versions) or 'none'}; aliases {shown}"
 
 
 def resolve_version(store: RegistryReader, model_name: str, ref: str) -> str:
@@ -327,7 +339,8 @@ def resolve_version(store: RegistryReader, model_name: str, ref: str) -> str:
 
 
 def champion_history(store: RegistryReader, model_name: str) -> list[ChampionChange]:
-    """`labelloop.adapters.tracking.champion_history`, read through `store`."""
+    """Every change of `champion`, oldest first, read through `store` (the one definition:
+    `labelloop.adapters.tracking.champion_history` reads through MLflow's client with it)."""
     model = store.registered_model(model_name)
     if model is None:
         return []
@@ -341,9 +354,10 @@ def champion_history(store: RegistryReader, model_name: str) -> list[ChampionCha
 
 def history_from(tags: Mapping[str, str], aliases: Mapping[str, str],
                  version_tags: Callable[[str], Mapping[str, str]]) -> list[ChampionChange]:
-    """The champion history from a registered model's tags and aliases (the rules of
-    `tracking.champion_history`: derived entries for a store older than the history, an `unrecorded` one
-    for an alias moved without a record)."""
+    """The champion history from a registered model's tags and aliases: the recorded changes; for a store
+    older than the history, entries derived from its aliases (previous-champion, unless a rollback demoted it,
+    then champion); for an alias moved without a record (by hand in the MLflow UI, or a crash between the move
+    and its record), an `unrecorded` entry. Those carry recorded=False (written with the next change)."""
     history = [ChampionChange.from_json(value) for key, value in sorted(tags.items()) if key.startswith(CHAMPION_HISTORY_TAG)]
     champion = aliases.get(CHAMPION)
     if champion is None or (history and history[-1].version == champion):

@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import re
-import sys
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -381,7 +381,9 @@ PRODUCTION_BRANCH = "main"
 # Files labelloop itself writes and commits with each data version: a version interrupted between
 # `dvc add` and the commit leaves them changed, and the next dataset run commits them. They are never
 # an experiment's change.
-VERSION_FILES = frozenset({"data/labeled.parquet.dvc", "data/holdout.parquet.dvc", "dataset_card.json", "exclusions.json"})
+VERSION_FILES = frozenset({"data/labeled.parquet.dvc", "data/holdout.parquet.dvc", "dataset_card.json", "exclusions.json",
+                           # the audit set: untracked (and not yet in DVC's data/.gitignore) before its first version
+                           "data/audit.parquet.dvc", "data/audit.parquet", "data/.gitignore"})
 
 
 def _changed_files(repo: Path) -> tuple[list[str], list[str]]:

@@ -9,14 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from labelloop.adapters import tracking, versioning
-from labelloop.apps.reports import cycle_markdown, gate_run_links, label_spend
+from labelloop.apps.reports import cycle_markdown, gate_run_links, label_spend, plot_learning_curve, plot_segments
 from labelloop.batches import BatchStore
 from labelloop.columns import ITEM_ID
 from labelloop.config import Params
 from labelloop.core.io import read_parquet
 from labelloop.domain.cycle import CycleRecord
 from labelloop.history import append_history, history_path, load_history
+from labelloop.stages import audit as audit_stage
+from labelloop.stages import autolabel as autolabel_stage
 from labelloop.stages import gate as gate_stage
+from labelloop.stages import monitor
 from labelloop.stages import train as train_stage
 from labelloop.workspace import Workspace
 
@@ -69,18 +72,89 @@ def cycle_record(workspace: Workspace, params: Params, data_tag: str, labels: in
     champion = tracking.alias_version(workspace, model_name, tracking.CHAMPION)
     metrics = tracking.model_metrics(workspace, model_name, champion).metrics if champion else {}
     cost, cost_per_point = label_spend(workspace, metrics.get("accuracy"))
+    trained_version, trained_metric = trained_model_metric(workspace, params, data_tag)
     return CycleRecord(
         cycle=max([r.cycle for r in load_history(workspace)], default=-1) + 1, labels=labels, data_tag=data_tag,
         champion_version=champion, champion_accuracy=metrics.get("accuracy"), champion_macro_f1=metrics.get("macro_f1"),
         decision=decision, batch_id=batch_id, new_labels=new_labels, cost=cost, cost_per_point=cost_per_point,
+        trained_version=trained_version, trained_metric=trained_metric,
     )
 
 
+def trained_model_metric(workspace: Workspace, params: Params, data_tag: str | None) -> tuple[str | None, float | None]:
+    """(version, gate.primary_metric) of the model trained on `data_tag` with the current train params — the
+    cycle's challenger, promoted or not, which the plateau rule watches; (None, None) when there is none."""
+    if data_tag is None:
+        return None, None
+    model = tracking.find_version(workspace, params.train.model_name, data_tag, train_stage.params_hash(params.train))
+    if model is None:
+        return None, None
+    value = tracking.model_metrics(workspace, params.train.model_name, str(model.version)).metrics.get(params.gate.primary_metric)
+    return str(model.version), None if value is None else float(value)
+
+
 def record_cycle(workspace: Workspace, params: Params, record: CycleRecord, trained_version: str | None) -> CycleRecord:
-    """Fill in the stop rules' report and append the row to the history."""
+    """Fill in drift, segments and the stop rules' report, append the row to the history, publish it to MLflow."""
+    monitor_cycle(workspace, params, record)
     record = gate_stage.report_stop_rules(workspace, record, params.gate, params.train.model_name, trained_version)
     append_history(workspace, record)
+    publish_cycle(workspace, params, record, trained_version)
     return record
+
+
+def monitor_cycle(workspace: Workspace, params: Params, record: CycleRecord) -> dict:
+    """The cycle's drift window and segments (reports/segments.jsonl), their short texts on the record's line."""
+    from labelloop.domain.segments import segments_text
+
+    line = monitor.measure_cycle(workspace, params, record)
+    monitor.record_segments(workspace, line)
+    record.drift = line["drift"]
+    record.segments = segments_text(monitor.segment_stats(line)) or None
+    return line
+
+
+def cycle_metrics(line: dict) -> dict[str, float]:
+    """MLflow metrics of a monitor line: the window's drift (drift.psi.<column>, drift.columns_drifted, ...,
+    drift.psi.confidence) and per segment its labels and accuracies (`segment_metric`: segment.labels.<column>/<segment>,
+    segment.holdout_accuracy..., segment.audit_accuracy...)."""
+    out = {key: float(value) for key, value in line.get("drift_metrics", {}).items()}
+    stats = monitor.segment_stats(line)
+    for s in stats:
+        out[segment_metric("labels", s.column, s.segment)] = float(s.labels)
+        if s.holdout_accuracy is not None:
+            out[segment_metric("holdout_accuracy", s.column, s.segment)] = s.holdout_accuracy
+        if s.audit is not None:
+            out[segment_metric("audit_accuracy", s.column, s.segment)] = s.audit.value
+    if stats:
+        out["segments.drifted"] = float(sum(s.drifted for s in stats))
+        out["segments.underperforming"] = float(sum(s.underperforming for s in stats))
+    return out
+
+
+def segment_metric(kind: str, column: str, segment: str) -> str:
+    """'segment.<kind>.<column>/<segment>' in the characters MLflow allows in a metric name (others become '_')."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in f"segment.{kind}.{column}/{segment}")[:250]
+
+
+def publish_cycle(workspace: Workspace, params: Params, record: CycleRecord, trained_version: str | None) -> str | None:
+    """Log the cycle's drift and segment metrics (step = cycle) and the plots (plots/learning_curve.png,
+    plots/segments.png) to the MLflow run of the model trained this cycle, else the champion's; its run id."""
+    version = trained_version or record.champion_version
+    if version is None:
+        return None
+    run_id = tracking.client(workspace).get_model_version(params.train.model_name, str(version)).run_id
+    line = next((r for r in monitor.load_segment_log(workspace) if r.get("cycle") == record.cycle), {})
+    metrics = cycle_metrics(line)
+    autolabelled = autolabel_stage.cycle_report(workspace, record.cycle)
+    if autolabelled is not None:  # autolabel_precision_low = 1 when the bound fell below the target
+        metrics.update(autolabelled.metrics())
+    if metrics:
+        audit_stage.log_metrics(workspace, run_id, metrics, record.cycle)
+    client = tracking.client(workspace)
+    for png in (plot_learning_curve(workspace), plot_segments(workspace)):
+        if png is not None:
+            client.log_artifact(run_id, str(png), artifact_path=train_stage.PLOTS_DIR)
+    return run_id
 
 
 def close_cycle(workspace: Workspace, params: Params, data_tag: str, labels: int, new_labels: int, decision: str,
@@ -88,7 +162,22 @@ def close_cycle(workspace: Workspace, params: Params, data_tag: str, labels: int
     """The cycle's history row: champion metrics, spend so far, what capture lost, the stop rules."""
     record = cycle_record(workspace, params, data_tag, labels, new_labels, decision, batch_id)
     record.capture_lost = capture_lost
+    record.audit = cycle_audit(workspace, params, record.cycle, trained_version)
+    autolabelled = autolabel_stage.cycle_report(workspace, record.cycle)
+    record.autolabel = autolabelled.text() if autolabelled is not None else None
     return record_cycle(workspace, params, record, trained_version)
+
+
+def cycle_audit(workspace: Workspace, params: Params, cycle: int, trained_version: str | None) -> str | None:
+    """The champion's and this cycle's challenger's audit estimates (each on the audit items it did not train on),
+    logged to MLflow and reports/audit.jsonl; the text for the cycle line (None without audit items)."""
+    try:
+        # Per segment of the first monitored column (`monitor.segments`, else `select.group_column`).
+        segment = next(iter(params.monitor.segments), None) or params.select.group_column
+        results = audit_stage.audit_cycle(workspace, params.train.model_name, cycle, segment, challenger=trained_version)
+    except tracking.IncompatibleModel as error:  # a version stored by an older labelloop cannot predict here
+        return f"audit: not estimated ({error})"
+    return audit_stage.audit_text(results)
 
 
 def record_seed(workspace: Workspace, params: Params, data_tag: str, model_version: str, decision: str) -> CycleRecord | None:
@@ -97,7 +186,9 @@ def record_seed(workspace: Workspace, params: Params, data_tag: str, model_versi
         return None
     labels = int(tracking.model_metrics(workspace, params.train.model_name, model_version).new_labels)
     record = cycle_record(workspace, params, data_tag, labels, 0, decision, None)
+    monitor_cycle(workspace, params, record)
     append_history(workspace, record)
+    publish_cycle(workspace, params, record, model_version)
     return record
 
 
@@ -128,4 +219,5 @@ def cycle_summary(workspace: Workspace, model_name: str, record: CycleRecord, ba
     if record.data_tag:
         links["data version"] = f"`git -C {workspace.registry_dir} show {record.data_tag}`"
     links["cycle history"] = f"`{history_path(workspace)}`"
-    return cycle_markdown(record, batch, imports, version, decision, links)
+    line = next((r for r in monitor.load_segment_log(workspace) if r.get("cycle") == record.cycle), None)
+    return cycle_markdown(record, batch, imports, version, decision, links, line)

@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from labelloop.core.redact import redact_text, redact_uri
@@ -31,7 +32,23 @@ def batch_markdown(meta, items: pd.DataFrame, price_per_label: float) -> str:
         ("predicted-class mix", ", ".join(f"{k}: {v}" for k, v in sorted(mix.items()))),
         ("mean utility", f"{items['utility'].mean():.4f}" if "utility" in items else "-"),
     ]
+    rows += bandit_rows(getattr(meta, "bandit", None) or {})
     return f"## Batch {meta.batch_id}\n\n" + _table(rows)
+
+
+def bandit_rows(choice: dict) -> list[tuple[str, object]]:
+    """select.strategy auto: the arm that drew the batch, the arms' probabilities, its reward once measured."""
+    if not choice.get("arm"):
+        return []
+    probabilities = ", ".join(f"{a}: {p:.2f}" for a, p in choice.get("probabilities", {}).items())
+    rows: list[tuple[str, object]] = [("bandit arm", f"{choice['arm']} (p = {choice.get('probability', 0):.2f})"),
+                                      ("arms' probabilities", probabilities)]
+    if "measured_by" in choice:
+        reward = choice.get("reward")
+        rows.append(("bandit reward", "none: no audit items yet" if reward is None else
+                     f"{reward:.3f} (accuracy gain {choice.get('gain', 0):+.4f} on {choice.get('n_audit', 0)} audit items, "
+                     f"model {choice['measured_by']})"))
+    return rows
 
 
 def import_markdown(reports: list) -> str:
@@ -84,9 +101,10 @@ def gate_markdown(decision, tracking_uri: str, run_links: dict[str, str] | None 
 
 
 def cycle_markdown(record, batch=None, imports: list | None = None, version=None, decision=None,
-                   links: dict[str, str] | None = None) -> str:
+                   links: dict[str, str] | None = None, monitor_line: dict | None = None) -> str:
     """The parent cycle run's summary: what was bought, what came back, the data version, the gate's
-    decision and reasons, the stop rules, and where to look next (`links`: name → URL or path)."""
+    decision and reasons, the stop rules, drift and segments (`monitor_line`, reports/segments.jsonl's line
+    of the cycle), and where to look next (`links`: name → URL or path)."""
     acc = "-" if record.champion_accuracy is None else f"{record.champion_accuracy:.4f}"
     f1 = "-" if record.champion_macro_f1 is None else f"{record.champion_macro_f1:.4f}"
     parts = [f"## Cycle {record.cycle}: gate {record.decision}", "",
@@ -127,6 +145,16 @@ def cycle_markdown(record, batch=None, imports: list | None = None, version=None
             parts.append(f"| {name} | {rule.get('enabled')} | {shown if shown is not None else '-'} | "
                          f"{rule.get('threshold') if rule.get('threshold') is not None else '-'} | "
                          f"{rule.get('triggered', False)} |")
+    if monitor_line is not None:
+        from labelloop.domain.segments import SegmentStats, segments_table
+
+        stats = [SegmentStats.from_dict(s) for s in monitor_line.get("segments", [])]
+        parts += ["", "### Drift and segments", "",
+                  (monitor_line.get("drift") or "drift: no new capture window this cycle")
+                  + (f" (window `{monitor_line['drift_window']}`; the capture artifact has every column)"
+                     if monitor_line.get("drift_window") else "")]
+        if stats:
+            parts += ["", segments_table(stats)]
     if record.capture_lost:
         parts += ["", f"Capture gave up on: {record.capture_lost}"]
     if links:
@@ -175,35 +203,122 @@ def label_spend(workspace: Workspace, champion_accuracy: float | None) -> tuple[
     return total, total / ((champion_accuracy - seed) * 100.0)
 
 
-def plot_learning_curve(workspace: Workspace, out: Path | None = None) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = load_history(workspace)
+    return plt
+
+
+def audit_points(workspace: Workspace) -> dict[int, tuple[float, float, float]]:
+    """Cycle → the champion's audit estimate of accuracy (value, low, high) from reports/audit.jsonl ({} without)."""
+    from labelloop.core.io import read_json_lines
+    from labelloop.stages.audit import report_path
+
+    points = {}
+    for line in read_json_lines(report_path(workspace)):
+        model = next((m for m in line.get("models", []) if m.get("role") == "champion"), None)
+        accuracy = ((model or {}).get("estimate") or {}).get("accuracy")
+        if accuracy and "cycle" in line:
+            points[int(line["cycle"])] = (float(accuracy["value"]), float(accuracy["low"]), float(accuracy["high"]))
+    return points
+
+
+def plot_learning_curve(workspace: Workspace, out: Path | None = None) -> Path:
+    """The loop at a glance, x = labels spent: the champion's holdout accuracy and macro-F1 per cycle, each cycle's
+    trained model (challenger) marked by the gate's decision (promoted ▲ / rejected ✕), and the champion's audit
+    estimate of accuracy on live traffic with its 90% interval where the audit stage made one."""
     out = out or workspace.reports_dir / "learning_curve.png"
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    return _save(learning_curve_figure(load_history(workspace), audit_points(workspace)), out)
+
+
+def _save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+    return out
+
+
+def learning_curve_figure(history: list, audit: dict[int, tuple[float, float, float]]):
+    """The learning curve's figure from the cycle history and the audit points (`audit_points`)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     labels = [r.labels for r in history]
     # A cycle without a champion has no point (NaN leaves a gap, as None did).
     accuracy = [math.nan if r.champion_accuracy is None else r.champion_accuracy for r in history]
     macro_f1 = [math.nan if r.champion_macro_f1 is None else r.champion_macro_f1 for r in history]
-    ax.plot(labels, accuracy, marker="o", label="champion accuracy")
-    ax.plot(labels, macro_f1, marker="s", label="champion macro-F1")
+    ax.plot(labels, accuracy, marker="o", label="champion accuracy (holdout)")
+    ax.plot(labels, macro_f1, marker="s", alpha=0.6, label="champion macro-F1 (holdout)")
+    for decision, marker, color, name in (("promote", "^", "tab:green", "trained model, promoted"),
+                                          ("reject", "x", "tab:red", "trained model, rejected")):
+        points = [(r.labels, r.trained_metric) for r in history if r.decision == decision and r.trained_metric is not None]
+        if points:
+            ax.scatter(*zip(*points, strict=True), marker=marker, color=color, s=60, zorder=3,
+                       label=f"{name} (gate.primary_metric)")
     for r in history:
-        if r.decision == "promote":
+        if r.decision == "promote" and r.champion_accuracy is not None:
             ax.annotate(f"v{r.champion_version}", (r.labels, r.champion_accuracy), textcoords="offset points", xytext=(0, 6),
                         fontsize=7, ha="center")
-    ax.set_xlabel("labelled examples")
-    ax.set_ylabel("holdout score")
-    ax.set_title("labelloop: champion on the fixed holdout, per cycle")
+    shown = [(r.labels, *audit[r.cycle]) for r in history if r.cycle in audit]
+    if shown:
+        x, value, low, high = (np.array(v, dtype=np.float64) for v in zip(*shown, strict=True))
+        ax.errorbar(x, value, yerr=[value - low, high - value], fmt="D", color="tab:purple", capsize=4,
+                    label="champion accuracy (audit, live traffic, 90% interval)")
+    ax.set_xlabel("labels spent" + (f" (cost {history[-1].cost:.2f})" if history and history[-1].cost else ""))
+    ax.set_ylabel("accuracy / macro-F1")
+    ax.set_title("labelloop: the champion per cycle, the gate's decisions, the audit estimate")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
+
+
+def plot_segments(workspace: Workspace, out: Path | None = None, top: int = 8) -> Path | None:
+    """Per monitored segment over cycles: the champion's holdout accuracy (audit estimates as diamonds with their
+    interval) and the labels bought; None when no segment is monitored (labelloop/stages/monitor.py)."""
+    from labelloop.stages.monitor import load_segment_log
+
+    log = [line for line in load_segment_log(workspace) if line.get("segments")]
+    if not log:
+        return None
+    return _save(segments_figure(log, top), out or workspace.reports_dir / "segments.png")
+
+
+def segments_figure(log: list[dict], top: int = 8):
+    """The per-segment figure from the monitor's lines (reports/segments.jsonl, those with segments)."""
+    from labelloop.stages.monitor import segment_stats
+
+    plt = _pyplot()
+    last = segment_stats(log[-1])
+    keys = [(s.column, s.segment) for s in sorted(last, key=lambda s: (-s.flagged, -s.labels))[:top]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cycles = [int(line["cycle"]) for line in log]
+    for column, segment in keys:
+        series = [next((s for s in segment_stats(line) if (s.column, s.segment) == (column, segment)), None) for line in log]
+        name = f"{column}={segment}" + (" (flagged)" if any(s.flagged for s in last if (s.column, s.segment) == (column, segment))
+                                        else "")
+        accuracy = [math.nan if s is None or s.holdout_accuracy is None else s.holdout_accuracy for s in series]
+        (line,) = left.plot(cycles, accuracy, marker="o", label=name)
+        audited = [(c, s.audit) for c, s in zip(cycles, series, strict=True) if s is not None and s.audit is not None]
+        if audited:
+            x = np.array([c for c, _ in audited], dtype=np.float64)
+            value = np.array([a.value for _, a in audited])
+            left.errorbar(x, value, yerr=[value - [a.low for _, a in audited], [a.high for _, a in audited] - value],
+                          fmt="D", color=line.get_color(), alpha=0.6, capsize=3)
+        right.plot(cycles, [0 if s is None else s.labels for s in series], marker="o", color=line.get_color(), label=name)
+    left.set_title("champion accuracy per segment (holdout; ◆ audit, 90% interval)")
+    left.set_xlabel("cycle")
+    left.set_ylabel("accuracy")
+    right.set_title("labels per segment")
+    right.set_xlabel("cycle")
+    right.set_ylabel("labelled rows")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    right.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def stage_params_path(workspace: Workspace) -> Path:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from labelloop.apps.simulate_audit import AuditRun
+from labelloop.apps.simulate_audit import coverage as audit_coverage
 from labelloop.domain.cycle import CycleRecord
 from labelloop.domain.stop_rules import StopRules, evaluate_stop_rules
 from labelloop.workspace import sqlite_uri
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from labelloop.schema import Schema, SchemaOverrides
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+AUTO = "auto"  # the bandit over `select.bandit.arms` (labelloop/domain/acquisition/bandit.py)
 TARGET_FRACTION = 0.99
 
 
@@ -72,6 +75,17 @@ class SimulationConfig:
     categorical_columns: list[str] = field(default_factory=list)
     text_columns: list[str] = field(default_factory=list)
     drop_columns: list[str] = field(default_factory=list)
+    # labelloop.config.AutolabelParams (params.yaml's `autolabel`); None or disabled = no auto-labels. When on,
+    # `holdback_share` of each batch is spent on check items and the curves' n_labels count human labels only.
+    autolabel: Any = None
+    # `auto` (a strategy name here as in `select.strategy`): labelloop.config.BanditParams (`select.bandit`), None =
+    # its defaults; its reward is measured on `audit_size` pool rows drawn uniformly per repeat (labels known).
+    bandit: Any = None
+    audit_size: int = 500
+    # The audit sample (labelloop/apps/simulate_audit.py): round(audit_fraction × batch_size) items per round drawn
+    # uniformly from the round's unlabelled pool (capture keeps audit_sample_rows of it), estimated against the truth.
+    audit_fraction: float = 0.0
+    audit_sample_rows: int = 1000
 
     def overrides(self) -> SchemaOverrides:
         from labelloop.schema import SchemaOverrides
@@ -88,7 +102,7 @@ class SimulationConfig:
             raise ValueError("--strategies needs at least one strategy name")
         if self.selector is not None:
             get_selector(self.selector)  # raises with the allowed names
-        for name in self.strategies:
+        for name in (n for s in self.strategies for n in self._arms_of(s)):
             # Unknown names and misspelt parameters fail here, before any model is trained.
             get_strategy(name).check(f"strategy {name!r}", self.strategy_params.get(name, {}))
             selector = resolve_selector(name, self.selector)
@@ -100,6 +114,22 @@ class SimulationConfig:
             raise ValueError(f"--rounds must be ≥ 0, got {self.rounds}")
         if not (0 < self.test_size < 1):
             raise ValueError(f"--test-size must be within (0, 1), got {self.test_size}")
+        if AUTO in self.strategies and self.audit_size <= 0:
+            raise ValueError(f"--audit-size must be positive with the auto strategy, got {self.audit_size}")
+        if not 0 <= self.audit_fraction <= 1:
+            raise ValueError(f"--audit-fraction must be within [0, 1], got {self.audit_fraction}")
+        if self.audit_sample_rows <= 0:
+            raise ValueError(f"--audit-sample-rows must be positive, got {self.audit_sample_rows}")
+
+    def _arms_of(self, name: str) -> list[str]:
+        """The registered strategies `name` runs: itself, or for auto the bandit's arms (`select.bandit.arms`)."""
+        if name != AUTO:
+            return [name]
+        from labelloop.config import BanditParams
+
+        if self.bandit is None:
+            self.bandit = BanditParams()
+        return list(self.bandit.arms)
 
 
 @dataclass
@@ -263,6 +293,38 @@ def summarize(
     return out
 
 
+def arm_report(curves: pd.DataFrame) -> dict[str, Any]:
+    """The `auto` strategy's arms from its curve rows: share of batches per arm overall and per round (over the
+    repeats), mean reward and accuracy gain per arm (of the batches it drew), and the arm probabilities' mean."""
+    if "arm" not in curves.columns:
+        return {"shares": {}, "by_round": [], "mean_reward": {}, "mean_gain": {}}
+    drawn = curves.dropna(subset=["arm"]).sort_values(["repeat", "round"])
+    names = sorted(drawn["arm"].unique())
+    # A batch's reward is on the next row of the same repeat (measured once the model it led to was trained).
+    paid = drawn.copy()
+    nxt = curves.set_index(["repeat", "round"])
+    for column in ("bandit_reward", "bandit_gain"):
+        source = nxt[column] if column in nxt.columns else pd.Series(dtype=float)
+        paid[column] = [source.get((rep, rnd + 1), np.nan) for rep, rnd in zip(drawn["repeat"], drawn["round"], strict=True)]
+    by_round = []
+    for (round_, n_labels), group in drawn.groupby(["round", "n_labels"], sort=True):
+        counts = group["arm"].value_counts()
+        by_round.append({"round": int(round_), "n_labels": int(n_labels),
+                         "shares": {a: float(counts.get(a, 0) / len(group)) for a in names}})
+    counts = drawn["arm"].value_counts()
+    return {
+        "shares": {a: float(counts.get(a, 0) / len(drawn)) for a in names},
+        "by_round": by_round,
+        "mean_reward": {a: _mean(paid.loc[paid["arm"] == a, "bandit_reward"]) for a in names},
+        "mean_gain": {a: _mean(paid.loc[paid["arm"] == a, "bandit_gain"]) for a in names},
+    }
+
+
+def _mean(values: pd.Series) -> float | None:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    return float(values.mean()) if len(values) else None
+
+
 # ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
@@ -290,6 +352,51 @@ class _NoBar:
         pass
 
 
+class _BanditRun:
+    """`auto` in one simulated run: before each selection the bandit draws an arm; once the next model is trained,
+    the arm is paid the accuracy gain (new model − the model that selected the batch) on the audit rows — a
+    uniform sample of the pool drawn once per repeat, labels known, mimicking the production audit — that neither
+    model trained on (uniform draw: every weight 1). Each curve row carries the arm drawn after it and the reward
+    of the batch that led to it."""
+
+    def __init__(self, config: SimulationConfig, pool: np.ndarray, labels: np.ndarray, repeat: int) -> None:
+        from labelloop.config import BanditParams
+        from labelloop.domain.acquisition import bandit
+
+        self.params = config.bandit if config.bandit is not None else BanditParams()
+        self.state = bandit.initial_state(self.params.arms, self.params.gamma, self.params.eta)
+        rng = np.random.default_rng([config.seed, repeat, 17])
+        self.audit = np.sort(rng.choice(pool, min(config.audit_size, len(pool)), replace=False))
+        self.truth = labels[self.audit]
+        self.seed, self.repeat = config.seed, repeat
+        self.pending: tuple[str, str, float] | None = None  # (batch id, arm, probability)
+        self.before: np.ndarray | None = None
+
+    def measure(self, predicted: np.ndarray, in_labelled: np.ndarray) -> dict[str, Any]:
+        """Pay the pending batch's arm, given the new model's predictions on the audit rows."""
+        from labelloop.domain.acquisition import bandit
+
+        out: dict[str, Any] = {}
+        if self.pending is not None and self.before is not None:
+            fresh = ~in_labelled[self.audit]  # neither model trained on them
+            gain = bandit.accuracy_gain(self.truth[fresh], self.before[fresh], predicted[fresh])
+            reward = bandit.scaled_reward(gain, self.params.reward_scale, bandit.gain_baseline(self.state))
+            batch_id, arm, probability = self.pending
+            self.state = bandit.update(self.state, batch_id, arm, probability, reward, gain=gain, n_audit=int(fresh.sum()))
+            out = {"bandit_gain": gain, "bandit_reward": reward, "n_audit": int(fresh.sum())}
+        self.before, self.pending = predicted, None
+        return out
+
+    def choose(self, round_: int) -> tuple[str, dict[str, Any]]:
+        """The arm that draws this round's batch, and what the curve row records about it."""
+        from labelloop.domain.acquisition import bandit
+
+        arm, probabilities = bandit.choose(self.state, np.random.default_rng([self.seed, self.repeat, round_, 13]))
+        self.pending = (f"r{self.repeat}-{round_}", arm, probabilities[arm])
+        return arm, {"arm": arm, "arm_probability": probabilities[arm],
+                     **{f"p_{name}": q for name, q in probabilities.items()}}
+
+
 def _run_strategy(
     strategy: str, config: SimulationConfig, table: Table, test: np.ndarray, pool: np.ndarray,
     seed_rows: np.ndarray, stop_rows: np.ndarray, minority: str, repeat: int, bar,
@@ -300,6 +407,10 @@ def _run_strategy(
 
     params, schema, y = config.train_params, table.schema, table.labels
     class_names = schema.class_names
+    auto = _AutoLabels(config.autolabel, y, config.batch_size) if _autolabel_on(config) else None
+    bandit = _BanditRun(config, pool, y, repeat) if strategy == AUTO else None
+    audit = AuditRun(config.audit_fraction, config.batch_size, config.audit_sample_rows, y, class_names,
+                     [config.seed, repeat]) if config.audit_fraction > 0 else None
     components = params.text.selection_components
     labelled = list(seed_rows)
     in_labelled = np.zeros(len(y), dtype=bool)
@@ -311,20 +422,29 @@ def _run_strategy(
     select_seconds = 0.0
     for round_ in range(config.rounds + 1):
         lab = np.asarray(labelled)
-        model = LabelloopClassifier.from_params(params, schema).fit(table.rows(lab), y[lab])
+        y_lab = y[lab] if auto is None else auto.train_labels[lab]
+        model = LabelloopClassifier.from_params(params, schema).fit(table.rows(lab), y_lab)
         scores = evaluate(y[test], model.predict(table.rows(test)), minority)
-        rows.append({"strategy": strategy, "repeat": repeat, "round": round_, "n_labels": len(lab), **scores})
-        history.append(CycleRecord(cycle=round_, labels=len(lab), primary_metric=scores[config.metric]))
+        n_human = len(lab) - (0 if auto is None else auto.n_auto)
+        rows.append({"strategy": strategy, "repeat": repeat, "round": round_, "n_labels": n_human, **scores,
+                     **({} if auto is None else auto.last)})
+        if bandit is not None:
+            rows[-1].update(bandit.measure(model.predict(table.rows(bandit.audit)), in_labelled))
+        if audit is not None:  # drawn after the model was trained: it never trained on them
+            rows[-1].update(audit.measure(model.predict, table.rows, pool[~in_labelled[pool]], round_))
+        history.append(CycleRecord(cycle=round_, labels=n_human, primary_metric=scores[config.metric]))
         stop_set_predictions.append(model.predict(table.rows(stop_rows)))
         report = evaluate_stop_rules(history, config.stop_rules, stop_set_predictions)
         stops.append({
-            "strategy": strategy, "repeat": repeat, "round": round_, "n_labels": len(lab), "stop": report.stop,
+            "strategy": strategy, "repeat": repeat, "round": round_, "n_labels": n_human, "stop": report.stop,
             **{f"{k}_triggered": v["triggered"] for k, v in report.rules.items()},
         })
         bar.update(1)
         if round_ == config.rounds:
             break
         candidates = pool[~in_labelled[pool]]
+        if audit is not None:  # the strategy never picks the audit items
+            candidates = np.setdiff1d(candidates, audit.drawn)
         if len(candidates) == 0:
             break
         scorer, context_extra = model, {}
@@ -337,26 +457,110 @@ def _run_strategy(
                              "validation_labels": y[val]}
         candidate_rows = table.rows(candidates)
         probas = scorer.predict_proba(candidate_rows)
+        arm = strategy
+        if bandit is not None:
+            arm, chosen_arm = bandit.choose(round_)
+            rows[-1].update(chosen_arm)
         context = SelectionContext(
-            labelled_rows=table.rows(lab), labelled_labels=y[lab], class_names=class_names, train_params=params,
+            labelled_rows=table.rows(lab), labelled_labels=y_lab, class_names=class_names, train_params=params,
             schema=schema, feature_map=None if schema.all_numeric else ModelSpace.of_model(model, components),
             committee_size=config.committee_size, committee_seed=config.seed + 1000 * repeat + round_, hybrid=config.hybrid,
-            strategy_params=config.strategy_params.get(strategy, {}),
-            selector_params=config.selector_params.get(strategy, {}),
+            strategy_params=config.strategy_params.get(arm, {}),
+            selector_params=config.selector_params.get(arm, {}),
             **context_extra,
         )
         started = time.perf_counter()
         chosen, _, _ = select_indices(
-            probas, config.batch_size, strategy=strategy, selector=config.selector,
+            probas, config.batch_size, strategy=arm, selector=config.selector,
             seed=int(np.random.default_rng([config.seed, repeat, round_]).integers(2**31 - 1)),
             rows=candidate_rows, features=candidate_rows if schema.all_numeric else None, context=context,
             class_names=class_names,
         )
         select_seconds += time.perf_counter() - started
         picked = candidates[chosen]
+        if auto is not None:
+            holdout = (model.predict_proba(table.rows(test)), y[test]) if config.autolabel.check_holdout else None
+            picked = auto.step(candidates, probas, picked, class_names, [config.seed, repeat, round_, 11], holdout)
+        if audit is not None:  # audit items join training once they have evaluated a model
+            picked = np.concatenate([picked, audit.drawn])
         in_labelled[picked] = True
         labelled.extend(picked.tolist())
     return rows, stops, select_seconds
+
+
+def _autolabel_on(config: SimulationConfig) -> bool:
+    return config.autolabel is not None and bool(config.autolabel.enabled)
+
+
+class _AutoLabels:
+    """The auto-label loop of one simulated strategy run: held-back check items (labelled with the hidden truth, as
+    a perfect annotator would), thresholds from labelloop.domain.autolabel, auto-labels with the model's guess, and
+    their true precision per round (the yardstick the production loop cannot see)."""
+
+    def __init__(self, params, y: np.ndarray, batch_size: int) -> None:
+        from labelloop.domain.autolabel import holdback_size
+
+        self.params, self.y = params, y
+        self.train_labels = np.asarray(y, dtype=object).copy()
+        self.holdback = min(holdback_size(batch_size, params.holdback_share), batch_size - 1)
+        self.checks: dict[str, list] = {"predicted": [], "confidence": [], "correct": [], "weight": [], "round": []}
+        self.in_force: dict[str, float] = {}
+        self.n_auto = 0
+        self.round = 0
+        self.last: dict[str, Any] = {"auto_added": 0, "auto_total": 0, "auto_true_precision": float("nan"),
+                                     "auto_bound": float("nan"), "auto_paused": True, "auto_classes": 0}
+
+    def step(self, candidates: np.ndarray, probas: np.ndarray, picked: np.ndarray, class_names: list[str],
+             seed: list[int], holdout: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Rows that join the labelled set this round: the human picks, the check items and the auto-labels.
+        `holdout`: the current model's probabilities on the holdout and its labels (`check_holdout`)."""
+        from labelloop.domain.autolabel import choose_thresholds, draw_holdback, pick_auto_rows
+
+        p = self.params
+        names = np.asarray(class_names, dtype=object)
+        predicted = names[np.argmax(probas, axis=1)].astype(str)
+        confidence = probas.max(axis=1)
+        free = ~np.isin(candidates, picked)
+        # Thresholds from the check items answered before this round (this round's are not labelled yet).
+        c = {k: list(v) for k, v in self.checks.items()}
+        if holdout is not None:  # a uniform sample of the population, as the held-back items are of their region
+            h_proba, h_truth = holdout
+            h_pred = names[np.argmax(h_proba, axis=1)].astype(str)
+            for key, values in (("predicted", h_pred), ("confidence", h_proba.max(axis=1)),
+                                ("correct", np.asarray(h_truth).astype(str) == h_pred),
+                                ("weight", np.ones(len(h_pred))),
+                                ("round", np.full(len(h_pred), self.round - 1))):
+                c[key].extend(values.tolist())
+        recent = np.asarray(c["round"]) == self.round - 1
+        decision = choose_thresholds(
+            class_names, c["predicted"], c["confidence"], c["correct"], c["weight"], min_precision=p.min_precision,
+            confidence_level=p.confidence, min_confidence=p.min_confidence, min_checked_per_class=p.min_checked_per_class,
+            min_checked=p.min_checked, in_force=self.in_force, recent=recent if recent.any() else None,
+            target_predicted=predicted[free], target_confidence=confidence[free])
+        held, weights = draw_holdback(confidence, self.holdback, p.min_confidence, seed, eligible=free)
+        free[held] = False
+        # The check items take the place of the strategy's last picks (those go back to the pool): every round
+        # buys batch_size human labels, however many confident rows there were to check.
+        if len(held):
+            free[np.isin(candidates, picked[len(picked) - len(held):])] = True
+            picked = picked[:len(picked) - len(held)]
+        auto_index = pick_auto_rows(predicted, confidence, decision.thresholds, p.max_rows, eligible=free)
+        auto_rows = candidates[auto_index]
+        self.train_labels[auto_rows] = predicted[auto_index]
+        truth = np.asarray(self.y[candidates[held]], dtype=object).astype(str)
+        for key, values in (("predicted", predicted[held]), ("confidence", confidence[held]),
+                            ("correct", truth == predicted[held]), ("weight", weights),
+                            ("round", np.full(len(held), self.round))):
+            self.checks[key].extend(values.tolist())
+        self.in_force = decision.thresholds
+        self.n_auto += len(auto_rows)
+        true_precision = (float(np.mean(np.asarray(self.y[auto_rows]).astype(str) == predicted[auto_index]))
+                          if len(auto_rows) else float("nan"))
+        self.last = {"auto_added": len(auto_rows), "auto_total": self.n_auto, "auto_true_precision": true_precision,
+                     "auto_bound": float("nan") if decision.lower_bound is None else decision.lower_bound,
+                     "auto_paused": decision.paused, "auto_classes": len(decision.thresholds)}
+        self.round += 1
+        return np.concatenate([picked, candidates[held], auto_rows])
 
 
 def run_simulation(config: SimulationConfig, echo: Callable[[str], None] | None = print) -> dict[str, Any]:
@@ -415,6 +619,10 @@ def run_simulation(config: SimulationConfig, echo: Callable[[str], None] | None 
     bar.close()
     curves = pd.DataFrame(all_rows)
     summary = summarize(curves, full_values, config.metric, select_seconds)
+    if AUTO in summary["strategies"]:
+        summary["strategies"][AUTO]["arms"] = arm_report(curves[curves["strategy"] == AUTO])
+    if config.audit_fraction > 0:
+        summary["audit"] = audit_coverage(curves)
     summary.update({
         "data": str(config.data),
         "label_col": config.label_col,

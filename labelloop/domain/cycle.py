@@ -22,9 +22,17 @@ class CycleRecord:
     new_labels: int = 0
     cost: float = 0.0  # spent on labels so far (every batch's labels_bought x export.price_per_label)
     cost_per_point: float | None = None  # cost per percentage point of holdout accuracy gained since the seed model
-    primary_metric: float | None = None  # the champion's gate.primary_metric, what the stop rules watch
+    primary_metric: float | None = None  # the champion's gate.primary_metric (label budget, target metric)
+    # The model trained on this cycle's data version (the challenger, promoted or not) and its gate.primary_metric:
+    # what the plateau rule watches, so rejected challengers that keep improving do not read as a plateau.
+    trained_version: str | None = None
+    trained_metric: float | None = None
     stop: dict | None = None  # the stop rules' report after this cycle (StopReport.to_dict())
     capture_lost: str | None = None  # unreadable log parts capture gave up on this cycle, with their rows
+    audit: str | None = None  # the champion's (and challenger's) audit estimate on live traffic (labelloop/stages/audit.py)
+    drift: str | None = None  # the capture window this cycle saw against the training data (labelloop/stages/monitor.py)
+    segments: str | None = None  # monitored segments, the drifted and under-performing ones named
+    autolabel: str | None = None  # the cycle's auto-labels or why they paused (labelloop/stages/autolabel.py)
 
     def line(self) -> str:
         acc = "-" if self.champion_accuracy is None else f"{self.champion_accuracy:.4f}"
@@ -34,4 +42,8 @@ class CycleRecord:
                 + (f" | cost {self.cost:.2f}" + (f" ({self.cost_per_point:.2f}/pt)" if self.cost_per_point is not None else "")
                    if self.cost else "")
                 + (f" | stop: {'; '.join(self.stop['reasons'])}" if self.stop and self.stop.get("stop") else "")
-                + (f" | capture {self.capture_lost}" if self.capture_lost else ""))
+                + (f" | capture {self.capture_lost}" if self.capture_lost else "")
+                + (f" | {self.audit}" if self.audit else "")
+                + (f" | {self.drift}" if self.drift else "")
+                + (f" | {self.segments}" if self.segments else "")
+                + (f" | {self.autolabel}" if self.autolabel else ""))

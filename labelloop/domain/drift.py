@@ -39,6 +39,9 @@ class ColumnDrift:
     missing_reference: float = 0.0  # share of missing values
     missing_current: float = 0.0
     unseen_share: float | None = None  # categorical: share of current rows whose category the reference lacks
+    # categorical: (category, reference share, current share) for the reference's top categories, most frequent
+    # first (per-segment drift reads these; labelloop/domain/segments.py)
+    categories: tuple[tuple[str, float, float], ...] = ()
 
     def text(self) -> str:
         extra = f", KS {self.ks:.2f}" if self.ks is not None else ""
@@ -237,9 +240,12 @@ def categorical_drift(column: str, reference: pd.Series, current: pd.Series, max
     psi = psi_from_counts(ref_counts, cur_counts)
     unseen_share = float(cur_counts[-2] / len(cur)) if len(cur) else 0.0
     used = int(((ref_counts > 0) | (cur_counts > 0)).sum())
+    ref_total, cur_total = max(float(ref_counts.sum()), 1.0), max(float(cur_counts.sum()), 1.0)
+    shares = tuple((str(name), float(ref_counts[i] / ref_total), float(cur_counts[i] / cur_total)) for i, name in enumerate(top))
     return ColumnDrift(column, "categorical", psi, status_of(psi, moderate_psi, drifted_psi), bins=used,
                        missing_reference=float(ref_missing.mean()) if len(ref) else 0.0,
-                       missing_current=float(cur_missing.mean()) if len(cur) else 0.0, unseen_share=unseen_share)
+                       missing_current=float(cur_missing.mean()) if len(cur) else 0.0, unseen_share=unseen_share,
+                       categories=shares)
 
 
 def text_lengths(values: pd.Series) -> np.ndarray:
@@ -311,3 +317,18 @@ def confidence_sketch(confidence: np.ndarray, points: int = 1001) -> list[float]
     if len(values) == 0:
         return []
     return [float(v) for v in np.quantile(values, np.linspace(0, 1, points))]
+
+
+def brief(report: dict) -> str:
+    """The cycle line's drift part, from a report's `to_dict()` (as reports/drift.jsonl keeps it): e.g.
+    'drift 2/37 drifted (x1, x3), confidence PSI 0.22', 'drift 0/37', 'drift not measured (...)'."""
+    if report.get("skipped"):
+        return f"drift not measured ({report['skipped']})"
+    columns = report.get("columns", [])
+    drifted = report.get("drifted", [])
+    text = f"drift {len(drifted)}/{len(columns)}" + (" drifted (" + ", ".join(drifted[:3])
+                                                     + (" …" if len(drifted) > 3 else "") + ")" if drifted else "")
+    confidence = next((c for c in columns if c.get("kind") == "confidence"), None)
+    if confidence is not None:
+        text += f", confidence PSI {confidence['psi']:.2f}"
+    return text

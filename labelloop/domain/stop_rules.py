@@ -3,7 +3,11 @@
 - label_budget: stop once this many labels are spent.
 - target_metric: stop once the holdout metric reaches this value.
 - plateau: stop when the gain per 100 labels stayed below `plateau_gain_per_100` over each of the
-  last `plateau_cycles` cycles.
+  last `plateau_cycles` cycles. The gain is the trained model's (each cycle's challenger, promoted or not,
+  `CycleRecord.trained_metric`), not the champion's: a run of rejected challengers that keep improving is
+  no plateau, and a champion kept while its challengers stall is one. A record without a trained metric
+  (the simulator, a history written before it was recorded) falls back to its `primary_metric`; a cycle
+  that trained nothing (no-new-data) is no point of the curve.
 - stable predictions: stop when consecutive models agree on at least `stable_agreement` of an
   unlabeled stop set, `stable_cycles` times in a row (Bloodgood & Vijay-Shanker's stabilising predictions).
 """
@@ -56,6 +60,16 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean()) if len(a) else float("nan")
 
 
+def plateau_metric(record: CycleRecord) -> float | None:
+    """The metric the plateau rule reads for a cycle: its trained model's; without one recorded, the cycle's
+    `primary_metric` (the simulator's model, an older history's champion); None for a cycle that trained nothing."""
+    if record.trained_metric is not None:
+        return record.trained_metric
+    if record.decision == "no-new-data":
+        return None
+    return record.primary_metric
+
+
 def evaluate_stop_rules(history: list[CycleRecord], rules: StopRules,
                         stop_set_predictions: Sequence[np.ndarray | None] = ()) -> StopReport:
     """Evaluate every rule on the cycles so far (oldest first, each with its `primary_metric`); each rule
@@ -72,6 +86,7 @@ def evaluate_stop_rules(history: list[CycleRecord], rules: StopRules,
     if len(points) != len(history):
         raise ValueError("every cycle the stop rules read needs its primary_metric")
     n_labels, metric = points[-1]
+    trained = [(record.labels, m) for record in history if (m := plateau_metric(record)) is not None]
 
     fired = rules.label_budget is not None and n_labels >= rules.label_budget
     report["label_budget"] = {"enabled": rules.label_budget is not None, "value": n_labels, "threshold": rules.label_budget,
@@ -87,7 +102,7 @@ def evaluate_stop_rules(history: list[CycleRecord], rules: StopRules,
 
     gains = [
         (b_metric - a_metric) / (b_labels - a_labels) * 100.0
-        for (a_labels, a_metric), (b_labels, b_metric) in itertools.pairwise(points)
+        for (a_labels, a_metric), (b_labels, b_metric) in itertools.pairwise(trained)
         if b_labels > a_labels
     ]
     report["plateau"] = _streak(gains, rules.plateau_gain_per_100, rules.plateau_cycles, operator.lt, "recent_gains_per_100")

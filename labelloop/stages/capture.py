@@ -25,6 +25,11 @@ of the confidence of the first window a model version scored (state/drift-confid
 stage may record a better one, e.g. the version's holdout confidence, with `record_confidence_reference`).
 The result goes into the report (summary, markdown) and, one JSON line per run keyed by the window's
 parts (a rerun replaces its line), into reports/drift.jsonl; `drift_metrics` gives MLflow metrics.
+
+Each window also keeps its audit candidates (audit/candidates/<window>.parquet): a uniform random sample of
+at most `capture.audit_sample_rows` of all its rows (every confidence), seeded by the window id, each row
+with its inclusion probability; the window is recorded in the state file with the watermark, so a rerun after
+a crash writes the same sample once and select only draws from windows whose parts are marked read.
 """
 
 from __future__ import annotations
@@ -148,7 +153,39 @@ def _state_path(workspace: Workspace):
 def _read_state(workspace: Workspace) -> dict:
     state = read_json(_state_path(workspace), {})
     return {"parts": set(state.get("parts", [])), "pending": dict(state.get("pending", {})),
-            "given_up": dict(state.get("given_up", {})), "unseen_categories": dict(state.get("unseen_categories", {}))}
+            "given_up": dict(state.get("given_up", {})), "unseen_categories": dict(state.get("unseen_categories", {})),
+            "audit_windows": dict(state.get("audit_windows", {}))}
+
+
+# -- audit candidates ---------------------------------------------------------------------------------
+
+
+def audit_windows(workspace: Workspace) -> dict[str, dict]:
+    """Every capture window with audit candidates, by window id: `rows` (the window's rows), `sampled`, `probability`
+    (each row's inclusion probability), `at`. A window counts only once the watermark that covers its parts is
+    written (the same atomic state write), so a crashed run's candidates file is never drawn from."""
+    return _read_state(workspace)["audit_windows"]
+
+
+def audit_candidates_path(workspace: Workspace, window: str) -> Path:
+    return workspace.audit_candidates_dir / f"{window}.parquet"
+
+
+def _audit_candidates(workspace: Workspace, window: pd.DataFrame, window_id: str, sample_rows: int) -> dict | None:
+    """Keep a uniform random sample (without replacement, seeded by the window id: a rerun draws the same rows) of
+    at most `sample_rows` of ALL the window's rows, each with its inclusion probability; the window's record."""
+    if window.empty:
+        return None
+    n = len(window)
+    size = min(n, sample_rows)
+    rng = np.random.default_rng(int(window_id, 16))
+    chosen = np.sort(rng.choice(n, size, replace=False))
+    probability = size / n
+    sample = window.iloc[chosen].drop(columns=["log_part"], errors="ignore").reset_index(drop=True)
+    sample = storable(sample.assign(audit_window=window_id, audit_probability=probability))
+    write_parquet(audit_candidates_path(workspace, window_id), sample)
+    return {"rows": n, "sampled": size, "probability": probability,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def read_watermark(workspace: Workspace) -> set[str]:
@@ -382,11 +419,16 @@ def capture(workspace: Workspace, params: CaptureParams) -> CaptureReport:
         crash_point("capture.after_pool")
     else:
         pool_size = len(pool)
+    windows = state["audit_windows"]
+    audit_window = _audit_candidates(workspace, new, digest, params.audit_sample_rows)
+    if audit_window is not None:
+        windows[digest] = audit_window
     drift = _window_drift(workspace, new, params.drift, digest)
     if drift is not None and drift.drifted:
         logger.warning("capture: %s", drift.text())
     write_json(_state_path(workspace), {"parts": sorted(state["parts"] | set(taken)), "pending": pending, "given_up": given_up,
-                                        "unseen_categories": _add_counts(state["unseen_categories"], unseen)})
+                                        "unseen_categories": _add_counts(state["unseen_categories"], unseen),
+                                        "audit_windows": windows})
     if unseen:
         logger.warning("capture: %s", unseen_text(unseen))
     n_quarantined = int(sum(len(q) for q in quarantine)) - len(lost)

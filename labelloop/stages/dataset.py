@@ -3,6 +3,8 @@
 Two records travel with the data, in the registry, committed with each version:
 - `exclusions.json`: the batches and items a rollback removed. The dataset stage never adds them back;
   only `readmit` (an explicit decision, its own version) does.
+- `data/audit.parquet`: the audit set (labelloop/stages/audit.py), appended here from imported audit items and
+  versioned (DVC) with the labelled set; audit items join the labelled set only once they have evaluated a model.
 - `dataset_card.json`: per version, rows per class / batch / source, and the `relabels` that version
   made: an item already versioned whose final label changed (a vendor's corrected answer: the last
   answer counts), with the old and new label, the batch and the annotators.
@@ -24,9 +26,11 @@ from labelloop.columns import ITEM_ID
 from labelloop.core.faults import crash_point
 from labelloop.core.io import read_json, read_parquet, write_json, write_parquet
 from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy
+from labelloop.stages import audit
 from labelloop.workspace import Workspace
 
 SEED_BATCH = "seed"
+LABEL_SOURCE, HUMAN, AUTO = "label_source", "human", "auto"  # who gave a label (AUTO: also the auto batches' status)
 EXCLUSIONS_FILE = "exclusions.json"
 MAX_RELABELS_IN_MESSAGE = 20  # the card lists them all; a tag message names the first ones
 
@@ -56,6 +60,9 @@ def write_card(workspace: Workspace, labeled: pd.DataFrame, relabels: list[dict]
         "per_class": labeled["label"].value_counts().sort_index().to_dict(),
         "per_batch": labeled["batch_id"].value_counts().sort_index().to_dict(),
         "per_source": labeled["source"].value_counts().sort_index().to_dict(),
+        # human | auto (auto-labels: labelloop/stages/autolabel.py; never holdout, gold or evaluation rows)
+        "per_label_source": (labeled[LABEL_SOURCE] if LABEL_SOURCE in labeled.columns
+                             else pd.Series(HUMAN, index=labeled.index)).value_counts().sort_index().to_dict(),
         "relabels": relabels or [],
         "excluded": [_summary(e) for e in excluded or []],
     }
@@ -124,7 +131,7 @@ def describe_exclusions(entries: list[dict]) -> str:
                      + f", excluded in {e['excluded_in']})" for e in entries) or "none"
 
 
-def _write_exclusions(workspace: Workspace, entries: list[dict]) -> None:
+def write_exclusions(workspace: Workspace, entries: list[dict]) -> None:
     write_json(exclusions_path(workspace), {"excluded": sorted(entries, key=lambda e: (e["excluded_in"], e["batch_id"]))})
 
 
@@ -136,7 +143,7 @@ def latest_answers(workspace: Workspace, store: BatchStore | None = None) -> pd.
     store = store or BatchStore(workspace)
     frames = []
     for meta in store.list():
-        if meta.status not in ("imported", "partial"):
+        if meta.status not in ("imported", "partial", AUTO):  # auto: an auto batch (labelloop/stages/autolabel.py)
             continue
         final = store.final_labels(meta.batch_id)
         if final.empty:
@@ -151,9 +158,11 @@ def latest_answers(workspace: Workspace, store: BatchStore | None = None) -> pd.
         joined = items[kept].merge(final[[ITEM_ID, "label", "annotators"]], on=ITEM_ID, how="inner")
         joined["batch_id"] = meta.batch_id
         joined["source"] = meta.vendor or "unknown"
+        joined[LABEL_SOURCE] = AUTO if meta.vendor == AUTO else HUMAN
         frames.append(joined)
     if not frames:
-        return pd.DataFrame(columns=[ITEM_ID, *schema.feature_columns, "label", "annotators", "batch_id", "source"])
+        return pd.DataFrame(columns=[ITEM_ID, *schema.feature_columns, "label", "annotators", "batch_id", "source",
+                                     LABEL_SOURCE])
     return pd.concat(frames, ignore_index=True).drop_duplicates(ITEM_ID, keep="last").reset_index(drop=True)
 
 
@@ -162,6 +171,10 @@ def _apply_answers(labeled: pd.DataFrame, answers: pd.DataFrame, excluded: set[s
     """The labelled set with every non-excluded answer in it: new items appended, changed labels of
     versioned items replaced (the last answer counts). Seed labels are curated and never replaced, nor
     are labels a rollback restored (`kept`)."""
+    if LABEL_SOURCE not in labeled.columns:  # a set versioned before auto-labels: every label is a human's
+        labeled = labeled.assign(**{LABEL_SOURCE: HUMAN})
+    if LABEL_SOURCE not in answers.columns:
+        answers = answers.assign(**{LABEL_SOURCE: HUMAN})
     answers = answers[~answers[ITEM_ID].isin(excluded)]
     ids = labeled[ITEM_ID].astype(str)
     new = answers[~answers[ITEM_ID].isin(set(ids))]
@@ -177,6 +190,7 @@ def _apply_answers(labeled: pd.DataFrame, answers: pd.DataFrame, excluded: set[s
         labeled.loc[changed_index, "label"] = changed_ids.map(current["label"].astype(str)).to_numpy()
         labeled.loc[changed_index, "batch_id"] = changed_ids.map(current["batch_id"]).to_numpy()
         labeled.loc[changed_index, "source"] = changed_ids.map(current["source"]).to_numpy()
+        labeled.loc[changed_index, LABEL_SOURCE] = changed_ids.map(current[LABEL_SOURCE]).to_numpy()
     if len(new):
         labeled = pd.concat([labeled, new[labeled.columns]], ignore_index=True)
     return labeled, True
@@ -186,8 +200,8 @@ def next_labeled(workspace: Workspace) -> pd.DataFrame:
     """The labelled set as the next dataset run will version it (the current set with every final label
     not yet versioned applied), without writing anything: what the import's error scan looks at."""
     in_force = exclusions(workspace)
-    labeled, _ = _apply_answers(load_labeled(workspace), latest_answers(workspace), excluded_item_ids(in_force),
-                                kept_label_item_ids(in_force))
+    labeled, _ = _apply_answers(load_labeled(workspace), latest_answers(workspace),
+                                excluded_item_ids(in_force) | audit.withheld_ids(workspace), kept_label_item_ids(in_force))
     return labeled
 
 
@@ -258,17 +272,21 @@ def update_dataset(workspace: Workspace, retry: RetryPolicy = DEFAULT_RETRY) -> 
 
 def _version(workspace: Workspace, retry: RetryPolicy, readmitted: list[str] | None = None) -> DatasetVersion:
     store = BatchStore(workspace)
+    audit.append_audit_items(workspace, store)  # append-only; versioned below with the labelled set
     labeled = load_labeled(workspace)
     answers = latest_answers(workspace, store)
     in_force = exclusions(workspace)
-    labeled, changed = _apply_answers(labeled, answers, excluded_item_ids(in_force), kept_label_item_ids(in_force))
+    # Audit items join the labelled set only once they have evaluated a model (labelloop/stages/audit.py).
+    labeled, changed = _apply_answers(labeled, answers, excluded_item_ids(in_force) | audit.withheld_ids(workspace, store),
+                                      kept_label_item_ids(in_force))
     if changed:
         check_no_holdout_leak(workspace, labeled[ITEM_ID])
         write_parquet(workspace.labeled_path, labeled)
         crash_point("dataset.after_write")
     repo = workspace.registry_dir
     current = versioning.version_of(repo, workspace.labeled_path)
-    if not changed and current is not None and not readmitted:
+    audit_changed = audit.audit_path_dirty(workspace)
+    if not changed and current is not None and not readmitted and not audit_changed:
         # A version tagged by a run whose push failed is pushed now; the batches are marked only after.
         versioning.ensure_pushed(repo, retry)
         _mark_versioned(store, labeled, current)
@@ -277,7 +295,12 @@ def _version(workspace: Workspace, retry: RetryPolicy, readmitted: list[str] | N
     changes = diff_versions(labeled_at(workspace, previous_tag) if previous_tag else None, labeled, answers)
     write_card(workspace, labeled, changes["relabels"])
     message = _message(changes, len(labeled), readmitted)
-    tag, created = versioning.commit_version(repo, [workspace.labeled_path], message, retry=retry)
+    paths = [workspace.labeled_path]
+    if workspace.audit_path.exists():
+        paths.append(workspace.audit_path)
+        if audit_changed:
+            message += f"; audit set {len(audit.load_audit_set(workspace))} items"
+    tag, created = versioning.commit_version(repo, paths, message, retry=retry)
     _mark_versioned(store, labeled, tag)
     return DatasetVersion(tag, created, len(labeled), sum(a["rows"] for a in changes["added"]),
                           [a["batch_id"] for a in changes["added"]], changes["relabels"], [], list(readmitted or []))
@@ -335,7 +358,7 @@ def rollback(workspace: Workspace, tag: str, retry: RetryPolicy = DEFAULT_RETRY)
         if kept_labels:
             entry["kept_labels"] = dict(sorted(kept_labels.items()))
         merged[key] = entry
-    _write_exclusions(workspace, list(merged.values()))
+    write_exclusions(workspace, list(merged.values()))
     versioning.checkout(repo, tag, workspace.labeled_path)
     labeled = load_labeled(workspace)
     this_rollback = [e for e in merged.values() if e["excluded_in"] == new_tag]
@@ -367,7 +390,7 @@ def readmit(workspace: Workspace, batch_id: str, retry: RetryPolicy = DEFAULT_RE
         known = "" if store.exists(batch_id) else f"there is no batch {batch_id!r} in this workspace; "
         raise ValueError(
             f"{known}batch {batch_id!r} is not excluded; excluded batches: {', '.join(excluded_batches) or '(none)'}")
-    _write_exclusions(workspace, [e for e in entries if e["batch_id"] != batch_id])
+    write_exclusions(workspace, [e for e in entries if e["batch_id"] != batch_id])
     return _version(workspace, retry, readmitted=[batch_id])
 
 

@@ -160,7 +160,7 @@ def rules_changed(recorded_json: str | None, rules: GateParams) -> str:
 def record_decision(workspace: Workspace, model_name: str, decision: GateDecision, rules: GateParams | None = None) -> None:
     """Tags on the challenger's run and model version: decision, every reason, the champion it faced,
     the paired test's evidence per row set (`gate.evidence`, JSON), and the rules it was judged by (so a
-    rerun with other rules can say what changed)."""
+    rerun with other rules can say what changed); the decision and reasons also in the version's description."""
     mlflow_client = tracking.client(workspace)
     model_version = mlflow_client.get_model_version(model_name, decision.challenger_version)
     tags: dict[str, Any] = {
@@ -176,6 +176,7 @@ def record_decision(workspace: Workspace, model_name: str, decision: GateDecisio
     for key, value in tags.items():
         mlflow_client.set_tag(model_version.run_id, key, value)
         mlflow_client.set_model_version_tag(model_name, decision.challenger_version, key, value)
+    tracking.describe_gate_decision(workspace, model_name, decision)  # the version's description says it too
     crash_point("gate.after_record")
 
 

@@ -4,12 +4,17 @@ A batch's id is derived from what it was selected from (pool content + selection
 so a rerun of select after a crash finds the batch it already wrote instead of making a second one.
 The batch is written before its items leave the pool; an item already in a batch is never offered
 again, even if a crash left it in the pool file.
+
+Each batch also carries `select.audit_fraction` × batch_size audit items, drawn before the strategy runs,
+uniformly from the capture windows' audit candidates (all traffic), flagged `is_audit` with their `audit_weight`
+(labelloop/stages/audit.py); the strategy's rows have `is_audit` false.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,10 +27,12 @@ from labelloop.batches import (
     utc_timestamp,
 )
 from labelloop.columns import CONFIDENCE, ITEM_ID, LABEL, PREDICTED
-from labelloop.config import SelectParams, TrainParams
+from labelloop.config import AUTO_STRATEGY, SelectParams, TrainParams
 from labelloop.core.faults import crash_point
 from labelloop.core.io import read_parquet, write_parquet
 from labelloop.prediction_log import normalise_text
+from labelloop.stages.audit import draw_audit_items, mark_strategy_rows
+from labelloop.stages.bandit import choose_arm
 from labelloop.workspace import Workspace
 
 
@@ -57,6 +64,16 @@ def _selection_key(pool_ids: pd.Series, params: SelectParams, champion_version: 
     digest.update(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
     digest.update(str(champion_version).encode())
     return digest.hexdigest()[:12]
+
+
+def segment_boost(workspace: Workspace, params: SelectParams) -> dict[str, float]:
+    """The hybrid's quota weights: the last cycle's drifted or under-performing `group_column` segments get
+    `monitor.segment_boost` (labelloop/stages/monitor.py); {} without a group column."""
+    if params.group_column is None:
+        return {}
+    from labelloop.stages.monitor import quota_boost_for
+
+    return quota_boost_for(workspace, params.group_column, workspace.params().monitor.segment_boost)
 
 
 def selection_context(workspace: Workspace, params: SelectParams, train_params, predict_proba=None, model=None):
@@ -101,6 +118,7 @@ def selection_context(workspace: Workspace, params: SelectParams, train_params, 
         validation_labels=validation_labels,
         group_column=params.group_column,
         hybrid=params.hybrid,
+        group_boost=segment_boost(workspace, params),
     )
 
 
@@ -116,7 +134,7 @@ def select_batch(
 
     `rescore(frame) -> probas` lets the caller refresh stale pool probabilities with the current champion.
     """
-    from labelloop.domain.acquisition.pool import SelectionContext, select_from_frame
+    from labelloop.domain.acquisition.pool import Selection, SelectionContext, select_from_frame
 
     schema = workspace.schema()
     if context is None:  # the schema still says which pool columns are features, and their roles
@@ -141,28 +159,42 @@ def select_batch(
         pool = load_pool(workspace)
         if pool.empty:
             return None
-    scored = pool.copy()
-    if rescore is not None:
-        probas = np.asarray(rescore(scored[schema.feature_columns]))
-        scored[schema.proba_columns] = probas
-        scored[PREDICTED] = np.asarray(schema.class_names, dtype=object)[probas.argmax(axis=1)]
-        scored[CONFIDENCE] = probas.max(axis=1)
-    selection = select_from_frame(
-        scored,
-        strategy=params.strategy,
-        selector=params.selector,
-        batch_size=params.batch_size,
-        seed=params.seed,
-        feature_columns=schema.feature_columns,
-        id_column=ITEM_ID,
-        context=context,
-    )
-    if not selection.item_ids:
-        return None
+    strategy: str = params.strategy
+    bandit: dict[str, Any] = {}
+    if params.strategy == AUTO_STRATEGY:  # the bandit draws this batch's strategy (labelloop/stages/bandit.py)
+        strategy, bandit = choose_arm(workspace, params, key)
     ordinal = len(store.list()) + 1
     batch_id = f"batch-{ordinal:04d}-{key[:6]}"
-    rows = selection.rows.copy()
+    # Audit items first, uniformly from all captured traffic and never by the strategy (labelloop/stages/audit.py).
+    audit = draw_audit_items(workspace, params.audit_items, batch_id, key, _unavailable_ids(workspace, store))
+    offered = pool[~pool[ITEM_ID].astype(str).isin(set(audit[ITEM_ID].astype(str)))] if len(audit) else pool
+    scored = offered.copy()
+    if rescore is not None:
+        for frame in (scored, audit):
+            if len(frame):
+                probas = np.asarray(rescore(frame[schema.feature_columns]))
+                frame[schema.proba_columns] = probas
+                frame[PREDICTED] = np.asarray(schema.class_names, dtype=object)[probas.argmax(axis=1)]
+                frame[CONFIDENCE] = probas.max(axis=1)
+    if scored.empty:  # the pool held only audit items
+        selection = Selection([], np.empty(0), strategy, params.selector, params.seed, 0, scored)
+    else:
+        selection = select_from_frame(
+            scored,
+            strategy=strategy,
+            selector=params.selector,
+            batch_size=params.batch_size,
+            seed=params.seed,
+            feature_columns=schema.feature_columns,
+            id_column=ITEM_ID,
+            context=context,
+        )
+    if not selection.item_ids and audit.empty:
+        return None
+    rows = mark_strategy_rows(selection.rows.copy())
     rows["utility"] = selection.utilities
+    if len(audit):  # after the strategy's rows, utility 0: nobody chose them for it
+        rows = pd.concat([rows, audit.assign(utility=0.0)], ignore_index=True)
     rows["rank"] = np.arange(1, len(rows) + 1)
     rows["is_gold"] = False
     rows["annotators_wanted"] = 1
@@ -170,13 +202,21 @@ def select_batch(
     meta = BatchMeta(
         batch_id=batch_id, key=key, status="selected", strategy=params.strategy, selector=params.selector,
         seed=params.seed, params=params.model_dump(mode="json"), n_items=len(rows), created_at=utc_timestamp(),
-        champion_version=champion_version, seconds=selection.seconds, metrics=dict(selection.metrics),
-        selector_used=selection.selector,
+        champion_version=champion_version, seconds=selection.seconds,
+        metrics={**selection.metrics, "audit_items": len(audit)},
+        selector_used=selection.selector, bandit=bandit,
     )
     store.put(meta)
     crash_point("select.after_batch")
     drop_from_pool(workspace, pool, rows[ITEM_ID])
     return meta
+
+
+def _unavailable_ids(workspace: Workspace, store: BatchStore) -> set[str]:
+    """Items an audit draw must not pick: already queued, labelled or in the holdout."""
+    labeled = read_parquet(workspace.labeled_path, columns=[ITEM_ID])[ITEM_ID].astype(str)
+    holdout = read_parquet(workspace.holdout_path, columns=[ITEM_ID])[ITEM_ID].astype(str)
+    return store.queued_ids() | set(labeled) | set(holdout)
 
 
 def _quarantine_unofferable_rows(workspace: Workspace, pool: pd.DataFrame) -> pd.DataFrame:

@@ -181,6 +181,15 @@ def stage_evaluate(registry: Path) -> dict[str, float]:
     return metrics
 
 
+# Every training run logs its plots under these fixed artifact paths (never a name with a tag or version in
+# it), so MLflow's compare page lines the runs' plots up side by side.
+PLOTS_DIR = "plots"
+CONFUSION_PNG, CALIBRATION_PNG, LEARNING_CURVE_PNG = "confusion_matrix.png", "calibration.png", "learning_curve.png"
+CALIBRATION_TABLE = "calibration.json"
+PLOT_ARTIFACTS = tuple(f"{PLOTS_DIR}/{name}" for name in (CONFUSION_PNG, CALIBRATION_PNG, LEARNING_CURVE_PNG,
+                                                           CALIBRATION_TABLE))
+
+
 def write_plots(evaluation: Evaluation, schema: Schema, directory: Path) -> list[Path]:
     """Confusion-matrix and reliability-diagram PNGs (logged to MLflow by the train task)."""
     import matplotlib
@@ -201,7 +210,7 @@ def write_plots(evaluation: Evaluation, schema: Schema, directory: Path) -> list
     ax.set_ylabel("actual")
     ax.set_title("holdout confusion matrix")
     fig.tight_layout()
-    confusion_png = directory / "confusion_matrix.png"
+    confusion_png = directory / CONFUSION_PNG
     fig.savefig(confusion_png, dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -211,7 +220,7 @@ def write_plots(evaluation: Evaluation, schema: Schema, directory: Path) -> list
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE {evaluation.metrics['ece']:.3f})")
     fig.tight_layout()
-    calibration_png = directory / "calibration.png"
+    calibration_png = directory / CALIBRATION_PNG
     fig.savefig(calibration_png, dpi=100)
     plt.close(fig)
     return [confusion_png, calibration_png]
@@ -321,7 +330,7 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
     estimator = type(model.estimator_).__name__
     serialization, _, trusted = tracking.pipeline_storage(model.pipeline_)
 
-    from mlflow.data.pandas_dataset import from_pandas
+    from labelloop.adapters import tracking_datasets
 
     with mlflow.start_run(experiment_id=tracking.experiment_id(workspace), run_name=f"train-{data_tag}") as run:
         from labelloop.core.threads import resolve_n_jobs
@@ -344,8 +353,9 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
             "model_serialization": serialization,
         }
         mlflow.set_tags(tags)
-        dataset = from_pandas(labeled, name=data_tag, targets=LABEL, source=workspace.labeled_path.as_uri())
-        mlflow.log_input(dataset, context="training")
+        tracking_datasets.log_data_versions(registry, [
+            (labeled, data_tag, workspace.labeled_path, tracking_datasets.TRAINING),
+            (holdout, versioning.HOLDOUT_TAG, workspace.holdout_path, tracking_datasets.EVALUATION)])
         info = mlflow.sklearn.log_model(
             model.pipeline_, name="model", signature=model_signature(schema),
             input_example=conform(labeled.head(3), schema), metadata=model_metadata(schema, serialization),
@@ -371,8 +381,8 @@ def _log_plots(workspace: Workspace, evaluation, schema, run_id: str, n_labels: 
 
     with tempfile.TemporaryDirectory() as tmp:
         for png in write_plots(evaluation, schema, Path(tmp)):
-            mlflow.log_artifact(str(png), artifact_path="plots")
-        mlflow.log_table(evaluation.calibration, artifact_file="plots/calibration.json")
+            mlflow.log_artifact(str(png), artifact_path=PLOTS_DIR)
+        mlflow.log_table(evaluation.calibration, artifact_file=f"{PLOTS_DIR}/{CALIBRATION_TABLE}")
         runs = tracking.client(workspace).search_runs([tracking.experiment_id(workspace)])
         history = [(int(r.data.metrics.get("n_labels", 0)), r.data.metrics.get("accuracy"), r.data.metrics.get("macro_f1"))
                    for r in runs if r.info.run_id != run_id and "accuracy" in r.data.metrics]
@@ -391,10 +401,10 @@ def _log_plots(workspace: Workspace, evaluation, schema, run_id: str, n_labels: 
         ax.set_title("learning curve (all retrains so far)")
         ax.legend()
         fig.tight_layout()
-        curve = Path(tmp) / "learning_curve.png"
+        curve = Path(tmp) / LEARNING_CURVE_PNG
         fig.savefig(curve, dpi=100)
         plt.close(fig)
-        mlflow.log_artifact(str(curve), artifact_path="plots")
+        mlflow.log_artifact(str(curve), artifact_path=PLOTS_DIR)
 
 
 @tracking.server_faults("looking up the model of this data version")

@@ -69,3 +69,24 @@ def test_a_version_stored_by_an_older_labelloop_is_refused_naming_it_and_saying_
     message = str(error.value)
     assert f"model 'old-model' version {version} was stored by an older labelloop" in message
     assert "labelloop.model.LabelloopClassifier" in message and "retrain it: `labelloop train`" in message
+
+
+def test_the_gate_section_of_a_version_description_states_the_decision_and_reasons_and_replaces_an_earlier_one():
+    from labelloop.domain.gate import GateDecision
+
+    trained = "XGBClassifier trained on data-v2 (150 labels); holdout accuracy 0.800"
+    first = GateDecision(False, ["accuracy +0.004 is within noise (p 0.31)", "recall of 'bug' drops 0.06"], "accuracy",
+                         0.804, 0.8, "3", "2")
+    described = tracking.gate_description(trained, first)
+    assert described.startswith(trained + "\n\n**Gate: reject** (accuracy 0.804 against 0.8 of champion version 2)")
+    assert described.endswith("\n- accuracy +0.004 is within noise (p 0.31)\n- recall of 'bug' drops 0.06")
+    again = GateDecision(True, ["re-decided under changed gate rules (min_delta 0.01 → 0.0); was reject"], "accuracy",
+                         0.804, 0.8, "3", "2")
+    redescribed = tracking.gate_description(described, again)
+    assert redescribed.startswith(trained + "\n\n**Gate: promote**") and redescribed.count("**Gate: ") == 1
+    assert "within noise" not in redescribed and redescribed.endswith("was reject")
+    first_model = tracking.gate_description("", GateDecision(True, ["no champion yet"], "macro_f1", 0.7, None, "1", None))
+    assert first_model == "**Gate: promote** (macro_f1 0.7; no champion yet)\n\n- no champion yet"
+    assert tracking.gate_description(first_model, again).count("**Gate: ") == 1
+    long = tracking.gate_description(trained, GateDecision(False, ["x" * 6000], "accuracy", 0.5, 0.6, "4", "3"))
+    assert len(long) == tracking.MAX_DESCRIPTION_CHARS and long.endswith("…") and long.startswith(trained)

@@ -82,16 +82,21 @@ def test_a_misspelt_strategy_or_selector_parameter_fails_before_the_simulation()
     config(strategies=["hybrid"], selector_params={"hybrid": {"explore_fraction": 0.0}}).validate()
 
 
-def test_tiny_simulation_end_to_end(tmp_path):
-    from labelloop.config import TrainParams
-
+def three_class_csv(tmp_path, n=400):
+    """A small numeric table (label column `target`, classes a/b/c, c rare) written to tmp_path/data.csv."""
     rng = np.random.default_rng(0)
-    n = 400
     y = rng.choice(["a", "b", "c"], size=n, p=[0.5, 0.4, 0.1])
     centers = {"a": 0.0, "b": 2.0, "c": 4.0}
     frame = pd.DataFrame({"x1": [centers[v] for v in y] + rng.normal(size=n), "x2": rng.normal(size=n), "target": y})
     path = tmp_path / "data.csv"
     frame.to_csv(path, index=False)
+    return path
+
+
+def test_tiny_simulation_end_to_end(tmp_path):
+    from labelloop.config import TrainParams
+
+    path = three_class_csv(tmp_path)
     cfg = SimulationConfig(
         data=str(path), label_col="target", strategies=["random", "margin", "hybrid"], seed_size=20, batch_size=20,
         rounds=2, repeats=2, out=str(tmp_path / "out"), train_params=TrainParams(n_estimators=10, max_depth=3),

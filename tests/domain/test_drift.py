@@ -129,3 +129,26 @@ def test_a_million_row_window_is_cheap_once_sampled():
     current = pd.DataFrame({f"x{i}": rng.normal(0, 1, 1_000_000) for i in range(5)})
     report = measure_drift(reference, current, numeric=list(reference.columns), max_rows=100_000)
     assert report.current_rows == 100_000 and not report.drifted
+
+
+def test_categorical_drift_keeps_each_top_categorys_shares_for_the_segment_monitor():
+    reference = pd.Series(["a"] * 600 + ["b"] * 300 + ["c"] * 100)
+    current = pd.Series(["a"] * 300 + ["b"] * 300 + ["c"] * 300 + ["new"] * 100)
+    drift = categorical_drift("plan", reference, current, 2, 0.1, 0.2)
+    assert drift.categories == (("a", 0.6, 0.3), ("b", 0.3, 0.3))  # the top max_categories, most frequent first
+
+
+def test_brief_is_the_cycle_lines_drift_part():
+    from labelloop.domain.drift import brief
+
+    rng = _rng(8)
+    n = 2_000
+    reference = pd.DataFrame({"x": rng.normal(0, 1, n), "y": rng.normal(0, 1, n)})
+    current = pd.DataFrame({"x": rng.normal(0, 1, n), "y": rng.normal(3, 1, n)})
+    report = measure_drift(reference, current, numeric=["x", "y"], reference_confidence=rng.beta(8, 2, n),
+                           current_confidence=rng.beta(8, 2, n))
+    text = brief(report.to_dict())
+    assert text.startswith("drift 1/3 drifted (y), confidence PSI 0.0")
+    assert brief(measure_drift(reference, reference, numeric=["x"]).to_dict()) == "drift 0/1"
+    skipped = measure_drift(reference[:10], current, numeric=["x"])
+    assert brief(skipped.to_dict()) == "drift not measured (reference has 10 rows, fewer than 500)"

@@ -62,3 +62,28 @@ def test_a_cycle_that_trained_no_model_has_no_predictions_and_every_cycle_needs_
         evaluate_stop_rules(hist(points), rules, [np.array([0])])
     with pytest.raises(ValueError, match="primary_metric"):
         evaluate_stop_rules([CycleRecord(cycle=1, labels=100)], rules)
+
+
+def gated(points):
+    """Cycles of a gated loop: (labels, champion metric, trained model's metric, decision)."""
+    return [CycleRecord(cycle=i + 1, labels=n, primary_metric=champion, trained_metric=trained, decision=decision)
+            for i, (n, champion, trained, decision) in enumerate(points)]
+
+
+def test_plateau_reads_the_trained_models_metric_not_the_champions():
+    rules = StopRules(plateau_gain_per_100=0.01, plateau_cycles=2, stable_agreement=None)
+    # The champion stays at 0.70 while rejected challengers keep improving (+0.02 per 100 labels): no plateau.
+    improving = gated([(100, 0.70, 0.70, "promote"), (200, 0.70, 0.69, "reject"), (300, 0.70, 0.695, "reject"),
+                       (400, 0.70, 0.71, "reject"), (500, 0.70, 0.73, "reject")])
+    report = evaluate_stop_rules(improving, rules)
+    assert not report.rules["plateau"]["triggered"]
+    assert report.rules["plateau"]["recent_gains_per_100"] == pytest.approx([0.015, 0.02])
+    # The champion climbs (promoted earlier) while each new challenger is no better than the last: a plateau.
+    stalled = gated([(100, 0.60, 0.70, "promote"), (200, 0.65, 0.701, "reject"), (300, 0.70, 0.702, "reject")])
+    assert evaluate_stop_rules(stalled, rules).rules["plateau"]["triggered"]
+
+
+def test_a_cycle_that_trained_nothing_is_no_point_of_the_plateau_curve():
+    rules = StopRules(plateau_gain_per_100=0.01, plateau_cycles=1, stable_agreement=None)
+    history = gated([(100, 0.70, 0.70, "promote"), (100, 0.70, None, "no-new-data"), (200, 0.70, 0.75, "reject")])
+    assert evaluate_stop_rules(history, rules).rules["plateau"]["recent_gains_per_100"] == pytest.approx([0.05])

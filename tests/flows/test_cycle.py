@@ -17,10 +17,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def two_cycles(prefect_api, workspace_template, tmp_path_factory):
+    from labelloop.config import dump_params
+    from labelloop.core.io import write_text
     from labelloop.flows.cycle import active_learning_cycle
     from tests.conftest import clone_workspace
 
     workspace = clone_workspace(workspace_template, tmp_path_factory.mktemp("cycles") / "ws")
+    # Segments are monitored (x_9 has 50 distinct values: the 30 most frequent, the rest pooled).
+    write_text(workspace.params_path, dump_params(workspace.params().with_overrides(monitor={"segments": ["x_9"]})))
+    versioning.git(workspace.registry_dir, "commit", "-q", "-am", "monitor segments of x_9")  # params are versioned
     first_labeled_sha = hashlib.sha256(workspace.labeled_path.read_bytes()).hexdigest()
     records = [active_learning_cycle(str(workspace.root)) for _ in range(2)]
     return workspace, records, first_labeled_sha
@@ -143,6 +148,49 @@ def test_every_cycle_reports_its_stop_rules_and_a_halted_cycle_buys_nothing(two_
     assert halted.decision == "no-new-data"
 
 
+def test_each_cycle_records_its_trained_models_metric_which_the_plateau_rule_reads(two_cycles):
+    ws, records, _ = two_cycles
+    name = ws.params().train.model_name
+    plateau_points = []
+    for record in records:
+        challenger = tracking.find_version(ws, name, record.data_tag, tracking.client(ws).get_model_version(
+            name, record.trained_version).tags["params_hash"])
+        assert str(challenger.version) == record.trained_version  # the model trained on this cycle's data
+        metrics = tracking.model_metrics(ws, name, record.trained_version).metrics
+        assert record.trained_metric == pytest.approx(metrics["accuracy"])  # promoted or not: the challenger's
+        plateau_points.append((record.labels, record.trained_metric))
+    (a_labels, a_metric), (b_labels, b_metric) = plateau_points
+    assert records[1].stop["rules"]["plateau"]["recent_gains_per_100"][-1] == pytest.approx(
+        (b_metric - a_metric) / (b_labels - a_labels) * 100)
+
+
+def test_each_cycle_reports_drift_and_segments_on_its_line_in_mlflow_and_in_status(two_cycles):
+    from labelloop.apps.cycle import segment_metric
+    from labelloop.stages import monitor
+
+    ws, records, _ = two_cycles
+    name = ws.params().train.model_name
+    log = {line["cycle"]: line for line in monitor.load_segment_log(ws)}
+    assert set(log) >= {0, 1, 2}
+    client = tracking.client(ws)
+    for record in records:
+        line = log[record.cycle]
+        # 400 rows a cycle, fewer than capture.drift.min_rows: the window is reported as not measured.
+        assert record.drift == line["drift"] and record.drift.startswith("drift not measured (window has 400 rows")
+        assert f"| {record.drift}" in record.line() and f"| {record.segments}" in record.line()
+        stats = monitor.segment_stats(line)
+        assert {s.column for s in stats} == {"x_9"}
+        assert sum(s.labels for s in stats) == record.labels  # every labelled row in one segment
+        assert all(s.holdout_accuracy is not None for s in stats if s.holdout_rows)  # the champion scored the holdout
+        run_id = client.get_model_version(name, record.trained_version).run_id
+        artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
+        assert {"plots/learning_curve.png", "plots/segments.png"} <= artifacts
+        history = client.get_metric_history(run_id, segment_metric("labels", "x_9", stats[0].segment))
+        # step = cycle (a later cycle that trains nothing logs on the champion's run: that step is its own)
+        assert {m.step: m.value for m in history}[record.cycle] == float(stats[0].labels)
+    assert monitor.status_lines(ws)[0].startswith("segments x_9: ")
+
+
 def test_the_parent_cycle_run_carries_a_summary_artifact(two_cycles):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -160,6 +208,31 @@ def test_the_parent_cycle_run_carries_a_summary_artifact(two_cycles):
         text = str(artifact.data)
         assert artifact.description == record.line()
         assert f"## Cycle {record.cycle}: gate {record.decision}" in text and record.batch_id in text
-        for section in ("### Batch", "### Import", "### Data version", "### Gate", "### Stop rules", "### Links"):
+        for section in ("### Batch", "### Import", "### Data version", "### Gate", "### Stop rules", "### Drift and segments",
+                        "### Links"):
             assert section in text
         assert "| label_budget |" in text and "challenger run" in text
+
+
+def test_each_stage_of_a_cycle_stays_a_flow_run_of_its_own_under_the_cycle_run(two_cycles):
+    """The stages run without a heartbeat thread each (flows.stages.stages_as_subflows), and are still what the
+    Prefect UI shows: one completed flow run per stage, named after it, a child of its cycle's run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    from labelloop.apps.reports import load_stage_params
+
+    ws, records, _ = two_cycles
+    recorded: dict[str, dict[str, str]] = {}  # cycle run id → {stage run id: stage}
+    for line in load_stage_params(ws):
+        recorded.setdefault(line["root_flow_run_id"], {})[line["flow_run_id"]] = line["stage"]
+    every_stage = {"production", "capture", "select", "export", "import", "dataset", "train", "gate"}
+    with get_client(sync_client=True) as client:
+        for cycle_run_id, stages in recorded.items():  # the module's two cycles, and any a test ran after them
+            assert client.read_flow(client.read_flow_run(cycle_run_id).flow_id).name == "active_learning_cycle"
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[cycle_run_id])))
+            assert {str(run.id) for run in children} == set(stages)
+            for run in children:
+                assert client.read_flow(run.flow_id).name == stages[str(run.id)] and run.state.is_completed()
+    assert sum(set(stages.values()) >= every_stage for stages in recorded.values()) >= len(records)

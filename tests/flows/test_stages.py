@@ -23,3 +23,43 @@ def test_the_default_model_name_means_the_workspaces_model():
     assert set_fields("train", TrainParams(model_name=DEFAULT_MODEL_NAME, n_estimators=5)) == {"n_estimators": 5}
     assert set_fields("train", TrainParams(model_name="mine")) == {"model_name": "mine"}
     assert set_fields("select", {"batch_size": 3}) == {"batch_size": 3} and set_fields("select", None) is None
+
+
+def test_stage_subflows_start_no_heartbeat_thread_and_stay_runs_of_their_own(prefect_api, monkeypatch):
+    """stages_as_subflows: the parent run keeps its heartbeat; a stage flow called inside starts none (Prefect
+    joins that thread at each run's end) and is still a flow run of its own, with its name, under the parent."""
+    from prefect import flow, flow_engine
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from labelloop.flows.stages import stages_as_subflows
+
+    started: list[tuple[str, int | None]] = []  # (flow name, heartbeat interval) as each run's heartbeat starts
+    original = flow_engine._send_heartbeats
+
+    def spy(engine, *args, **kwargs):
+        started.append((engine.flow.name, engine.heartbeat_seconds))
+        return original(engine, *args, **kwargs)
+
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", spy)
+
+    @flow(name="probe-stage")
+    def stage() -> str:
+        return flow_run.id
+
+    @flow(name="probe-cycle")
+    def parent() -> tuple[str, str, str]:
+        with stages_as_subflows():
+            inside = stage()
+        return flow_run.id, inside, stage()  # the last one outside: Prefect's default, a heartbeat
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):  # the session's tests run with none
+        parent_id, inside_id, outside_id = parent()
+    assert started == [("probe-cycle", 30), ("probe-stage", None), ("probe-stage", 30)]
+    with get_client(sync_client=True) as client:
+        inside = client.read_flow_run(inside_id)
+        assert client.read_flow(inside.flow_id).name == "probe-stage"
+        assert inside.parent_task_run_id is not None and inside.state.is_completed()
+        assert str(client.read_task_run(inside.parent_task_run_id).flow_run_id) == parent_id
+    assert outside_id != inside_id

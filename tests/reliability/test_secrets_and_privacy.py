@@ -174,11 +174,28 @@ def _text_of_every_file(root) -> dict[str, bytes]:
     return {str(path): path.read_bytes() for path in root.rglob("*") if path.is_file() and ".git/objects" not in str(path)}
 
 
+def retry_tasks_at_once(monkeypatch) -> None:
+    """Every labelloop Prefect task keeps its retries, without the 2–30 s waits between attempts: a test of
+    what the attempts log and raise, not of how long they wait (the waits were 47 of this module's 67 s)."""
+    import importlib
+    import pkgutil
+
+    from prefect import Task
+
+    import labelloop.tasks
+
+    for found in pkgutil.iter_modules(labelloop.tasks.__path__):
+        module = importlib.import_module(f"labelloop.tasks.{found.name}")
+        for value in vars(module).values():
+            if isinstance(value, Task) and value.retries and value.retry_delay_seconds:
+                monkeypatch.setattr(value, "retry_delay_seconds", 0)
+
+
 @pytest.mark.slow
 def test_credentials_in_every_uri_reach_no_file_log_artifact_or_error_line(prefect_api, workspace, monkeypatch, capfd):
     """The tracking server (with a password) is down, then the DVC remote (with a password) is: every
     error line, Prefect log and artifact, workspace file, registry commit and the Prefect database are
-    searched for each password."""
+    searched for each password, through every retry of the failing tasks."""
     from prefect.logging.handlers import APILogHandler
 
     from labelloop.adapters import versioning
@@ -189,6 +206,7 @@ def test_credentials_in_every_uri_reach_no_file_log_artifact_or_error_line(prefe
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("LABELLOOP_RETRY_ATTEMPTS", "1")
+    retry_tasks_at_once(monkeypatch)
     root = str(workspace.root)
     with monkeypatch.context() as tracking_down:
         tracking_down.setenv("LABELLOOP_TRACKING_URI", f"http://alice:{TRACKING_PASSWORD}@127.0.0.1:{closed_port()}")
@@ -219,6 +237,7 @@ def test_credentials_in_every_uri_reach_no_file_log_artifact_or_error_line(prefe
         searched["prefect logs"] = "\n".join(log.message for log in _every(client.read_logs)).encode()
         searched["prefect artifacts"] = "\n".join(str(a.data) for a in _every(client.read_artifacts)).encode()
     assert b"alice:***@" in searched["prefect logs"]  # the failure was logged, redacted
+    assert b"Retry 2/2 will start immediately" in searched["prefect logs"]  # every retry's log line is searched
     for where, data in searched.items():
         for marker in URI_MARKERS:
             assert marker.encode() not in data, f"{marker} leaked into {where}"

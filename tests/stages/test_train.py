@@ -16,6 +16,7 @@ from labelloop.adapters import tracking
 from labelloop.config import TrainParams, dump_params
 from labelloop.schema import ColumnSpec, Schema
 from labelloop.stages import train
+from tests.conftest import clone_workspace
 
 FAST = TrainParams(n_estimators=30, max_depth=3)
 WORDS = {"billing": ["invoice", "charged", "refund", "payment"], "bug": ["crash", "error", "broken", "freeze"],
@@ -123,28 +124,35 @@ def _small_train(ws, **overrides):
     return params
 
 
-@pytest.mark.slow
-def test_dvc_repro_rebuilds_the_same_model_metrics_as_the_train_task(workspace):
-    params = _small_train(workspace)
+@pytest.fixture(scope="module")
+def reproduced(workspace_template, tmp_path_factory):
+    """A workspace whose registry ran `dvc repro` once (a smaller model, committed), shared by the DVC pipeline
+    tests: each `labelloop pipeline` stage is a process of its own, so a repro costs three of them."""
     from labelloop.adapters import versioning
 
-    versioning.git(workspace.registry_dir, "commit", "-qam", "smaller model for the test")
-    result = _dvc(workspace.registry_dir, "repro")
+    ws = clone_workspace(workspace_template, tmp_path_factory.mktemp("reproduced") / "ws")
+    params = _small_train(ws)
+    versioning.git(ws.registry_dir, "commit", "-qam", "smaller model for the test")
+    result = _dvc(ws.registry_dir, "repro")
     assert result.returncode == 0, result.stderr + result.stdout
+    return ws, params
+
+
+@pytest.mark.slow
+def test_dvc_repro_rebuilds_the_same_model_metrics_as_the_train_task(reproduced, tmp_path):
+    workspace = clone_workspace(reproduced[0], tmp_path / "ws")  # the train task writes the MLflow store
     metrics = json.loads((workspace.registry_dir / "metrics.json").read_text())
     assert (workspace.registry_dir / "plots/confusion.csv").exists()
-    trained = train.train_challenger(workspace, params.train)
+    trained = train.train_challenger(workspace, reproduced[1].train)
     assert metrics["accuracy"] == pytest.approx(trained.metrics["accuracy"])
     assert metrics["log_loss"] == pytest.approx(trained.metrics["log_loss"])
 
 
 @pytest.mark.slow
-def test_dvc_exp_run_compares_a_variant(workspace):
-    _small_train(workspace)
+def test_dvc_exp_run_compares_a_variant(reproduced, tmp_path):
     from labelloop.adapters import versioning
 
-    versioning.git(workspace.registry_dir, "commit", "-qam", "smaller model for the test")
-    assert _dvc(workspace.registry_dir, "repro").returncode == 0
+    workspace = clone_workspace(reproduced[0], tmp_path / "ws")  # an experiment changes the registry
     versioning.git(workspace.registry_dir, "add", "-A")
     versioning.git(workspace.registry_dir, "commit", "-qm", "pipeline outputs")
     result = _dvc(workspace.registry_dir, "exp", "run", "-S", "train.max_depth=2")

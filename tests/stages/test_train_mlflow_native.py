@@ -114,6 +114,75 @@ def test_load_model_wraps_the_pipeline_with_the_workspace_schema_and_caches_it(m
     assert train.evaluate(model, holdout, workspace.schema()).metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
 
 
+# -- MLflow-native records (issue 15): the data version as dataset inputs, plots under common names, the gate's
+# decision in the version's description ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second_run(mixed):
+    """A second training run on the same data version (other params): a new run and version."""
+    workspace, params, _ = mixed
+    return train.train_challenger(workspace, params.model_copy(update={"n_estimators": params.n_estimators + 1}))
+
+
+def test_a_training_run_logs_its_data_version_and_the_holdout_as_dataset_inputs(mixed, tmp_path):
+    import mlflow
+    import yaml
+    from mlflow import MlflowClient
+
+    workspace, _, result = mixed
+    run = MlflowClient(tracking_uri=tracking.mlflow_uri(workspace.tracking_uri)).get_run(result.run_id)
+    inputs = {found.dataset.name: found for found in run.inputs.dataset_inputs}
+    assert set(inputs) == {result.data_tag, "holdout-v1"}
+    registry = workspace.registry_dir.resolve()
+    for name, path, context, rows in ((result.data_tag, "data/labeled.parquet", "training", 200),
+                                      ("holdout-v1", "data/holdout.parquet", "evaluation", len(pd.read_parquet(
+                                          workspace.holdout_path)))):
+        found = inputs[name]
+        assert {tag.key: tag.value for tag in found.tags}["mlflow.data.context"] == context
+        pointer = yaml.safe_load((registry / f"{path}.dvc").read_text())  # unchanged since both tags
+        assert found.dataset.digest == pointer["outs"][0]["md5"]  # DVC's content hash
+        assert found.dataset.source_type == "dvc"
+        assert json.loads(found.dataset.source) == {"uri": f"{registry}@{name}", "repo": str(registry), "rev": name,
+                                                    "path": path}
+        assert json.loads(found.dataset.profile)["num_rows"] == rows
+        assert "label" in found.dataset.schema
+    # The source is loadable: DVC fetches the file at that tag.
+    loaded = mlflow.data.get_source(inputs[result.data_tag]).load(str(tmp_path))
+    pd.testing.assert_frame_equal(pd.read_parquet(loaded), pd.read_parquet(workspace.labeled_path))
+
+
+def test_every_training_run_logs_its_plots_under_the_same_artifact_names(mixed, second_run):
+    workspace, _, result = mixed
+    mlflow_client = tracking.client(workspace)
+    assert second_run.created and second_run.run_id != result.run_id
+
+    def plots(run_id: str) -> set[str]:
+        return {found.path for found in mlflow_client.list_artifacts(run_id, train.PLOTS_DIR)}
+
+    assert plots(result.run_id) == plots(second_run.run_id) == set(train.PLOT_ARTIFACTS)
+
+
+def test_the_gate_writes_its_decision_and_reasons_into_the_version_description(mixed, second_run):
+    from labelloop.config import GateParams
+    from labelloop.stages import gate
+
+    workspace, params, result = mixed
+    mlflow_client = tracking.client(workspace)
+    mlflow_client.set_registered_model_alias(params.model_name, tracking.CHAMPION, result.version)
+    mlflow_client.set_registered_model_alias(params.model_name, tracking.CHALLENGER, second_run.version)
+    decision = gate.evaluate_gate(workspace, params.model_name, GateParams())
+    assert decision.reasons and decision.challenger_version == second_run.version
+    trained = mlflow_client.get_model_version(params.model_name, second_run.version).description
+    for _ in range(2):  # a rerun rewrites the same section, never a second one
+        gate.record_decision(workspace, params.model_name, decision)
+        description = mlflow_client.get_model_version(params.model_name, second_run.version).description
+        assert description.startswith(f"{trained}\n\n**Gate: {decision.label}** ({decision.primary_metric} ")
+        assert f"of champion version {result.version})" in description and description.count("**Gate: ") == 1
+        assert all(f"\n- {reason}" in description for reason in decision.reasons)
+    assert mlflow_client.get_model_version(params.model_name, result.version).description.count("**Gate: ") == 0
+
+
 def _fresh_venv(root: Path) -> Path:
     """A venv that sees this venv's packages (a plain path line in a .pth file: the site-packages' own .pth
     files, among them labelloop's editable install, are not processed) — so no labelloop; no network."""

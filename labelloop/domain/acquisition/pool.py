@@ -94,6 +94,8 @@ class SelectionContext:
       predicted class).
     - hybrid: the hybrid selector's settings (`select.hybrid` of params.yaml), used whenever it runs;
       None = its defaults.
+    - group_boost: quota weights per group_column value, an input of the selectors that declare it (the hybrid:
+      a drifted or under-performing segment, from the segment monitor, gets more of the quota); empty = none.
     - strategy_params / selector_params: parameters of the strategy / the selector that runs (e.g. beta,
       explore_fraction; selector_params win over `hybrid`); a name it does not declare is an error.
     """
@@ -111,6 +113,7 @@ class SelectionContext:
     validation_labels: np.ndarray | None = None
     group_column: str | None = None
     hybrid: HybridParams | None = None
+    group_boost: dict[str, float] = field(default_factory=dict)
     strategy_params: dict[str, Any] = field(default_factory=dict)
     selector_params: dict[str, Any] = field(default_factory=dict)
 
@@ -331,7 +334,7 @@ def select_indices(
     chosen = choose(
         selector, utilities, batch_size, selector_params, rng=rng, features=selector_features, groups=groups,
         labelled_features=prepared.labelled_features() if wants_labelled else None,
-        labelled_groups=labelled_groups,
+        labelled_groups=labelled_groups, group_boost=ctx.group_boost or None,
     ) if len(probas) else _empty_batch(batch_size)
     done = time.perf_counter()
     seconds = {"score": scored - started, "select": done - scored, **prepared.seconds}
@@ -594,7 +597,7 @@ def select_from_parquet(
                 groups=kept["_group"].to_numpy(),
                 labelled_features=prepared.labelled_features() if wants_labelled else None,
                 labelled_groups=_labelled_class_indices(prepared.context, class_names, selector_params),
-                explore_pool=explore_pool,
+                explore_pool=explore_pool, group_boost=prepared.context.group_boost or None,
             )
     done = time.perf_counter()
     utilities = kept["_utility"].to_numpy()[chosen] if len(chosen) else np.empty(0)

@@ -29,7 +29,7 @@ from labelloop.domain.acquisition import selectors, strategies
 #   strategies that fit models (expected error reduction); `schema` describes them.
 INPUTS = frozenset({
     "rng", "features", "rows", "committee", "labelled_features", "labelled_rows", "labelled_labels", "class_names",
-    "schema", "train_params", "groups", "labelled_groups", "explore_pool",
+    "schema", "train_params", "groups", "labelled_groups", "explore_pool", "group_boost",
 })
 
 # What declaring an input means for the engine: features to compute, model rows to pass on, a committee

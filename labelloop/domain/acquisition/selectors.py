@@ -6,6 +6,7 @@ Each declares exactly the keywords it reads; the table naming them is registry.p
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import get_args
 
 import numpy as np
@@ -235,11 +236,13 @@ def inverse_labelled_weights(utilities: np.ndarray, groups: np.ndarray, labelled
     return out
 
 
-def _quota_pick(utilities, n_quota, groups, taken, rng, prior_groups=None) -> np.ndarray:
+def _quota_pick(utilities, n_quota, groups, taken, rng, prior_groups=None, group_boost=None) -> np.ndarray:
     """Round-robin over groups, fewest-picked group first, best utility within a group.
 
     `prior_groups` (group values of rows counted as already picked, e.g. the labelled rows) adds to each
     group's count, so the quota fills the groups that are rarest there first (water-filling).
+    `group_boost` (str(group) → weight ≥ 1): a group of weight w takes w turns per round (its picks so far
+    count 1/w each), e.g. a drifted or under-performing segment with weight 2 gets twice the quota.
     """
     eligible = np.flatnonzero(np.isfinite(utilities) & ~taken)
     if n_quota <= 0 or len(eligible) == 0:
@@ -259,7 +262,10 @@ def _quota_pick(utilities, n_quota, groups, taken, rng, prior_groups=None) -> np
     sorted_groups = inverse[order]
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
     rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    round_ = rank + already[sorted_groups]
+    round_ = (rank + already[sorted_groups]).astype(np.float64)
+    if group_boost:
+        weight = np.array([float(group_boost.get(str(code), 1.0)) for code in codes])
+        round_ = round_ / weight[sorted_groups]
     pick = np.lexsort((tiebreak[order], -utilities[eligible][order], round_))[:n_quota]
     return eligible[order][pick]
 
@@ -311,6 +317,7 @@ def hybrid(
     min_quota_groups: int = HYBRID.min_quota_groups,
     quota_balance: str = HYBRID.quota_balance,
     exploit_weighting: str = HYBRID.exploit_weighting,
+    group_boost: Mapping[str, float] | None = None,
 ) -> np.ndarray:
     """A batch in three shares, in this order:
 
@@ -334,6 +341,10 @@ def hybrid(
     `inverse_labelled_weights` (utility shifted to ≥ 0, times mean labelled count / the row's group's
     labelled count) instead of the raw utility; needs `groups` and `labelled_groups`, else "none".
 
+    `group_boost` (str(group value) → weight ≥ 1, e.g. from the segment monitor, labelloop/domain/segments.py): a
+    boosted group takes that many turns per round of the quota, so a drifted or under-performing segment gets a
+    larger share of it; groups not named keep weight 1.
+
     `top_m_factor`: the diversity step considers the top top_m_factor × (exploit share) rows by utility;
     `representative_sample`: explore="representative" fits its k-means on at most this many rows.
     """
@@ -351,6 +362,9 @@ def hybrid(
         raise ValueError(f"diversity must be one of {DIVERSITIES}, got {diversity!r}")
     if quota_balance not in QUOTA_BALANCES:
         raise ValueError(f"quota_balance must be one of {QUOTA_BALANCES}, got {quota_balance!r}")
+    bad = {k: v for k, v in (group_boost or {}).items() if not (np.isfinite(v) and v >= 1)}
+    if bad:
+        raise ValueError(f"group_boost weights must be finite and at least 1, got {bad}")
     if exploit_weighting not in EXPLOIT_WEIGHTINGS:
         raise ValueError(f"exploit_weighting must be one of {EXPLOIT_WEIGHTINGS}, got {exploit_weighting!r}")
     size = eligible_count_or_warn(utilities, batch_size)
@@ -385,7 +399,8 @@ def hybrid(
     taken[exploit] = True
 
     prior = labelled_groups if quota_balance == "labelled" else None
-    quota = _quota_pick(utilities, n_quota, groups, taken, rng, prior) if n_quota else np.empty(0, dtype=np.int64)
+    quota = (_quota_pick(utilities, n_quota, groups, taken, rng, prior, group_boost) if n_quota
+             else np.empty(0, dtype=np.int64))
     taken[quota] = True
     explored = _explore_pick(utilities, n_explore, taken, rng, x, explore, explore_pool, representative_sample)
     taken[explored] = True

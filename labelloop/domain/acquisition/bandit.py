@@ -1,0 +1,203 @@
+"""`select.strategy: auto`: an online bandit that picks the acquisition strategy of each batch by measured gain.
+
+In the spirit of ALBL (Hsu & Lin 2015, "Active Learning by Learning"): each batch is drawn by one arm (a
+registered strategy name), chosen by EXP3 with a probability floor, and the arm is paid the
+importance-weighted accuracy gain its batch brought, measured on audit items (a uniform sample of traffic
+whose inclusion probabilities are known, labelled but trained on by neither model):
+
+    p_a  = (1 − γ) · softmax(log_w)_a + γ / K             every arm keeps at least γ / K
+    log_w_a += η · (r − ½) / p_a   for the arm a played    (EXP3's importance-weighted reward estimate)
+
+with the reward r = clip(½ + (gain − b) / (2 · reward_scale), 0, 1) in [0, 1], b the mean gain of the last
+few batches whatever their arm (learning curves flatten: every arm gains more early on): a gain of
+reward_scale (accuracy as a fraction) above b pays 1, b itself ½, reward_scale or more below it 0.
+Subtracting ½ (and b) keeps EXP3's estimate unbiased up to a shift common to every arm (the probabilities
+depend only on differences of log-weights) and stops an arm from gaining weight merely by being played.
+
+Bookkeeping is idempotent: the state keeps one record per batch id, and `update` with a batch id already
+recorded returns the state unchanged, so a rerun after a crash never pays a reward twice. `choose` is a pure
+function of the state and the generator: seed the generator from the batch's selection key and a rerun of
+select (same pool, same params, same champion, no reward recorded in between) picks the same arm.
+
+Pure: numpy in, numpy and plain dicts out; no I/O, no configuration objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+BASELINE_ARM = "random"  # always an arm: the baseline auto must not fall far behind
+DEFAULT_ARMS = ("random", "margin", "hybrid")
+DEFAULT_GAMMA = 0.3
+DEFAULT_ETA = 0.5
+DEFAULT_REWARD_SCALE = 0.02
+BASELINE_WINDOW = 3
+
+
+@dataclass(frozen=True)
+class BanditRecord:
+    """What the bandit knows about one batch: the arm that drew it, with what probability, and its reward
+    (None: measured with no audit items available, so the weights were not changed)."""
+
+    batch_id: str
+    arm: str
+    probability: float
+    reward: float | None = None
+    gain: float | None = None
+    n_audit: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "arm": self.arm, "probability": self.probability, "reward": self.reward,
+                "gain": self.gain, "n_audit": self.n_audit, "detail": dict(self.detail)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BanditRecord:
+        return cls(str(data["batch_id"]), str(data["arm"]), float(data["probability"]),
+                   None if data.get("reward") is None else float(data["reward"]),
+                   None if data.get("gain") is None else float(data["gain"]), int(data.get("n_audit", 0)),
+                   dict(data.get("detail") or {}))
+
+
+@dataclass(frozen=True)
+class BanditState:
+    """Log-weights per arm and one record per batch (in the order they were recorded)."""
+
+    arms: tuple[str, ...]
+    log_weights: tuple[float, ...]
+    gamma: float = DEFAULT_GAMMA
+    eta: float = DEFAULT_ETA
+    records: tuple[BanditRecord, ...] = ()
+
+    def record(self, batch_id: str) -> BanditRecord | None:
+        for record in self.records:
+            if record.batch_id == batch_id:
+                return record
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arms": list(self.arms), "log_weights": [float(w) for w in self.log_weights], "gamma": self.gamma,
+                "eta": self.eta, "records": [r.to_dict() for r in self.records]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BanditState:
+        return cls(tuple(map(str, data["arms"])), tuple(float(w) for w in data["log_weights"]), float(data["gamma"]),
+                   float(data["eta"]), tuple(BanditRecord.from_dict(r) for r in data.get("records", ())))
+
+
+def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float = DEFAULT_ETA) -> BanditState:
+    """Equal weights over `arms` (which must include `random`)."""
+    arms = tuple(arms)
+    if BASELINE_ARM not in arms or len(set(arms)) != len(arms):
+        raise ValueError(f"arms must be distinct and include {BASELINE_ARM!r}; got {list(arms)}")
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    if eta <= 0:
+        raise ValueError(f"eta must be positive, got {eta}")
+    return BanditState(arms, (0.0,) * len(arms), float(gamma), float(eta))
+
+
+def reconcile(state: BanditState, arms: Sequence[str], gamma: float, eta: float) -> BanditState:
+    """`state` under the configured arms and rates: an arm added to the configuration starts at the mean
+    log-weight of the others, a removed arm is dropped (its records are kept); gamma and eta follow the
+    configuration."""
+    arms = tuple(arms)
+    known = dict(zip(state.arms, state.log_weights, strict=True))
+    start = float(np.mean(list(known.values()))) if known else 0.0
+    fresh = initial_state(arms, gamma, eta)
+    return replace(fresh, log_weights=tuple(known.get(a, start) for a in arms), records=state.records)
+
+
+def probabilities(state: BanditState) -> np.ndarray:
+    """EXP3's sampling distribution: the weights' softmax mixed with the uniform floor γ / K."""
+    w = np.asarray(state.log_weights, dtype=np.float64)
+    w = np.exp(w - w.max())
+    k = len(state.arms)
+    return (1.0 - state.gamma) * w / w.sum() + state.gamma / k
+
+
+def choose(state: BanditState, rng: np.random.Generator) -> tuple[str, dict[str, float]]:
+    """(the arm drawn, every arm's probability). Pure given the state and the generator."""
+    p = probabilities(state)
+    index = int(rng.choice(len(p), p=p))
+    return state.arms[index], {arm: float(q) for arm, q in zip(state.arms, p, strict=True)}
+
+
+def choice_seed(key: str, seed: int = 0) -> int:
+    """A generator seed from a batch's selection key: the same key (a rerun) draws the same arm."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
+
+
+def update(state: BanditState, batch_id: str, arm: str, probability: float, reward: float | None, *,
+           gain: float | None = None, n_audit: int = 0, detail: Mapping[str, Any] | None = None) -> BanditState:
+    """The state with batch `batch_id` recorded: `arm` drew it with `probability` and earned `reward` in [0, 1]
+    (None: no audit items to measure it on, recorded without changing the weights). Idempotent: a batch id
+    already recorded returns `state` unchanged (a rerun never pays a reward twice)."""
+    if state.record(batch_id) is not None:
+        return state
+    if reward is not None and not 0.0 <= reward <= 1.0:
+        raise ValueError(f"reward must be in [0, 1], got {reward}")
+    if not 0.0 < probability <= 1.0:
+        raise ValueError(f"probability must be in (0, 1], got {probability}")
+    weights = list(state.log_weights)
+    if reward is not None and arm in state.arms:
+        i = state.arms.index(arm)
+        weights[i] += state.eta * (reward - 0.5) / probability
+        top = max(weights)
+        weights = [w - top for w in weights]  # keep them bounded; probabilities depend only on differences
+    record = BanditRecord(batch_id, arm, float(probability), reward, gain, int(n_audit), dict(detail or {}))
+    return replace(state, log_weights=tuple(weights), records=(*state.records, record))
+
+
+# -- the reward -----------------------------------------------------------------------------------------
+
+def weighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Importance-weighted (Hajek) accuracy: Σ w·[pred = true] / Σ w; NaN on no rows."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has shape {y_true.shape}, y_pred {y_pred.shape}")
+    w = np.ones(len(y_true)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != y_true.shape:
+        raise ValueError(f"weights have shape {w.shape}, the labels {y_true.shape}")
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError("weights must be finite and non-negative")
+    total = float(w.sum())
+    if len(y_true) == 0 or total == 0:
+        return float("nan")
+    return float(np.sum(w * (y_true == y_pred)) / total)
+
+
+def accuracy_gain(y_true: np.ndarray, pred_before: np.ndarray, pred_after: np.ndarray,
+                  weights: np.ndarray | None = None) -> float:
+    """IW accuracy of the model trained after the batch minus that of the model that selected it, on the
+    same audit rows (neither model trained on them); NaN on no rows."""
+    return weighted_accuracy(y_true, pred_after, weights) - weighted_accuracy(y_true, pred_before, weights)
+
+
+def scaled_reward(gain: float | None, reward_scale: float = DEFAULT_REWARD_SCALE, baseline: float = 0.0) -> float | None:
+    """A gain mapped to [0, 1]: ½ + (gain − baseline) / (2 · reward_scale), clipped; None for a NaN gain (no audit
+    rows). `baseline` (`gain_baseline`) is the gain recent batches brought whatever their arm: learning curves
+    flatten, so early batches gain more under every arm, and without it the arms played first would look best."""
+    if reward_scale <= 0:
+        raise ValueError(f"reward_scale must be positive, got {reward_scale}")
+    if gain is None or not np.isfinite(gain):
+        return None
+    return float(np.clip(0.5 + (gain - baseline) / (2.0 * reward_scale), 0.0, 1.0))
+
+
+def gain_baseline(state: BanditState, window: int = BASELINE_WINDOW) -> float:
+    """Mean accuracy gain of the last `window` measured batches, whatever their arm (0 before any). Common to every
+    arm at the time of a choice, so EXP3's estimates stay unbiased up to that shared shift."""
+    gains = [r.gain for r in state.records if r.gain is not None and np.isfinite(r.gain)][-window:]
+    return float(np.mean(gains)) if gains else 0.0
+
+
+def arm_shares(arms: Sequence[str], chosen: Sequence[str]) -> dict[str, float]:
+    """Share of batches each arm drew (0 for an arm never played); empty input gives zeros."""
+    n = len(chosen)
+    return {arm: (sum(1 for c in chosen if c == arm) / n if n else 0.0) for arm in arms}

@@ -1,0 +1,163 @@
+"""`select.strategy: auto` on a real workspace: the arm in the batch meta, reruns after a crash at select, and the
+reward's bookkeeping at the gate (a crashed cycle rerun neither loses nor double-counts a reward)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelloop.batches import BatchStore
+from labelloop.columns import ITEM_ID, LABEL
+from labelloop.config import BanditParams, SelectParams
+from labelloop.core.io import write_parquet
+from labelloop.stages import bandit as stage
+from labelloop.stages import select
+from labelloop.stages.select import select_batch
+from tests.stages.test_select import _pool
+
+AUTO = SelectParams(strategy="auto", batch_size=6, seed=1, audit_fraction=0.0)
+
+
+def test_select_with_auto_resolves_an_arm_and_writes_it_into_the_batch_meta(workspace):
+    _pool(workspace)
+    meta = select_batch(workspace, AUTO)
+    assert meta.strategy == "auto"
+    assert meta.bandit["arm"] in {"random", "margin", "hybrid"}
+    assert set(meta.bandit["probabilities"]) == {"random", "margin", "hybrid"}
+    assert meta.bandit["probability"] == pytest.approx(meta.bandit["probabilities"][meta.bandit["arm"]])
+    assert sum(meta.bandit["probabilities"].values()) == pytest.approx(1.0)
+    stored = BatchStore(workspace).get(meta.batch_id)
+    assert stored.bandit == meta.bandit
+    assert meta.selector_used == ("hybrid" if meta.bandit["arm"] == "hybrid" else "topk")
+
+
+def test_a_fixed_strategy_records_no_arm(workspace):
+    _pool(workspace)
+    assert select_batch(workspace, SelectParams(strategy="margin", batch_size=5, audit_fraction=0.0)).bandit == {}
+
+
+def test_crash_between_choosing_and_recording_reruns_with_the_same_arm(workspace, monkeypatch):
+    _pool(workspace)
+    drawn = []
+    choose = select.choose_arm
+
+    def spy(*args):
+        drawn.append(choose(*args))
+        return drawn[-1]
+
+    monkeypatch.setattr(select, "choose_arm", spy)
+    monkeypatch.setattr(BatchStore, "put", lambda self, meta: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        select_batch(workspace, AUTO)
+    monkeypatch.undo()
+    assert BatchStore(workspace).list() == []  # the crash came before the meta was recorded
+    meta = select_batch(workspace, AUTO)
+    assert len(drawn) == 1  # the rerun drew again (the spy was undone), and it drew the same arm:
+    assert (meta.bandit["arm"], meta.bandit) == drawn[0]
+    assert not stage.state_path(workspace).exists()  # choosing writes nothing: only rewards change the state
+
+
+def test_the_arm_follows_the_selection_key():
+    from labelloop.domain.acquisition import bandit
+
+    state = bandit.initial_state(["random", "margin", "hybrid"])
+    arms = {bandit.choose(state, np.random.default_rng(bandit.choice_seed(f"k{i}", 1)))[0] for i in range(30)}
+    assert len(arms) == 3  # different batches explore every arm
+
+
+# -- rewards at the gate -------------------------------------------------------------------------
+
+def _auto_batch(workspace, batch_id="batch-0001-abcdef", arm="margin", versioned=True):
+    from labelloop.batches import BatchMeta
+
+    meta = BatchMeta(batch_id=batch_id, key=batch_id[-6:], status="imported", strategy="auto", selector="topk", seed=0,
+                     params={}, n_items=3, created_at="2026-01-01T00:00:00Z", champion_version="1",
+                     versioned_in="data-v2" if versioned else None,
+                     bandit={"arm": arm, "probability": 0.5, "probabilities": {"random": 0.25, "margin": 0.5,
+                                                                                "hybrid": 0.25}})
+    BatchStore(workspace).put(meta)
+    return meta
+
+
+def _audit_set(workspace, n=20):
+    frame = pd.DataFrame({ITEM_ID: [f"audit-{i}" for i in range(n)], LABEL: ["a"] * n, "audit_weight": np.full(n, 2.0)})
+    write_parquet(workspace.audit_path, frame)
+    return frame
+
+
+@pytest.fixture
+def predictions(monkeypatch):
+    """Model versions' predictions on the audit items without MLflow: v1 right on 10 of 20, v2 on 15 of 20."""
+    right = {"1": 10, "2": 15}
+    calls = []
+
+    def predict(workspace, model_name, version, audit, cache):
+        calls.append(version)
+        return np.array(["a"] * right[version] + ["b"] * (len(audit) - right[version]))
+
+    logged = []
+    monkeypatch.setattr(stage, "_predict", predict)
+    monkeypatch.setattr(stage, "log_rewards", lambda ws, name, version, paid, state: logged.append([r.batch_id for r in paid]))
+    return calls, logged
+
+
+def test_reward_is_paid_once_to_the_arm_that_drew_the_batch(workspace, predictions):
+    _auto_batch(workspace)
+    _audit_set(workspace)
+    params = BanditParams()
+    paid = stage.record_rewards(workspace, "m", "2", params)
+    assert [(r.batch_id, r.arm) for r in paid] == [("batch-0001-abcdef", "margin")]
+    assert paid[0].gain == pytest.approx(0.25) and paid[0].reward == 1.0 and paid[0].n_audit == 20
+    state = json.loads(stage.state_path(workspace).read_text())
+    weights = dict(zip(state["arms"], state["log_weights"], strict=True))
+    assert weights["margin"] - weights["random"] == pytest.approx(0.5 * 0.5 / 0.5)
+    # The rerun (a crash after the state was written, or the gate run again): nothing paid twice.
+    again = stage.record_rewards(workspace, "m", "2", params)
+    assert again == paid
+    assert json.loads(stage.state_path(workspace).read_text()) == state
+    assert predictions[1] == [["batch-0001-abcdef"], ["batch-0001-abcdef"]]  # MLflow gets the same values again
+    meta = BatchStore(workspace).get("batch-0001-abcdef")
+    assert meta.bandit["reward"] == 1.0 and meta.bandit["measured_by"] == "2"
+
+
+def test_crash_after_the_state_is_written_does_not_double_count(workspace, predictions, monkeypatch):
+    _auto_batch(workspace)
+    _audit_set(workspace)
+    monkeypatch.setattr(BatchStore, "mark", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        stage.record_rewards(workspace, "m", "2", BanditParams())
+    written = json.loads(stage.state_path(workspace).read_text())
+    monkeypatch.undo()
+    monkeypatch.setattr(stage, "log_rewards", lambda *a: None)
+    stage.record_rewards(workspace, "m", "2", BanditParams())
+    assert json.loads(stage.state_path(workspace).read_text()) == written
+    assert len(written["records"]) == 1
+    assert BatchStore(workspace).get("batch-0001-abcdef").bandit["measured_by"] == "2"  # the rerun finished the meta
+
+
+def test_audit_items_the_challenger_trained_on_are_left_out(workspace, predictions):
+    _auto_batch(workspace)
+    audit = _audit_set(workspace)
+    labeled = pd.read_parquet(workspace.labeled_path)
+    extra = labeled.head(5).copy()
+    extra[ITEM_ID] = audit[ITEM_ID].head(5).to_numpy()
+    write_parquet(workspace.labeled_path, pd.concat([labeled, extra], ignore_index=True))
+    assert len(stage.fresh_audit_items(workspace)) == 15
+
+
+def test_no_audit_items_records_the_batch_without_a_reward(workspace, predictions):
+    _auto_batch(workspace)
+    paid = stage.record_rewards(workspace, "m", "2", BanditParams())
+    assert paid[0].reward is None and paid[0].n_audit == 0
+    state = json.loads(stage.state_path(workspace).read_text())
+    assert state["log_weights"] == [0.0, 0.0, 0.0]
+    assert predictions[0] == []  # no model was loaded
+
+
+def test_a_batch_not_yet_in_a_data_version_waits(workspace, predictions):
+    _auto_batch(workspace, versioned=False)
+    _audit_set(workspace)
+    assert stage.record_rewards(workspace, "m", "2", BanditParams()) == []
+    assert not stage.state_path(workspace).exists()
+    assert stage.bandit_line([]) is None
