@@ -10,6 +10,10 @@ pool rows drawn uniformly per repeat). Prints per dataset: labels-to-target on t
 against random (target: at most 10% more labels) and against the best single strategy (target: within 10%); the
 arms' shares overall and per block of rounds; and the command. A strategy that never reaches the target counts
 as the budget (a lower bound, marked ≥).
+
+`--reference DIR` reuses the fixed strategies' curves of an earlier run (DIR/<dataset>/curves.csv, same seed, sizes,
+rounds, repeats and metric; the simulator is deterministic given them): run `--strategies auto` alone for a variant of
+the bandit and it is compared with the reference's strategies, summarised together.
 """
 
 from __future__ import annotations
@@ -21,8 +25,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from labelloop.apps.simulate import AUTO, SimulationConfig, run_simulation
+import pandas as pd
+
+from labelloop.apps.simulate import AUTO, SimulationConfig, arm_report, run_simulation, summarize
 from labelloop.config import BanditParams, TrainParams
+from labelloop.domain.acquisition import bandit as bandit_domain
+
+# The reference run must match on these (its curves are then what this run would have drawn for its strategies).
+SAME = ("seed", "seed_size", "batch_size", "rounds", "repeats", "metric", "test_size")
 
 
 def compare(summary: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +50,26 @@ def compare(summary: dict[str, Any]) -> dict[str, Any]:
         out["auto_vs_best_pct"] = 100.0 * (counted[AUTO] / counted[best] - 1.0)
         out["auto_vs_best_ok"] = counted[AUTO] <= 1.10 * counted[best]
     return out
+
+
+def with_reference(summary: dict[str, Any], out: Path, reference: Path) -> dict[str, Any]:
+    """`summary` (of the run written to `out`) summarised again with the strategies of the run in `reference` that
+    it did not run (same settings, checked), from their curves."""
+    ref_summary = json.loads((reference / "summary.json").read_text())
+    mismatched = [k for k in SAME if ref_summary["config"].get(k) != summary["config"].get(k)]
+    if mismatched or ref_summary["full_pool_values"] != summary["full_pool_values"]:
+        raise SystemExit(f"--reference {reference} differs from this run in {mismatched or ['full-pool values']}")
+    curves = pd.read_csv(out / "curves.csv")
+    ref = pd.read_csv(reference / "curves.csv")
+    ref = ref[~ref["strategy"].isin(curves["strategy"].unique())]
+    both = pd.concat([ref, curves], ignore_index=True)
+    merged = summarize(both, summary["full_pool_values"], summary["metric"])
+    if AUTO in merged["strategies"]:
+        merged["strategies"][AUTO]["arms"] = arm_report(both[both["strategy"] == AUTO])
+    merged["seconds_total"] = summary["seconds_total"]
+    merged["reference"] = str(reference)
+    (out / "summary_with_reference.json").write_text(json.dumps(merged, indent=2, default=str))
+    return merged
 
 
 def shares_by_block(arms: dict[str, Any], block: int) -> list[tuple[str, dict[str, float]]]:
@@ -75,6 +105,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--gamma", type=float, default=None)
     parser.add_argument("--eta", type=float, default=None)
     parser.add_argument("--reward-scale", type=float, default=None)
+    parser.add_argument("--random-start", type=float, default=None,
+                        help="the random arm's starting log-weight (default: bandit.RANDOM_START)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="measured batches paid ½ and left out of the baseline (default: bandit.WARMUP)")
+    parser.add_argument("--gain-measure", choices=("probability", "accuracy"), default=None,
+                        help="what a batch is paid on (default: bandit.GAIN_MEASURE)")
+    parser.add_argument("--reference", default=None,
+                        help="an earlier run's --out: reuse its curves for the strategies this run leaves out")
     parser.add_argument("--n-jobs", type=int, default=1, help="XGBoost threads (1 on a shared machine)")
     parser.add_argument("--block", type=int, default=5, help="rounds per block in the arms' shares over time")
     parser.add_argument("--out", required=True)
@@ -83,6 +121,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               if v is not None}
     if args.arms:
         bandit["arms"] = args.arms.split(",")
+    if args.random_start is not None:  # read by initial_state at each call
+        bandit_domain.RANDOM_START = args.random_start
+    if args.gain_measure is not None:  # read by batch_gain at each call
+        bandit_domain.GAIN_MEASURE = args.gain_measure
+    if args.warmup is not None:  # read by gain_baseline and probabilities at each call
+        bandit_domain.WARMUP = args.warmup
     train = TrainParams(n_jobs=args.n_jobs)
     results: dict[str, Any] = {}
     for data in args.data:
@@ -94,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             audit_size=args.audit_size, log_mlflow=False, progress=False,
         )
         summary = run_simulation(config, echo=None)
+        if args.reference:
+            summary = with_reference(summary, Path(args.out) / name, Path(args.reference) / name)
         verdict = compare(summary)
         budget = summary["budget"]
         print(f"\n{name}: full-pool {summary['metric']} {summary['full_pool_value']:.4f}, target {summary['target']:.4f}, "

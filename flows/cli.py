@@ -372,8 +372,9 @@ def demo(
         export = (overrides.pop("export", {}) | {"vendor": vendor}
                   | ({"label_studio_url": label_studio_url} if label_studio_url else {}))
         source = {"source": str(shipped_dataset_path(dataset))} if dataset != "satellite" else {}
-        # The demo labels an audit sample (select.audit_fraction, default 0 elsewhere): its lines show the estimate.
-        overrides["select"] = {"audit_fraction": DEMO_AUDIT_FRACTION} | overrides.get("select", {})
+        # The demo lets the bandit choose each batch's strategy (select.strategy auto, paid on the audit sample that
+        # select.audit_fraction draws): its lines show the arm, its reward and the audit estimate.
+        overrides["select"] = DEMO_SELECT | overrides.get("select", {})
         params = Params().with_overrides(export=export, dataset=source | overrides.pop("dataset", {}), **overrides)
     except ConfigError as error:
         _fail(error)
@@ -413,7 +414,7 @@ def demo(
                    f"admin password in .labelstudio/admin-password; stop: bash {shlex.quote(str(_label_studio_script()))} stop)")
 
 
-DEMO_AUDIT_FRACTION = 0.1
+DEMO_SELECT = {"strategy": "auto"}  # --set select.strategy=... still wins
 
 
 @app.command()
@@ -540,7 +541,7 @@ def select_command(
 def _select_pool_file(pool: Path, out: Path | None, chosen: dict[str, Any]) -> None:
     from pydantic import ValidationError
 
-    from labelloop.config import SelectParams
+    from labelloop.config import AUTO_STRATEGY, SelectParams
     from labelloop.domain.acquisition.pool import select_pool_to_file
 
     if out is None:
@@ -549,6 +550,11 @@ def _select_pool_file(pool: Path, out: Path | None, chosen: dict[str, Any]) -> N
         params = SelectParams(**chosen)
     except ValidationError as error:
         _fail(ValueError("; ".join(f"select.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())))
+    if params.strategy == AUTO_STRATEGY:
+        from labelloop.domain.acquisition import strategy_names
+
+        _fail(ValueError(f"--strategy {AUTO_STRATEGY} needs a workspace (its bandit state and the audit items that pay "
+                         f"the arms live there); with --pool choose one of: {', '.join(strategy_names())}"))
     if not pool.exists():
         _fail(FileNotFoundError(f"pool file {pool} does not exist"))
     try:
@@ -631,6 +637,7 @@ def simulate(
 @app.command()
 def strategies() -> None:
     """List acquisition strategies and selectors with their cost."""
+    from labelloop.config import AUTO_STRATEGY, BanditParams
     from labelloop.domain.acquisition import get_selector, get_strategy, selector_names, strategy_names
 
     typer.echo("strategies:")
@@ -638,6 +645,8 @@ def strategies() -> None:
         spec = get_strategy(name)
         needs = f" (needs {', '.join(sorted(spec.needs))})" if spec.needs else ""
         typer.echo(f"  {name:<26} {spec.cost}{needs}")
+    typer.echo(f"  {AUTO_STRATEGY:<26} a bandit (EXP3) drawing each batch's strategy from select.bandit.arms (default "
+               f"{', '.join(BanditParams().arms)}), paid the accuracy gain on audit items; a workspace's select only")
     typer.echo("selectors:")
     for name in selector_names():
         typer.echo(f"  {name:<26} {get_selector(name).cost}")

@@ -166,7 +166,8 @@ class BanditParams(Section):
         description="Registered strategies the bandit chooses among; must include random (the baseline).",
     )
     gamma: float = Field(
-        0.3, gt=0, le=1, description="Exploration: every arm keeps a probability of at least gamma / (number of arms).")
+        0.3, gt=0, le=1, description="Exploration: once the warm-up batches are paid, every arm keeps a probability of at least "
+        "gamma / (number of arms); random starts at that floor (labelloop/domain/acquisition/bandit.py).")
     eta: float = Field(0.5, gt=0, description="Learning rate of the log-weights (EXP3).")
     reward_scale: float = Field(
         0.02, gt=0, description="An accuracy gain of this much (0.02 = 2 points) on the audit items pays reward 1, no "
@@ -211,11 +212,11 @@ class SelectParams(Section):
     )
     group_column: str | None = Field(None, description="Hybrid quotas per value of this pool column; null = predicted class.")
     audit_fraction: float = Field(
-        0.0, ge=0, le=1,
+        0.1, ge=0, le=1,
         description="Audit items each batch also labels, as a share of batch_size (rounded; 0 = off): drawn uniformly at "
         "random from the capture windows' audit candidates (all traffic, not only low-confidence rows), never by the "
         "strategy, with their sampling probability recorded; they give unbiased estimates of the champion's accuracy "
-        "on live traffic (labelloop/domain/audit.py, README 'The audit sample'). `labelloop demo` runs with 0.1.",
+        "on live traffic (labelloop/domain/audit.py, README 'The audit sample') and the rewards of select.strategy auto.",
     )
     hybrid: HybridParams = HybridParams()
     bandit: BanditParams = BanditParams()
@@ -535,7 +536,8 @@ class StopParams(Section):
 
 class GateParams(Section):
     """The promotion rule: challenger and champion compared on the same holdout rows with a paired test
-    (accuracy: McNemar's exact test; macro_f1, neg_log_loss: a paired bootstrap; labelloop/domain/gate.py)."""
+    (accuracy: McNemar's exact test; macro_f1, neg_log_loss: a paired bootstrap; labelloop/domain/gate.py), and on
+    the audit items neither trained on as a guard (`audit_guard`)."""
 
     primary_metric: Literal["accuracy", "macro_f1", "neg_log_loss"] = "accuracy"
     mode: Literal["superiority", "non_inferiority"] = Field(
@@ -557,6 +559,13 @@ class GateParams(Section):
     min_new_labels: int = Field(0, ge=0, description="Refuse a challenger trained on fewer new labels than this.")
     max_class_recall_drop: float = Field(1.0, ge=0, le=1, description="Guardrail: largest per-class recall drop allowed.")
     max_ece_increase: float = Field(1.0, ge=0, description="Guardrail: largest calibration-error increase allowed.")
+    audit_guard: bool = Field(
+        True, description="Also compare the two models on the audit items neither trained on (importance-weighted "
+        "paired test, in the reasons) and reject a challenger significantly worse there (one-sided, min_confidence).",
+    )
+    audit_min_rows: int = Field(
+        30, ge=1, description="audit_guard decides only from this many audit rows; fewer are reported, not used.",
+    )
     stop: StopParams = StopParams()
 
 

@@ -50,7 +50,7 @@ def _round(ws, params, seed: int):
 
 
 def _params(ws, **export):
-    return ws.params().with_overrides(select={"strategy": "margin", "batch_size": 20},
+    return ws.params().with_overrides(select={"strategy": "margin", "batch_size": 20, "audit_fraction": 0},
                                       **({"export": export} if export else {}))
 
 

@@ -18,6 +18,7 @@ from labelloop.domain.cycle import CycleRecord
 from labelloop.history import append_history, history_path, load_history
 from labelloop.stages import audit as audit_stage
 from labelloop.stages import autolabel as autolabel_stage
+from labelloop.stages import bandit as bandit_stage
 from labelloop.stages import gate as gate_stage
 from labelloop.stages import monitor
 from labelloop.stages import train as train_stage
@@ -78,6 +79,7 @@ def cycle_record(workspace: Workspace, params: Params, data_tag: str, labels: in
         champion_version=champion, champion_accuracy=metrics.get("accuracy"), champion_macro_f1=metrics.get("macro_f1"),
         decision=decision, batch_id=batch_id, new_labels=new_labels, cost=cost, cost_per_point=cost_per_point,
         trained_version=trained_version, trained_metric=trained_metric,
+        bandit=bandit_stage.batch_text(workspace, batch_id),
     )
 
 

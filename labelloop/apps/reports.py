@@ -116,7 +116,8 @@ def cycle_markdown(record, batch=None, imports: list | None = None, version=None
         parts += ["", "### Batch", "", _table([
             ("batch", batch.batch_id), ("items", batch.n_items), ("strategy", batch.strategy),
             ("selector", batch.selector_used or batch.selector), ("seed", batch.seed),
-            ("scored by champion", batch.champion_version), ("labels ordered", batch.labels_ordered or batch.n_items)])]
+            ("scored by champion", batch.champion_version), ("labels ordered", batch.labels_ordered or batch.n_items),
+            *([("bandit", record.bandit)] if record.bandit else [])])]
     else:
         parts += ["", "### Batch", "", "No batch selected this cycle (an empty pool, or stop rules halting purchases)."]
     parts += ["", import_markdown(imports or []).replace("## Import", "### Import", 1)]

@@ -359,7 +359,8 @@ class _BanditRun:
     model trained on (uniform draw: every weight 1). Each curve row carries the arm drawn after it and the reward
     of the batch that led to it."""
 
-    def __init__(self, config: SimulationConfig, pool: np.ndarray, labels: np.ndarray, repeat: int) -> None:
+    def __init__(self, config: SimulationConfig, pool: np.ndarray, labels: np.ndarray, repeat: int,
+                 classes: list[str]) -> None:
         from labelloop.config import BanditParams
         from labelloop.domain.acquisition import bandit
 
@@ -368,22 +369,26 @@ class _BanditRun:
         rng = np.random.default_rng([config.seed, repeat, 17])
         self.audit = np.sort(rng.choice(pool, min(config.audit_size, len(pool)), replace=False))
         self.truth = labels[self.audit]
-        self.seed, self.repeat = config.seed, repeat
+        self.seed, self.repeat, self.classes = config.seed, repeat, [str(c) for c in classes]
         self.pending: tuple[str, str, float] | None = None  # (batch id, arm, probability)
         self.before: np.ndarray | None = None
 
     def measure(self, predicted: np.ndarray, in_labelled: np.ndarray) -> dict[str, Any]:
-        """Pay the pending batch's arm, given the new model's predictions on the audit rows."""
+        """Pay the pending batch's arm, given the new model's class probabilities on the audit rows (columns in the
+        order of the schema's class names); `bandit_gain` is the accuracy gain, `bandit_paid_gain` what it is paid on."""
         from labelloop.domain.acquisition import bandit
 
         out: dict[str, Any] = {}
         if self.pending is not None and self.before is not None:
             fresh = ~in_labelled[self.audit]  # neither model trained on them
-            gain = bandit.accuracy_gain(self.truth[fresh], self.before[fresh], predicted[fresh])
-            reward = bandit.scaled_reward(gain, self.params.reward_scale, bandit.gain_baseline(self.state))
+            names = np.asarray(self.classes, dtype=object)
+            accuracy = bandit.accuracy_gain(self.truth[fresh].astype(str), names[self.before[fresh].argmax(1)].astype(str),
+                                            names[predicted[fresh].argmax(1)].astype(str))
+            gain = bandit.batch_gain(self.truth[fresh], self.before[fresh], predicted[fresh], self.classes)
+            reward = bandit.batch_reward(self.state, gain, self.params.reward_scale)
             batch_id, arm, probability = self.pending
             self.state = bandit.update(self.state, batch_id, arm, probability, reward, gain=gain, n_audit=int(fresh.sum()))
-            out = {"bandit_gain": gain, "bandit_reward": reward, "n_audit": int(fresh.sum())}
+            out = {"bandit_gain": accuracy, "bandit_paid_gain": gain, "bandit_reward": reward, "n_audit": int(fresh.sum())}
         self.before, self.pending = predicted, None
         return out
 
@@ -408,7 +413,7 @@ def _run_strategy(
     params, schema, y = config.train_params, table.schema, table.labels
     class_names = schema.class_names
     auto = _AutoLabels(config.autolabel, y, config.batch_size) if _autolabel_on(config) else None
-    bandit = _BanditRun(config, pool, y, repeat) if strategy == AUTO else None
+    bandit = _BanditRun(config, pool, y, repeat, class_names) if strategy == AUTO else None
     audit = AuditRun(config.audit_fraction, config.batch_size, config.audit_sample_rows, y, class_names,
                      [config.seed, repeat]) if config.audit_fraction > 0 else None
     components = params.text.selection_components
@@ -429,7 +434,7 @@ def _run_strategy(
         rows.append({"strategy": strategy, "repeat": repeat, "round": round_, "n_labels": n_human, **scores,
                      **({} if auto is None else auto.last)})
         if bandit is not None:
-            rows[-1].update(bandit.measure(model.predict(table.rows(bandit.audit)), in_labelled))
+            rows[-1].update(bandit.measure(model.predict_proba(table.rows(bandit.audit)), in_labelled))
         if audit is not None:  # drawn after the model was trained: it never trained on them
             rows[-1].update(audit.measure(model.predict, table.rows, pool[~in_labelled[pool]], round_))
         history.append(CycleRecord(cycle=round_, labels=n_human, primary_metric=scores[config.metric]))

@@ -29,6 +29,7 @@ class CycleRecord:
     trained_metric: float | None = None
     stop: dict | None = None  # the stop rules' report after this cycle (StopReport.to_dict())
     capture_lost: str | None = None  # unreadable log parts capture gave up on this cycle, with their rows
+    bandit: str | None = None  # select.strategy auto: the arm that drew the cycle's batch, its reward once measured
     audit: str | None = None  # the champion's (and challenger's) audit estimate on live traffic (labelloop/stages/audit.py)
     drift: str | None = None  # the capture window this cycle saw against the training data (labelloop/stages/monitor.py)
     segments: str | None = None  # monitored segments, the drifted and under-performing ones named
@@ -43,6 +44,7 @@ class CycleRecord:
                    if self.cost else "")
                 + (f" | stop: {'; '.join(self.stop['reasons'])}" if self.stop and self.stop.get("stop") else "")
                 + (f" | capture {self.capture_lost}" if self.capture_lost else "")
+                + (f" | {self.bandit}" if self.bandit else "")
                 + (f" | {self.audit}" if self.audit else "")
                 + (f" | {self.drift}" if self.drift else "")
                 + (f" | {self.segments}" if self.segments else "")

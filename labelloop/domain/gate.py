@@ -20,13 +20,20 @@ promotion:
 superiority — the challenger is better by more than `min_delta`; non_inferiority — it is not worse by
 `non_inferiority_margin` or more. `min_confidence: 0` turns the test off (the point difference alone).
 
-Row sets: `decide` takes one `PairedRows` per set of rows (today the holdout; the audit sample of issue
-16 joins as a second set, with its sampling weights) and the challenger must pass on every set: an
+Row sets: `decide` takes one `PairedRows` per set of rows the challenger must pass on (the holdout): an
 intersection-union test, so the false-promotion rate stays at most 1 − min_confidence without correction.
+
+The audit rows (`audit`: the audit items neither model trained on, weighted by their inverse sampling
+probabilities; labelloop/stages/audit.py) are a second paired comparison on live traffic, a guardrail rather
+than a second hurdle (a few dozen rows could rarely show a gain): with `gate.audit_guard` the same paired test,
+against 0, is reported in the reasons, and from `gate.audit_min_rows` rows a challenger significantly worse
+there — the one-sided min_confidence upper bound on its difference below 0 — is rejected. A guard only
+rejects, so it cannot raise the false-promotion rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -56,7 +63,7 @@ class PairedRows:
     and both models' class probabilities; `weights` (e.g. inverse sampling probabilities of audit rows)
     make every metric a weighted one and the accuracy test a bootstrap."""
 
-    name: str  # "holdout", later "audit"
+    name: str  # "holdout" or "audit"
     y: np.ndarray  # (n,) int
     challenger_proba: np.ndarray  # (n, k)
     champion_proba: np.ndarray  # (n, k)
@@ -297,6 +304,35 @@ def paired_evidence(rows: PairedRows, rules: GateParams, resamples: int = BOOTST
     return paired_bootstrap(metric, rows, cut, confidence, resamples, seed)
 
 
+def audit_evidence(rows: PairedRows, rules: GateParams, resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = BOOTSTRAP_SEED) -> PairedEvidence:
+    """The paired test of `rules.primary_metric` on the audit rows against a difference of 0 (a bootstrap on
+    weighted rows); `passed` says the challenger is NOT significantly worse there: its one-sided
+    min_confidence upper bound is at least 0. `p_value` stays the test's, for a gain above 0."""
+    metric, confidence = rules.primary_metric, rules.min_confidence
+    tested = (mcnemar(rows, 0.0, confidence) if metric == "accuracy" and rows.weights is None
+              else paired_bootstrap(metric, rows, 0.0, confidence, resamples, seed))
+    return dataclasses.replace(tested, passed=tested.upper >= 0)
+
+
+def audit_reason(evidence: PairedEvidence, rules: GateParams) -> str:
+    """E.g. 'audit guard: paired bootstrap (2,000 resamples, seed 0) on 40 audit rows neither model trained on
+    (importance-weighted): accuracy -0.0500, one-sided 90% bounds [-0.1200, +0.0100]; not significantly worse
+    (upper bound >= 0) → pass'."""
+    if evidence.test == MCNEMAR:
+        test = f"{MCNEMAR} on {evidence.n:,} audit rows neither model trained on"
+    else:
+        test = (f"{BOOTSTRAP} ({evidence.resamples:,} resamples, seed {evidence.seed}) on {evidence.n:,} audit rows "
+                "neither model trained on (importance-weighted)")
+    text = (f"audit guard: {test}: {evidence.metric} {evidence.difference:+.4f}, one-sided {_percent(evidence.confidence)} "
+            f"bounds [{evidence.lower:+.4f}, {evidence.upper:+.4f}]; ")
+    if evidence.n < rules.audit_min_rows:
+        return text + f"{evidence.n} rows < audit_min_rows {rules.audit_min_rows}: reported, not used"
+    if evidence.passed:
+        return text + "not significantly worse (upper bound >= 0) → pass"
+    return text + "significantly worse on live traffic (upper bound < 0) → reject"
+
+
 # -- the decision ---------------------------------------------------------------------------------
 
 def _point_reason(metric: str, value: float, base: float, rules: GateParams, why: str) -> tuple[bool, str]:
@@ -309,12 +345,13 @@ def _point_reason(metric: str, value: float, base: float, rules: GateParams, why
 
 
 def decide(challenger: ModelMetrics, champion: ModelMetrics | None, rules: GateParams,
-           paired: Sequence[PairedRows] = ()) -> GateDecision:
+           paired: Sequence[PairedRows] = (), audit: PairedRows | None = None) -> GateDecision:
     """Promote only if every rule passes; every rule's outcome is a reason, passing or not.
 
-    `paired`: the sets of rows both models predicted (the holdout; later the audit set). With
-    `rules.min_confidence` > 0 the primary metric must pass the paired test on every set; without paired
-    rows the recorded metrics are compared as point estimates, and the reason says so."""
+    `paired`: the sets of rows both models predicted (the holdout). With `rules.min_confidence` > 0 the
+    primary metric must pass the paired test on every set; without paired rows the recorded metrics are
+    compared as point estimates, and the reason says so. `audit`: the audit rows neither model trained on,
+    the guard of the module docstring (with `rules.audit_guard` and `rules.min_confidence` > 0)."""
     metric = rules.primary_metric
     value = challenger.metrics[metric]
     if champion is None:
@@ -336,6 +373,11 @@ def decide(challenger: ModelMetrics, champion: ModelMetrics | None, rules: GateP
         evidence = [paired_evidence(rows, rules) for rows in paired]
         failed = not all(e.passed for e in evidence)
         reasons = [e.reason(rules) for e in evidence]
+    if audit is not None and len(audit.y) and rules.audit_guard and rules.min_confidence > 0:
+        guard = audit_evidence(audit, rules)
+        evidence.append(guard)
+        reasons.append(audit_reason(guard, rules))
+        failed = failed or (not guard.passed and guard.n >= rules.audit_min_rows)
     if challenger.new_labels < 0:
         # Trained on less data than the champion: a data rollback removed labels; judged on its metrics alone.
         reasons.append(f"{-challenger.new_labels} fewer labels than the champion's data (a data rollback): "

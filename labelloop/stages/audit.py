@@ -230,6 +230,22 @@ def _training_ids(workspace: Workspace, data_tag: str | None, cache: dict[str, s
     return cache[data_tag]
 
 
+def untrained_audit_items(workspace: Workspace, model_name: str, versions: list[str]) -> pd.DataFrame:
+    """The labelled audit items none of `versions` trained on (the gate's paired audit rows), one row per item."""
+    from labelloop.adapters import tracking
+
+    audit = load_audit_set(workspace)
+    if audit.empty:
+        return audit
+    cache: dict[str, set[str]] = {}
+    trained: set[str] = set()
+    for version in versions:
+        trained |= _training_ids(workspace, tracking.client(workspace).get_model_version(model_name, str(version))
+                                 .tags.get("data_tag"), cache)
+    keep = ~audit[ITEM_ID].astype(str).isin(trained) & audit[LABEL].notna()
+    return audit.loc[keep].drop_duplicates(ITEM_ID, keep="last").reset_index(drop=True)
+
+
 def model_audit(workspace: Workspace, audit: pd.DataFrame, model_name: str, version: str, role: str,
                 segment_column: str | None, cache: dict[str, set[str]]) -> tuple[ModelAudit, list[str]]:
     """`version` evaluated on the audit items not in its training data; with the item ids used."""

@@ -7,7 +7,8 @@ bandit).
   probability). A crash between the draw and the batch's write reruns select with the same key and the same state
   (rewards are recorded only at the gate), so it draws the same arm; a rerun after the write finds the batch.
 - Gate (`record_rewards`): each batch drawn by an arm, versioned into the labelled set and not yet in the state, is
-  paid the importance-weighted accuracy gain of the challenger (trained on it) over the model that selected it, on
+  paid the importance-weighted gain (`bandit.batch_gain`: in the true class's probability, or in accuracy) of the
+  challenger (trained on it) over the model that selected it, on
   the audit items neither trained on (the audit set, `Workspace.audit_path`, minus the labelled set the challenger
   trained on: audit items are withheld from training until evaluated, labelloop/stages/audit.py). No audit items
   yet: the batch is recorded with no reward (the weights do not move). The state is written atomically before the
@@ -71,8 +72,9 @@ def record_rewards(workspace: Workspace, model_name: str, challenger_version: st
             if len(audit) and meta.champion_version is not None:
                 before = _predict(workspace, model_name, str(meta.champion_version), audit, predictions)
                 after = _predict(workspace, model_name, str(challenger_version), audit, predictions)
-                gain = bandit.accuracy_gain(audit[LABEL].astype(str).to_numpy(), before, after, _weights(audit))
-                reward = bandit.scaled_reward(gain, params.reward_scale, bandit.gain_baseline(state))
+                gain = bandit.batch_gain(audit[LABEL].astype(str).to_numpy(), before, after,
+                                         workspace.schema().class_names, _weights(audit))
+                reward = bandit.batch_reward(state, gain, params.reward_scale)
             state = bandit.update(
                 state, meta.batch_id, str(meta.bandit["arm"]), float(meta.bandit["probability"]), reward, gain=gain,
                 n_audit=len(audit), detail={"model_version": str(challenger_version),
@@ -114,7 +116,7 @@ def _predict(workspace: Workspace, model_name: str, version: str, audit: pd.Data
         from labelloop.adapters import tracking
 
         model = tracking.load_model(workspace, model_name, version)
-        cache[version] = np.asarray(model.predict(audit[workspace.schema().feature_columns])).astype(str)
+        cache[version] = np.asarray(model.predict_proba(audit[workspace.schema().feature_columns]), dtype=np.float64)
     return cache[version]
 
 
@@ -135,6 +137,23 @@ def log_rewards(workspace: Workspace, model_name: str, version: str, paid: list[
     client.set_tag(run_id, "bandit_batch", ",".join(r.batch_id for r in paid))
     for arm, p in zip(state.arms, bandit.probabilities(state), strict=True):
         client.log_metric(run_id, f"bandit_p_{arm}", float(p))
+
+
+def batch_text(workspace: Workspace, batch_id: str | None) -> str | None:
+    """The cycle line's part for the batch `batch_id`: the arm that drew it (select.strategy auto), with what
+    probability, and its reward once a model trained on it was gated; None for a batch no bandit drew."""
+    store = BatchStore(workspace)
+    if batch_id is None or not store.exists(batch_id):
+        return None
+    chosen = store.get(batch_id).bandit
+    if not chosen.get("arm"):
+        return None
+    text = f"arm {chosen['arm']} (p {float(chosen['probability']):.2f})"
+    if "measured_by" not in chosen:
+        return text + ", reward not measured yet"
+    if chosen.get("reward") is None:
+        return text + ", no reward (no audit items yet)"
+    return text + f", reward {float(chosen['reward']):.2f} (gain {float(chosen['gain']):+.4f} on {chosen['n_audit']} audit)"
 
 
 def bandit_line(records: list[bandit.BanditRecord]) -> str | None:

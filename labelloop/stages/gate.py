@@ -62,6 +62,7 @@ def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> G
                             challenger_version, champion_version)
     champion = tracking.model_metrics(workspace, model_name, champion_version) if champion_version else None
     paired: list[PairedRows] = []
+    audit: PairedRows | None = None
     notes: list[str] = []
     if champion is not None and champion_version is not None:
         challenger = ModelMetrics(challenger.version, challenger.metrics, challenger.class_recall, challenger.holdout_digest,
@@ -69,9 +70,11 @@ def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> G
         if rules.min_confidence > 0:
             try:
                 paired.append(holdout_rows(workspace, model_name, challenger_version, champion_version))
+                if rules.audit_guard:
+                    audit = audit_paired_rows(workspace, model_name, challenger_version, champion_version)
             except tracking.IncompatibleModel as error:  # a champion stored by an older labelloop: no per-row predictions
                 notes.append(f"no paired test: {error}")
-    decision = decide(challenger, champion, rules, paired)
+    decision = decide(challenger, champion, rules, paired, audit)
     if notes:
         decision = dataclasses.replace(decision, reasons=[*decision.reasons, *notes])
     if "gate.decision" in recorded:
@@ -98,6 +101,27 @@ def holdout_rows(workspace: Workspace, model_name: str, challenger_version: str,
     prune_holdout_predictions(workspace, model_name, keep={challenger_version, champion_version})
     return PairedRows("holdout", labels.map(index).to_numpy(dtype=np.int64), probas[challenger_version],
                       probas[champion_version])
+
+
+def audit_paired_rows(workspace: Workspace, model_name: str, challenger_version: str,
+                      champion_version: str) -> PairedRows | None:
+    """The audit items neither version trained on, their true classes, both versions' probabilities and the
+    items' inverse sampling probabilities as weights (the gate's audit guard); None without such items."""
+    from labelloop.stages.audit import AUDIT_WEIGHT, untrained_audit_items
+
+    items = untrained_audit_items(workspace, model_name, [challenger_version, champion_version])
+    schema = workspace.schema()
+    index = {name: i for i, name in enumerate(schema.class_names)}
+    items = items[items[LABEL].astype(str).isin(index)] if len(items) else items
+    if items.empty:
+        return None
+    probas = []
+    for version in (challenger_version, champion_version):
+        model = tracking.load_model(workspace, model_name, str(version))
+        probas.append(np.asarray(model.predict_proba(items[schema.feature_columns]), dtype=np.float64))
+    weights = pd.to_numeric(items[AUDIT_WEIGHT], errors="coerce").fillna(1.0).to_numpy(dtype=np.float64)
+    return PairedRows("audit", items[LABEL].astype(str).map(index).to_numpy(dtype=np.int64), probas[0], probas[1],
+                      weights)
 
 
 def _cache_prefix(model_name: str) -> str:

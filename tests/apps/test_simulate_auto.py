@@ -27,7 +27,8 @@ def test_auto_runs_like_any_strategy_and_reports_its_arms(tmp_path):
     drawn = auto.dropna(subset=["arm"])
     assert len(drawn) == 2 * 3 and set(drawn["arm"]) <= {"random", "margin"}
     assert np.allclose(drawn["p_random"] + drawn["p_margin"], 1.0)
-    assert (drawn[["p_random", "p_margin"]] >= 0.3 / 2 - 1e-9).all().all()  # the floor
+    # Random starts at its floor; the floor itself applies after the warm-up (three gains recorded, round 3 on):
+    assert (drawn["p_random"] < 0.02).all()
     paid = auto[auto["round"] >= 1]
     assert paid["bandit_reward"].between(0, 1).all() and (paid["n_audit"] > 0).all()
     assert auto.loc[auto["round"] == 0, "bandit_reward"].isna().all()  # the seed model selected, nothing to pay yet

@@ -20,3 +20,12 @@ def test_the_cycle_line_names_the_stop_rules_that_fired():
                          stop={"stop": True, "reasons": ["label budget reached: 300 ≥ 300"], "rules": {}})
     assert record.line().endswith("| stop: label budget reached: 300 ≥ 300")
     assert "stop:" not in dataclasses.replace(record, stop={"stop": False, "reasons": [], "rules": {}}).line()
+
+
+def test_the_cycle_line_names_the_arm_that_drew_the_batch_before_the_audit_estimate():
+    record = CycleRecord(cycle=2, labels=260, bandit="arm margin (p 0.27), reward 0.62 (gain +0.0100 on 10 audit)",
+                         audit="champion v3 audit acc 0.900 [0.61, 0.99]")
+    line = record.line()
+    assert "| arm margin (p 0.27), reward 0.62" in line
+    assert line.index("arm margin") < line.index("audit acc")
+    assert "arm" not in dataclasses.replace(record, bandit=None).line()

@@ -268,3 +268,51 @@ def test_bad_paired_rows_and_gate_keys_are_refused_by_name():
         GateParams(min_confidence=1.0)
     with pytest.raises(ValidationError, match="mode"):
         GateParams(mode="better")
+
+
+# -- the audit guard: the audit rows neither model trained on -----------------------------------------
+
+_BETTER_ON_HOLDOUT = dict(n=1287, challenger_only=80, champion_only=20, both_right=1000)
+_WORSE_ON_AUDIT = dict(n=60, challenger_only=0, champion_only=15, both_right=40)
+_EQUAL_ON_AUDIT = dict(n=60, challenger_only=5, champion_only=5, both_right=40)
+
+
+@pytest.mark.parametrize(("holdout", "audit", "rules", "promote", "audit_says"), [
+    (_BETTER_ON_HOLDOUT, _EQUAL_ON_AUDIT, {}, True, "not significantly worse (upper bound >= 0) → pass"),
+    (_BETTER_ON_HOLDOUT, _WORSE_ON_AUDIT, {}, False, "significantly worse on live traffic (upper bound < 0) → reject"),
+    (_BETTER_ON_HOLDOUT, _WORSE_ON_AUDIT, {"audit_min_rows": 61}, True, "60 rows < audit_min_rows 61: reported, not used"),
+    (_BETTER_ON_HOLDOUT, _WORSE_ON_AUDIT, {"audit_guard": False}, True, None),
+    (_BETTER_ON_HOLDOUT, _WORSE_ON_AUDIT, {"min_confidence": 0}, True, None),
+    (dict(n=1287, challenger_only=41, champion_only=37, both_right=1100), _EQUAL_ON_AUDIT, {}, False,
+     "not significantly worse (upper bound >= 0) → pass"),  # a guard never promotes
+], ids=["equal-on-audit", "worse-on-audit", "too-few-audit-rows", "guard-off", "no-test", "holdout-fails"])
+def test_the_audit_guard_decision_table(holdout, audit, rules, promote, audit_says):
+    rows = _pair(holdout["n"], holdout["challenger_only"], holdout["champion_only"], holdout["both_right"])
+    weights = np.random.default_rng(3).uniform(5, 15, audit["n"])  # inverse sampling probabilities
+    audit_rows = _pair(audit["n"], audit["challenger_only"], audit["champion_only"], audit["both_right"], seed=1,
+                       name="audit", weights=weights)
+    decision = decide(_metrics_of("2", rows, "challenger"), _metrics_of("1", rows, "champion"), GateParams(**rules),
+                      [rows], audit_rows)
+    assert decision.promote is promote
+    guard = [r for r in decision.reasons if r.startswith("audit guard:")]
+    if audit_says is None:
+        assert guard == [] and "audit" not in [e.rows for e in decision.evidence]
+        return
+    [reason] = guard
+    evidence = decision.evidence[-1]
+    assert evidence.rows == "audit" and evidence.n == audit["n"] and evidence.test == BOOTSTRAP
+    # The reason names the test, the rows, the difference and its interval.
+    assert reason.endswith(audit_says)
+    assert f"{BOOTSTRAP} ({BOOTSTRAP_RESAMPLES:,} resamples, seed 0) on {audit['n']} audit rows" in reason
+    assert f"accuracy {evidence.difference:+.4f}, one-sided 90% bounds [{evidence.lower:+.4f}, {evidence.upper:+.4f}]" in reason
+    assert evidence.passed == (evidence.upper >= 0)
+
+
+def test_the_audit_difference_is_importance_weighted():
+    audit = _pair(60, challenger_only=0, champion_only=15, both_right=40, seed=1, name="audit")
+    only_champion = audit.champion_proba.argmax(axis=1) == audit.y
+    only_champion &= audit.challenger_proba.argmax(axis=1) != audit.y
+    weights = np.where(only_champion, 3.0, 1.0)
+    weighted = PairedRows("audit", audit.y, audit.challenger_proba, audit.champion_proba, weights)
+    decision = decide(_metrics_of("2", audit, "challenger"), _metrics_of("1", audit, "champion"), GateParams(), [], weighted)
+    assert decision.evidence[-1].difference == pytest.approx(-45 / weights.sum())

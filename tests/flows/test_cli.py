@@ -80,7 +80,8 @@ def test_simulate_writes_curves_summary_and_plot(tmp_path):
     pd.read_parquet(shipped_dataset_path()).sample(700, random_state=0).to_csv(data, index=False)
     out = tmp_path / "sim"
     result = runner.invoke(app, ["simulate", "--data", str(data), "--strategies", "random,margin", "--seed-size", "30",
-                                 "--batch-size", "40", "--rounds", "2", "--repeats", "1", "--out", str(out)])
+                                 "--batch-size", "40", "--rounds", "2", "--repeats", "1", "--audit-fraction", "0",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     curves = pd.read_csv(out / "curves.csv")
     assert sorted(curves.strategy.unique()) == ["margin", "random"]
@@ -153,3 +154,41 @@ def test_init_role_options_override_and_unknown_columns_are_named(tmp_path):
     assert result.exit_code == 2
     assert "error: schema overrides name columns not in the table: ['nope']" in result.stderr
     assert not (tmp_path / "ws2").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("given", "strategy"), [([], "auto"), (["--set", "select.strategy=margin"], "margin")])
+def test_the_demo_runs_auto_with_an_audit_sample_unless_told_otherwise(tmp_path, monkeypatch, given, strategy):
+    import labelloop.apps.init
+    from labelloop.flows import cli
+
+    seen = []
+
+    def init_workspace(root, params, retry=None):
+        seen.append(params)
+        raise _Stop
+
+    monkeypatch.setattr(cli, "_quiet_environment", lambda *a, **k: None)
+    monkeypatch.setattr(labelloop.apps.init, "init_workspace", init_workspace)
+    result = runner.invoke(app, ["demo", "--workspace", str(tmp_path / "ws"), *given])
+    assert isinstance(result.exception, _Stop), result.output
+    assert seen[0].select.strategy == strategy and seen[0].select.audit_fraction == 0.1
+
+
+def test_strategies_lists_auto_with_its_default_arms():
+    result = runner.invoke(app, ["strategies"])
+    assert result.exit_code == 0, result.output
+    auto = next(line for line in result.output.splitlines() if line.split()[:1] == ["auto"])
+    assert "bandit" in auto and "random, margin, hybrid" in auto
+
+
+def test_select_pool_with_auto_says_in_one_line_why_not_and_what_is_allowed(tmp_path):
+    result = runner.invoke(app, ["select", "--pool", str(tmp_path / "x.parquet"), "--strategy", "auto",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "needs a workspace" in lines[0] and "margin" in lines[0] and "random" in lines[0]
+    assert not (tmp_path / "o").exists()

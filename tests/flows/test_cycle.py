@@ -76,7 +76,7 @@ def test_batches_record_strategy_seed_and_move_to_versioned(two_cycles):
 def test_per_run_override_applies_to_that_run_only(prefect_api, workspace):
     from labelloop.flows.cycle import active_learning_cycle
 
-    active_learning_cycle(str(workspace.root), select=SelectParams(strategy="entropy", batch_size=15, seed=7))
+    active_learning_cycle(str(workspace.root), select=SelectParams(strategy="entropy", batch_size=15, seed=7, audit_fraction=0))
     meta = BatchStore(workspace).list()[-1]
     assert (meta.strategy, meta.n_items, meta.seed) == ("entropy", 15, 7)
     assert workspace.params().select.strategy == "hybrid"  # the file is untouched

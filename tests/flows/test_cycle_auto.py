@@ -24,6 +24,8 @@ def test_a_cycle_with_auto_records_the_arm_and_pays_its_reward_once(prefect_api,
     assert [r["batch_id"] for r in state["records"]] == [meta.batch_id]
     version = state["records"][0]["detail"]["model_version"]
     assert meta.bandit["measured_by"] == version and meta.bandit["reward"] == state["records"][0]["reward"]
+    assert record.bandit is not None and record.bandit.startswith(f"arm {meta.bandit['arm']} (p ")
+    assert f"| {record.bandit}" in record.line()  # the cycle's printed line names the arm (and its reward)
     model_name = workspace.params().train.model_name
     run = tracking.client(workspace).get_run(tracking.client(workspace).get_model_version(model_name, version).run_id)
     assert run.data.tags["bandit_arm"] == meta.bandit["arm"]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_after_group
+
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "infra" / "stack.sh"
 DEPLOYMENT_NAME = "it"
@@ -104,6 +106,17 @@ def real_stack():
         env.pop(key, None)
     workspace = stack_dir / "ws"
     stack = Stack(env, workspace, stack_dir)
+
+    def down() -> None:
+        if os.environ.get("LABELLOOP_KEEP_STACK") == "1":  # debugging: leave it running, print how to stop it
+            print(f"\nLABELLOOP_KEEP_STACK=1: stack left running; stop with: "
+                  f"STACK_DIR={stack_dir} PREFECT_DB={env['PREFECT_DB']} MLFLOW_DB={env['MLFLOW_DB']} infra/stack.sh down")
+        else:
+            subprocess.run([str(STACK), "down"], env=env, cwd=REPO, capture_output=True, timeout=120, check=False)
+            subprocess.run([str(STACK), "drop-db"], env=env, cwd=REPO, capture_output=True, timeout=120, check=False)
+            shutil.rmtree(stack_dir, ignore_errors=True)
+
+    stop = stop_after_group("real_stack", down)
     try:
         started = time.monotonic()
         _run([str(STACK), "up"], env, timeout=600)
@@ -121,13 +134,7 @@ def real_stack():
         print(stack.logs())
         raise
     finally:
-        if os.environ.get("LABELLOOP_KEEP_STACK") == "1":  # debugging: leave it running, print how to stop it
-            print(f"\nLABELLOOP_KEEP_STACK=1: stack left running; stop with: "
-                  f"STACK_DIR={stack_dir} PREFECT_DB={env['PREFECT_DB']} MLFLOW_DB={env['MLFLOW_DB']} infra/stack.sh down")
-        else:
-            subprocess.run([str(STACK), "down"], env=env, cwd=REPO, capture_output=True, timeout=120, check=False)
-            subprocess.run([str(STACK), "drop-db"], env=env, cwd=REPO, capture_output=True, timeout=120, check=False)
-            shutil.rmtree(stack_dir, ignore_errors=True)
+        stop()
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def test_init_then_three_cycles_on_a_real_table(name, roles, prefect_api, tmp_pa
         pytest.skip(f"{DATASETS} is not on this machine")
     params = Params().with_overrides(
         dataset={"source": str(_source(name, tmp_path))}, production={"rows_per_cycle": 300},
-        select={"batch_size": 40}, train={"n_estimators": 40, "max_depth": 4},
+        select={"batch_size": 40, "audit_fraction": 0}, train={"n_estimators": 40, "max_depth": 4},  # exact row counts
     )
     ws = init_workspace(tmp_path / "ws", params)
     schema = ws.schema()

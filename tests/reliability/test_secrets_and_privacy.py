@@ -50,7 +50,7 @@ def test_a_full_cycle_writes_the_token_and_password_nowhere(prefect_api, workspa
 
 def test_only_allow_listed_columns_leave_for_the_vendor(workspace):
     _pool(workspace, n=20)
-    select_batch(workspace, SelectParams(batch_size=5))
+    select_batch(workspace, SelectParams(batch_size=5, audit_fraction=0))
     schema = workspace.schema()
     allowed = schema.feature_columns[:2]
     params = ExportParams(vendor="filedrop", columns=allowed, filedrop_url=str(workspace.root / "drop"))

@@ -80,7 +80,8 @@ def test_select_adds_its_audit_share_drawn_uniformly_with_weights_and_closes_the
 def test_audit_fraction_zero_selects_no_audit_item_and_validation_is_strict():
     from labelloop.config import ConfigError, Params, parse_params
 
-    assert SelectParams(audit_fraction=0).audit_items == 0 and SelectParams(batch_size=100).audit_items == 0
+    assert SelectParams(audit_fraction=0).audit_items == 0 and SelectParams(batch_size=100, audit_fraction=0).audit_items == 0
+    assert SelectParams(batch_size=100).audit_items == 10  # the default: select.audit_fraction 0.1
     assert SelectParams(batch_size=100, audit_fraction=0.1).audit_items == 10
     assert SelectParams(batch_size=3, audit_fraction=0.01).audit_items == 1
     for bad in (-0.1, 1.5, "lots"):

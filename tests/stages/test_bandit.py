@@ -10,7 +10,8 @@ import pytest
 from labelloop.batches import BatchStore
 from labelloop.columns import ITEM_ID, LABEL
 from labelloop.config import BanditParams, SelectParams
-from labelloop.core.io import write_parquet
+from labelloop.core.io import write_json, write_parquet
+from labelloop.domain.acquisition import bandit
 from labelloop.stages import bandit as stage
 from labelloop.stages import select
 from labelloop.stages.select import select_batch
@@ -59,9 +60,9 @@ def test_crash_between_choosing_and_recording_reruns_with_the_same_arm(workspace
 
 
 def test_the_arm_follows_the_selection_key():
-    from labelloop.domain.acquisition import bandit
-
     state = bandit.initial_state(["random", "margin", "hybrid"])
+    for i in range(bandit.WARMUP + 1):  # the floor applies once the warm-up batches' gains are recorded
+        state = bandit.update(state, f"seen-{i}", "margin", 0.5, 0.5, gain=0.01)
     arms = {bandit.choose(state, np.random.default_rng(bandit.choice_seed(f"k{i}", 1)))[0] for i in range(30)}
     assert len(arms) == 3  # different batches explore every arm
 
@@ -81,20 +82,25 @@ def _auto_batch(workspace, batch_id="batch-0001-abcdef", arm="margin", versioned
 
 
 def _audit_set(workspace, n=20):
-    frame = pd.DataFrame({ITEM_ID: [f"audit-{i}" for i in range(n)], LABEL: ["a"] * n, "audit_weight": np.full(n, 2.0)})
+    label = workspace.schema().class_names[0]
+    frame = pd.DataFrame({ITEM_ID: [f"audit-{i}" for i in range(n)], LABEL: [label] * n, "audit_weight": np.full(n, 2.0)})
     write_parquet(workspace.audit_path, frame)
     return frame
 
 
 @pytest.fixture
 def predictions(monkeypatch):
-    """Model versions' predictions on the audit items without MLflow: v1 right on 10 of 20, v2 on 15 of 20."""
+    """Model versions' class probabilities on the audit items without MLflow: v1 sure and right on 10 of 20, v2 on 15
+    of 20 (sure of another class on the rest), so the probability gain is the accuracy gain, 0.25."""
     right = {"1": 10, "2": 15}
     calls = []
 
     def predict(workspace, model_name, version, audit, cache):
         calls.append(version)
-        return np.array(["a"] * right[version] + ["b"] * (len(audit) - right[version]))
+        proba = np.zeros((len(audit), len(workspace.schema().class_names)))
+        proba[: right[version], 0] = 1.0
+        proba[right[version]:, 1] = 1.0
+        return proba
 
     logged = []
     monkeypatch.setattr(stage, "_predict", predict)
@@ -106,9 +112,14 @@ def test_reward_is_paid_once_to_the_arm_that_drew_the_batch(workspace, predictio
     _auto_batch(workspace)
     _audit_set(workspace)
     params = BanditParams()
+    earlier = bandit.initial_state(params.arms, params.gamma, params.eta, random_start=0.0)
+    for i, gain in enumerate([0.1, 0.05, 0.02]):  # three batches measured before: past the warm-up
+        earlier = bandit.update(earlier, f"old-{i}", "hybrid", 0.5, 0.5, gain=gain)
+    write_json(stage.state_path(workspace), earlier.to_dict())
     paid = stage.record_rewards(workspace, "m", "2", params)
     assert [(r.batch_id, r.arm) for r in paid] == [("batch-0001-abcdef", "margin")]
     assert paid[0].gain == pytest.approx(0.25) and paid[0].reward == 1.0 and paid[0].n_audit == 20
+    assert paid[0].detail["baseline"] == pytest.approx(bandit.gain_baseline(earlier))
     state = json.loads(stage.state_path(workspace).read_text())
     weights = dict(zip(state["arms"], state["log_weights"], strict=True))
     assert weights["margin"] - weights["random"] == pytest.approx(0.5 * 0.5 / 0.5)
@@ -151,8 +162,25 @@ def test_no_audit_items_records_the_batch_without_a_reward(workspace, prediction
     paid = stage.record_rewards(workspace, "m", "2", BanditParams())
     assert paid[0].reward is None and paid[0].n_audit == 0
     state = json.loads(stage.state_path(workspace).read_text())
-    assert state["log_weights"] == [0.0, 0.0, 0.0]
+    assert state["log_weights"] == list(bandit.initial_state(BanditParams().arms).log_weights)
     assert predictions[0] == []  # no model was loaded
+
+
+def test_with_no_warm_up_the_first_batch_is_paid_against_no_gain(workspace, predictions, monkeypatch):
+    monkeypatch.setattr(bandit, "WARMUP", 0)
+    _auto_batch(workspace)
+    _audit_set(workspace)
+    paid = stage.record_rewards(workspace, "m", "2", BanditParams())
+    assert paid[0].gain == pytest.approx(0.25) and paid[0].reward == 1.0 and paid[0].detail["baseline"] == 0.0
+
+
+def test_with_a_warm_up_the_first_batch_is_paid_neutrally_the_weights_stay(workspace, predictions):
+    _auto_batch(workspace)
+    _audit_set(workspace)
+    paid = stage.record_rewards(workspace, "m", "2", BanditParams())
+    assert paid[0].gain == pytest.approx(0.25) and paid[0].reward == 0.5  # no earlier gain to compare it with
+    state = json.loads(stage.state_path(workspace).read_text())
+    assert state["log_weights"] == list(bandit.initial_state(BanditParams().arms).log_weights)
 
 
 def test_a_batch_not_yet_in_a_data_version_waits(workspace, predictions):
@@ -161,3 +189,23 @@ def test_a_batch_not_yet_in_a_data_version_waits(workspace, predictions):
     assert stage.record_rewards(workspace, "m", "2", BanditParams()) == []
     assert not stage.state_path(workspace).exists()
     assert stage.bandit_line([]) is None
+
+
+def test_the_cycle_line_part_names_the_arm_and_its_reward_once_measured(workspace, predictions):
+    _auto_batch(workspace)
+    assert stage.batch_text(workspace, "batch-0001-abcdef") == "arm margin (p 0.50), reward not measured yet"
+    stage.record_rewards(workspace, "m", "2", BanditParams())  # no audit items: recorded without a reward
+    assert stage.batch_text(workspace, "batch-0001-abcdef") == "arm margin (p 0.50), no reward (no audit items yet)"
+    _auto_batch(workspace, "batch-0002-fedcba", arm="random")
+    _audit_set(workspace)
+    paid = stage.record_rewards(workspace, "m", "2", BanditParams())
+    assert [r.batch_id for r in paid] == ["batch-0001-abcdef", "batch-0002-fedcba"] and paid[1].reward is not None
+    assert (stage.batch_text(workspace, "batch-0002-fedcba")
+            == f"arm random (p 0.50), reward {paid[1].reward:.2f} (gain {paid[1].gain:+.4f} on 20 audit)")
+
+
+def test_no_arm_no_cycle_line_part(workspace):
+    _pool(workspace)
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=5, audit_fraction=0.0))
+    assert stage.batch_text(workspace, meta.batch_id) is None
+    assert stage.batch_text(workspace, None) is None and stage.batch_text(workspace, "batch-9999-nobody") is None

@@ -134,7 +134,7 @@ def test_common_producer_shapes_are_normalised_and_never_jam_capture(workspace):
     assert {str(u) for u in ids} <= set(by_prediction) and all(by_prediction[str(u)] == str(u) for u in ids)
     assert {by_prediction[k] for k in ("n1", "n2", "n3")} == {"item-1", "item-2", "item-3"}
     assert set(pool.model_version) == {"1", "7"}
-    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=4))
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=4, audit_fraction=0))
     assert meta.n_items == 4
     # The mark moved past every part: the next run reads only what is new.
     append_predictions(workspace, _log_rows(workspace, ["later"], ts="2026-03-02"))
@@ -148,7 +148,7 @@ def test_a_part_without_item_id_beside_one_with_it_gives_select_real_ids(workspa
     assert report.rows_added == 5
     pool = load_pool(workspace)
     assert sorted(pool.item_id) == ["v1", "v2", "v3", "w1", "w2"]
-    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=3))
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=3, audit_fraction=0))
     assert meta.n_items == 3
 
 

@@ -19,7 +19,7 @@ from tests.stages.test_select import _pool
 
 def test_export_is_idempotent_and_sends_only_allow_listed_columns(workspace):
     _pool(workspace)
-    meta = select_batch(workspace, SelectParams(batch_size=5))
+    meta = select_batch(workspace, SelectParams(batch_size=5, audit_fraction=0))
     schema = workspace.schema()
     params = ExportParams(columns=schema.feature_columns[:2])
     vendor = make_vendor(params, workspace.root)
@@ -30,7 +30,7 @@ def test_export_is_idempotent_and_sends_only_allow_listed_columns(workspace):
 
 def test_export_refuses_unknown_columns_naming_the_allowed_ones(workspace):
     _pool(workspace)
-    select_batch(workspace, SelectParams(batch_size=5))
+    select_batch(workspace, SelectParams(batch_size=5, audit_fraction=0))
     params = ExportParams(columns=["ssn"])
     with pytest.raises(ValueError, match="ssn"):
         export_batches(workspace, params, make_vendor(params, workspace.root))
@@ -49,7 +49,7 @@ def _tasks(tmp_path, batch_id):
 
 def test_export_adds_hidden_gold_from_the_seed_set_and_marks_overlap(workspace, tmp_path):
     _pool(workspace)
-    meta = select_batch(workspace, SelectParams(batch_size=10))
+    meta = select_batch(workspace, SelectParams(batch_size=10, audit_fraction=0))
     params, vendor = _filedrop_export(workspace, tmp_path, gold_share=0.3, overlap_share=0.5, overlap_annotators=3)
     assert export_batches(workspace, params, vendor) == [meta.batch_id]
     store = BatchStore(workspace)
@@ -76,7 +76,7 @@ def test_export_adds_hidden_gold_from_the_seed_set_and_marks_overlap(workspace, 
 
 def test_reexport_reuses_the_plan_no_second_gold_set_no_duplicate_tasks(workspace, tmp_path):
     _pool(workspace)
-    meta = select_batch(workspace, SelectParams(batch_size=10))
+    meta = select_batch(workspace, SelectParams(batch_size=10, audit_fraction=0))
     params, vendor = _filedrop_export(workspace, tmp_path, gold_share=0.5, overlap_share=0.3)
     export_batches(workspace, params, vendor)
     store = BatchStore(workspace)
@@ -89,14 +89,14 @@ def test_reexport_reuses_the_plan_no_second_gold_set_no_duplicate_tasks(workspac
 
 def test_export_respects_max_batch_size_and_adds_easy_items_from_the_pool(workspace, tmp_path):
     _pool(workspace)
-    meta = select_batch(workspace, SelectParams(batch_size=10))
+    meta = select_batch(workspace, SelectParams(batch_size=10, audit_fraction=0))
     params, vendor = _filedrop_export(workspace, tmp_path, gold_share=0.5, easy_share=0.3, max_batch_size=16)
     export_batches(workspace, params, vendor)
     plan = BatchStore(workspace).items(meta.batch_id)
     assert len(plan) == 16 and plan["is_gold"].sum() == 5 and plan["is_easy"].sum() == 1  # room for one easy item
     easy = plan.loc[plan["is_easy"], "item_id"].iloc[0]
     assert easy not in set(load_pool(workspace)["item_id"])  # an easy item leaves the pool like a selected one
-    select_batch(workspace, SelectParams(batch_size=10, seed=1))
+    select_batch(workspace, SelectParams(batch_size=10, seed=1, audit_fraction=0))
     too_small, vendor = _filedrop_export(workspace, tmp_path, max_batch_size=9)
     with pytest.raises(ValueError, match="export.max_batch_size=9"):
         export_batches(workspace, too_small, vendor)
@@ -118,8 +118,9 @@ def _logged_pool(ws, n=20, version="1", skip=0):
 
 def test_each_guess_carries_the_model_version_that_made_it(workspace, tmp_path):
     _logged_pool(workspace, version="1")
-    rescored = select_batch(workspace, SelectParams(batch_size=5), champion_version="5")  # guesses by champion v5
-    logged = select_batch(workspace, SelectParams(batch_size=5, seed=1))  # no champion: the production model's v1
+    # The first batch's guesses come from champion v5; the second's (no champion) from the production model's v1.
+    rescored = select_batch(workspace, SelectParams(batch_size=5, audit_fraction=0), champion_version="5")
+    logged = select_batch(workspace, SelectParams(batch_size=5, seed=1, audit_fraction=0))
     params, vendor = _filedrop_export(workspace, tmp_path, gold_share=0.4)
     export_batches(workspace, params, vendor)
     schema = workspace.schema()
@@ -161,7 +162,7 @@ def test_an_id_column_only_gold_questions_carry_is_not_sent():
 # ------------------------------------------------------------------------------------ annotator context
 def _context_export(ws, tmp_path, n=20, load_model=None, skip=0, **export):
     _logged_pool(ws, n=n + 10, version="3", skip=skip)
-    meta = select_batch(ws, SelectParams(batch_size=n), champion_version="3")
+    meta = select_batch(ws, SelectParams(batch_size=n, audit_fraction=0), champion_version="3")
     params, vendor = _filedrop_export(ws, tmp_path, **export)
     export_batches(ws, params, vendor, load_model=load_model)
     plan = BatchStore(ws).items(meta.batch_id).set_index("item_id")
@@ -232,7 +233,7 @@ def test_guess_and_why_explain_each_guess_with_the_model_that_made_it(workspace,
 
 def test_a_label_the_error_scan_doubts_is_asked_again_though_it_is_labelled(workspace, tmp_path):
     _logged_pool(workspace, n=30, version="3")
-    first = select_batch(workspace, SelectParams(batch_size=10), champion_version="3")
+    first = select_batch(workspace, SelectParams(batch_size=10, audit_fraction=0), champion_version="3")
     params, vendor = _filedrop_export(workspace, tmp_path)
     export_batches(workspace, params, vendor)
     doubted = BatchStore(workspace).items(first.batch_id)["item_id"].iloc[0]
@@ -243,7 +244,7 @@ def test_a_label_the_error_scan_doubts_is_asked_again_though_it_is_labelled(work
         labeled.columns]], ignore_index=True))  # as if versioned from the first batch
     queue = ReviewQueue(workspace.review_queue_path)
     queue.add(first.batch_id, pd.DataFrame({"item_id": [doubted], "reason": ["label_error"], "given_label": [given]}))
-    second = select_batch(workspace, SelectParams(batch_size=10, seed=1), champion_version="3")
+    second = select_batch(workspace, SelectParams(batch_size=10, seed=1, audit_fraction=0), champion_version="3")
     export_batches(workspace, params, vendor)
     plan = BatchStore(workspace).items(second.batch_id).set_index("item_id")
     assert plan.loc[doubted, "is_review"] and plan.loc[doubted, "annotators_wanted"] == 3

@@ -399,3 +399,38 @@ def test_the_stop_set_is_drawn_past_unreadable_parts_and_integer_ids(workspace):
     chosen = gate.stop_set(workspace, size=1000)
     assert len(chosen) == 50 and chosen[PREDICTION_ID].is_unique
     assert "9000000" in set(chosen[PREDICTION_ID])
+
+
+def test_the_gate_also_compares_both_models_on_the_audit_items_neither_trained_on(workspace):
+    import numpy as np
+
+    from labelloop.columns import LABEL
+    from labelloop.domain.gate import BOOTSTRAP
+
+    first = train.train_challenger(workspace, FAST)
+    gate.promote(workspace, FAST.model_name, first.version)
+    _fake_imported_batch(workspace, "batch-0001-aaaaaa", n=300)
+    dataset.update_dataset(workspace)
+    train.train_challenger(workspace, FAST)
+    # 40 audit items neither model saw (holdout rows under new ids) and 5 the challenger trained on.
+    fresh = pd.read_parquet(workspace.holdout_path).head(40).assign(**{ITEM_ID: [f"audit-{i}" for i in range(40)]})
+    trained_on = pd.read_parquet(workspace.labeled_path).tail(5)
+    audit = pd.concat([fresh, trained_on], ignore_index=True)
+    audit["audit_weight"] = np.linspace(5.0, 20.0, len(audit))
+    write_parquet(workspace.audit_path, audit)
+
+    decision = gate.evaluate_gate(workspace, FAST.model_name, GateParams())
+    assert [e.rows for e in decision.evidence] == ["holdout", "audit"]
+    guard = decision.evidence[-1]
+    assert (guard.n, guard.test, guard.metric) == (40, BOOTSTRAP, "accuracy")
+    features = workspace.schema().feature_columns
+    right = [tracking.load_model(workspace, FAST.model_name, v).predict(fresh[features]).astype(str) == fresh[LABEL]
+             for v in ("2", "1")]
+    weights = audit["audit_weight"].head(40).to_numpy()
+    expected = float(np.sum(weights * right[0]) / weights.sum() - np.sum(weights * right[1]) / weights.sum())
+    assert guard.difference == pytest.approx(expected)
+    [reason] = [r for r in decision.reasons if r.startswith("audit guard:")]
+    assert "on 40 audit rows neither model trained on (importance-weighted)" in reason
+    assert decision.promote == (decision.evidence[0].passed and guard.passed)
+    without = gate.evaluate_gate(workspace, FAST.model_name, GateParams(audit_guard=False))
+    assert [e.rows for e in without.evidence] == ["holdout"]

@@ -18,7 +18,7 @@ from tests.stages.test_select import _pool
 
 def _exported_batch(ws, size=12, annotators_wanted=1, export=None, pool=40):
     _pool(ws, n=pool)
-    meta = select_batch(ws, SelectParams(batch_size=size))
+    meta = select_batch(ws, SelectParams(batch_size=size, audit_fraction=0))
     export = export or ExportParams()
     if annotators_wanted > 1:  # every item is an overlap item
         export = export.model_copy(update={"overlap_share": 1.0, "overlap_annotators": annotators_wanted})
@@ -83,7 +83,7 @@ def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(
     _pool(workspace, n=40)
     store = BatchStore(workspace)
     vendor = make_vendor(export, workspace.root)
-    first = select_batch(workspace, SelectParams(batch_size=10)).batch_id
+    first = select_batch(workspace, SelectParams(batch_size=10, audit_fraction=0)).batch_id
     export_batches(workspace, export, vendor)
     plan = store.items(first)
     answers = vendor.fetch_labels(first).annotations
@@ -100,7 +100,7 @@ def test_gold_overlap_exclusion_requeue_and_resend_outside_the_budget_with_cost(
     queue = ReviewQueue(workspace.review_queue_path)
     assert only_sim1 <= set(queue.pending())
 
-    second = select_batch(workspace, SelectParams(batch_size=10, seed=1)).batch_id
+    second = select_batch(workspace, SelectParams(batch_size=10, seed=1, audit_fraction=0)).batch_id
     export_batches(workspace, export, vendor)
     plan2 = store.items(second)
     resent = set(plan2.loc[plan2["is_review"], "item_id"])

@@ -23,7 +23,7 @@ def _pool(ws, n=30, seed=0):
 
 def test_select_writes_a_batch_with_strategy_seed_scores_and_empties_the_pool_of_it(workspace):
     pool = _pool(workspace)
-    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=10, seed=3))
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=10, seed=3, audit_fraction=0))
     items = BatchStore(workspace).items(meta.batch_id)
     assert (meta.strategy, meta.seed, meta.n_items, meta.status) == ("margin", 3, 10, "selected")
     assert items["utility"].is_monotonic_decreasing
@@ -38,7 +38,7 @@ def test_select_picks_the_least_certain_rows_for_margin(workspace):
     probas = pool[schema.proba_columns].to_numpy()
     part = np.sort(probas, axis=1)
     expected = set(pool.item_id.to_numpy()[np.argsort(part[:, -1] - part[:, -2])[:5]])
-    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=5))
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=5, audit_fraction=0))
     assert set(BatchStore(workspace).items(meta.batch_id).item_id) == expected
 
 
@@ -48,21 +48,21 @@ def test_rerun_after_crash_before_pool_update_reuses_the_batch(workspace, monkey
 
     monkeypatch.setattr(select, "drop_from_pool", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
     with pytest.raises(RuntimeError):
-        select_batch(workspace, SelectParams(batch_size=10))
+        select_batch(workspace, SelectParams(batch_size=10, audit_fraction=0))
     monkeypatch.undo()
-    meta = select_batch(workspace, SelectParams(batch_size=10))
+    meta = select_batch(workspace, SelectParams(batch_size=10, audit_fraction=0))
     assert [m.batch_id for m in BatchStore(workspace).list()] == [meta.batch_id]
     assert len(load_pool(workspace)) == 20
 
 
 def test_empty_pool_selects_nothing(workspace):
-    assert select_batch(workspace, SelectParams()) is None
+    assert select_batch(workspace, SelectParams(audit_fraction=0)) is None
 
 
 def test_oversized_batch_shrinks_with_a_warning(workspace):
     _pool(workspace, n=6)
     with pytest.warns(UserWarning, match="shrinks|only"):
-        meta = select_batch(workspace, SelectParams(batch_size=50))
+        meta = select_batch(workspace, SelectParams(batch_size=50, audit_fraction=0))
     assert meta.n_items == 6
 
 
@@ -71,7 +71,7 @@ def test_select_stage_runs_engine_strategies_with_the_workspace_context(workspac
     from labelloop.config import TrainParams
 
     _pool(workspace, n=40)
-    params = SelectParams(strategy=strategy, batch_size=8, committee_size=3)
+    params = SelectParams(strategy=strategy, batch_size=8, committee_size=3, audit_fraction=0)
     context = selection_context(workspace, params, TrainParams(n_estimators=10, max_depth=3))
     meta = select_batch(workspace, params, context=context)
     items = BatchStore(workspace).items(meta.batch_id)
@@ -88,7 +88,7 @@ def test_calibrated_selection_reports_ece_before_and_after(workspace):
     model = LabelloopClassifier.from_params(TrainParams(n_estimators=10), schema)
     model.fit(labeled[schema.feature_columns], labeled.label)
     _pool(workspace, n=40)
-    params = SelectParams(strategy="margin", batch_size=5, calibration="temperature")
+    params = SelectParams(strategy="margin", batch_size=5, calibration="temperature", audit_fraction=0)
     context = selection_context(workspace, params, TrainParams(), model.predict_proba)
     meta = select_batch(workspace, params, rescore=model.predict_proba, context=context)
     assert {"ece_before", "ece_after"} <= set(meta.metrics)
@@ -102,7 +102,7 @@ def test_select_quarantines_pool_rows_it_cannot_offer_and_selects_from_the_rest(
     damaged.loc[[0, 1], "item_id"] = None
     damaged.loc[2, "item_id"] = damaged.loc[3, "item_id"]
     damaged.to_parquet(workspace.pool_path, index=False)
-    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=4))
+    meta = select_batch(workspace, SelectParams(strategy="margin", batch_size=4, audit_fraction=0))
     items = BatchStore(workspace).items(meta.batch_id)
     assert meta.n_items == 4 and items["item_id"].notna().all() and items["item_id"].is_unique
     quarantined = pd.concat([pd.read_parquet(p) for p in workspace.quarantine_dir.glob("pool-*.parquet")])
@@ -110,4 +110,4 @@ def test_select_quarantines_pool_rows_it_cannot_offer_and_selects_from_the_rest(
     assert quarantined["reason"].str.contains("no item_id|duplicate item_id").all()
     remaining = load_pool(workspace)
     assert len(remaining) + len(items) + 3 == len(pool)  # every row is in the batch, the pool or quarantine
-    assert select_batch(workspace, SelectParams(strategy="margin", batch_size=4)).n_items == 4  # and it goes on
+    assert select_batch(workspace, SelectParams(strategy="margin", batch_size=4, audit_fraction=0)).n_items == 4  # and it goes on

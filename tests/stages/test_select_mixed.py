@@ -67,7 +67,7 @@ def test_select_runs_in_the_champions_feature_space(mixed, strategy, selector):
 
     pool = _pool(mixed)
     model = _model(mixed)
-    params = SelectParams(strategy=strategy, selector=selector or "topk", batch_size=8, committee_size=2)
+    params = SelectParams(strategy=strategy, selector=selector or "topk", batch_size=8, committee_size=2, audit_fraction=0)
     context = selection_context(mixed, params, TRAIN, model.predict_proba, model=model)
     assert isinstance(context.feature_map, ModelSpace) and context.feature_map.components == 8
     meta = select_batch(mixed, params, rescore=model.predict_proba, context=context)
@@ -79,7 +79,7 @@ def test_select_runs_in_the_champions_feature_space(mixed, strategy, selector):
 
 def test_select_without_a_champion_uses_the_schema_space(mixed):
     _pool(mixed, n=40)
-    meta = select_batch(mixed, SelectParams(strategy="margin", selector="cluster", batch_size=6))
+    meta = select_batch(mixed, SelectParams(strategy="margin", selector="cluster", batch_size=6, audit_fraction=0))
     assert meta.n_items == 6
 
 
@@ -90,5 +90,5 @@ def test_select_stage_wraps_a_bare_pipeline_champion(mixed, monkeypatch):
     _pool(mixed, n=40)
     pipeline = _model(mixed).pipeline_
     monkeypatch.setattr(tracking, "champion_model", lambda workspace, name: ("3", pipeline))
-    meta = select_next_batch(mixed, SelectParams(strategy="hybrid", batch_size=6), TRAIN)
+    meta = select_next_batch(mixed, SelectParams(strategy="hybrid", batch_size=6, audit_fraction=0), TRAIN)
     assert meta.n_items == 6 and meta.champion_version == "3"

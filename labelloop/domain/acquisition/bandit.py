@@ -14,6 +14,19 @@ reward_scale (accuracy as a fraction) above b pays 1, b itself ½, reward_scale 
 Subtracting ½ (and b) keeps EXP3's estimate unbiased up to a shift common to every arm (the probabilities
 depend only on differences of log-weights) and stops an arm from gaining weight merely by being played.
 
+Two choices keep it from paying for its own start (module settings, measured in docs/benchmarks.md,
+"select.strategy: auto"; 0 restores the plain EXP3 above):
+- `RANDOM_START` = −4: `random` starts at its floor instead of 1 / K. It is the fallback that bounds how far auto
+  can fall behind random, not a candidate to spread the first batches over (whole early batches drawn at random
+  were what cost auto most against the best single strategy, and the audit sample already draws uniform items
+  every cycle); EXP3 gives it its share back when it is paid more than the others.
+- `WARMUP` = 2: the first two measured batches (the seed model's first batches, whose gains are large under any
+  arm: 0.07–0.17, then up to 0.05, against ±0.01 later) are no baseline — a baseline that high paid the next
+  batches 0 whatever they brought — so the first three are paid ½, and the floor applies only once those three
+  are recorded (an exploratory batch paid ½ whatever it brought would cost labels and teach nothing).
+A third, `GAIN_MEASURE = "probability"` (paid on the gain in the true class's probability instead of accuracy),
+changed no verdict and is off.
+
 Bookkeeping is idempotent: the state keeps one record per batch id, and `update` with a batch id already
 recorded returns the state unchanged, so a rerun after a crash never pays a reward twice. `choose` is a pure
 function of the state and the generator: seed the generator from the batch's selection key and a rerun of
@@ -37,6 +50,15 @@ DEFAULT_GAMMA = 0.3
 DEFAULT_ETA = 0.5
 DEFAULT_REWARD_SCALE = 0.02
 BASELINE_WINDOW = 3
+# See the module docstring and docs/benchmarks.md. The random arm's starting log-weight, the others' being 0 (-4: it
+# starts at its floor γ / K, plus under 1%; 0: equal weights);
+RANDOM_START = -4.0
+# the first WARMUP measured batches are no baseline, so the first WARMUP + 1 are paid ½, and the floor applies once
+# those are recorded (0: the first batch is paid against a baseline of 0, the floor applies from the start);
+WARMUP = 2
+# what a batch is paid on: "accuracy", the IW accuracy gain (moves in steps of one row: 0.002 on 450 rows), or
+# "probability", the IW mean gain in the probability the model gives the audit rows' true class (`batch_gain`).
+GAIN_MEASURE = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -90,8 +112,13 @@ class BanditState:
                    float(data["eta"]), tuple(BanditRecord.from_dict(r) for r in data.get("records", ())))
 
 
-def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float = DEFAULT_ETA) -> BanditState:
-    """Equal weights over `arms` (which must include `random`)."""
+def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float = DEFAULT_ETA,
+                  random_start: float | None = None) -> BanditState:
+    """The weights before any reward: 0 for every arm but `random` (which `arms` must include), which starts at
+    `random_start` ≤ 0 (None: `RANDOM_START`; 0 = equal weights). Below 0, random starts at its floor: the fallback
+    that bounds how far auto can fall behind random rather than a candidate to spread the first batches over (the
+    audit sample already draws uniform items every cycle); EXP3's update gives it its share back when it is paid
+    more than the others."""
     arms = tuple(arms)
     if BASELINE_ARM not in arms or len(set(arms)) != len(arms):
         raise ValueError(f"arms must be distinct and include {BASELINE_ARM!r}; got {list(arms)}")
@@ -99,7 +126,10 @@ def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float 
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     if eta <= 0:
         raise ValueError(f"eta must be positive, got {eta}")
-    return BanditState(arms, (0.0,) * len(arms), float(gamma), float(eta))
+    start = RANDOM_START if random_start is None else float(random_start)
+    if start > 0:
+        raise ValueError(f"random_start must be at most 0, got {start}")
+    return BanditState(arms, tuple(start if a == BASELINE_ARM else 0.0 for a in arms), float(gamma), float(eta))
 
 
 def reconcile(state: BanditState, arms: Sequence[str], gamma: float, eta: float) -> BanditState:
@@ -113,12 +143,20 @@ def reconcile(state: BanditState, arms: Sequence[str], gamma: float, eta: float)
     return replace(fresh, log_weights=tuple(known.get(a, start) for a in arms), records=state.records)
 
 
+def measured(state: BanditState) -> int:
+    """How many batches' gains are recorded (a batch recorded with no audit items has none)."""
+    return sum(1 for r in state.records if r.gain is not None and np.isfinite(r.gain))
+
+
 def probabilities(state: BanditState) -> np.ndarray:
-    """EXP3's sampling distribution: the weights' softmax mixed with the uniform floor γ / K."""
+    """EXP3's sampling distribution: the weights' softmax mixed with the uniform floor γ / K — with a warm-up
+    (`WARMUP` ≥ 1), only once WARMUP + 1 batches' gains are recorded; before, the softmax alone (the batches
+    drawn then are paid ½ whatever they bring, see `batch_reward`: exploring would teach nothing)."""
     w = np.asarray(state.log_weights, dtype=np.float64)
     w = np.exp(w - w.max())
     k = len(state.arms)
-    return (1.0 - state.gamma) * w / w.sum() + state.gamma / k
+    gamma = state.gamma if WARMUP == 0 or measured(state) > WARMUP else 0.0
+    return (1.0 - gamma) * w / w.sum() + gamma / k
 
 
 def choose(state: BanditState, rng: np.random.Generator) -> tuple[str, dict[str, float]]:
@@ -161,15 +199,20 @@ def weighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarra
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has shape {y_true.shape}, y_pred {y_pred.shape}")
-    w = np.ones(len(y_true)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != y_true.shape:
-        raise ValueError(f"weights have shape {w.shape}, the labels {y_true.shape}")
+    return _weighted_mean((y_true == y_pred).astype(np.float64), weights)
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray | None) -> float:
+    """Σ w·v / Σ w (w = 1 when None); NaN on no rows or no weight."""
+    w = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != values.shape:
+        raise ValueError(f"weights have shape {w.shape}, the labels {values.shape}")
     if (w < 0).any() or not np.isfinite(w).all():
         raise ValueError("weights must be finite and non-negative")
     total = float(w.sum())
-    if len(y_true) == 0 or total == 0:
+    if len(values) == 0 or total == 0:
         return float("nan")
-    return float(np.sum(w * (y_true == y_pred)) / total)
+    return float(np.sum(w * values) / total)
 
 
 def accuracy_gain(y_true: np.ndarray, pred_before: np.ndarray, pred_after: np.ndarray,
@@ -177,6 +220,35 @@ def accuracy_gain(y_true: np.ndarray, pred_before: np.ndarray, pred_after: np.nd
     """IW accuracy of the model trained after the batch minus that of the model that selected it, on the
     same audit rows (neither model trained on them); NaN on no rows."""
     return weighted_accuracy(y_true, pred_after, weights) - weighted_accuracy(y_true, pred_before, weights)
+
+
+def true_class_probability(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Each row's probability of its true class (`proba`'s columns in the order of `classes`; 0 for a label not
+    among them)."""
+    y_true, proba = np.asarray(y_true).astype(str), np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape != (len(y_true), len(classes)):
+        raise ValueError(f"proba has shape {proba.shape}, expected ({len(y_true)}, {len(classes)})")
+    column = {str(c): i for i, c in enumerate(classes)}
+    index = np.array([column.get(label, -1) for label in y_true], dtype=np.int64)
+    out = np.zeros(len(y_true))
+    known = index >= 0
+    out[known] = proba[np.flatnonzero(known), index[known]]
+    return out
+
+
+def batch_gain(y_true: np.ndarray, proba_before: np.ndarray, proba_after: np.ndarray, classes: Sequence[str],
+               weights: np.ndarray | None = None) -> float:
+    """The gain a batch is paid on (`GAIN_MEASURE`), of the model trained after it over the model that selected it,
+    on the same audit rows; NaN on no rows. The probability gain is the accuracy gain's smooth counterpart (the
+    expected accuracy of a classifier drawing its label from `proba`): its step is not one row, so the small gains of
+    later batches are not lost in rounding to whole rows."""
+    classes = [str(c) for c in classes]
+    if GAIN_MEASURE == "accuracy":
+        names = np.asarray(classes, dtype=object)
+        return accuracy_gain(np.asarray(y_true).astype(str), names[np.argmax(proba_before, axis=1)].astype(str),
+                             names[np.argmax(proba_after, axis=1)].astype(str), weights)
+    before = true_class_probability(y_true, proba_before, classes)
+    return _weighted_mean(true_class_probability(y_true, proba_after, classes) - before, weights)
 
 
 def scaled_reward(gain: float | None, reward_scale: float = DEFAULT_REWARD_SCALE, baseline: float = 0.0) -> float | None:
@@ -190,11 +262,28 @@ def scaled_reward(gain: float | None, reward_scale: float = DEFAULT_REWARD_SCALE
     return float(np.clip(0.5 + (gain - baseline) / (2.0 * reward_scale), 0.0, 1.0))
 
 
-def gain_baseline(state: BanditState, window: int = BASELINE_WINDOW) -> float:
-    """Mean accuracy gain of the last `window` measured batches, whatever their arm (0 before any). Common to every
-    arm at the time of a choice, so EXP3's estimates stay unbiased up to that shared shift."""
-    gains = [r.gain for r in state.records if r.gain is not None and np.isfinite(r.gain)][-window:]
-    return float(np.mean(gains)) if gains else 0.0
+def gain_baseline(state: BanditState, window: int = BASELINE_WINDOW) -> float | None:
+    """Mean gain of the last `window` measured batches whatever their arm, leaving out the first `WARMUP` (None when
+    there is no other; 0 with no warm-up and no gain yet). Common to every arm at the time of a choice, so EXP3's
+    estimates stay unbiased up to that shared shift. A warm-up leaves out the seed model's first batches: their gains
+    (0.03–0.17 in the benchmarks under any arm, ten times the later ones) make a baseline that pays the next batches
+    0 whatever they bring."""
+    gains = [r.gain for r in state.records if r.gain is not None and np.isfinite(r.gain)][WARMUP:][-window:]
+    if not gains:
+        return 0.0 if WARMUP == 0 else None  # no warm-up: the first batch is paid against no gain at all
+    return float(np.mean(gains))
+
+
+def batch_reward(state: BanditState, gain: float | None, reward_scale: float = DEFAULT_REWARD_SCALE,
+                 window: int = BASELINE_WINDOW) -> float | None:
+    """The reward of the next batch to be recorded in `state`, given its gain (`batch_gain`): `scaled_reward` around
+    `gain_baseline`; ½ (the weights do not move) while there is no baseline (with a warm-up: the first WARMUP + 1
+    measured batches); None for a NaN gain (no audit items)."""
+    reward = scaled_reward(gain, reward_scale)
+    if reward is None:
+        return None
+    baseline = gain_baseline(state, window)
+    return 0.5 if baseline is None else scaled_reward(gain, reward_scale, baseline)
 
 
 def arm_shares(arms: Sequence[str], chosen: Sequence[str]) -> dict[str, float]:

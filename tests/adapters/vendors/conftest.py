@@ -19,6 +19,7 @@ import pytest
 
 from labelloop.adapters.vendors.base import ExportBatch
 from labelloop.schema import ColumnSpec, Schema
+from tests.conftest import stop_after_group
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "infra" / "labelstudio.sh"
@@ -58,9 +59,14 @@ def label_studio() -> LabelStudioServer:
     url = _run("url", timeout=30).stdout.strip()
     data_dir = Path(_script_env().get("LS_DATA_DIR", ROOT / ".labelstudio"))
     token = (data_dir / "token").read_text().strip()
+
+    def stop_server() -> None:  # not one that was running before, nor with LABELLOOP_LS_KEEP=1
+        if not already_running and os.environ.get("LABELLOOP_LS_KEEP") != "1":
+            _run("stop", timeout=120)
+
+    stop = stop_after_group("label_studio", stop_server)
     yield LabelStudioServer(url=url, token=token)
-    if not already_running and os.environ.get("LABELLOOP_LS_KEEP") != "1":
-        _run("stop", timeout=120)
+    stop()
 
 
 def make_batch(batch_id: str, n: int = 6, *, seed: int = 0, wanted: list[int] | None = None,

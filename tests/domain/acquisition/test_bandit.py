@@ -6,24 +6,83 @@ import pytest
 from labelloop.domain.acquisition import bandit
 
 
+@pytest.fixture
+def warm(monkeypatch):
+    """Random starts at its floor (the default), a one-batch warm-up (the default is 2)."""
+    monkeypatch.setattr(bandit, "RANDOM_START", -4.0)
+    monkeypatch.setattr(bandit, "WARMUP", 1)
+
+
+@pytest.fixture
+def plain(monkeypatch):
+    """Plain EXP3: equal starting weights, no warm-up."""
+    monkeypatch.setattr(bandit, "RANDOM_START", 0.0)
+    monkeypatch.setattr(bandit, "WARMUP", 0)
+
+
+def _measured(state, n=None):
+    """`state` with `n` batches' gains recorded (None: one past the warm-up, so the floor applies; neutral rewards:
+    the weights do not move)."""
+    for i in range(bandit.WARMUP + 1 if n is None else n):
+        state = bandit.update(state, f"seen-{i}", state.arms[-1], 0.5, 0.5, gain=0.01)
+    return state
+
+
 def test_probabilities_keep_the_floor_however_lopsided_the_weights():
-    state = bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3)
-    state = bandit.BanditState(state.arms, (0.0, 500.0, -500.0), state.gamma, state.eta)
+    state = _measured(bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3))
+    state = bandit.BanditState(state.arms, (0.0, 500.0, -500.0), state.gamma, state.eta, state.records)
     p = bandit.probabilities(state)
     assert p.sum() == pytest.approx(1.0)
     assert p.min() >= 0.3 / 3 - 1e-12
     assert p[1] == pytest.approx(0.7 + 0.1)
 
 
-def test_equal_weights_give_equal_probabilities_and_choose_is_a_function_of_state_and_seed():
-    state = bandit.initial_state(["random", "margin", "hybrid"])
+def test_by_default_random_starts_at_its_floor_after_a_two_batch_warm_up():
+    state = bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3)
+    for n in range(4):
+        p = bandit.probabilities(_measured(state, n))[0]
+        assert p < 0.01 if n < 3 else 0.1 <= p < 0.11
+    # The first two gains are no baseline, so the first three batches are paid ½:
+    assert bandit.batch_reward(_measured(state, 2), 0.001) == 0.5
+    assert bandit.batch_reward(_measured(state, 3), 0.001) == pytest.approx(0.5 + (0.001 - 0.01) / 0.04)
+
+
+def test_plain_arms_start_equal_with_the_floor_from_the_first_batch(plain):
+    state = bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3)
     np.testing.assert_allclose(bandit.probabilities(state), [1 / 3] * 3)
+    state = bandit.BanditState(state.arms, (0.0, 500.0, -500.0), state.gamma, state.eta)
+    assert bandit.probabilities(state).min() >= 0.1 - 1e-12  # no gain recorded yet, the floor holds
+
+
+def test_random_starts_at_its_floor_and_choose_is_a_function_of_state_and_seed(warm):
+    fresh = bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3)
+    # Before two gains are recorded the floor is off (those batches are paid ½ whatever they bring):
+    p = dict(zip(fresh.arms, bandit.probabilities(fresh), strict=True))
+    assert p["random"] < 0.01 and p["margin"] == pytest.approx(p["hybrid"])
+    assert bandit.probabilities(_measured(fresh, 1))[0] < 0.01
+    state = _measured(fresh)
+    p = dict(zip(state.arms, bandit.probabilities(state), strict=True))
+    assert 0.1 <= p["random"] < 0.11  # the floor γ / K, plus under 1% of the rest
+    assert p["margin"] == pytest.approx(p["hybrid"]) and p["margin"] > 0.44
+    equal = _measured(bandit.initial_state(["random", "margin", "hybrid"], random_start=0.0))
+    np.testing.assert_allclose(bandit.probabilities(equal), [1 / 3] * 3)
+    with pytest.raises(ValueError, match="random_start"):
+        bandit.initial_state(["random", "margin"], random_start=1.0)
     seed = bandit.choice_seed("abc123", 0)
     first = bandit.choose(state, np.random.default_rng(seed))
     again = bandit.choose(state, np.random.default_rng(bandit.choice_seed("abc123", 0)))
     assert first == again
-    draws = {bandit.choose(state, np.random.default_rng(bandit.choice_seed(f"key{i}")))[0] for i in range(40)}
-    assert draws == {"random", "margin", "hybrid"}
+    draws = [bandit.choose(state, np.random.default_rng(bandit.choice_seed(f"key{i}")))[0] for i in range(200)]
+    assert set(draws) == {"random", "margin", "hybrid"}  # random keeps being drawn, at about its floor
+    assert 0.03 < bandit.arm_shares(state.arms, draws)["random"] < 0.2
+
+
+def test_a_batch_with_no_audit_items_does_not_count_as_measured(warm):
+    state = bandit.update(bandit.initial_state(["random", "margin"]), "b0", "margin", 0.5, None)
+    state = bandit.update(state, "b1", "margin", 0.5, 0.5, gain=0.02)
+    assert bandit.measured(state) == 1
+    assert bandit.probabilities(state)[0] < 0.02  # no floor yet: e^-4 / (1 + e^-4)
+    assert bandit.probabilities(_measured(state, 1))[0] >= state.gamma / 2
 
 
 def test_random_is_always_an_arm():
@@ -32,7 +91,7 @@ def test_random_is_always_an_arm():
 
 
 def test_update_is_idempotent_per_batch_id():
-    state = bandit.initial_state(["random", "margin"], gamma=0.2, eta=0.5)
+    state = bandit.initial_state(["random", "margin"], gamma=0.2, eta=0.5, random_start=0.0)
     once = bandit.update(state, "batch-0001", "margin", 0.5, 1.0, gain=0.03)
     twice = bandit.update(once, "batch-0001", "margin", 0.5, 1.0, gain=0.03)
     assert twice == once
@@ -66,14 +125,18 @@ def test_update_rejects_a_reward_outside_zero_one():
         bandit.update(bandit.initial_state(["random"]), "b", "random", 1.0, 1.5)
 
 
-def test_a_consistently_better_arm_gains_probability():
-    state = bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3, eta=0.5)
-    rng = np.random.default_rng(0)
-    for t in range(60):
+def _play(state, seed, reward_of, rounds=60):
+    """`state` after `rounds` batches drawn by it, each arm paid `reward_of(arm)`; the arms' probabilities then."""
+    rng = np.random.default_rng(seed)
+    for t in range(rounds):
         arm, p = bandit.choose(state, rng)
-        reward = 0.8 if arm == "margin" else 0.4
-        state = bandit.update(state, f"b{t}", arm, p[arm], reward)
-    probabilities = dict(zip(state.arms, bandit.probabilities(state), strict=True))
+        state = bandit.update(state, f"b{t}", arm, p[arm], reward_of(arm))
+    return dict(zip(state.arms, bandit.probabilities(state), strict=True))
+
+
+def test_a_consistently_better_arm_gains_probability():
+    state = _measured(bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3, eta=0.5, random_start=0.0))
+    probabilities = _play(state, 0, lambda arm: 0.8 if arm == "margin" else 0.4)
     assert probabilities["margin"] == max(probabilities.values())
     assert probabilities["margin"] > 0.6
     assert min(probabilities.values()) >= 0.1 - 1e-12
@@ -106,16 +169,78 @@ def test_scaled_reward_maps_gain_to_zero_one_around_the_baseline():
     assert bandit.scaled_reward(float("nan"), 0.02) is None
 
 
-def test_gain_baseline_is_the_mean_of_the_last_measured_gains():
+def test_gain_baseline_is_the_mean_of_the_last_measured_gains(plain):
     state = bandit.initial_state(["random", "margin"])
-    assert bandit.gain_baseline(state) == 0.0
+    assert bandit.gain_baseline(state) == 0.0  # no warm-up: the first batch is paid against no gain at all
     for i, gain in enumerate([0.1, None, 0.04, 0.02, 0.0]):
         reward = None if gain is None else 0.5
         state = bandit.update(state, f"b{i}", "random", 0.5, reward, gain=gain)
     assert bandit.gain_baseline(state, window=3) == pytest.approx(0.02)
+    assert bandit.gain_baseline(state, window=10) == pytest.approx(0.04)
+    assert bandit.batch_reward(bandit.initial_state(["random"]), 0.09, 0.02) == 1.0
+
+
+def test_gain_baseline_leaves_out_the_warm_up(warm):
+    state = bandit.initial_state(["random", "margin"])
+    assert bandit.gain_baseline(state) is None
+    for i, gain in enumerate([0.1, None, 0.04, 0.02, 0.0, -0.02]):
+        reward = None if gain is None else 0.5
+        state = bandit.update(state, f"b{i}", "random", 0.5, reward, gain=gain)
+        if i == 0:  # the seed model's first batch is no baseline: its gain is large whatever the arm
+            assert bandit.gain_baseline(state) is None
+    assert bandit.gain_baseline(state, window=3) == pytest.approx(0.0)
+    assert bandit.gain_baseline(state, window=10) == pytest.approx(0.01)
+
+
+def test_batch_reward_is_neutral_until_there_is_a_baseline_then_paid_around_it(warm):
+    state = bandit.initial_state(["random", "margin"])
+    assert bandit.batch_reward(state, 0.09, 0.02) == 0.5  # the first batch: nothing to compare with
+    assert bandit.batch_reward(state, float("nan"), 0.02) is None  # no audit items
+    state = bandit.update(state, "b0", "margin", 0.5, 0.5, gain=0.09)
+    assert bandit.batch_reward(state, 0.01, 0.02) == 0.5  # the second: the first's gain is not a baseline
+    state = bandit.update(state, "b1", "random", 0.5, 0.5, gain=0.01)
+    assert bandit.batch_reward(state, 0.02, 0.02) == pytest.approx(0.75)  # (0.02 − 0.01) / (2 · 0.02) above ½
+    assert bandit.batch_reward(state, -0.05, 0.02) == 0.0
+
+
+def test_neutral_first_rewards_leave_the_weights_and_random_keeps_its_floor_when_the_others_win(warm):
+    state = bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3, eta=0.5)
+    start = state.log_weights
+    for i in range(2):
+        arm, p = bandit.choose(state, np.random.default_rng(i))
+        state = bandit.update(state, f"b{i}", arm, p[arm], bandit.batch_reward(state, 0.08 / (i + 1)), gain=0.08 / (i + 1))
+    assert state.log_weights == pytest.approx(start)
+    rng = np.random.default_rng(1)
+    for t in range(2, 40):  # the uncertainty arms keep gaining more than random
+        arm, p = bandit.choose(state, rng)
+        gain = 0.002 if arm == "random" else 0.012
+        state = bandit.update(state, f"b{t}", arm, p[arm], bandit.batch_reward(state, gain), gain=gain)
+    assert dict(zip(state.arms, bandit.probabilities(state), strict=True))["random"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_random_earns_its_share_back_when_it_is_paid_more(warm):
+    state = bandit.initial_state(["random", "margin", "hybrid"], gamma=0.3, eta=0.5)
+    probabilities = _play(state, 2, lambda arm: 0.9 if arm == "random" else 0.3)
+    assert probabilities["random"] == max(probabilities.values()) and probabilities["random"] > 0.6
 
 
 def test_arm_shares():
     assert bandit.arm_shares(["random", "margin"], ["margin", "margin", "random", "margin"]) == {
         "random": 0.25, "margin": 0.75}
     assert bandit.arm_shares(["random"], []) == {"random": 0.0}
+
+
+def test_true_class_probability_and_the_batch_gain_on_either_measure(monkeypatch):
+    y = np.array(["a", "b", "a", "z"])  # "z": a label the models do not know, probability 0
+    before = np.array([[0.6, 0.4], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+    after = np.array([[0.7, 0.3], [0.4, 0.6], [0.6, 0.4], [0.5, 0.5]])
+    np.testing.assert_allclose(bandit.true_class_probability(y, before, ["a", "b"]), [0.6, 0.4, 0.2, 0.0])
+    with pytest.raises(ValueError, match="shape"):
+        bandit.true_class_probability(y, before[:, :1], ["a", "b"])
+    monkeypatch.setattr(bandit, "GAIN_MEASURE", "probability")
+    assert bandit.batch_gain(y, before, after, ["a", "b"]) == pytest.approx((0.1 + 0.2 + 0.4 + 0.0) / 4)
+    w = np.array([1.0, 0.0, 0.0, 1.0])
+    assert bandit.batch_gain(y, before, after, ["a", "b"], w) == pytest.approx(0.05)
+    assert np.isnan(bandit.batch_gain(y[:0], before[:0], after[:0], ["a", "b"]))
+    monkeypatch.setattr(bandit, "GAIN_MEASURE", "accuracy")  # argmax: right on 1 of 4 before, 3 of 4 after
+    assert bandit.batch_gain(y, before, after, ["a", "b"]) == pytest.approx(0.5)
