@@ -24,7 +24,10 @@ from tests.conftest import stop_after_group
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "infra" / "stack.sh"
 DEPLOYMENT_NAME = "it"
-SMALL = ["production.rows_per_cycle=300", "select.batch_size=30", "train.n_estimators=30", "train.max_depth=4"]
+# No audit sample (select.audit_fraction defaults to 0.1): the stack tests count batch and import rows exactly;
+# the audit is tested in tests/stages/test_audit.py and tests/flows/test_cycle_auto.py.
+SMALL = ["production.rows_per_cycle=300", "select.batch_size=30", "select.audit_fraction=0", "train.n_estimators=30",
+         "train.max_depth=4"]
 
 
 def free_port() -> int:
