@@ -31,11 +31,11 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/labelloop demo --workspace $(WORKSPACE)
 
-# Three xdist workers on 2 cores, one OpenMP thread each: with two, the workers used 34 CPU-minutes in 25 minutes
-# (about a third of their time waiting on servers and subprocesses). Tests sharing a server or a module fixture
-# run on one worker, the servers' groups first (tests/conftest.py; --no-loadscope-reorder keeps that order).
+# Two xdist workers, one OpenMP thread each (2 cores; three were no faster: 27.6 min with a demo beside it for
+# the last 6, against 23.8 with two). Tests sharing a server or a module fixture run on one worker, the servers' groups first (tests/conftest.py;
+# --no-loadscope-reorder keeps that order).
 test: install-test lint chromium
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 test-fast: install-test
 	$(PY) -m pytest -q -m "not slow"
