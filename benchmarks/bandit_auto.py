@@ -23,13 +23,12 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 
 from labelloop.apps.simulate import AUTO, SimulationConfig, arm_report, run_simulation, summarize
-from labelloop.config import BanditParams, TrainParams
-from labelloop.domain.acquisition import bandit as bandit_domain
+from labelloop.config import BanditParams, ConfigError, GainMeasure, TrainParams, parse_params
 
 # The reference run must match on these (its curves are then what this run would have drawn for its strategies).
 SAME = ("seed", "seed_size", "batch_size", "rounds", "repeats", "metric", "test_size")
@@ -102,31 +101,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--metric", default="accuracy")
     parser.add_argument("--audit-size", type=int, default=500)
     parser.add_argument("--arms", default=None, help="select.bandit.arms, comma-separated (default: random,margin,hybrid)")
-    parser.add_argument("--gamma", type=float, default=None)
-    parser.add_argument("--eta", type=float, default=None)
-    parser.add_argument("--reward-scale", type=float, default=None)
-    parser.add_argument("--random-start", type=float, default=None,
-                        help="the random arm's starting log-weight (default: bandit.RANDOM_START)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="measured batches paid ½ and left out of the baseline (default: bandit.WARMUP)")
-    parser.add_argument("--gain-measure", choices=("probability", "accuracy"), default=None,
-                        help="what a batch is paid on (default: bandit.GAIN_MEASURE)")
+    defaults = BanditParams()
+    parser.add_argument("--gamma", type=float, default=defaults.gamma)
+    parser.add_argument("--eta", type=float, default=defaults.eta)
+    parser.add_argument("--reward-scale", type=float, default=defaults.reward_scale)
+    parser.add_argument("--random-start", type=float, default=defaults.random_start,
+                        help="select.bandit.random_start: the random arm's starting log-weight (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup,
+                        help="select.bandit.warmup: measured batches left out of the baseline (default: %(default)s)")
+    parser.add_argument("--gain-measure", choices=get_args(GainMeasure), default=defaults.gain_measure,
+                        help="select.bandit.gain_measure: what a batch is paid on (default: %(default)s)")
     parser.add_argument("--reference", default=None,
                         help="an earlier run's --out: reuse its curves for the strategies this run leaves out")
     parser.add_argument("--n-jobs", type=int, default=1, help="XGBoost threads (1 on a shared machine)")
     parser.add_argument("--block", type=int, default=5, help="rounds per block in the arms' shares over time")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    bandit = {k: v for k, v in {"gamma": args.gamma, "eta": args.eta, "reward_scale": args.reward_scale}.items()
-              if v is not None}
+    bandit: dict[str, Any] = {"gamma": args.gamma, "eta": args.eta, "reward_scale": args.reward_scale,
+                              "random_start": args.random_start, "warmup": args.warmup, "gain_measure": args.gain_measure}
     if args.arms:
         bandit["arms"] = args.arms.split(",")
-    if args.random_start is not None:  # read by initial_state at each call
-        bandit_domain.RANDOM_START = args.random_start
-    if args.gain_measure is not None:  # read by batch_gain at each call
-        bandit_domain.GAIN_MEASURE = args.gain_measure
-    if args.warmup is not None:  # read by gain_baseline and probabilities at each call
-        bandit_domain.WARMUP = args.warmup
+    try:  # checked like params.yaml's select.bandit, so a bad flag names the key and what is allowed
+        bandit_params = parse_params({"select": {"bandit": bandit}}, "the flags").select.bandit
+    except ConfigError as error:
+        parser.error(str(error))
     train = TrainParams(n_jobs=args.n_jobs)
     results: dict[str, Any] = {}
     for data in args.data:
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = SimulationConfig(
             data=data, label_col=args.label_col, strategies=args.strategies.split(","), seed_size=args.seed_size,
             batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats, metric=args.metric,
-            out=str(Path(args.out) / name), seed=args.seed, train_params=train, bandit=BanditParams(**bandit),
+            out=str(Path(args.out) / name), seed=args.seed, train_params=train, bandit=bandit_params,
             audit_size=args.audit_size, log_mlflow=False, progress=False,
         )
         summary = run_simulation(config, echo=None)

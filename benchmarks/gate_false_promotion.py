@@ -6,7 +6,7 @@ holdout (20% of the rows, as `labelloop init`) and a labelled set (`--labels` ro
 (labelloop.model.LabelloopClassifier, the train stage's model), and the gate's paired test
 (labelloop.domain.gate.paired_evidence, exactly what `labelloop gate` runs on the holdout rows) judges the
 challenger. Neither retrain is better by construction, so every promotion is a false one. Counted per
-primary metric (accuracy: McNemar exact mid-p; macro_f1, neg_log_loss: paired bootstrap, 2,000 resamples)
+primary metric (accuracy: McNemar exact; macro_f1, neg_log_loss: paired bootstrap, 2,000 resamples)
 at each `--confidence`, beside the old rule (point difference >= min_delta 0.0, no test), and the share a
 non_inferiority gate (margin 0.01) lets through (these are not false: the retrain is not worse).
 
@@ -24,6 +24,14 @@ nothing, both retrains predict the same), so two seeded ones are measured too:
 
     .venv/bin/python benchmarks/gate_false_promotion.py                       # satellite, spam, churn x 100 pairs
     .venv/bin/python benchmarks/gate_false_promotion.py --datasets satellite --pairs 20 --models xgboost-sampled
+
+The seed-aware gate (`gate.seed_twins`, issue 16): the challenger's seed twins, fitted on the same rows with
+`labelloop.model.twin_seeds` of its random_state (`--twins`, k = twins + 1 fits; `auto` as the train stage: none
+for a deterministic estimator), feed `seed_evidence`, and a promotion needs both it and the paired test
+(`decide`). Counted at each `--confidence` beside the paired test alone, with the first twin alone (k = 2) too.
+Power (`--power-labels`, 0 = off): the challenger is fitted on that many MORE labelled rows (the next rows of the
+same shuffle; its twins too) against the same champion, so it really is better: the share promoted with and
+without the seed term is what the seed term costs.
 
 Writes benchmarks/results/gate_false_promotion.json and prints a markdown table. The rate's own 95%
 interval (Clopper-Pearson over the pairs) is printed beside it: with 100 pairs a true 10% reads 4.9-17.6%.
@@ -43,8 +51,9 @@ sys.path.insert(0, str(ROOT))
 
 from labelloop.config import GateParams, TrainParams  # noqa: E402
 from labelloop.core.io import write_json  # noqa: E402
-from labelloop.domain.gate import PairedRows, paired_evidence  # noqa: E402
-from labelloop.model import LabelloopClassifier  # noqa: E402
+from labelloop.domain.gate import PairedRows, SeedTwins, metric_value, paired_evidence, seed_evidence  # noqa: E402
+from labelloop.model import LabelloopClassifier, twin_seeds  # noqa: E402
+from labelloop.stages.train import planned_twins  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "benchmarks" / "results" / "gate_false_promotion.json"
@@ -74,28 +83,56 @@ def load(name: str):
     return load_table(path, "label")
 
 
-def run_pair(table, model: str, pair: int, labels: int, confidences: list[float], swaps: int) -> dict:
+def fit_predict(table, params: TrainParams, seed: int, rows: np.ndarray, holdout: np.ndarray) -> np.ndarray:
+    fitted = LabelloopClassifier.from_params(params.model_copy(update={"random_state": seed}), table.schema)
+    fitted.fit(table.rows(rows), table.labels[rows])
+    return np.asarray(fitted.predict_proba(table.rows(holdout)), dtype=np.float64)
+
+
+def seed_passes(rows: PairedRows, twins: list[np.ndarray], seeds: list[int], rules: GateParams) -> bool:
+    """The seed-aware t over the challenger + `twins` (True without twins: `decide` adds no seed term then)."""
+    return not twins or seed_evidence(rows, SeedTwins(tuple(seeds), (rows.challenger_proba, *twins)), rules).passed
+
+
+def run_pair(table, model: str, pair: int, labels: int, confidences: list[float], swaps: int, twins: int,
+             power_labels: int) -> dict:
     rng = np.random.default_rng(10_000 + pair)
     order = rng.permutation(len(table.labels))
     n_holdout = round(0.2 * len(order))
     holdout, labelled = order[:n_holdout], order[n_holdout:n_holdout + labels]
     params = TrainParams(n_jobs=1, **MODELS[model])
-    probas = []
-    for seed in (2 * pair, 2 * pair + 1):  # champion, challenger: same rows, another seed
-        fitted = LabelloopClassifier.from_params(params.model_copy(update={"random_state": seed}), table.schema)
-        fitted.fit(table.rows(labelled), table.labels[labelled])
-        probas.append(np.asarray(fitted.predict_proba(table.rows(holdout)), dtype=np.float64))
+    probas = [fit_predict(table, params, seed, labelled, holdout)
+              for seed in (2 * pair, 2 * pair + 1)]  # champion, challenger: same rows, another seed
     index = {c: i for i, c in enumerate(table.schema.class_names)}
     y = np.array([index[v] for v in table.labels[holdout]])
     rows = PairedRows("holdout", y, probas[1], probas[0])
-    outcome: dict = {"pair": pair, "n_holdout": len(holdout),
+    seeds = [2 * pair + 1, *twin_seeds(2 * pair + 1, twins)]
+    twin_probas = [fit_predict(table, params, seed, labelled, holdout) for seed in seeds[1:]]
+    outcome: dict = {"pair": pair, "n_holdout": len(holdout), "twins": twins,
                      "identical_predictions": bool(np.array_equal(probas[0].argmax(1), probas[1].argmax(1)))}
+    more = order[n_holdout:n_holdout + labels + power_labels] if power_labels else None
+    better = [fit_predict(table, params, seed, more, holdout) for seed in seeds] if more is not None else []
+    power_rows = PairedRows("holdout", y, better[0], probas[0]) if better else None
     for metric in METRICS:
         for confidence in confidences:
-            evidence = paired_evidence(rows, GateParams(primary_metric=metric, min_confidence=confidence))
+            rules = GateParams(primary_metric=metric, min_confidence=confidence)
+            evidence = paired_evidence(rows, rules)
             outcome[f"{metric}@{confidence}"] = evidence.passed
             outcome[f"{metric}.difference"] = evidence.difference
+            # decide(): the paired test and the seed-aware t must both pass.
+            outcome[f"{metric}@seed{confidence}"] = evidence.passed and seed_passes(rows, twin_probas, seeds, rules)
+            outcome[f"{metric}@seed_k2_{confidence}"] = evidence.passed and seed_passes(rows, twin_probas[:1], seeds[:2], rules)
+            if power_rows is not None:
+                paired = outcome[f"{metric}@power{confidence}"] = paired_evidence(power_rows, rules).passed
+                outcome[f"{metric}@power_seed{confidence}"] = paired and seed_passes(power_rows, better[1:], seeds, rules)
+                outcome[f"{metric}@power_seed_k2_{confidence}"] = paired and seed_passes(power_rows, better[1:2], seeds[:2],
+                                                                                         rules)
         outcome[f"{metric}@point"] = outcome[f"{metric}.difference"] >= 0.0
+        # The k fits' metric values (challenger first), same data and power, for other variance formulas offline.
+        outcome[f"{metric}.seed_values"] = [metric_value(metric, y, p) for p in [probas[1], *twin_probas]]
+        outcome[f"{metric}.champion_value"] = metric_value(metric, y, probas[0])
+        if better:
+            outcome[f"{metric}.power_values"] = [metric_value(metric, y, p) for p in better]
         ni = paired_evidence(rows, GateParams(primary_metric=metric, mode="non_inferiority", min_confidence=confidences[0]))
         outcome[f"{metric}@non_inferiority"] = ni.passed
         # The exact null of the test itself: each row's two predictions swapped at random (a coin per row), so
@@ -113,8 +150,11 @@ def run_pair(table, model: str, pair: int, labels: int, confidences: list[float]
 def summarise(outcomes: list[dict], confidences: list[float], swaps: int) -> dict:
     n = len(outcomes)
     summary: dict = {"pairs": n, "identical_predictions": sum(o["identical_predictions"] for o in outcomes)}
+    extra = [f"{kind}{c}" for kind in ("seed", "seed_k2_", "power", "power_seed", "power_seed_k2_") for c in confidences]
     for metric in METRICS:
-        for rule in [*(str(c) for c in confidences), "point", "non_inferiority"]:
+        for rule in [*(str(c) for c in confidences), "point", "non_inferiority", *extra]:
+            if f"{metric}@{rule}" not in outcomes[0]:
+                continue
             k = sum(bool(o[f"{metric}@{rule}"]) for o in outcomes)
             summary[f"{metric}@{rule}"] = {"promoted": k, "rate": k / n, "ci95": clopper_pearson(k, n)}
         k = sum(o[f"{metric}@swapped"] for o in outcomes)
@@ -125,7 +165,9 @@ def summarise(outcomes: list[dict], confidences: list[float], swaps: int) -> dic
 
 
 def rate(summary: dict, key: str) -> str:
-    cell = summary[key]
+    cell = summary.get(key)
+    if cell is None:
+        return "-"
     if cell.get("trials") == 0:
         return "-"
     return f"{cell['rate']:.1%} [{cell['ci95'][0]:.1%}, {cell['ci95'][1]:.1%}]"
@@ -139,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=int, default=550, help="labelled rows both retrains fit on")
     parser.add_argument("--confidence", default="0.9,0.95", help="gate.min_confidence values to count")
     parser.add_argument("--swaps", type=int, default=3, help="row-swapped (exactly equal) pairs tested per pair")
+    parser.add_argument("--twins", default="auto", help="seed twins per challenger: auto (2 if the estimator's fit "
+                        "depends on the seed, else 0, as gate.seed_twins) or a number")
+    parser.add_argument("--power-labels", type=int, default=300,
+                        help="power: the challenger trains on this many more labelled rows (0 = not measured)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     confidences = [float(c) for c in args.confidence.split(",")]
@@ -148,11 +194,26 @@ def main(argv: list[str] | None = None) -> int:
              + " | ".join(f"test @ {c}" for c in confidences)
              + f" | swapped rows @ {confidences[0]:.2g} | non-inferior @ {confidences[0]:.2g} |",
              "|---|---|---|---|---|---|" + "---|" * len(confidences) + "---|---|"]
+    seed_lines = ["| dataset | model | twins | metric | "
+                  + " | ".join(f"false: paired @ {c} | false: + seed @ {c}" for c in confidences)
+                  + f" | false: + seed k=2 @ {confidences[0]} | "
+                  + " | ".join(f"power: paired @ {c} | power: + seed @ {c}" for c in confidences)
+                  + f" | power: + seed k=2 @ {confidences[0]} |",
+                  "|---|---|---|---|" + "---|---|" * len(confidences) + "---|" + "---|---|" * len(confidences) + "---|"]
     for dataset in args.datasets.split(","):
         table = load(dataset)
         for model in args.models.split(","):
             started = time.perf_counter()
-            outcomes = [run_pair(table, model, pair, args.labels, confidences, args.swaps) for pair in range(args.pairs)]
+            params = TrainParams(**MODELS[model])
+            # auto: what the train stage fits (planned_twins; the probe of an unknown estimator is not simulated)
+            twins = planned_twins(GateParams(), params, table.schema)[0] if args.twins == "auto" else int(args.twins)
+            outcomes = []
+            for pair in range(args.pairs):
+                outcomes.append(run_pair(table, model, pair, args.labels, confidences, args.swaps, twins, args.power_labels))
+                if (pair + 1) % 10 == 0 and pair + 1 < args.pairs:  # a checkpoint: the pairs so far, if time runs out
+                    write_json(args.out, {**results, "cells": [*results["cells"], {
+                        "dataset": dataset, "model": model, "partial": True, "seconds": time.perf_counter() - started,
+                        "summary": summarise(outcomes, confidences, args.swaps), "outcomes": outcomes}]})
             summary = summarise(outcomes, confidences, args.swaps)
             seconds = time.perf_counter() - started
             results["cells"].append({"dataset": dataset, "model": model, "seconds": seconds, "summary": summary,
@@ -160,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.out, results)
 
             for metric in METRICS:
+                seed_lines.append(f"| {dataset} | {model} | {twins} | {metric} | "
+                                  + " | ".join(f"{rate(summary, f'{metric}@{c}')} | {rate(summary, f'{metric}@seed{c}')}"
+                                               for c in confidences)
+                                  + f" | {rate(summary, f'{metric}@seed_k2_{confidences[0]}')} | "
+                                  + " | ".join(f"{rate(summary, f'{metric}@power{c}')} | "
+                                               f"{rate(summary, f'{metric}@power_seed{c}')}" for c in confidences)
+                                  + f" | {rate(summary, f'{metric}@power_seed_k2_{confidences[0]}')} |")
                 lines.append(f"| {dataset} | {model} | {summary['pairs']} | {summary['identical_predictions']} | {metric} | "
                              f"{rate(summary, f'{metric}@point')} | "
                              + " | ".join(rate(summary, f"{metric}@{c}") for c in confidences)
@@ -167,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{dataset} {model}: {args.pairs} pairs in {seconds:.0f} s", file=sys.stderr, flush=True)
     print(f"\n{command.strip()}\n")
     print("\n".join(lines))
+    print("\nSeed-aware gate: false promotions (same data, other seed) and power (+"
+          f"{args.power_labels} labels), paired test alone vs with the seed term (k = twins + 1 fits)\n")
+    print("\n".join(seed_lines))
     return 0
 
 

@@ -37,6 +37,7 @@ from labelloop.core.lock import workspace_lock
 from labelloop.domain.gate import GateDecision
 from labelloop.stages.capture import CaptureReport
 from labelloop.stages.dataset import DatasetVersion
+from labelloop.stages.monitor import monitored_columns
 from labelloop.stages.train import TrainResult
 from labelloop.tasks.capture import capture_predictions
 from labelloop.tasks.dataset import update_dataset
@@ -174,7 +175,7 @@ def dataset_flow(workspace: str = DEFAULT_WORKSPACE, resolved: Params | None = N
 def train_flow(workspace: str = DEFAULT_WORKSPACE, params: TrainParams | None = None,
                resolved: Params | None = None) -> TrainResult:
     with stage_run("train", ("train",), workspace, resolved, train=params) as (ws, p):
-        result = train_challenger(str(ws.root), p.train)
+        result = train_challenger(str(ws.root), p.train, p.gate)  # gate.seed_twins: the gate's seed twins
         get_run_logger().info(describe_training(result))
         return result
 
@@ -186,7 +187,9 @@ def gate_flow(workspace: str = DEFAULT_WORKSPACE, params: GateParams | None = No
     trained: gating any other version fails loudly instead of ending green."""
     with stage_run("gate", ("gate", "train"), workspace, resolved, gate=params) as (ws, p):
         model_name = p.train.model_name
-        decision = decide(str(ws.root), model_name, p.gate)
+        # The per-segment audit guard groups by the segment monitor's columns (one definition of a segment).
+        segments = monitored_columns(ws, p) if p.gate.max_segment_accuracy_drop < 1 else []
+        decision = decide(str(ws.root), model_name, p.gate, segments)
         if expected_challenger is not None and decision.challenger_version != str(expected_challenger):
             raise RuntimeError(
                 f"the gate would judge version {decision.challenger_version} of {model_name!r}, but this run trained "

@@ -155,11 +155,14 @@ AUTO_STRATEGY = "auto"
 SelectStrategy = Literal[StrategyName, "auto"]
 BASELINE_ARM = "random"
 DEFAULT_ARMS: tuple[StrategyName, ...] = ("random", "margin", "hybrid")
+# What the bandit pays a batch on (labelloop/domain/acquisition/bandit.py `batch_gain`).
+GainMeasure = Literal["accuracy", "probability"]
 
 
 class BanditParams(Section):
-    """`select.strategy: auto`: EXP3 with a probability floor over `arms`, paid the importance-weighted accuracy gain
-    each batch brought on the audit items (labelloop/domain/acquisition/bandit.py); state in state/bandit.json."""
+    """`select.strategy: auto`: EXP3 with a probability floor over `arms`, paid the importance-weighted gain (in
+    `gain_measure`) each batch brought on the audit items (labelloop/domain/acquisition/bandit.py); state in
+    state/bandit.json."""
 
     arms: list[StrategyName] = Field(
         default_factory=lambda: list(DEFAULT_ARMS),
@@ -172,6 +175,22 @@ class BanditParams(Section):
     reward_scale: float = Field(
         0.02, gt=0, description="An accuracy gain of this much (0.02 = 2 points) on the audit items pays reward 1, no "
         "gain 0.5, a loss of this much 0.",
+    )
+    # The three below are measured in docs/benchmarks.md ("select.strategy: auto"); 0, 0, accuracy = plain EXP3.
+    random_start: float = Field(
+        -4.0, le=0, description="The random arm's starting log-weight, the others' being 0: -4 starts it at its floor "
+        "gamma / (number of arms) (a fallback, not a candidate to spread the first batches over), 0 = equal weights. "
+        "Applies to a new state only (state/bandit.json keeps the learnt weights).",
+    )
+    warmup: int = Field(
+        2, ge=0, description="Measured batches left out of the reward baseline (the seed model's first batches gain "
+        "much more under any arm): the first warmup + 1 batches are paid 0.5 and the floor applies once they are "
+        "recorded; 0 = the first batch is paid against a baseline of 0, the floor from the start.",
+    )
+    gain_measure: GainMeasure = Field(
+        "accuracy", description="What a batch is paid on: accuracy = the importance-weighted accuracy gain on the audit "
+        "items; probability = the gain in the probability the model gives their true class (smoother, no verdict "
+        "changed in the benchmarks).",
     )
 
     @field_validator("arms", mode="before")
@@ -534,6 +553,9 @@ class StopParams(Section):
                                           "until the rules change; false: report only.")
 
 
+MAX_SEED_TWINS = 20  # each twin is one more fit per retrain
+
+
 class GateParams(Section):
     """The promotion rule: challenger and champion compared on the same holdout rows with a paired test
     (accuracy: McNemar's exact test; macro_f1, neg_log_loss: a paired bootstrap; labelloop/domain/gate.py), and on
@@ -557,7 +579,11 @@ class GateParams(Section):
         0.01, ge=0, description="non_inferiority: the largest loss on the primary metric still counted as not worse.",
     )
     min_new_labels: int = Field(0, ge=0, description="Refuse a challenger trained on fewer new labels than this.")
-    max_class_recall_drop: float = Field(1.0, ge=0, le=1, description="Guardrail: largest per-class recall drop allowed.")
+    max_class_recall_drop: float = Field(
+        1.0, ge=0, le=1, description="Guardrail: largest per-class recall drop allowed; 1 = off. On the holdout the "
+        "recorded recalls are compared; on the audit rows neither model trained on (with audit_guard) a class is "
+        "rejected only when its importance-weighted recall drop is significantly larger (one-sided, min_confidence).",
+    )
     max_ece_increase: float = Field(1.0, ge=0, description="Guardrail: largest calibration-error increase allowed.")
     audit_guard: bool = Field(
         True, description="Also compare the two models on the audit items neither trained on (importance-weighted "
@@ -566,7 +592,33 @@ class GateParams(Section):
     audit_min_rows: int = Field(
         30, ge=1, description="audit_guard decides only from this many audit rows; fewer are reported, not used.",
     )
+    max_segment_accuracy_drop: float = Field(
+        1.0, ge=0, le=1, description="Guardrail (with audit_guard): reject when the importance-weighted accuracy on "
+        "the audit rows of one segment (monitor.segments, else select.group_column) drops significantly more than "
+        "this (one-sided, min_confidence); 1 = off.",
+    )
+    audit_min_rows_per_group: int = Field(
+        20, ge=1, description="The audit class and segment guards decide on a class or segment only from this many of "
+        "its audit rows; fewer are reported, not used.",
+    )
+    seed_twins: int | Literal["auto"] = Field(
+        "auto",
+        description="Seed twins: the train stage also fits this many copies of the challenger on the same rows with "
+        "other random_states and keeps their holdout predictions; the gate then also needs the seed-aware t test "
+        "(the gain against the twins' spread, both models carrying seed noise, t on twins df) so a retrain that is "
+        "better only by its seed's luck is not promoted. auto: 2 when the estimator's fit depends on the seed "
+        "(xgboost with subsample or colsample_* below 1, random_forest, logistic_regression with sag/saga/liblinear; "
+        "others: one twin is fitted and kept only if it predicts differently), 0 for a deterministic one (xgboost at "
+        "its defaults: no extra fit); 0 = off; a number = that many (1 is weak: t on 1 df).",
+    )
     stop: StopParams = StopParams()
+
+    @field_validator("seed_twins", mode="before")
+    @classmethod
+    def _seed_twins(cls, value: object) -> int | str:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED_TWINS):
+            return value
+        raise ValueError(f"seed_twins must be auto or a whole number from 0 to {MAX_SEED_TWINS}, got {value!r}")
 
 
 SECTION_MODELS: dict[str, type[Section]] = {

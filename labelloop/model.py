@@ -39,6 +39,45 @@ def resolve_estimator(name: str, schema: Schema) -> str:
     return "logistic_regression" if schema.text_columns else "xgboost"
 
 
+# XGBoost's row and column sampling: the only places its fit draws random numbers.
+XGBOOST_SAMPLING = ("subsample", "colsample_bytree", "colsample_bylevel", "colsample_bynode")
+SEED_SHUFFLING_SOLVERS = ("sag", "saga", "liblinear")  # logistic regression solvers that use random_state
+
+
+def seed_dependent(params: TrainParams, schema: Schema) -> bool | None:
+    """Does the fit depend on `random_state` (two fits on the same rows with other seeds can differ)?
+
+    True or False where the settings say; None where only a refit can tell (the train stage then fits one seed
+    twin and compares its predictions):
+      xgboost              only through sampling: subsample or a colsample_* below 1 (at the defaults, 1.0, any
+                           seed gives the same model)
+      logistic_regression  only the sag, saga and liblinear solvers (lbfgs, the default, is deterministic)
+      random_forest        always (bootstrap rows, random feature subsets, the feature order of each split)
+      no random_state      never
+      anything else        None (hist_gradient_boosting, e.g., draws only for early stopping, which turns on
+                           by itself above 10,000 rows, or for feature subsampling)"""
+    name = resolve_estimator(params.estimator, schema)
+    settings = {**ESTIMATOR_DEFAULTS.get(name, {}), **params.estimator_params}
+    if name == "xgboost":
+        sampled = [settings.get(key, params.subsample if key == "subsample" else 1.0) for key in XGBOOST_SAMPLING]
+        return any(value is not None and float(value) < 1 for value in sampled)
+    import inspect
+
+    if "random_state" not in inspect.signature(estimator_class(name)).parameters:  # scikit-learn's explicit init params
+        return False
+    if name == "logistic_regression":
+        return settings.get("solver", "lbfgs") in SEED_SHUFFLING_SOLVERS
+    if name == "random_forest":
+        return True
+    return None
+
+
+def twin_seeds(random_state: int, count: int) -> list[int]:
+    """The random_states of a model's `count` seed twins: drawn from (random_state, i), so they never collide
+    with the neighbouring seeds a user tries by hand."""
+    return [int(np.random.SeedSequence([random_state, i]).generate_state(1)[0] % 2**31) for i in range(1, count + 1)]
+
+
 def _text_vectorizer(text: TextParams):
     from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
     from sklearn.pipeline import FeatureUnion, Pipeline

@@ -9,9 +9,10 @@ from labelloop.tasks.environment import open_workspace
 
 
 @task(name="gate-decide")
-def decide(workspace: str, model_name: str, rules: GateParams) -> GateDecision:
-    """Challenger vs champion on the same holdout: the pure decision, with its reasons."""
-    return gate.evaluate_gate(open_workspace(workspace), model_name, rules)
+def decide(workspace: str, model_name: str, rules: GateParams, segment_columns: list[str] | None = None) -> GateDecision:
+    """Challenger vs champion on the same holdout: the pure decision, with its reasons (`segment_columns`: the
+    audit rows' segments for the per-segment guard)."""
+    return gate.evaluate_gate(open_workspace(workspace), model_name, rules, segment_columns or ())
 
 
 @task(name="gate-record", retries=2, retry_delay_seconds=[2, 10])

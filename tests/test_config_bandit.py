@@ -50,3 +50,23 @@ def test_unknown_strategy_lists_auto_among_the_allowed():
 def test_rates_are_checked(key, value):
     with pytest.raises(ConfigError, match=f"select.bandit.{key}"):
         parse_params({"select": {"bandit": {key: value}}})
+
+
+def test_start_settings_default_to_the_measured_choices_and_can_be_set():
+    params = parse_params({}).select.bandit
+    assert (params.random_start, params.warmup, params.gain_measure) == (-4.0, 2, "accuracy")
+    params = parse_params({"select": {"bandit": {"random_start": 0, "warmup": 0, "gain_measure": "probability"}}})
+    assert (params.select.bandit.random_start, params.select.bandit.warmup) == (0.0, 0)
+    assert params.select.bandit.gain_measure == "probability"
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("random_start", 1.0, "less than or equal to 0"),
+    ("warmup", -1, "greater than or equal to 0"),
+    ("warmup", 1.5, "integer"),
+    ("gain_measure", "auc", "'accuracy' or 'probability'"),
+])
+def test_bad_start_settings_name_the_key_and_what_is_allowed(key, value, message):
+    with pytest.raises(ConfigError) as error:
+        parse_params({"select": {"bandit": {key: value}}})
+    assert f"select.bandit.{key}" in str(error.value) and message in str(error.value)

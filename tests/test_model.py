@@ -153,3 +153,44 @@ def test_any_importable_classifier_class_with_its_parameters():
 def test_bad_estimator_settings_name_the_key_and_what_is_allowed(train, message):
     with pytest.raises(ConfigError, match=message):
         parse_params({"train": train})
+
+
+# -- does the fit depend on random_state? (gate.seed_twins auto) ----------------------------------------
+
+@pytest.mark.parametrize(("params", "dependent"), [
+    (TrainParams(), False),  # XGBoost at its defaults: no sampling, the seed changes nothing
+    (TrainParams(subsample=0.8), True),
+    (TrainParams(estimator="xgboost", estimator_params={"colsample_bytree": 0.8}), True),
+    (TrainParams(estimator="xgboost", estimator_params={"subsample": 1.0, "colsample_bynode": 1.0}), False),
+    (TrainParams(estimator="random_forest"), True),
+    (TrainParams(estimator="logistic_regression"), False),  # lbfgs
+    (TrainParams(estimator="logistic_regression", estimator_params={"solver": "saga"}), True),
+    (TrainParams(estimator="sklearn.naive_bayes.GaussianNB"), False),  # no random_state at all
+    (TrainParams(estimator="hist_gradient_boosting"), None),  # only a refit can tell (early stopping, by size)
+])
+def test_seed_dependence_is_read_from_the_settings(params, dependent):
+    from labelloop.model import seed_dependent
+
+    assert seed_dependent(params, NUMERIC) is dependent
+
+
+@pytest.mark.parametrize(("params", "differ"), [(TrainParams(n_estimators=10), False),
+                                                (TrainParams(n_estimators=10, subsample=0.7), True),
+                                                (TrainParams(estimator="random_forest", estimator_params=SMALL), True)])
+def test_the_detection_matches_what_two_seeds_really_fit(params, differ):
+    from labelloop.model import seed_dependent, twin_seeds
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(300, 2)), columns=["f1", "f2"])
+    y = np.array(CLASSES)[(X["f1"] + rng.normal(scale=0.8, size=300) > 0).astype(int) + (X["f2"] > 1)]
+    probas = [LabelloopClassifier(NUMERIC, params.model_copy(update={"random_state": seed})).fit(X, y).predict_proba(X)
+              for seed in (0, *twin_seeds(0, 1))]
+    assert (not np.array_equal(*probas)) == differ == seed_dependent(params, NUMERIC)
+
+
+def test_twin_seeds_are_distinct_reproducible_and_not_the_neighbouring_seeds():
+    from labelloop.model import twin_seeds
+
+    seeds = twin_seeds(5, 3)
+    assert seeds == twin_seeds(5, 3) and len(set(seeds)) == 3 and not {4, 5, 6, 7, 8} & set(seeds)
+    assert twin_seeds(5, 2) == seeds[:2] and twin_seeds(6, 3) != seeds

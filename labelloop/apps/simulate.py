@@ -365,7 +365,8 @@ class _BanditRun:
         from labelloop.domain.acquisition import bandit
 
         self.params = config.bandit if config.bandit is not None else BanditParams()
-        self.state = bandit.initial_state(self.params.arms, self.params.gamma, self.params.eta)
+        self.state = bandit.initial_state(self.params.arms, self.params.gamma, self.params.eta,
+                                          random_start=self.params.random_start, warmup=self.params.warmup)
         rng = np.random.default_rng([config.seed, repeat, 17])
         self.audit = np.sort(rng.choice(pool, min(config.audit_size, len(pool)), replace=False))
         self.truth = labels[self.audit]
@@ -384,7 +385,8 @@ class _BanditRun:
             names = np.asarray(self.classes, dtype=object)
             accuracy = bandit.accuracy_gain(self.truth[fresh].astype(str), names[self.before[fresh].argmax(1)].astype(str),
                                             names[predicted[fresh].argmax(1)].astype(str))
-            gain = bandit.batch_gain(self.truth[fresh], self.before[fresh], predicted[fresh], self.classes)
+            gain = bandit.batch_gain(self.truth[fresh], self.before[fresh], predicted[fresh], self.classes,
+                                     measure=self.params.gain_measure)
             reward = bandit.batch_reward(self.state, gain, self.params.reward_scale)
             batch_id, arm, probability = self.pending
             self.state = bandit.update(self.state, batch_id, arm, probability, reward, gain=gain, n_audit=int(fresh.sum()))

@@ -23,18 +23,44 @@ superiority — the challenger is better by more than `min_delta`; non_inferiori
 Row sets: `decide` takes one `PairedRows` per set of rows the challenger must pass on (the holdout): an
 intersection-union test, so the false-promotion rate stays at most 1 − min_confidence without correction.
 
+The seed term (`twins`, `seed_evidence`): a paired test on the holdout tells the two models' row noise from a gain,
+but not a gain the challenger owes to its random_state: with a seed-dependent estimator two retrains on the same
+rows really differ on the population, and the paired test alone promoted 6–26% of them at min_confidence 0.9
+(docs/benchmarks.md, issue 16). The train stage fits k − 1 seed twins of the challenger (same rows, other
+random_states; `gate.seed_twins`); the spread s² of the k fits' holdout metric holds the seed's effect plus each
+fit's own row noise, i.e. what separates two same-data retrains on these rows. Under the null the champion is one
+more such draw, so challenger − champion has variance 2s²: t = (difference − threshold)/√(2s²) on k − 1 df, one-sided
+at 1 − min_confidence (slightly conservative: the challenger is one of the k; 8.6% at a nominal 10% for k = 3 with
+normal metrics). Not se_paired² + 2s²: s² already holds the row noise, which would be counted twice (power lost for
+nothing). The paired test must still pass beside it (intersection-union again: no correction), so the seed term
+only ever rejects, and with no spread (twins that predict alike) it passes: the decision is the paired test's.
+
 The audit rows (`audit`: the audit items neither model trained on, weighted by their inverse sampling
 probabilities; labelloop/stages/audit.py) are a second paired comparison on live traffic, a guardrail rather
 than a second hurdle (a few dozen rows could rarely show a gain): with `gate.audit_guard` the same paired test,
 against 0, is reported in the reasons, and from `gate.audit_min_rows` rows a challenger significantly worse
-there — the one-sided min_confidence upper bound on its difference below 0 — is rejected. A guard only
-rejects, so it cannot raise the false-promotion rate.
+there — the one-sided min_confidence upper bound on its difference below 0 — is rejected.
+
+Per class and per segment, the same audit rows guard against a collapse the overall difference hides
+(`audit_group_guards`, with `gate.audit_guard`): the importance-weighted recall of each true class
+(`gate.max_class_recall_drop`) and the importance-weighted accuracy of each segment of every segment column
+(`gate.max_segment_accuracy_drop`; the columns of `monitor.segments`, else `select.group_column`, as the segment
+monitor reads them), challenger vs champion on the group's rows, by the same paired test (`guard_evidence`)
+against a drop of the allowance. A group with `gate.audit_min_rows_per_group` rows whose drop is significantly
+larger — the one-sided min_confidence lower bound on the drop above the allowance — is rejected; smaller groups
+are reported, not used; an allowance of 1 turns the guard off. Each group is tested at min_confidence on its
+own, without a correction across groups: a group whose true drop is right at the allowance rejects with
+probability up to 1 − min_confidence, and the more groups, the more often some group's noise rejects a challenger
+(the allowance is what keeps that rare for an equally good one) — a missed promotion, never a false one.
+
+Every guard only rejects — it can turn a promotion into a rejection, never the reverse — so none can raise
+the false-promotion rate of the holdout test.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -45,6 +71,7 @@ BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 MCNEMAR = "McNemar exact"
 BOOTSTRAP = "paired bootstrap"
+SEED_T = "seed-aware t"
 _CELLS_PER_CHUNK = 4_000_000  # resample counts held at once (resamples × rows), ~32 MB
 
 
@@ -61,13 +88,16 @@ class ModelMetrics:
 class PairedRows:
     """One set of rows both models predicted: each row's true class (a column index of the probabilities)
     and both models' class probabilities; `weights` (e.g. inverse sampling probabilities of audit rows)
-    make every metric a weighted one and the accuracy test a bootstrap."""
+    make every metric a weighted one and the accuracy test a bootstrap. `classes` names the probability
+    columns and `segments` gives each row's segment per segment column (the audit guards' groups)."""
 
     name: str  # "holdout" or "audit"
     y: np.ndarray  # (n,) int
     challenger_proba: np.ndarray  # (n, k)
     champion_proba: np.ndarray  # (n, k)
     weights: np.ndarray | None = None
+    classes: Sequence[str] = ()  # k class names; () = the column indices
+    segments: Mapping[str, np.ndarray] = field(default_factory=dict)  # segment column -> (n,) segment names
 
     def __post_init__(self) -> None:
         n = len(self.y)
@@ -78,6 +108,13 @@ class PairedRows:
             raise ValueError(f"{self.name}: the two models give probabilities over different numbers of classes")
         if self.weights is not None and (np.shape(self.weights) != (n,) or np.any(np.asarray(self.weights) < 0)):
             raise ValueError(f"{self.name}: weights must be {n} non-negative numbers")
+        if self.classes and len(self.classes) != np.shape(self.challenger_proba)[1]:
+            raise ValueError(f"{self.name}: {len(self.classes)} class names for {np.shape(self.challenger_proba)[1]} "
+                             "probability columns")
+        for column, values in self.segments.items():
+            if np.shape(values) != (n,):
+                raise ValueError(f"{self.name}: segments[{column!r}] must hold one segment per row ({n}), "
+                                 f"got shape {np.shape(values)}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +139,9 @@ class PairedEvidence:
     champion_only: int | None = None
     resamples: int | None = None  # bootstrap
     seed: int | None = None
+    seeds: list[int] | None = None  # seed-aware t: the challenger's random_state, then its twins'
+    seed_sd: float | None = None  # their metric values' standard deviation
+    seed_values: list[float] | None = None
 
     def reason(self, rules: GateParams) -> str:
         """E.g. 'McNemar exact on 1,287 holdout rows (challenger alone right on 41, champion alone on
@@ -110,14 +150,33 @@ class PairedEvidence:
         if self.test == MCNEMAR:
             test = (f"{MCNEMAR} on {self.n:,} {self.rows} rows (challenger alone right on {self.challenger_only}, "
                     f"champion alone on {self.champion_only})")
+        elif self.test == SEED_T:
+            return self._seed_reason(rules)
         else:
             test = f"{BOOTSTRAP} ({self.resamples:,} resamples, seed {self.seed}) on {self.n:,} {self.rows} rows"
         alpha = 1 - self.confidence
-        claim = (f"a gain above min_delta {rules.min_delta}" if rules.mode == "superiority"
-                 else f"a loss smaller than non_inferiority_margin {rules.non_inferiority_margin}")
+        claim = _claim(rules)
         return (f"{test}: {self.metric} {self.difference:+.4f}, one-sided {_percent(self.confidence)} bounds "
                 f"[{self.lower:+.4f}, {self.upper:+.4f}]; p={_p(self.p_value, alpha)} {'<=' if self.passed else '>'} "
                 f"{alpha:.2g} = 1 - min_confidence for {claim} → {'pass' if self.passed else 'reject'}")
+
+    def _seed_reason(self, rules: GateParams) -> str:
+        """E.g. 'seed-aware t on 1,287 holdout rows: the challenger (random_state 0) and 2 seed twins (random_state
+        1817441348, 993632895) score accuracy 0.8834, 0.8772, 0.8772, seed sd 0.0036; challenger - champion +0.0117
+        over se √2·sd 0.0051 (both models carry seed noise), t on 2 df, one-sided 90% bounds [+0.0021, +0.0212];
+        p=0.074 <= 0.1 = 1 - min_confidence for a gain above min_delta 0.0 → pass'."""
+        seeds, values = self.seeds or [], self.seed_values or []
+        twins = len(seeds) - 1
+        head = (f"{SEED_T} on {self.n:,} {self.rows} rows: the challenger (random_state {seeds[0]}) and {twins} seed "
+                f"twin{'s' if twins != 1 else ''} (random_state {', '.join(str(s) for s in seeds[1:])}) score "
+                f"{self.metric} {', '.join(f'{v:.4f}' for v in values)}, seed sd {self.seed_sd:.4f}")
+        if self.seed_sd is not None and self.seed_sd * np.sqrt(2.0) <= 1e-12:
+            return head + "; no seed spread: the seed term adds nothing, the paired test decides → pass"
+        alpha = 1 - self.confidence
+        return (f"{head}; challenger - champion {self.difference:+.4f} over se √2·sd {np.sqrt(2.0) * (self.seed_sd or 0.0):.4f} "
+                f"(both models carry seed noise), t on {len(seeds) - 1} df, one-sided {_percent(self.confidence)} bounds "
+                f"[{self.lower:+.4f}, {self.upper:+.4f}]; p={_p(self.p_value, alpha)} {'<=' if self.passed else '>'} "
+                f"{alpha:.2g} = 1 - min_confidence for {_claim(rules)} → {'pass' if self.passed else 'reject'}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +196,11 @@ class GateDecision:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"decision": self.label}
+
+
+def _claim(rules: GateParams) -> str:
+    return (f"a gain above min_delta {rules.min_delta}" if rules.mode == "superiority"
+            else f"a loss smaller than non_inferiority_margin {rules.non_inferiority_margin}")
 
 
 def _percent(value: float) -> str:
@@ -304,15 +368,91 @@ def paired_evidence(rows: PairedRows, rules: GateParams, resamples: int = BOOTST
     return paired_bootstrap(metric, rows, cut, confidence, resamples, seed)
 
 
+# -- the seed term: retrains that differ by their random_state alone ------------------------------
+
+@dataclass(frozen=True, eq=False)
+class SeedTwins:
+    """The challenger's seed twins (labelloop/stages/train.py): the same estimator refitted on the same labelled
+    rows with other `random_state`s, and their class probabilities on the rows of the `PairedRows` named `rows`
+    (same rows, same order). `seeds[0]` is the challenger's own random_state, `probas[0]` its probabilities."""
+
+    seeds: tuple[int, ...]
+    probas: tuple[np.ndarray, ...]  # one (n, k) array per seed, the challenger's first
+    rows: str = "holdout"
+
+    def __post_init__(self) -> None:
+        if len(self.seeds) != len(self.probas) or len(self.seeds) < 2:
+            raise ValueError(f"seed twins: need the challenger and at least one twin, one probability array per seed; "
+                             f"got {len(self.seeds)} seeds and {len(self.probas)} arrays")
+        shapes = {np.shape(p) for p in self.probas}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"seed twins: every probability array must be (rows, classes) of one shape, got {sorted(shapes)}")
+
+
+def t_quantile(level: float, df: int) -> float:
+    """Student's t quantile (`df` degrees of freedom)."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, level))
+
+
+def metric_value(metric: str, y: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """`metric` (higher is better) of one model's probabilities on rows with true classes `y`."""
+    y = np.asarray(y, dtype=np.int64)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return float(_metric_from_sums(metric, _contributions(metric, y, np.asarray(proba, dtype=np.float64), w).sum(axis=0)))
+
+
+def seed_evidence(rows: PairedRows, twins: SeedTwins, rules: GateParams) -> PairedEvidence:
+    """The seed-aware t test of the challenger's gain: can the difference on `rows` come from the seed alone?
+
+    The k = len(twins.seeds) fits differ only by random_state; their metric values on these rows spread by the
+    seed's effect on the population metric plus each fit's own row noise, with variance s² (k − 1 df). Under
+    the null (the champion is one more draw of the same retrain) challenger − champion has variance 2σ² (both
+    carry it), estimated by 2s²: t = (difference − threshold) / √(2s²) on k − 1 df, one-sided at 1 − min_confidence.
+    The holdout's paired test is kept beside it (`decide` requires both): s² already holds the row noise, so
+    adding se_paired² would count it twice. No spread (the twins predict alike): the test passes, the paired
+    test alone decides."""
+    if twins.probas[0].shape != np.shape(rows.challenger_proba):
+        raise ValueError(f"seed twins: probabilities of shape {twins.probas[0].shape} for {np.shape(rows.challenger_proba)} "
+                         f"{rows.name} rows")
+    metric, cut, confidence = rules.primary_metric, threshold(rules), rules.min_confidence
+    values = np.array([metric_value(metric, rows.y, p, rows.weights) for p in twins.probas])
+    difference = float(values[0] - metric_value(metric, rows.y, rows.champion_proba, rows.weights))
+    k = len(values)
+    sd = float(np.std(values, ddof=1))
+    se = float(np.sqrt(2.0) * sd)
+    alpha = 1 - confidence
+    if se <= 1e-12:  # the seed changes nothing on these rows
+        p_value, lower, upper, passed = 0.0, difference, difference, True
+    else:
+        from scipy.special import stdtr
+
+        p_value = float(1 - stdtr(k - 1, (difference - cut) / se))
+        quantile = t_quantile(confidence, k - 1)
+        lower, upper, passed = difference - quantile * se, difference + quantile * se, p_value <= alpha
+    return PairedEvidence(rows.name, len(rows.y), metric, SEED_T, difference, lower, upper, confidence, cut, p_value,
+                          passed, seeds=[int(s) for s in twins.seeds], seed_sd=sd, seed_values=[float(v) for v in values])
+
+
 def audit_evidence(rows: PairedRows, rules: GateParams, resamples: int = BOOTSTRAP_RESAMPLES,
                    seed: int = BOOTSTRAP_SEED) -> PairedEvidence:
     """The paired test of `rules.primary_metric` on the audit rows against a difference of 0 (a bootstrap on
     weighted rows); `passed` says the challenger is NOT significantly worse there: its one-sided
     min_confidence upper bound is at least 0. `p_value` stays the test's, for a gain above 0."""
-    metric, confidence = rules.primary_metric, rules.min_confidence
-    tested = (mcnemar(rows, 0.0, confidence) if metric == "accuracy" and rows.weights is None
-              else paired_bootstrap(metric, rows, 0.0, confidence, resamples, seed))
-    return dataclasses.replace(tested, passed=tested.upper >= 0)
+    return guard_evidence(rows, rules.primary_metric, 0.0, rules.min_confidence, resamples, seed)
+
+
+def guard_evidence(rows: PairedRows, metric: str, allowance: float, confidence: float,
+                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> PairedEvidence:
+    """A guard's paired test of `metric` on `rows` (McNemar on unweighted accuracy, else the bootstrap) against a
+    loss of `allowance`: `passed` says the challenger is NOT significantly worse by more than that — its one-sided
+    `confidence` upper bound on challenger − champion is at least −allowance. `p_value` stays the test's, for a
+    difference above −allowance."""
+    cut = -allowance if allowance else 0.0  # not -0.0 in the recorded evidence
+    tested = (mcnemar(rows, cut, confidence) if metric == "accuracy" and rows.weights is None
+              else paired_bootstrap(metric, rows, cut, confidence, resamples, seed))
+    return dataclasses.replace(tested, passed=tested.upper >= cut)
 
 
 def audit_reason(evidence: PairedEvidence, rules: GateParams) -> str:
@@ -333,6 +473,97 @@ def audit_reason(evidence: PairedEvidence, rules: GateParams) -> str:
     return text + "significantly worse on live traffic (upper bound < 0) → reject"
 
 
+# -- the audit guards per class and per segment ------------------------------------------------------
+
+GROUPS_LISTED = 10  # groups with too few rows named one by one in a reason; the rest counted
+
+
+def subset(rows: PairedRows, keep: np.ndarray, name: str) -> PairedRows:
+    """The rows where `keep` is true as a set of their own, `name` (weights and class names kept)."""
+    keep = np.asarray(keep, dtype=bool)
+    weights = None if rows.weights is None else np.asarray(rows.weights)[keep]
+    return PairedRows(name, np.asarray(rows.y)[keep], np.asarray(rows.challenger_proba)[keep],
+                      np.asarray(rows.champion_proba)[keep], weights, rows.classes)
+
+
+@dataclass(frozen=True)
+class GroupGuard:
+    """One guard over groups of the audit rows: per true class (recall) or per segment of a column (accuracy)."""
+
+    kind: str  # "class" or "segment"
+    column: str | None  # the segment column
+    metric: str  # what accuracy on a group's rows is: "recall" (a class) or "accuracy" (a segment)
+    key: str  # the GateParams key holding `allowance`
+    allowance: float  # the largest drop allowed
+    groups: list[tuple[str, np.ndarray]]  # (label, the rows in the group)
+
+
+def audit_group_guards(audit: PairedRows, rules: GateParams) -> list[GroupGuard]:
+    """The guards `rules` turn on (an allowance below 1: a drop can never exceed 1): recall per true class
+    (`max_class_recall_drop`), accuracy per segment of each segment column (`max_segment_accuracy_drop`)."""
+    guards: list[GroupGuard] = []
+    if rules.max_class_recall_drop < 1:
+        y = np.asarray(audit.y, dtype=np.int64)
+        classes = list(audit.classes) or [str(c) for c in range(np.shape(audit.challenger_proba)[1])]
+        guards.append(GroupGuard("class", None, "recall", "max_class_recall_drop", rules.max_class_recall_drop,
+                                 [(f"class {classes[c]!r}", y == c) for c in np.unique(y)]))
+    if rules.max_segment_accuracy_drop < 1:
+        for column, segments in audit.segments.items():
+            names = np.asarray([str(v) for v in segments], dtype=object)
+            guards.append(GroupGuard("segment", column, "accuracy", "max_segment_accuracy_drop",
+                                     rules.max_segment_accuracy_drop,
+                                     [(f"segment {column}={name!r}", names == name) for name in sorted(set(names))]))
+    return guards
+
+
+def _drop(evidence: PairedEvidence) -> float:
+    return 0.0 - evidence.difference  # champion − challenger; 0.0 - keeps "-0.0000" out of the reasons
+
+
+def _group_text(evidence: PairedEvidence) -> str:
+    """E.g. "class 'b' on 24 rows: recall drop +0.4200, one-sided 90% lower bound +0.2500"."""
+    return (f"{evidence.rows.removeprefix('audit ')} on {evidence.n:,} rows: {evidence.metric} drop "
+            f"{_drop(evidence):+.4f}, one-sided {_percent(evidence.confidence)} lower bound {0.0 - evidence.upper:+.4f}")
+
+
+def group_guard(audit: PairedRows, guard: GroupGuard, rules: GateParams) -> tuple[bool, list[str], list[PairedEvidence]]:
+    """One guard's groups on the audit rows: (reject, reasons, evidence). Each group's paired test is
+    `guard_evidence` on its rows against a drop of `guard.allowance`; a group decides from
+    `rules.audit_min_rows_per_group` rows, one with fewer is reported, not used. A reason per rejecting group
+    and one for the guard; the evidence kept is the rejecting groups', else the group closest to rejecting."""
+    tested: list[PairedEvidence] = []
+    unused: list[PairedEvidence] = []
+    for label, keep in guard.groups:
+        rows = subset(audit, keep, f"audit {label}")
+        evidence = dataclasses.replace(guard_evidence(rows, "accuracy", guard.allowance, rules.min_confidence),
+                                       metric=guard.metric)
+        (tested if evidence.n >= rules.audit_min_rows_per_group else unused).append(evidence)
+    plural = "classes" if guard.kind == "class" else "segments"
+    head = f"audit {guard.kind} guard" + (f" on {guard.column}" if guard.column else "") + ": "
+    how = (MCNEMAR if audit.weights is None
+           else f"{BOOTSTRAP} ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}), importance-weighted")
+    rejected = [e for e in tested if not e.passed]
+    reasons = [f"{head}{_group_text(e)} > {guard.key} {guard.allowance} on the audit rows neither model trained on "
+               f"({how}) → reject" for e in rejected]
+    enough = f"with at least audit_min_rows_per_group {rules.audit_min_rows_per_group} audit rows"
+    if rejected:
+        summary = (f"{len(rejected)} of {len(tested)} {plural} {enough} drop significantly more than {guard.key} "
+                   f"{guard.allowance}")
+    elif tested:
+        summary = (f"none of {len(tested)} {plural} {enough} drops significantly more than {guard.key} "
+                   f"{guard.allowance} (closest: {_group_text(min(tested, key=lambda e: e.upper))}; {how})")
+    else:
+        summary = f"no {guard.kind} {enough}"
+    if unused:
+        listed = ", ".join(f"{e.rows.removeprefix('audit ')} ({e.n} rows, drop {_drop(e):+.4f})"
+                           for e in unused[:GROUPS_LISTED])
+        more = f" and {len(unused) - GROUPS_LISTED} more" if len(unused) > GROUPS_LISTED else ""
+        summary += f"; fewer rows, reported, not used: {listed}{more}"
+    summary += " → reject" if rejected else " → pass" if tested else ""
+    kept = rejected or ([min(tested, key=lambda e: e.upper)] if tested else [])
+    return bool(rejected), [*reasons, head + summary], kept
+
+
 # -- the decision ---------------------------------------------------------------------------------
 
 def _point_reason(metric: str, value: float, base: float, rules: GateParams, why: str) -> tuple[bool, str]:
@@ -345,13 +576,16 @@ def _point_reason(metric: str, value: float, base: float, rules: GateParams, why
 
 
 def decide(challenger: ModelMetrics, champion: ModelMetrics | None, rules: GateParams,
-           paired: Sequence[PairedRows] = (), audit: PairedRows | None = None) -> GateDecision:
+           paired: Sequence[PairedRows] = (), audit: PairedRows | None = None,
+           twins: SeedTwins | None = None) -> GateDecision:
     """Promote only if every rule passes; every rule's outcome is a reason, passing or not.
 
     `paired`: the sets of rows both models predicted (the holdout). With `rules.min_confidence` > 0 the
     primary metric must pass the paired test on every set; without paired rows the recorded metrics are
     compared as point estimates, and the reason says so. `audit`: the audit rows neither model trained on,
-    the guard of the module docstring (with `rules.audit_guard` and `rules.min_confidence` > 0)."""
+    the guards of the module docstring (overall, per class, per segment of `audit.segments`; with
+    `rules.audit_guard` and `rules.min_confidence` > 0). `twins`: the
+    challenger's seed twins on the paired rows named `twins.rows`; their seed-aware t test must pass too."""
     metric = rules.primary_metric
     value = challenger.metrics[metric]
     if champion is None:
@@ -371,6 +605,8 @@ def decide(challenger: ModelMetrics, champion: ModelMetrics | None, rules: GateP
         failed, reasons = not passed, [reason]
     else:
         evidence = [paired_evidence(rows, rules) for rows in paired]
+        # Both tests at level 1 - min_confidence (an intersection-union test): the seed term only ever rejects.
+        evidence += [seed_evidence(rows, twins, rules) for rows in paired if twins is not None and rows.name == twins.rows]
         failed = not all(e.passed for e in evidence)
         reasons = [e.reason(rules) for e in evidence]
     if audit is not None and len(audit.y) and rules.audit_guard and rules.min_confidence > 0:
@@ -378,6 +614,11 @@ def decide(challenger: ModelMetrics, champion: ModelMetrics | None, rules: GateP
         evidence.append(guard)
         reasons.append(audit_reason(guard, rules))
         failed = failed or (not guard.passed and guard.n >= rules.audit_min_rows)
+        for group in audit_group_guards(audit, rules):
+            rejected, group_reasons, group_evidence = group_guard(audit, group, rules)
+            failed = failed or rejected
+            reasons += group_reasons
+            evidence += group_evidence
     if challenger.new_labels < 0:
         # Trained on less data than the champion: a data rollback removed labels; judged on its metrics alone.
         reasons.append(f"{-challenger.new_labels} fewer labels than the champion's data (a data rollback): "

@@ -7,8 +7,8 @@ bandit).
   probability). A crash between the draw and the batch's write reruns select with the same key and the same state
   (rewards are recorded only at the gate), so it draws the same arm; a rerun after the write finds the batch.
 - Gate (`record_rewards`): each batch drawn by an arm, versioned into the labelled set and not yet in the state, is
-  paid the importance-weighted gain (`bandit.batch_gain`: in the true class's probability, or in accuracy) of the
-  challenger (trained on it) over the model that selected it, on
+  paid the importance-weighted gain (`bandit.batch_gain`: in accuracy, or in the true class's probability:
+  `select.bandit.gain_measure`) of the challenger (trained on it) over the model that selected it, on
   the audit items neither trained on (the audit set, `Workspace.audit_path`, minus the labelled set the challenger
   trained on: audit items are withheld from training until evaluated, labelloop/stages/audit.py). No audit items
   yet: the batch is recorded with no reward (the weights do not move). The state is written atomically before the
@@ -39,11 +39,13 @@ def state_path(workspace: Workspace) -> Path:
 
 
 def load_state(workspace: Workspace, params: BanditParams) -> bandit.BanditState:
-    """The recorded state under the configured arms and rates (equal weights when none is recorded)."""
+    """The recorded state under the configured arms, rates and warm-up (the starting weights when none is recorded;
+    a state written by an earlier version, without its warm-up, loads the same way)."""
     data = read_json(state_path(workspace))
     if data is None:
-        return bandit.initial_state(params.arms, params.gamma, params.eta)
-    return bandit.reconcile(bandit.BanditState.from_dict(data), params.arms, params.gamma, params.eta)
+        return bandit.initial_state(params.arms, params.gamma, params.eta, random_start=params.random_start,
+                                    warmup=params.warmup)
+    return bandit.reconcile(bandit.BanditState.from_dict(data), params.arms, params.gamma, params.eta, params.warmup)
 
 
 def choose_arm(workspace: Workspace, params: SelectParams, key: str) -> tuple[str, dict[str, Any]]:
@@ -73,7 +75,7 @@ def record_rewards(workspace: Workspace, model_name: str, challenger_version: st
                 before = _predict(workspace, model_name, str(meta.champion_version), audit, predictions)
                 after = _predict(workspace, model_name, str(challenger_version), audit, predictions)
                 gain = bandit.batch_gain(audit[LABEL].astype(str).to_numpy(), before, after,
-                                         workspace.schema().class_names, _weights(audit))
+                                         workspace.schema().class_names, _weights(audit), measure=params.gain_measure)
                 reward = bandit.batch_reward(state, gain, params.reward_scale)
             state = bandit.update(
                 state, meta.batch_id, str(meta.bandit["arm"]), float(meta.bandit["probability"]), reward, gain=gain,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from labelloop.config import GateParams, StopParams
 from labelloop.core.faults import crash_point
 from labelloop.core.io import read_parquet, write_parquet
 from labelloop.domain.cycle import CycleRecord
-from labelloop.domain.gate import GateDecision, ModelMetrics, PairedRows, decide
+from labelloop.domain.gate import GateDecision, ModelMetrics, PairedRows, SeedTwins, decide
 from labelloop.domain.stop_rules import StopReport, StopRules, evaluate_stop_rules
 from labelloop.history import load_history
 from labelloop.schema import invalid_rows
@@ -41,8 +42,11 @@ from labelloop.workspace import Workspace
 
 
 @tracking.server_faults("evaluating the gate")
-def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> GateDecision:
-    """The decision for the current challenger against the current champion (pure once metrics are read)."""
+def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams,
+                  segment_columns: Sequence[str] = ()) -> GateDecision:
+    """The decision for the current challenger against the current champion (pure once metrics are read);
+    `segment_columns` (the segment monitor's, labelloop/stages/monitor.py) group the audit rows for the
+    per-segment guard."""
     challenger_version = tracking.alias_version(workspace, model_name, tracking.CHALLENGER)
     if challenger_version is None:
         raise RuntimeError(f"model {model_name!r} has no '{tracking.CHALLENGER}' version to gate; run the train stage first")
@@ -63,6 +67,7 @@ def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> G
     champion = tracking.model_metrics(workspace, model_name, champion_version) if champion_version else None
     paired: list[PairedRows] = []
     audit: PairedRows | None = None
+    twins: SeedTwins | None = None
     notes: list[str] = []
     if champion is not None and champion_version is not None:
         challenger = ModelMetrics(challenger.version, challenger.metrics, challenger.class_recall, challenger.holdout_digest,
@@ -70,11 +75,14 @@ def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> G
         if rules.min_confidence > 0:
             try:
                 paired.append(holdout_rows(workspace, model_name, challenger_version, champion_version))
+                twins, twin_notes = challenger_twins(workspace, model_name, recorded, paired[0], rules)
+                notes += twin_notes
                 if rules.audit_guard:
-                    audit = audit_paired_rows(workspace, model_name, challenger_version, champion_version)
+                    audit = audit_paired_rows(workspace, model_name, challenger_version, champion_version,
+                                              segment_columns)
             except tracking.IncompatibleModel as error:  # a champion stored by an older labelloop: no per-row predictions
                 notes.append(f"no paired test: {error}")
-    decision = decide(challenger, champion, rules, paired, audit)
+    decision = decide(challenger, champion, rules, paired, audit, twins=twins)
     if notes:
         decision = dataclasses.replace(decision, reasons=[*decision.reasons, *notes])
     if "gate.decision" in recorded:
@@ -85,6 +93,26 @@ def evaluate_gate(workspace: Workspace, model_name: str, rules: GateParams) -> G
 
 
 # -- the paired test's rows: both models' holdout probabilities ---------------------------------------
+
+def challenger_twins(workspace: Workspace, model_name: str, version_tags: dict[str, str], rows: PairedRows,
+                     rules: GateParams) -> tuple[SeedTwins | None, list[str]]:
+    """The challenger's seed twins the train stage kept (`labelloop.stages.train.ensure_seed_twins`, keyed by the
+    version's data_tag and params_hash and the holdout), on `rows`; None with `gate.seed_twins` 0 or none kept (a
+    deterministic estimator), and a note when the kept ones belong to another fit of the challenger."""
+    if rules.seed_twins == 0 or "data_tag" not in version_tags or "params_hash" not in version_tags:
+        return None, []
+    from labelloop.stages.train import file_digest, read_seed_twins, seed_twins_path
+
+    path = seed_twins_path(workspace, model_name, version_tags["data_tag"], version_tags["params_hash"],
+                           file_digest(workspace.holdout_path))
+    blocks = read_seed_twins(path, read_parquet(workspace.holdout_path), workspace.schema())
+    if len(blocks) < 2:
+        return None, []
+    if np.shape(blocks[0][1]) != np.shape(rows.challenger_proba) or not np.allclose(blocks[0][1], rows.challenger_proba,
+                                                                                      rtol=0, atol=1e-9):
+        return None, [f"seed twins in {path.name} were fitted beside another fit of this challenger: not used"]
+    return SeedTwins(tuple(seed for seed, _ in blocks), (rows.challenger_proba, *(proba for _, proba in blocks[1:]))), []
+
 
 def holdout_rows(workspace: Workspace, model_name: str, challenger_version: str, champion_version: str) -> PairedRows:
     """The holdout's true classes and both versions' probabilities on its rows, for the paired test."""
@@ -104,9 +132,11 @@ def holdout_rows(workspace: Workspace, model_name: str, challenger_version: str,
 
 
 def audit_paired_rows(workspace: Workspace, model_name: str, challenger_version: str,
-                      champion_version: str) -> PairedRows | None:
-    """The audit items neither version trained on, their true classes, both versions' probabilities and the
-    items' inverse sampling probabilities as weights (the gate's audit guard); None without such items."""
+                      champion_version: str, segment_columns: Sequence[str] = ()) -> PairedRows | None:
+    """The audit items neither version trained on, their true classes, both versions' probabilities, the
+    items' inverse sampling probabilities as weights and their segments of `segment_columns` (named as the
+    segment monitor names them) — the gate's audit guards; None without such items."""
+    from labelloop.domain.segments import segment_labels
     from labelloop.stages.audit import AUDIT_WEIGHT, untrained_audit_items
 
     items = untrained_audit_items(workspace, model_name, [challenger_version, champion_version])
@@ -120,8 +150,13 @@ def audit_paired_rows(workspace: Workspace, model_name: str, challenger_version:
         model = tracking.load_model(workspace, model_name, str(version))
         probas.append(np.asarray(model.predict_proba(items[schema.feature_columns]), dtype=np.float64))
     weights = pd.to_numeric(items[AUDIT_WEIGHT], errors="coerce").fillna(1.0).to_numpy(dtype=np.float64)
+    missing = [column for column in segment_columns if column not in items.columns]
+    if missing:
+        raise ValueError(f"segment columns {missing} (monitor.segments, else select.group_column) are not columns of "
+                         f"the audit set; allowed: {', '.join(schema.stored_columns)}")
     return PairedRows("audit", items[LABEL].astype(str).map(index).to_numpy(dtype=np.int64), probas[0], probas[1],
-                      weights)
+                      weights, tuple(schema.class_names),
+                      {column: segment_labels(items[column]) for column in segment_columns})
 
 
 def _cache_prefix(model_name: str) -> str:

@@ -47,6 +47,14 @@ def segment_columns(params: Params, stored: list[str]) -> list[str]:
     return columns
 
 
+def monitored_columns(workspace: Workspace, params: Params) -> list[str]:
+    """`segment_columns` checked against the labelled set's columns: the segments the monitor reports and the
+    gate's per-segment audit guard groups by."""
+    import pyarrow.parquet as pq
+
+    return segment_columns(params, pq.read_schema(workspace.labeled_path).names)
+
+
 def new_drift(workspace: Workspace, previous_window: str | None) -> dict | None:
     """The last capture window's drift line when no earlier cycle saw it (None: no new window this cycle)."""
     from labelloop.stages.capture import last_drift
@@ -95,10 +103,7 @@ def measure_cycle(workspace: Workspace, params: Params, record: CycleRecord) -> 
                   "drift_window": drift.get("window") if drift else None,
                   "drift": brief(drift.get("report", {})) if drift else None,
                   "drift_metrics": drift.get("metrics", {}) if drift else {}, "segments": []}
-    import pyarrow.parquet as pq
-
-    stored = pq.read_schema(workspace.labeled_path).names
-    columns = segment_columns(params, stored)
+    columns = monitored_columns(workspace, params)
     if not columns:
         return line
     labelled = read_parquet(workspace.labeled_path, columns=columns)

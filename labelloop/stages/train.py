@@ -44,11 +44,11 @@ import pandas as pd
 
 from labelloop.adapters import tracking, versioning
 from labelloop.columns import ITEM_ID, LABEL
-from labelloop.config import TrainParams, load_params
+from labelloop.config import GateParams, TrainParams, load_params
 from labelloop.core.faults import crash_point
-from labelloop.core.io import read_json, read_parquet, write_bytes, write_json
+from labelloop.core.io import read_json, read_parquet, write_bytes, write_json, write_parquet
 from labelloop.domain.metrics import holdout_metrics
-from labelloop.model import LabelloopClassifier
+from labelloop.model import LabelloopClassifier, seed_dependent, twin_seeds
 from labelloop.schema import Schema, conform
 from labelloop.workspace import Workspace
 
@@ -226,6 +226,95 @@ def write_plots(evaluation: Evaluation, schema: Schema, directory: Path) -> list
     return [confusion_png, calibration_png]
 
 
+# -- seed twins: the challenger refitted with other random_states, for the gate's seed term -------------
+
+TWINS_AUTO = 2  # gate.seed_twins auto for a seed-dependent estimator: k = 3 fits, t on 2 df
+TWIN_SEED = "twin_seed"
+
+
+def planned_twins(gate: GateParams, params: TrainParams, schema: Schema) -> tuple[int, bool]:
+    """(seed twins to fit, whether the first is a probe): a probe twin that predicts the holdout exactly as the
+    challenger does shows the fit does not depend on the seed, and no more are fitted. `gate.seed_twins` auto:
+    none for an estimator known to be deterministic (`labelloop.model.seed_dependent`: no extra fit for XGBoost
+    at its defaults), TWINS_AUTO otherwise, behind a probe where only a refit can tell. None with
+    min_confidence 0 (no test to feed)."""
+    if gate.min_confidence == 0 or gate.seed_twins == 0:
+        return 0, False
+    dependent = seed_dependent(params, schema)
+    if gate.seed_twins == "auto" and dependent is False:
+        return 0, False
+    return (TWINS_AUTO if gate.seed_twins == "auto" else int(gate.seed_twins)), dependent is not True
+
+
+def seed_twins_path(workspace: Workspace, model_name: str, data_tag: str, phash: str, holdout_digest: str) -> Path:
+    """The seed twins' holdout predictions of the retrain keyed by (model, data version, train params, holdout)."""
+    model = hashlib.sha256(model_name.encode("utf-8")).hexdigest()[:12]
+    key = hashlib.sha256(f"{data_tag}|{phash}|{holdout_digest}".encode()).hexdigest()[:16]
+    return workspace.state_dir / "gate" / f"twins-{model}-{key}.parquet"
+
+
+def read_seed_twins(path: Path, holdout: pd.DataFrame, schema: Schema) -> list[tuple[int, np.ndarray]]:
+    """The kept (random_state, holdout probabilities) blocks, the challenger's first; [] when the file is missing,
+    damaged or for other rows or classes (then they are fitted again)."""
+    if not path.exists():
+        return []
+    try:
+        frame = read_parquet(path)
+    except (OSError, ValueError):
+        return []
+    columns = schema.proba_columns
+    if list(frame.columns) != [TWIN_SEED, ITEM_ID, *columns]:
+        return []
+    ids = holdout[ITEM_ID].astype(str).tolist()
+    blocks = []
+    for seed, block in frame.groupby(TWIN_SEED, sort=False):
+        if block[ITEM_ID].astype(str).tolist() != ids:
+            return []
+        blocks.append((int(seed), block[columns].to_numpy(dtype=np.float64)))
+    return blocks
+
+
+def _twins_complete(blocks: list[tuple[int, np.ndarray]], random_state: int, count: int, probe: bool) -> bool:
+    seeds = [seed for seed, _ in blocks]
+    if seeds == [random_state, *twin_seeds(random_state, count)]:
+        return True
+    # A probe twin alike to the challenger: the seed changes nothing, no other twin was fitted.
+    return probe and len(blocks) == 2 and seeds[0] == random_state and np.array_equal(blocks[0][1], blocks[1][1])
+
+
+def ensure_seed_twins(workspace: Workspace, params: TrainParams, gate: GateParams, schema: Schema, data_tag: str,
+                      labeled: pd.DataFrame, holdout: pd.DataFrame, challenger_proba) -> int:
+    """Fit the challenger's seed twins on `labeled` and keep their holdout predictions (atomically, keyed by
+    `seed_twins_path`), unless already kept: a rerun fits nothing. `challenger_proba`: the challenger's holdout
+    probabilities, or a callable giving them (only called when twins must be fitted). Returns the twins kept."""
+    count, probe = planned_twins(gate, params, schema)
+    if count == 0:
+        return 0
+    path = seed_twins_path(workspace, params.model_name, data_tag, params_hash(params), file_digest(workspace.holdout_path))
+    blocks = read_seed_twins(path, holdout, schema)
+    if blocks and _twins_complete(blocks, params.random_state, count, probe):
+        return len(blocks) - 1
+    challenger = np.asarray(challenger_proba() if callable(challenger_proba) else challenger_proba, dtype=np.float64)
+    blocks = [(params.random_state, challenger)]
+    features = holdout[schema.feature_columns]
+    for seed in twin_seeds(params.random_state, count):
+        twin = fit(labeled, schema, params.model_copy(update={"random_state": seed}))
+        blocks.append((seed, np.asarray(twin.predict_proba(features), dtype=np.float64)))
+        if probe and len(blocks) == 2 and np.array_equal(blocks[0][1], blocks[1][1]):
+            break  # the seed changes nothing on these rows: one twin shows it
+    frames = []
+    for seed, proba in blocks:
+        frame = pd.DataFrame(proba, columns=schema.proba_columns)
+        frame.insert(0, ITEM_ID, holdout[ITEM_ID].astype(str).to_numpy())
+        frame.insert(0, TWIN_SEED, seed)
+        frames.append(frame)
+    write_parquet(path, pd.concat(frames, ignore_index=True))
+    for other in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.parquet"):  # earlier retrains' twins
+        if other != path:
+            other.unlink(missing_ok=True)
+    return len(blocks) - 1
+
+
 # -- the train stage: a challenger tracked and registered in MLflow -----------------------------
 
 @dataclass(frozen=True)
@@ -298,8 +387,10 @@ def _metric_key(name: str) -> str:
 
 
 @tracking.server_faults("training a challenger")
-def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
-    """Train on the labelled set at the registry's HEAD version; register it as `challenger`."""
+def train_challenger(workspace: Workspace, params: TrainParams, gate: GateParams | None = None) -> TrainResult:
+    """Train on the labelled set at the registry's HEAD version; register it as `challenger`; with a
+    seed-dependent estimator also its seed twins (`gate.seed_twins`, `ensure_seed_twins`)."""
+    gate = gate or GateParams()
     import mlflow
 
     registry = workspace.registry_dir
@@ -317,6 +408,11 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
             tags = run.data.tags
             mlflow_client.update_model_version(params.model_name, existing.version, version_description(
                 data_tag, int(tags.get("n_labels", 0)), tags.get("estimator", params.estimator), dict(run.data.metrics)))
+        if planned_twins(gate, params, schema)[0]:  # twins a crash or a pruned state/ lost are fitted again
+            holdout = pd.read_parquet(workspace.holdout_path)
+            ensure_seed_twins(workspace, params, gate, schema, data_tag, pd.read_parquet(workspace.labeled_path), holdout,
+                              lambda: tracking.load_model(workspace, params.model_name, str(existing.version))
+                              .predict_proba(holdout[schema.feature_columns]))
         mlflow_client.set_registered_model_alias(params.model_name, tracking.CHALLENGER, existing.version)
         return TrainResult(existing.run_id, str(existing.version), data_tag, dict(run.data.metrics), created=False)
 
@@ -328,6 +424,8 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
     evaluation = evaluate(model, holdout, schema)
     metrics, recall = evaluation.metrics, evaluation.class_recall
     estimator = type(model.estimator_).__name__
+    # Before registering: a version never exists without the twins its gate needs.
+    twins = ensure_seed_twins(workspace, params, gate, schema, data_tag, labeled, holdout, evaluation.probas)
     serialization, _, trusted = tracking.pipeline_storage(model.pipeline_)
 
     from labelloop.adapters import tracking_datasets
@@ -340,6 +438,7 @@ def train_challenger(workspace: Workspace, params: TrainParams) -> TrainResult:
         mlflow.log_metrics({f"recall.{_metric_key(c)}": r for c, r in recall.items()})
         mlflow.log_metric("n_labels", len(labeled))
         mlflow.log_metric("fit_seconds", fit_seconds)
+        mlflow.log_metric("seed_twins", twins)
         tags = {
             "data_tag": data_tag,
             "data_commit": versioning.head_sha(registry),

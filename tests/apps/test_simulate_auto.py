@@ -60,3 +60,32 @@ def test_arm_report_on_hand_made_curves():
     assert report["mean_reward"]["margin"] == pytest.approx((0.9 + 0.7 + 0.6) / 3)
     assert report["mean_reward"]["random"] == pytest.approx(0.4)
     assert arm_report(curves.drop(columns=["arm"]))["shares"] == {}
+
+
+def test_the_simulated_bandit_plays_select_bandits_start_settings():
+    from labelloop.apps.simulate import _BanditRun
+
+    labels, pool = np.array(["a", "b"] * 10), np.arange(20)
+
+    def play(**settings):
+        """One paid batch: both models right on every audit row, the second surer (accuracy gain 0, probability
+        gain 0.3). Returns the arms' probabilities at the first choice and what the batch was paid."""
+        config = SimulationConfig(data="x", seed=3, audit_size=10, bandit=BanditParams(arms=["random", "margin"], **settings))
+        run = _BanditRun(config, pool, labels, 0, ["a", "b"])
+        truth = (labels[run.audit] == "b").astype(int)
+
+        def proba(sure):
+            out = np.full((len(run.audit), 2), 1.0 - sure)
+            out[np.arange(len(run.audit)), truth] = sure
+            return out
+
+        in_labelled = np.zeros(len(labels), dtype=bool)
+        run.measure(proba(0.6), in_labelled)
+        _, chosen = run.choose(0)
+        return chosen, run.measure(proba(0.9), in_labelled)
+
+    chosen, paid = play()  # the defaults: random at its floor, a warm-up, paid on accuracy
+    assert chosen["p_random"] < 0.02 and paid["bandit_reward"] == 0.5 and paid["bandit_paid_gain"] == 0.0
+    chosen, paid = play(random_start=0.0, warmup=0, gain_measure="probability")
+    assert chosen["p_random"] == pytest.approx(0.5)
+    assert paid["bandit_gain"] == 0.0 and paid["bandit_paid_gain"] == pytest.approx(0.3) and paid["bandit_reward"] == 1.0

@@ -9,13 +9,17 @@ from labelloop.domain.gate import (
     BOOTSTRAP,
     BOOTSTRAP_RESAMPLES,
     MCNEMAR,
+    SEED_T,
     GateDecision,
     ModelMetrics,
     PairedRows,
+    SeedTwins,
     decide,
     mcnemar,
     paired_bootstrap,
     paired_evidence,
+    seed_evidence,
+    t_quantile,
 )
 from labelloop.domain.metrics import holdout_metrics
 
@@ -316,3 +320,172 @@ def test_the_audit_difference_is_importance_weighted():
     weighted = PairedRows("audit", audit.y, audit.challenger_proba, audit.champion_proba, weights)
     decision = decide(_metrics_of("2", audit, "challenger"), _metrics_of("1", audit, "champion"), GateParams(), [], weighted)
     assert decision.evidence[-1].difference == pytest.approx(-45 / weights.sum())
+
+
+# -- the audit guards per class and per segment ----------------------------------------------------
+
+def _runs(runs, weights=None) -> PairedRows:
+    """Audit rows from runs of (segment, true class, challenger right, champion right, rows)."""
+    segment, y, ch_right, cp_right = (np.concatenate([np.repeat(np.asarray([run[i]], dtype=object if i == 0 else None),
+                                                                run[4]) for run in runs]) for i in range(4))
+    y = y.astype(int)
+    wrong = (y + 1) % K
+    return PairedRows("audit", y, _proba(np.where(ch_right.astype(bool), y, wrong)),
+                      _proba(np.where(cp_right.astype(bool), y, wrong)), weights, ("a", "b", "c", "d"),
+                      {"plan": segment})
+
+
+# Class 'a' = segment 'pro' (30 rows): the challenger loses half of them; it wins back as many in 'free', so
+# the overall audit difference is 0 and only a per-group guard can see the collapse.
+_COLLAPSE = [("pro", 0, False, True, 15), ("pro", 0, True, True, 15), ("free", 1, True, False, 15),
+             ("free", 2, True, True, 60), ("free", 3, False, False, 15)]
+_AUDIT_N = sum(run[4] for run in _COLLAPSE)
+
+
+@pytest.mark.parametrize(("rules", "promote", "says"), [
+    ({"max_class_recall_drop": 0.3}, False,
+     ("audit class guard: class 'a' on 30 rows: recall drop +0.5000, one-sided 90% lower bound +{bound:.4f} > "
+      "max_class_recall_drop 0.3 on the audit rows neither model trained on (paired bootstrap (2,000 resamples, seed 0), "
+      "importance-weighted) → reject")),
+    ({"max_class_recall_drop": 0.3, "audit_min_rows_per_group": 31}, True,
+     "fewer rows, reported, not used: class 'a' (30 rows, drop +0.5000)"),
+    ({"max_class_recall_drop": 0.45}, True, "none of 2 classes"),  # above the allowance, but not significantly
+    ({"max_class_recall_drop": 0.6}, True, "(closest: class 'a' on 30 rows: recall drop +0.5000"),
+    ({"max_segment_accuracy_drop": 0.3}, False,
+     ("audit segment guard on plan: segment plan='pro' on 30 rows: accuracy drop +0.5000, one-sided 90% lower bound "
+      "+{bound:.4f} > max_segment_accuracy_drop 0.3")),
+    ({"max_segment_accuracy_drop": 0.3, "audit_min_rows_per_group": 31}, True,
+     "fewer rows, reported, not used: segment plan='pro' (30 rows, drop +0.5000)"),
+    ({"max_segment_accuracy_drop": 0.6}, True, "none of 2 segments with at least audit_min_rows_per_group 20 audit rows"),
+    ({}, True, None),  # both allowances 1: the guards are off
+    ({"max_segment_accuracy_drop": 0.3, "audit_guard": False}, True, None),
+    ({"max_segment_accuracy_drop": 0.3, "min_confidence": 0}, True, None),
+], ids=["class-collapse", "class-too-few-rows", "class-drop-not-significant", "class-within", "segment-collapse",
+        "segment-too-few-rows", "segment-within", "off", "audit-guard-off", "no-test"])
+def test_the_audit_class_and_segment_guards_decision_table(rules, promote, says):
+    holdout = _pair(**_BETTER_ON_HOLDOUT)
+    audit = _runs(_COLLAPSE, weights=np.ones(_AUDIT_N))
+    decision = decide(_metrics_of("2", holdout, "challenger"), _metrics_of("1", holdout, "champion"),
+                      GateParams(**rules), [holdout], audit)
+    assert decision.promote is promote
+    # The overall audit difference is 0: only a group guard can reject.
+    assert all(r.endswith("→ pass") for r in decision.reasons if r.startswith("audit guard:"))
+    guards = [r for r in decision.reasons if r.startswith(("audit class guard", "audit segment guard"))]
+    if says is None:
+        assert guards == [] and {e.rows for e in decision.evidence} <= {"holdout", "audit"}
+        return
+    group = decision.evidence[-1]  # the rejecting group, else the one closest to rejecting
+    assert group.rows in ("audit class 'a'", "audit segment plan='pro'") or "not used" in says
+    assert any(says.format(bound=-group.upper) in r for r in guards)
+    if not promote:
+        assert (group.n, group.test, group.passed) == (30, BOOTSTRAP, False)
+        assert group.difference == pytest.approx(-0.5) and -group.upper > 0.3
+        assert [r for r in guards if r.endswith("→ reject")]  # the group's reason and the guard's
+
+
+def test_the_audit_group_guards_never_promote():
+    noisy = _pair(1287, challenger_only=41, champion_only=37, both_right=1100)  # fails the holdout test
+    audit = _runs(_COLLAPSE, weights=np.ones(_AUDIT_N))
+    rules = GateParams(max_class_recall_drop=0.6, max_segment_accuracy_drop=0.6)
+    decision = decide(_metrics_of("2", noisy, "challenger"), _metrics_of("1", noisy, "champion"), rules, [noisy], audit)
+    assert not decision.promote
+    assert [r.endswith("→ pass") for r in decision.reasons if r.startswith(("audit class", "audit segment"))] == [True] * 2
+
+
+def test_the_audit_group_guards_are_importance_weighted():
+    # Segment 'pro': the challenger alone wrong on 6 of 40 rows (unweighted drop 0.15, within 0.2); the rows it
+    # loses carry 10 times the weight of the others (traffic sampled 10 times less there): a weighted drop of 60/94.
+    runs = [("pro", 0, False, True, 6), ("pro", 0, True, True, 34), ("free", 1, True, False, 6),
+            ("free", 2, True, True, 34)]
+    lost = np.r_[np.ones(6), np.zeros(34), np.ones(6), np.zeros(34)].astype(bool)
+    rules = GateParams(max_segment_accuracy_drop=0.2)
+    holdout = _pair(**_BETTER_ON_HOLDOUT)
+    outcome = {}
+    for name, weights in (("uniform", np.ones(80)), ("weighted", np.where(lost, 10.0, 1.0))):
+        decision = decide(_metrics_of("2", holdout, "challenger"), _metrics_of("1", holdout, "champion"), rules,
+                          [holdout], _runs(runs, weights))
+        pro = next(e for e in decision.evidence if e.rows == "audit segment plan='pro'")
+        outcome[name] = (decision.promote, pro.difference)
+    assert outcome["uniform"] == (True, pytest.approx(-6 / 40))
+    assert outcome["weighted"] == (False, pytest.approx(-60 / 94))
+
+
+def test_paired_rows_refuse_segments_and_class_names_of_the_wrong_size():
+    y = np.zeros(3, dtype=int)
+    with pytest.raises(ValueError, match="segments\\['plan'\\] must hold one segment per row"):
+        PairedRows("audit", y, _proba(y), _proba(y), segments={"plan": np.array(["a", "b"])})
+    with pytest.raises(ValueError, match="2 class names for 4 probability columns"):
+        PairedRows("audit", y, _proba(y), _proba(y), classes=("a", "b"))
+    with pytest.raises(ValidationError, match="max_segment_accuracy_drop"):
+        GateParams(max_segment_accuracy_drop=1.5)
+    with pytest.raises(ValidationError, match="audit_min_rows_per_group"):
+        GateParams(audit_min_rows_per_group=0)
+
+
+# -- the seed term: seed twins of the challenger (issue 16) ------------------------------------------
+
+def _worse(proba: np.ndarray, y: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    """`proba` with `rows` of its right rows made wrong: a twin whose holdout accuracy is rows/n lower."""
+    right = np.flatnonzero(proba.argmax(axis=1) == y)
+    flipped = np.random.default_rng(seed).choice(right, rows, replace=False)
+    predicted = proba.argmax(axis=1)
+    predicted[flipped] = (y[flipped] + 1) % K
+    return _proba(predicted)
+
+
+def _twins(rows: PairedRows, *drops: int) -> SeedTwins:
+    """The challenger (random_state 7) and one twin per drop, each that many right rows fewer."""
+    probas = [rows.challenger_proba, *(_worse(rows.challenger_proba, rows.y, d, i) for i, d in enumerate(drops))]
+    return SeedTwins(tuple(range(7, 7 + len(probas))), tuple(probas))
+
+
+def test_the_seed_term_widens_the_interval_and_rejects_a_gain_inside_the_seed_spread():
+    rows = _pair(1287, challenger_only=80, champion_only=20, both_right=1000)  # +0.047, clear for McNemar
+    twins = _twins(rows, 60, 30)  # the seed alone moves accuracy by up to 60 rows (0.047)
+    rules = GateParams()
+    paired, seeded = paired_evidence(rows, rules), seed_evidence(rows, twins, rules)
+    assert paired.passed and seeded.difference == pytest.approx(paired.difference)
+    assert seeded.upper - seeded.lower > paired.upper - paired.lower and seeded.lower < 0 < paired.lower
+    decision = decide(_metrics_of("2", rows, "challenger"), _metrics_of("1", rows, "champion"), rules, [rows], twins=twins)
+    assert not decision.promote and _decide(rows).promote  # the paired test alone promoted it
+    [reason] = [r for r in decision.reasons if r.startswith(SEED_T)]
+    assert "on 1,287 holdout rows" in reason and "the challenger (random_state 7) and 2 seed twins (random_state 8, 9)" in reason
+    assert f"seed sd {seeded.seed_sd:.4f}" in reason and "t on 2 df" in reason and reason.endswith("→ reject")
+    assert [e.test for e in decision.evidence] == [MCNEMAR, SEED_T]
+
+
+def test_with_no_seed_spread_the_decision_is_the_paired_tests():
+    for pair in (_pair(1287, 80, 20, 1000), _pair(1287, 41, 37, 1100)):  # one promoted, one rejected
+        twins = SeedTwins((0, 1, 2), (pair.challenger_proba,) * 3)
+        with_twins = decide(_metrics_of("2", pair, "challenger"), _metrics_of("1", pair, "champion"), GateParams(), [pair],
+                            twins=twins)
+        without = _decide(pair)
+        assert with_twins.promote == without.promote and with_twins.evidence[0] == without.evidence[0]
+        assert with_twins.evidence[1].passed and "no seed spread" in with_twins.reasons[1]
+
+
+def test_the_seed_t_is_judged_on_k_minus_1_degrees_of_freedom():
+    from scipy.stats import t
+
+    rows = _pair(1287, challenger_only=80, champion_only=20, both_right=1000)
+    for drops in ((20,), (20, 10), (20, 10, 35)):
+        twins = _twins(rows, *drops)
+        k = len(drops) + 1
+        accuracies = np.array([np.mean(p.argmax(axis=1) == rows.y) for p in twins.probas])
+        difference = accuracies[0] - np.mean(rows.champion_proba.argmax(axis=1) == rows.y)
+        se = np.sqrt(2) * np.std(accuracies, ddof=1)
+        evidence = seed_evidence(rows, twins, GateParams(min_confidence=0.9))
+        assert evidence.p_value == pytest.approx(t.sf(difference / se, k - 1))
+        assert evidence.lower == pytest.approx(difference - t.ppf(0.9, k - 1) * se)
+        assert evidence.passed == (evidence.p_value <= 0.1)
+    assert t_quantile(0.9, 1) == pytest.approx(3.0777, abs=1e-4)  # k = 2: one twin, very conservative
+
+
+def test_seed_twins_need_a_twin_and_probabilities_of_the_rows():
+    rows = _pair(100, 10, 5, 50)
+    with pytest.raises(ValueError, match="at least one twin"):
+        SeedTwins((0,), (rows.challenger_proba,))
+    with pytest.raises(ValueError, match="one shape"):
+        SeedTwins((0, 1), (rows.challenger_proba, rows.challenger_proba[:50]))
+    with pytest.raises(ValueError, match="holdout rows"):
+        seed_evidence(rows, SeedTwins((0, 1), (rows.challenger_proba[:50],) * 2), GateParams())

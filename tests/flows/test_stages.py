@@ -63,3 +63,26 @@ def test_stage_subflows_start_no_heartbeat_thread_and_stay_runs_of_their_own(pre
         assert inside.parent_task_run_id is not None and inside.state.is_completed()
         assert str(client.read_task_run(inside.parent_task_run_id).flow_run_id) == parent_id
     assert outside_id != inside_id
+
+
+def test_the_gate_flow_groups_the_audit_rows_by_the_monitored_segments(prefect_api, workspace):
+    # The per-segment audit guard reads its segment columns where the segment monitor does (`monitor.segments`).
+    import numpy as np
+    import pandas as pd
+
+    from labelloop.config import GateParams
+    from labelloop.core.io import write_parquet
+    from labelloop.flows.stages import gate_flow
+    from tests.stages.test_gate import FAST, _champion_challenger_and_audit_set
+
+    _, audit = _champion_challenger_and_audit_set(workspace)
+    for path, frame in ((workspace.audit_path, audit), (workspace.labeled_path, pd.read_parquet(workspace.labeled_path))):
+        write_parquet(path, frame.assign(region=np.resize(np.array(["eu", "us"], dtype=object), len(frame))))
+    # As a cycle passes its params; the model the stage helper trained.
+    resolved = workspace.params().with_overrides(monitor={"segments": ["region"]}, train={"model_name": FAST.model_name})
+    decision = gate_flow(str(workspace.root), GateParams(max_segment_accuracy_drop=0.5, audit_min_rows_per_group=5),
+                         resolved=resolved)
+    [summary] = [r for r in decision.reasons if r.startswith("audit segment guard on region: ")]
+    assert "of 2 segments with at least audit_min_rows_per_group 5 audit rows" in summary
+    off = gate_flow(str(workspace.root), GateParams(audit_min_rows_per_group=5), resolved=resolved)  # allowance 1: off
+    assert not [r for r in off.reasons if r.startswith("audit segment guard")]

@@ -59,9 +59,16 @@ def test_crash_between_choosing_and_recording_reruns_with_the_same_arm(workspace
     assert not stage.state_path(workspace).exists()  # choosing writes nothing: only rewards change the state
 
 
+def _fresh(params=None):
+    """The state a workspace with no state file starts from, under `params` (default: select.bandit's defaults)."""
+    params = params or BanditParams()
+    return bandit.initial_state(params.arms, params.gamma, params.eta, random_start=params.random_start,
+                                warmup=params.warmup)
+
+
 def test_the_arm_follows_the_selection_key():
-    state = bandit.initial_state(["random", "margin", "hybrid"])
-    for i in range(bandit.WARMUP + 1):  # the floor applies once the warm-up batches' gains are recorded
+    state = _fresh()
+    for i in range(state.warmup + 1):  # the floor applies once the warm-up batches' gains are recorded
         state = bandit.update(state, f"seen-{i}", "margin", 0.5, 0.5, gain=0.01)
     arms = {bandit.choose(state, np.random.default_rng(bandit.choice_seed(f"k{i}", 1)))[0] for i in range(30)}
     assert len(arms) == 3  # different batches explore every arm
@@ -112,7 +119,7 @@ def test_reward_is_paid_once_to_the_arm_that_drew_the_batch(workspace, predictio
     _auto_batch(workspace)
     _audit_set(workspace)
     params = BanditParams()
-    earlier = bandit.initial_state(params.arms, params.gamma, params.eta, random_start=0.0)
+    earlier = _fresh(params.model_copy(update={"random_start": 0.0}))
     for i, gain in enumerate([0.1, 0.05, 0.02]):  # three batches measured before: past the warm-up
         earlier = bandit.update(earlier, f"old-{i}", "hybrid", 0.5, 0.5, gain=gain)
     write_json(stage.state_path(workspace), earlier.to_dict())
@@ -162,16 +169,16 @@ def test_no_audit_items_records_the_batch_without_a_reward(workspace, prediction
     paid = stage.record_rewards(workspace, "m", "2", BanditParams())
     assert paid[0].reward is None and paid[0].n_audit == 0
     state = json.loads(stage.state_path(workspace).read_text())
-    assert state["log_weights"] == list(bandit.initial_state(BanditParams().arms).log_weights)
+    assert state["log_weights"] == list(_fresh().log_weights)
     assert predictions[0] == []  # no model was loaded
 
 
-def test_with_no_warm_up_the_first_batch_is_paid_against_no_gain(workspace, predictions, monkeypatch):
-    monkeypatch.setattr(bandit, "WARMUP", 0)
+def test_with_no_warm_up_the_first_batch_is_paid_against_no_gain(workspace, predictions):
     _auto_batch(workspace)
     _audit_set(workspace)
-    paid = stage.record_rewards(workspace, "m", "2", BanditParams())
+    paid = stage.record_rewards(workspace, "m", "2", BanditParams(warmup=0))
     assert paid[0].gain == pytest.approx(0.25) and paid[0].reward == 1.0 and paid[0].detail["baseline"] == 0.0
+    assert json.loads(stage.state_path(workspace).read_text())["warmup"] == 0
 
 
 def test_with_a_warm_up_the_first_batch_is_paid_neutrally_the_weights_stay(workspace, predictions):
@@ -180,7 +187,47 @@ def test_with_a_warm_up_the_first_batch_is_paid_neutrally_the_weights_stay(works
     paid = stage.record_rewards(workspace, "m", "2", BanditParams())
     assert paid[0].gain == pytest.approx(0.25) and paid[0].reward == 0.5  # no earlier gain to compare it with
     state = json.loads(stage.state_path(workspace).read_text())
-    assert state["log_weights"] == list(bandit.initial_state(BanditParams().arms).log_weights)
+    assert state["log_weights"] == list(_fresh().log_weights)
+
+
+def test_random_start_sets_a_new_state_only(workspace, predictions):
+    assert stage.load_state(workspace, BanditParams()).log_weights == (-4.0, 0.0, 0.0)
+    uniform = stage.load_state(workspace, BanditParams(random_start=0.0))
+    np.testing.assert_allclose(bandit.probabilities(uniform), [1 / 3] * 3)
+    _auto_batch(workspace)
+    stage.record_rewards(workspace, "m", "2", BanditParams())  # no audit items: recorded, weights unchanged
+    assert stage.load_state(workspace, BanditParams(random_start=0.0)).log_weights == (-4.0, 0.0, 0.0)
+
+
+def test_a_state_file_written_before_the_start_settings_were_keys_keeps_loading(workspace, predictions):
+    # What state/bandit.json held before (no "warmup"): two measured batches, the third is due.
+    old = {"arms": ["random", "margin", "hybrid"], "log_weights": [-4.0, 0.0, 0.0], "gamma": 0.3, "eta": 0.5,
+           "records": [{"batch_id": f"old-{i}", "arm": "margin", "probability": 0.5, "reward": 0.5, "gain": gain,
+                        "n_audit": 20, "detail": {}} for i, gain in enumerate([0.1, 0.05])]}
+    write_json(stage.state_path(workspace), old)
+    assert stage.load_state(workspace, BanditParams()).warmup == 2
+    _auto_batch(workspace)
+    _audit_set(workspace)
+    paid = stage.record_rewards(workspace, "m", "2", BanditParams())
+    assert paid[0].reward == 0.5  # the third measured batch: still in the configured two-batch warm-up
+    state = json.loads(stage.state_path(workspace).read_text())
+    assert state["warmup"] == 2 and [r["batch_id"] for r in state["records"]] == ["old-0", "old-1", "batch-0001-abcdef"]
+
+
+@pytest.mark.parametrize(("measure", "gain", "reward"), [("accuracy", 0.0, 0.5), ("probability", 0.3, 1.0)])
+def test_the_gain_measure_decides_what_a_batch_is_paid_on(workspace, monkeypatch, measure, gain, reward):
+    def predict(workspace, model_name, version, audit, cache):
+        # Both versions right on every audit item (class 0); v2 more sure: no accuracy gain, 0.3 in probability.
+        proba = np.zeros((len(audit), len(workspace.schema().class_names)))
+        proba[:, 0], proba[:, 1] = (0.6, 0.4) if version == "1" else (0.9, 0.1)
+        return proba
+
+    monkeypatch.setattr(stage, "_predict", predict)
+    monkeypatch.setattr(stage, "log_rewards", lambda *a: None)
+    _auto_batch(workspace)
+    _audit_set(workspace)
+    paid = stage.record_rewards(workspace, "m", "2", BanditParams(warmup=0, gain_measure=measure))
+    assert paid[0].gain == pytest.approx(gain) and paid[0].reward == pytest.approx(reward)  # no warm-up: baseline 0
 
 
 def test_a_batch_not_yet_in_a_data_version_waits(workspace, predictions):

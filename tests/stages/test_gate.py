@@ -401,24 +401,32 @@ def test_the_stop_set_is_drawn_past_unreadable_parts_and_integer_ids(workspace):
     assert "9000000" in set(chosen[PREDICTION_ID])
 
 
-def test_the_gate_also_compares_both_models_on_the_audit_items_neither_trained_on(workspace):
+def _champion_challenger_and_audit_set(workspace, fresh_rows: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Champion v1, challenger v2 trained on 300 more labels, and an audit set of `fresh_rows` items neither model
+    saw (holdout rows under new ids) and 5 the challenger trained on, weighted 5 to 20; (fresh rows, audit set)."""
     import numpy as np
-
-    from labelloop.columns import LABEL
-    from labelloop.domain.gate import BOOTSTRAP
 
     first = train.train_challenger(workspace, FAST)
     gate.promote(workspace, FAST.model_name, first.version)
     _fake_imported_batch(workspace, "batch-0001-aaaaaa", n=300)
     dataset.update_dataset(workspace)
     train.train_challenger(workspace, FAST)
-    # 40 audit items neither model saw (holdout rows under new ids) and 5 the challenger trained on.
-    fresh = pd.read_parquet(workspace.holdout_path).head(40).assign(**{ITEM_ID: [f"audit-{i}" for i in range(40)]})
+    fresh = pd.read_parquet(workspace.holdout_path).head(fresh_rows)
+    fresh = fresh.assign(**{ITEM_ID: [f"audit-{i}" for i in range(len(fresh))]})
     trained_on = pd.read_parquet(workspace.labeled_path).tail(5)
     audit = pd.concat([fresh, trained_on], ignore_index=True)
     audit["audit_weight"] = np.linspace(5.0, 20.0, len(audit))
     write_parquet(workspace.audit_path, audit)
+    return fresh, audit
 
+
+def test_the_gate_also_compares_both_models_on_the_audit_items_neither_trained_on(workspace):
+    import numpy as np
+
+    from labelloop.columns import LABEL
+    from labelloop.domain.gate import BOOTSTRAP
+
+    fresh, audit = _champion_challenger_and_audit_set(workspace)
     decision = gate.evaluate_gate(workspace, FAST.model_name, GateParams())
     assert [e.rows for e in decision.evidence] == ["holdout", "audit"]
     guard = decision.evidence[-1]
@@ -434,3 +442,63 @@ def test_the_gate_also_compares_both_models_on_the_audit_items_neither_trained_o
     assert decision.promote == (decision.evidence[0].passed and guard.passed)
     without = gate.evaluate_gate(workspace, FAST.model_name, GateParams(audit_guard=False))
     assert [e.rows for e in without.evidence] == ["holdout"]
+
+
+def test_the_audit_segments_reach_the_gate_from_the_audit_items(workspace):
+    # The per-segment guard groups the audit items neither model trained on by a segment column, named as the
+    # segment monitor names segments (a missing value is '(missing)'); each segment's difference is its own.
+    import numpy as np
+
+    from labelloop.columns import LABEL
+    from labelloop.domain.segments import MISSING
+
+    fresh, audit = _champion_challenger_and_audit_set(workspace, fresh_rows=120)
+    audit["region"] = np.resize(np.array(["eu", "eu", "us"], dtype=object), len(audit))  # as tests/stages/test_monitor.py
+    audit.loc[:4, "region"] = None
+    write_parquet(workspace.audit_path, audit)
+    fresh = audit.head(len(fresh))
+    rows = gate.audit_paired_rows(workspace, FAST.model_name, "2", "1", ["region"])
+    expected = np.where(fresh["region"].isna(), MISSING, fresh["region"].astype(str))
+    assert list(rows.segments) == ["region"] and rows.segments["region"].tolist() == expected.tolist()
+    assert rows.classes == tuple(workspace.schema().class_names)
+
+    rules = GateParams(max_segment_accuracy_drop=0.0, audit_min_rows_per_group=6)
+    decision = gate.evaluate_gate(workspace, FAST.model_name, rules, ["region"])
+    guard = [r for r in decision.reasons if r.startswith("audit segment guard on region: ")]
+    assert guard and guard[-1].endswith(("→ pass", "→ reject"))
+    assert f"reported, not used: segment region={MISSING!r} (5 rows, drop" in guard[-1]
+    features = workspace.schema().feature_columns
+    right = {v: tracking.load_model(workspace, FAST.model_name, v).predict(fresh[features]).astype(str) == fresh[LABEL]
+             for v in ("2", "1")}
+    weights = fresh["audit_weight"].to_numpy()
+    groups = decision.evidence[2:]  # after the holdout's and the overall audit's: the segments that decided
+    assert groups and all(e.rows.startswith("audit segment region=") for e in groups)
+    for evidence in groups:
+        members = expected == evidence.rows.removeprefix("audit segment region=").strip("'")
+        assert evidence.n == members.sum() >= 6
+        accuracy = {v: np.sum(weights[members] * right[v][members]) / weights[members].sum() for v in right}
+        assert evidence.difference == pytest.approx(accuracy["2"] - accuracy["1"])
+    # Without segment columns the guard has no groups: the gate is as before.
+    without = gate.evaluate_gate(workspace, FAST.model_name, rules)
+    assert not [r for r in without.reasons if r.startswith("audit segment guard")]
+
+
+def test_the_gate_adds_the_seed_term_from_the_challengers_kept_twins(workspace):
+    from labelloop.domain.gate import SEED_T
+    from labelloop.model import twin_seeds
+
+    seeded = TrainParams(estimator="random_forest", estimator_params={"n_estimators": 20})
+    first = train.train_challenger(workspace, seeded, GateParams())
+    gate.promote(workspace, seeded.model_name, first.version)
+    _fake_imported_batch(workspace, "batch-0001-aaaaaa", n=60)
+    dataset.update_dataset(workspace)
+    train.train_challenger(workspace, seeded, GateParams())
+    decision = gate.evaluate_gate(workspace, seeded.model_name, GateParams(min_delta=-1.0))
+    [seed_test] = [e for e in decision.evidence if e.test == SEED_T]
+    assert seed_test.seeds == [seeded.random_state, *twin_seeds(seeded.random_state, 2)]
+    assert seed_test.n == len(pd.read_parquet(workspace.holdout_path)) and seed_test.seed_sd is not None
+    [reason] = [r for r in decision.reasons if r.startswith(SEED_T)]
+    assert "2 seed twins" in reason and "holdout rows" in reason and "seed sd" in reason
+    # gate.seed_twins 0: the paired test alone, as before.
+    off = gate.evaluate_gate(workspace, seeded.model_name, GateParams(min_delta=-1.0, seed_twins=0))
+    assert not [e for e in off.evidence if e.test == SEED_T]

@@ -204,3 +204,83 @@ def test_the_dvc_train_stage_stores_one_model_file_and_refuses_a_skops_file_nami
     (registry / "model" / "serialization.json").write_text(json.dumps({"format": "skops", "file": "model.skops"}))
     with pytest.raises(tracking.IncompatibleModel, match=r"skops, naming json.dumps"):
         train.load_pipeline_model(registry)
+
+
+# -- seed twins (gate.seed_twins, issue 16) ------------------------------------------------------------
+
+SEEDED = TrainParams(estimator="random_forest", estimator_params={"n_estimators": 20})
+
+
+def _count_fits(monkeypatch) -> list[int]:
+    """The random_state of every fit the train stage makes from here on."""
+    fits: list[int] = []
+    real = train.fit
+
+    def counted(labeled, schema, params):
+        fits.append(params.random_state)
+        return real(labeled, schema, params)
+
+    monkeypatch.setattr(train, "fit", counted)
+    return fits
+
+
+def _twins_file(workspace, params: TrainParams, data_tag: str) -> Path:
+    return train.seed_twins_path(workspace, params.model_name, data_tag, train.params_hash(params),
+                                 train.file_digest(workspace.holdout_path))
+
+
+def test_planned_twins_none_for_a_deterministic_estimator_two_for_a_seeded_one():
+    from labelloop.config import GateParams
+
+    schema = Schema.numeric(["f1"], ["a", "b"])
+    assert train.planned_twins(GateParams(), FAST, schema) == (0, False)  # xgboost defaults: no extra fit
+    assert train.planned_twins(GateParams(), SEEDED, schema) == (train.TWINS_AUTO, False)
+    assert train.planned_twins(GateParams(seed_twins=4), SEEDED, schema) == (4, False)
+    assert train.planned_twins(GateParams(seed_twins=0), SEEDED, schema) == (0, False)
+    assert train.planned_twins(GateParams(min_confidence=0), SEEDED, schema) == (0, False)  # no test to feed
+    assert train.planned_twins(GateParams(seed_twins=2), FAST, schema) == (2, True)  # asked for: a probe first
+    assert train.planned_twins(GateParams(), TrainParams(estimator="hist_gradient_boosting"), schema) == (2, True)
+
+
+def test_seed_twins_are_fitted_once_kept_and_reused_on_a_rerun(workspace, monkeypatch):
+    from labelloop.config import GateParams
+    from labelloop.model import twin_seeds
+
+    fits = _count_fits(monkeypatch)
+    first = train.train_challenger(workspace, SEEDED, GateParams())
+    twins = twin_seeds(SEEDED.random_state, train.TWINS_AUTO)
+    assert fits == [SEEDED.random_state, *twins]
+    path = _twins_file(workspace, SEEDED, first.data_tag)
+    kept = pd.read_parquet(path)
+    assert kept[train.TWIN_SEED].drop_duplicates().tolist() == fits
+    holdout = pd.read_parquet(workspace.holdout_path)
+    assert len(kept) == 3 * len(holdout)
+    assert tracking.client(workspace).get_run(first.run_id).data.metrics["seed_twins"] == train.TWINS_AUTO
+    written = path.stat().st_mtime_ns
+    fits.clear()
+    again = train.train_challenger(workspace, SEEDED, GateParams())
+    assert (again.version, again.created, fits) == (first.version, False, []) and path.stat().st_mtime_ns == written
+    path.unlink()  # lost (state/ wiped, or a crash before they were written): a rerun fits the twins alone
+    train.train_challenger(workspace, SEEDED, GateParams())
+    assert fits == twins
+    pd.testing.assert_frame_equal(pd.read_parquet(path), kept)  # the same seeds give the same twins
+
+
+def test_a_deterministic_challenger_fits_no_twin_and_a_probe_stops_at_one(workspace, monkeypatch):
+    from labelloop.config import GateParams
+    from labelloop.model import twin_seeds
+
+    fits = _count_fits(monkeypatch)
+    result = train.train_challenger(workspace, FAST, GateParams())
+    assert fits == [FAST.random_state] and not list((workspace.state_dir / "gate").glob("twins-*"))
+    # Twins asked for on an estimator known to ignore the seed: one probe twin predicts alike, no more are fitted.
+    fits.clear()
+    train.train_challenger(workspace, FAST, GateParams(seed_twins=3))
+    assert fits == twin_seeds(FAST.random_state, 1)
+    kept = pd.read_parquet(_twins_file(workspace, FAST, result.data_tag))
+    blocks = [block.drop(columns=[train.TWIN_SEED]).reset_index(drop=True) for _, block in kept.groupby(train.TWIN_SEED)]
+    assert len(blocks) == 2
+    pd.testing.assert_frame_equal(*blocks)
+    fits.clear()
+    train.train_challenger(workspace, FAST, GateParams(seed_twins=3))
+    assert fits == []  # the probe's verdict is kept too

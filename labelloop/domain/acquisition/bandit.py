@@ -14,25 +14,26 @@ reward_scale (accuracy as a fraction) above b pays 1, b itself ½, reward_scale 
 Subtracting ½ (and b) keeps EXP3's estimate unbiased up to a shift common to every arm (the probabilities
 depend only on differences of log-weights) and stops an arm from gaining weight merely by being played.
 
-Two choices keep it from paying for its own start (module settings, measured in docs/benchmarks.md,
-"select.strategy: auto"; 0 restores the plain EXP3 above):
-- `RANDOM_START` = −4: `random` starts at its floor instead of 1 / K. It is the fallback that bounds how far auto
+Two settings keep it from paying for its own start (`select.bandit.random_start` and `warmup`, arguments of
+`initial_state` and `reconcile`; their defaults are BanditParams' in labelloop/config.py, measured in
+docs/benchmarks.md, "select.strategy: auto"; 0 restores the plain EXP3 above):
+- `random_start` = −4: `random` starts at its floor instead of 1 / K. It is the fallback that bounds how far auto
   can fall behind random, not a candidate to spread the first batches over (whole early batches drawn at random
   were what cost auto most against the best single strategy, and the audit sample already draws uniform items
   every cycle); EXP3 gives it its share back when it is paid more than the others.
-- `WARMUP` = 2: the first two measured batches (the seed model's first batches, whose gains are large under any
+- `warmup` = 2: the first two measured batches (the seed model's first batches, whose gains are large under any
   arm: 0.07–0.17, then up to 0.05, against ±0.01 later) are no baseline — a baseline that high paid the next
   batches 0 whatever they brought — so the first three are paid ½, and the floor applies only once those three
   are recorded (an exploratory batch paid ½ whatever it brought would cost labels and teach nothing).
-A third, `GAIN_MEASURE = "probability"` (paid on the gain in the true class's probability instead of accuracy),
-changed no verdict and is off.
+A third, `select.bandit.gain_measure: probability` (paid on the gain in the true class's probability instead of
+accuracy; `batch_gain`'s `measure`), changed no verdict and is off (`accuracy`).
 
 Bookkeeping is idempotent: the state keeps one record per batch id, and `update` with a batch id already
 recorded returns the state unchanged, so a rerun after a crash never pays a reward twice. `choose` is a pure
 function of the state and the generator: seed the generator from the batch's selection key and a rerun of
 select (same pool, same params, same champion, no reward recorded in between) picks the same arm.
 
-Pure: numpy in, numpy and plain dicts out; no I/O, no configuration objects.
+Pure: numpy in, numpy and plain dicts out; no I/O, no configuration objects (the settings come as arguments).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
+
+from labelloop.config import GainMeasure
 
 BASELINE_ARM = "random"  # always an arm: the baseline auto must not fall far behind
 DEFAULT_ARMS = ("random", "margin", "hybrid")
@@ -50,15 +53,6 @@ DEFAULT_GAMMA = 0.3
 DEFAULT_ETA = 0.5
 DEFAULT_REWARD_SCALE = 0.02
 BASELINE_WINDOW = 3
-# See the module docstring and docs/benchmarks.md. The random arm's starting log-weight, the others' being 0 (-4: it
-# starts at its floor γ / K, plus under 1%; 0: equal weights);
-RANDOM_START = -4.0
-# the first WARMUP measured batches are no baseline, so the first WARMUP + 1 are paid ½, and the floor applies once
-# those are recorded (0: the first batch is paid against a baseline of 0, the floor applies from the start);
-WARMUP = 2
-# what a batch is paid on: "accuracy", the IW accuracy gain (moves in steps of one row: 0.002 on 450 rows), or
-# "probability", the IW mean gain in the probability the model gives the audit rows' true class (`batch_gain`).
-GAIN_MEASURE = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -88,13 +82,16 @@ class BanditRecord:
 
 @dataclass(frozen=True)
 class BanditState:
-    """Log-weights per arm and one record per batch (in the order they were recorded)."""
+    """Log-weights per arm and one record per batch (in the order they were recorded), with the rates and the warm-up
+    they are played under (`warmup`: the first `warmup` measured batches are no baseline, so the first warmup + 1
+    are paid ½ and the floor γ / K applies once those are recorded; 0: no warm-up)."""
 
     arms: tuple[str, ...]
     log_weights: tuple[float, ...]
     gamma: float = DEFAULT_GAMMA
     eta: float = DEFAULT_ETA
     records: tuple[BanditRecord, ...] = ()
+    warmup: int = 0
 
     def record(self, batch_id: str) -> BanditRecord | None:
         for record in self.records:
@@ -104,21 +101,23 @@ class BanditState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"arms": list(self.arms), "log_weights": [float(w) for w in self.log_weights], "gamma": self.gamma,
-                "eta": self.eta, "records": [r.to_dict() for r in self.records]}
+                "eta": self.eta, "warmup": self.warmup, "records": [r.to_dict() for r in self.records]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BanditState:
+        # A state written before the warm-up was recorded in it has none: `reconcile` sets the configured one.
         return cls(tuple(map(str, data["arms"])), tuple(float(w) for w in data["log_weights"]), float(data["gamma"]),
-                   float(data["eta"]), tuple(BanditRecord.from_dict(r) for r in data.get("records", ())))
+                   float(data["eta"]), tuple(BanditRecord.from_dict(r) for r in data.get("records", ())),
+                   int(data.get("warmup", 0)))
 
 
-def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float = DEFAULT_ETA,
-                  random_start: float | None = None) -> BanditState:
+def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float = DEFAULT_ETA, *,
+                  random_start: float, warmup: int) -> BanditState:
     """The weights before any reward: 0 for every arm but `random` (which `arms` must include), which starts at
-    `random_start` ≤ 0 (None: `RANDOM_START`; 0 = equal weights). Below 0, random starts at its floor: the fallback
-    that bounds how far auto can fall behind random rather than a candidate to spread the first batches over (the
-    audit sample already draws uniform items every cycle); EXP3's update gives it its share back when it is paid
-    more than the others."""
+    `random_start` ≤ 0 (0 = equal weights); played with a warm-up of `warmup` ≥ 0 measured batches (`BanditState`).
+    Below 0, random starts at its floor: the fallback that bounds how far auto can fall behind random rather than a
+    candidate to spread the first batches over (the audit sample already draws uniform items every cycle); EXP3's
+    update gives it its share back when it is paid more than the others."""
     arms = tuple(arms)
     if BASELINE_ARM not in arms or len(set(arms)) != len(arms):
         raise ValueError(f"arms must be distinct and include {BASELINE_ARM!r}; got {list(arms)}")
@@ -126,20 +125,23 @@ def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float 
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     if eta <= 0:
         raise ValueError(f"eta must be positive, got {eta}")
-    start = RANDOM_START if random_start is None else float(random_start)
-    if start > 0:
-        raise ValueError(f"random_start must be at most 0, got {start}")
-    return BanditState(arms, tuple(start if a == BASELINE_ARM else 0.0 for a in arms), float(gamma), float(eta))
+    start = float(random_start)
+    if not start <= 0:
+        raise ValueError(f"random_start must be at most 0, got {random_start}")
+    if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 0:
+        raise ValueError(f"warmup must be a whole number of batches ≥ 0, got {warmup!r}")
+    return BanditState(arms, tuple(start if a == BASELINE_ARM else 0.0 for a in arms), float(gamma), float(eta),
+                       warmup=int(warmup))
 
 
-def reconcile(state: BanditState, arms: Sequence[str], gamma: float, eta: float) -> BanditState:
-    """`state` under the configured arms and rates: an arm added to the configuration starts at the mean
-    log-weight of the others, a removed arm is dropped (its records are kept); gamma and eta follow the
-    configuration."""
+def reconcile(state: BanditState, arms: Sequence[str], gamma: float, eta: float, warmup: int) -> BanditState:
+    """`state` under the configured arms, rates and warm-up: an arm added to the configuration starts at the mean
+    log-weight of the others, a removed arm is dropped (its records are kept); gamma, eta and warmup follow the
+    configuration (the random arm's starting weight applies only to a state with no weights yet)."""
     arms = tuple(arms)
     known = dict(zip(state.arms, state.log_weights, strict=True))
     start = float(np.mean(list(known.values()))) if known else 0.0
-    fresh = initial_state(arms, gamma, eta)
+    fresh = initial_state(arms, gamma, eta, random_start=0.0, warmup=warmup)
     return replace(fresh, log_weights=tuple(known.get(a, start) for a in arms), records=state.records)
 
 
@@ -150,12 +152,12 @@ def measured(state: BanditState) -> int:
 
 def probabilities(state: BanditState) -> np.ndarray:
     """EXP3's sampling distribution: the weights' softmax mixed with the uniform floor γ / K — with a warm-up
-    (`WARMUP` ≥ 1), only once WARMUP + 1 batches' gains are recorded; before, the softmax alone (the batches
+    (`state.warmup` ≥ 1), only once warmup + 1 batches' gains are recorded; before, the softmax alone (the batches
     drawn then are paid ½ whatever they bring, see `batch_reward`: exploring would teach nothing)."""
     w = np.asarray(state.log_weights, dtype=np.float64)
     w = np.exp(w - w.max())
     k = len(state.arms)
-    gamma = state.gamma if WARMUP == 0 or measured(state) > WARMUP else 0.0
+    gamma = state.gamma if state.warmup == 0 or measured(state) > state.warmup else 0.0
     return (1.0 - gamma) * w / w.sum() + gamma / k
 
 
@@ -237,13 +239,16 @@ def true_class_probability(y_true: np.ndarray, proba: np.ndarray, classes: Seque
 
 
 def batch_gain(y_true: np.ndarray, proba_before: np.ndarray, proba_after: np.ndarray, classes: Sequence[str],
-               weights: np.ndarray | None = None) -> float:
-    """The gain a batch is paid on (`GAIN_MEASURE`), of the model trained after it over the model that selected it,
-    on the same audit rows; NaN on no rows. The probability gain is the accuracy gain's smooth counterpart (the
-    expected accuracy of a classifier drawing its label from `proba`): its step is not one row, so the small gains of
-    later batches are not lost in rounding to whole rows."""
+               weights: np.ndarray | None = None, *, measure: GainMeasure) -> float:
+    """The gain a batch is paid on, of the model trained after it over the model that selected it, on the same audit
+    rows; NaN on no rows. `measure` "accuracy": the IW accuracy gain (moves in steps of one row: 0.002 on 450 rows);
+    "probability": the IW mean gain in the probability the model gives the audit rows' true class, the accuracy
+    gain's smooth counterpart (the expected accuracy of a classifier drawing its label from `proba`): its step is
+    not one row, so the small gains of later batches are not lost in rounding to whole rows."""
+    if measure not in get_args(GainMeasure):
+        raise ValueError(f"unknown gain measure {measure!r}; allowed: {', '.join(get_args(GainMeasure))}")
     classes = [str(c) for c in classes]
-    if GAIN_MEASURE == "accuracy":
+    if measure == "accuracy":
         names = np.asarray(classes, dtype=object)
         return accuracy_gain(np.asarray(y_true).astype(str), names[np.argmax(proba_before, axis=1)].astype(str),
                              names[np.argmax(proba_after, axis=1)].astype(str), weights)
@@ -263,21 +268,21 @@ def scaled_reward(gain: float | None, reward_scale: float = DEFAULT_REWARD_SCALE
 
 
 def gain_baseline(state: BanditState, window: int = BASELINE_WINDOW) -> float | None:
-    """Mean gain of the last `window` measured batches whatever their arm, leaving out the first `WARMUP` (None when
+    """Mean gain of the last `window` measured batches whatever their arm, leaving out the first `state.warmup` (None when
     there is no other; 0 with no warm-up and no gain yet). Common to every arm at the time of a choice, so EXP3's
     estimates stay unbiased up to that shared shift. A warm-up leaves out the seed model's first batches: their gains
     (0.03–0.17 in the benchmarks under any arm, ten times the later ones) make a baseline that pays the next batches
     0 whatever they bring."""
-    gains = [r.gain for r in state.records if r.gain is not None and np.isfinite(r.gain)][WARMUP:][-window:]
+    gains = [r.gain for r in state.records if r.gain is not None and np.isfinite(r.gain)][state.warmup:][-window:]
     if not gains:
-        return 0.0 if WARMUP == 0 else None  # no warm-up: the first batch is paid against no gain at all
+        return 0.0 if state.warmup == 0 else None  # no warm-up: the first batch is paid against no gain at all
     return float(np.mean(gains))
 
 
 def batch_reward(state: BanditState, gain: float | None, reward_scale: float = DEFAULT_REWARD_SCALE,
                  window: int = BASELINE_WINDOW) -> float | None:
     """The reward of the next batch to be recorded in `state`, given its gain (`batch_gain`): `scaled_reward` around
-    `gain_baseline`; ½ (the weights do not move) while there is no baseline (with a warm-up: the first WARMUP + 1
+    `gain_baseline`; ½ (the weights do not move) while there is no baseline (with a warm-up: the first warmup + 1
     measured batches); None for a NaN gain (no audit items)."""
     reward = scaled_reward(gain, reward_scale)
     if reward is None:
