@@ -13,9 +13,9 @@ Side by side in one run on one workspace, round by round interleaved (the order 
     up, as after the first command) against this file run as the plain script (`--plain-process`:
     imports numpy, pandas and xgboost, does `plain_work`, exits).
 
-With --before, each round also runs the cycle as it was before issue 15's change: every stage subflow
-with its own heartbeat thread (`stages_as_subflows` replaced by a no-op; in (b) through `--labelloop`,
-which is `labelloop` with that replacement).
+With --before, each round also runs the cycle as it was before the stages became tasks of the cycle's run:
+every stage a subflow (a flow run of its own, without a heartbeat thread; in (b) through `--labelloop`, which
+is `labelloop` with that replacement).
 
     .venv/bin/python benchmarks/cycle_overhead.py --rounds 3 --before
 
@@ -168,18 +168,38 @@ def category(frame) -> str:
     return OTHER
 
 
-@contextlib.contextmanager
-def subflow_heartbeats(on: bool):
-    """With `on`, the cycle as before issue 15: every stage subflow starts (and joins) its own heartbeat thread."""
-    import labelloop.flows.cycle as cycle_module
+STAGE_NAMES = ("production", "capture", "select", "export", "import", "dataset", "train", "gate")
 
-    kept = cycle_module.stages_as_subflows
+
+def stage_subflows(stages_module) -> dict:
+    """The cycle's stages as they were before they became tasks: each stage flow called as a subflow of the
+    cycle's run, without a heartbeat thread of its own (the previous `stages_as_subflows`)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    def as_subflow(stage_flow):
+        def call(*args, **kwargs):
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                return stage_flow(*args, **kwargs)
+        return call
+
+    return {f"{name}_stage": as_subflow(getattr(stages_module, f"{name}_flow")) for name in STAGE_NAMES}
+
+
+@contextlib.contextmanager
+def subflows(on: bool):
+    """With `on`, the cycle as before: every stage a flow run of its own under the cycle's run."""
+    import labelloop.flows.cycle as cycle_module
+    import labelloop.flows.stages as stages
+
+    kept = {name: getattr(cycle_module, name) for name in stage_subflows(stages)}
     if on:
-        cycle_module.stages_as_subflows = contextlib.nullcontext
+        for name, call in stage_subflows(stages).items():
+            setattr(cycle_module, name, call)
     try:
         yield
     finally:
-        cycle_module.stages_as_subflows = kept
+        for name, call in kept.items():
+            setattr(cycle_module, name, call)
 
 
 # ---------------------------------------------------------------- the two comparisons
@@ -208,7 +228,7 @@ def in_process(workspace: Path, state: Path, plain_args: tuple, rounds: int, war
                 plain_work(workspace, state, *plain_args)
                 line = "plain work"
             else:
-                with subflow_heartbeats(name == "cycle (before)"), StackSampler() as sampler:
+                with subflows(name == "cycle (before)"), StackSampler() as sampler:
                     line = active_learning_cycle(str(workspace)).line()
                 where[name].update(sampler.seconds)
             seconds[name].append(time.perf_counter() - started)
@@ -269,16 +289,17 @@ def where_table(where: dict[str, dict[str, float]]) -> None:
 
 
 def labelloop_before(argv: list[str]) -> None:
-    """`labelloop ARGV` with every stage subflow heartbeating, as before issue 15."""
+    """`labelloop ARGV` with every stage of the cycle a subflow, as before the stages became tasks."""
     from labelloop.flows import cli
 
     use_server = cli._use_prefect_server
 
     def use_server_then_replace(ws) -> None:  # Prefect must not load before the server's URL is set
         use_server(ws)
-        import labelloop.flows.stages as stages  # replaced before the cycle module imports the name
+        import labelloop.flows.stages as stages  # replaced before the cycle module imports the names
 
-        stages.stages_as_subflows = contextlib.nullcontext
+        for name, call in stage_subflows(stages).items():
+            setattr(stages, name, call)
 
     cli._use_prefect_server = use_server_then_replace
     sys.argv = ["labelloop", *argv]
@@ -300,7 +321,8 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=None, help="a workspace to run cycles on (changed)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="in-process cycles before the timed ones")
-    parser.add_argument("--before", action="store_true", help="also time the cycle with every subflow heartbeating")
+    parser.add_argument("--before", action="store_true",
+                        help="also time the cycle with every stage a subflow (before the stages became tasks)")
     parser.add_argument("--skip-process", action="store_true", help="only (a), the in-process comparison")
     args = parser.parse_args()
 

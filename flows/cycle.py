@@ -1,4 +1,4 @@
-"""The parent flow: one turn of the active-learning loop, chaining the stage flows."""
+"""The parent flow: one turn of the active-learning loop, chaining the stages as tasks of its run."""
 
 from __future__ import annotations
 
@@ -21,16 +21,15 @@ from labelloop.domain.cycle import CycleRecord
 from labelloop.domain.gate import GateDecision
 from labelloop.flows.stages import (
     DEFAULT_WORKSPACE,
-    capture_flow,
-    dataset_flow,
-    export_flow,
-    gate_flow,
-    import_flow,
-    production_flow,
+    capture_stage,
+    dataset_stage,
+    export_stage,
+    gate_stage,
+    import_stage,
+    production_stage,
     resolve,
-    select_flow,
-    stages_as_subflows,
-    train_flow,
+    select_stage,
+    train_stage,
 )
 from labelloop.tasks import autolabel as autolabel_tasks
 from labelloop.tasks import cycle as cycle_tasks
@@ -59,14 +58,14 @@ def active_learning_cycle(
     ws, p = resolve(workspace, production=production, capture=capture, select=select, export=export,
                     import_=import_, train=train, gate=gate)
     root = str(ws.root)
-    # The stages run as subflows of this run (each visible in the UI with its own name, logs and artifacts),
-    # without a heartbeat thread each: this run's heartbeat speaks for the process they share.
-    with workspace_lock(ws), stages_as_subflows():
+    # The stages run as tasks of this run, each named after its stage with its logs and artifacts (a flow
+    # run per stage cost ~0.4 s each); each stays a flow and a deployment of its own to rerun alone.
+    with workspace_lock(ws):
         start = cycle_tasks.start_cycle(root, p.train.model_name)
         if start.champion_version is None:
             logger.info("no champion yet: training the first model on the seed set")
-            seeded = train_flow(root, p.train, resolved=p)
-            seed_decision = gate_flow(root, p.gate, resolved=p, expected_challenger=seeded.version)
+            seeded = train_stage(root, p.train, resolved=p)
+            seed_decision = gate_stage(root, p.gate, resolved=p, expected_challenger=seeded.version)
             cycle_tasks.record_seed(root, p, seeded.data_tag, seeded.version, seed_decision.label)
         else:
             if start.resumed_gate:
@@ -76,25 +75,25 @@ def active_learning_cycle(
             if completed is not None:
                 logger.warning(f"first completed {completed.data_tag} (made by a rollback or an interrupted run, not yet "
                                f"trained, gated or recorded): {completed.line()}")
-        production_flow(root, p.production, resolved=p)
-        captured = capture_flow(root, p.capture, resolved=p)
+        production_stage(root, p.production, resolved=p)
+        captured = capture_stage(root, p.capture, resolved=p)
         halt = gate_tasks.stop_halt(root, p.gate)
         batch_id = None
         if halt is None:
-            batch_id = select_flow(root, p.select, resolved=p)
+            batch_id = select_stage(root, p.select, resolved=p)
             if p.autolabel.enabled:  # confident pool rows labelled by the champion; check items exported below
                 logger.info(autolabel_tasks.run_autolabel(root, p)["reason"])
-            export_flow(root, p.export, resolved=p)
+            export_stage(root, p.export, resolved=p)
         else:  # labels already bought are still imported, versioned and trained on below
             logger.warning(f"stop rules fired ({'; '.join(halt.reasons)}) and gate.stop.halt is true: "
                            "nothing selected or exported this cycle; change gate.stop to resume")
-        imports = import_flow(root, p.import_, resolved=p)
-        version = dataset_flow(root, resolved=p)
+        imports = import_stage(root, p.import_, resolved=p)
+        version = dataset_stage(root, resolved=p)
         decision: GateDecision | None = None
         trained_version = None
         if version.created or train_tasks.needs_retrain(root, p.train, version.tag):
-            trained_version = train_flow(root, p.train, resolved=p).version
-            decision = gate_flow(root, p.gate, resolved=p, expected_challenger=trained_version)
+            trained_version = train_stage(root, p.train, resolved=p).version
+            decision = gate_stage(root, p.gate, resolved=p, expected_challenger=trained_version)
         record = cycle_tasks.close_cycle(root, p, version.tag, version.n_rows, version.n_new,
                                          decision.label if decision is not None else "no-new-data", batch_id,
                                          captured.lost_text() or None, trained_version)
@@ -116,6 +115,6 @@ def complete_interrupted_version(root: str, p: Params) -> CycleRecord | None:
     trained_version = None
     decision = pending.decision
     if pending.needs_training or decision is None:
-        trained_version = train_flow(root, p.train, resolved=p).version
-        decision = gate_flow(root, p.gate, resolved=p, expected_challenger=trained_version).label
+        trained_version = train_stage(root, p.train, resolved=p).version
+        decision = gate_stage(root, p.gate, resolved=p, expected_challenger=trained_version).label
     return cycle_tasks.record_pending(root, p, pending, decision, trained_version)

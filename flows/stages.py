@@ -4,6 +4,11 @@ Every flow takes the workspace path and, optionally, its `params.yaml` section a
 left empty it is read from the workspace, given (from the UI or the CLI) it overrides the file for
 this run only and is validated together with the rest of the file.
 
+Inside a cycle each stage runs as a task of the cycle's flow run (`stage_task`): the same function, named
+after the stage, with its own logs and artifacts under the cycle's run and its inner tasks nested under it.
+A flow run per stage cost about 0.4 s of Prefect bookkeeping each, nine times a cycle (docs/benchmarks.md,
+"Where a cycle's time goes"); a stage stays rerunnable on its own through its flow and deployment.
+
 Run by the cycle, a stage gets `resolved`: the cycle's params (file + the run's overrides), resolved
 once, so every stage of one run uses exactly the same settings — select rescoring with the model that
 train names, the gate judging that model, the import with that run's vendor settings. Every stage
@@ -15,8 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
-from prefect import flow, get_run_logger
+from prefect import Flow, Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
@@ -51,6 +57,8 @@ from labelloop.tasks.train import train_challenger
 from labelloop.workspace import Workspace
 
 DEFAULT_WORKSPACE = "./workspace"
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def resolve(workspace: str, resolved: Params | None = None, **overrides) -> tuple[Workspace, Params]:
@@ -89,27 +97,20 @@ def stage_run(stage: str, sections: tuple[str, ...], workspace: str, resolved: P
         yield ws, p
 
 
-@contextmanager
-def stages_as_subflows() -> Iterator[None]:
-    """Run the stage flows called inside as subflows without their own heartbeat thread.
+def stage_task(stage_flow: Flow[P, R]) -> Task[P, R]:
+    """The stage `stage_flow` as a task of the calling flow's run (the cycle, the retrain flow): the same
+    function and name, no flow run of its own. No retries here (the stage's I/O tasks retry with backoff
+    inside) and no cache: a stage always runs, and is idempotent on its own durable state."""
+    from prefect.cache_policies import NO_CACHE
 
-    A flow run's heartbeat is a thread that tells the server the run's process is alive; Prefect joins it
-    when the run ends, which waits out the thread's current one-second sleep: ~0.5 s per stage, a third
-    of a cycle's time in one process (docs/benchmarks.md, "Where a cycle's time goes"). A stage run by a
-    parent in the same process dies with it, and the parent's own heartbeat (started before this is
-    entered, and so unaffected) is what tells the server that process is gone. The stage runs themselves
-    are unchanged: each is a flow run under the parent with its name, parameters, logs and artifacts,
-    and each stage stays a deployment of its own (run alone, it keeps its heartbeat)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+    return task(name=stage_flow.name, cache_policy=NO_CACHE)(stage_flow.fn)
 
 
 def _flow_run_ids() -> dict[str, str | None]:
-    from prefect.runtime import flow_run
+    """The stage's flow run (the cycle's, when it runs as a task of one), the root run, and its task run if any."""
+    from prefect.runtime import flow_run, task_run
 
-    return {"flow_run_id": flow_run.id, "root_flow_run_id": flow_run.root_flow_run_id}
+    return {"flow_run_id": flow_run.id, "root_flow_run_id": flow_run.root_flow_run_id, "task_run_id": task_run.id}
 
 
 @flow(name="production")
@@ -209,6 +210,17 @@ def gate_flow(workspace: str = DEFAULT_WORKSPACE, params: GateParams | None = No
         create_markdown_artifact(key="gate", markdown=gate_markdown(decision, ws.tracking_uri, links),
                                  description=f"gate: {decision.label}")
         return decision
+
+
+# Each stage as a task of the calling flow's run (see the module docstring): the flow's own function, once.
+production_stage = stage_task(production_flow)
+capture_stage = stage_task(capture_flow)
+select_stage = stage_task(select_flow)
+export_stage = stage_task(export_flow)
+import_stage = stage_task(import_flow)
+dataset_stage = stage_task(dataset_flow)
+train_stage = stage_task(train_flow)
+gate_stage = stage_task(gate_flow)
 
 
 def describe_version(version: DatasetVersion) -> str:

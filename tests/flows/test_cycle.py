@@ -214,25 +214,44 @@ def test_the_parent_cycle_run_carries_a_summary_artifact(two_cycles):
         assert "| label_budget |" in text and "challenger run" in text
 
 
-def test_each_stage_of_a_cycle_stays_a_flow_run_of_its_own_under_the_cycle_run(two_cycles):
-    """The stages run without a heartbeat thread each (flows.stages.stages_as_subflows), and are still what the
-    Prefect UI shows: one completed flow run per stage, named after it, a child of its cycle's run."""
+def test_each_stage_of_a_cycle_is_a_task_run_of_the_cycle_run_named_after_it(two_cycles):
+    """The stages run as tasks of the cycle's flow run (flows.stages.stage_task: no flow run and no heartbeat
+    thread each), and are still what the Prefect UI shows: one completed task run per stage, named after it,
+    under its cycle's run; the stage reports (batch, import, gate) sit on that run and on their stage's task run."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
 
     from labelloop.apps.reports import load_stage_params
 
     ws, records, _ = two_cycles
-    recorded: dict[str, dict[str, str]] = {}  # cycle run id → {stage run id: stage}
+    recorded: dict[str, dict[str, str]] = {}  # cycle run id → {stage task run id: stage}
     for line in load_stage_params(ws):
-        recorded.setdefault(line["root_flow_run_id"], {})[line["flow_run_id"]] = line["stage"]
+        if line["task_run_id"] is None:  # a stage flow run alone (a test after the module's cycles)
+            assert line["flow_run_id"] == line["root_flow_run_id"]
+            continue
+        assert line["flow_run_id"] == line["root_flow_run_id"]  # the cycle's own run: no run per stage
+        recorded.setdefault(line["flow_run_id"], {})[line["task_run_id"]] = line["stage"]
     every_stage = {"production", "capture", "select", "export", "import", "dataset", "train", "gate"}
     with get_client(sync_client=True) as client:
         for cycle_run_id, stages in recorded.items():  # the module's two cycles, and any a test ran after them
             assert client.read_flow(client.read_flow_run(cycle_run_id).flow_id).name == "active_learning_cycle"
-            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            assert not client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[cycle_run_id])))
-            assert {str(run.id) for run in children} == set(stages)
-            for run in children:
-                assert client.read_flow(run.flow_id).name == stages[str(run.id)] and run.state.is_completed()
+            task_runs = {str(run.id): run for run in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[cycle_run_id])))}
+            for task_run_id, stage in stages.items():
+                run = task_runs[task_run_id]
+                assert run.name.rsplit("-", 1)[0] == stage and run.state.is_completed()
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[cycle_run_id])))
+            made_by = {"capture": "capture", "batch": "select", "import": "import", "gate": "gate"}
+            on_stage = [(a.key, stages.get(str(a.task_run_id))) for a in artifacts if a.key in made_by]
+            assert {key for key, _ in on_stage} >= {"capture", "import"}  # a halted cycle selects no batch
+            assert all(made_by[key] == stage for key, stage in on_stage), on_stage
     assert sum(set(stages.values()) >= every_stage for stages in recorded.values()) >= len(records)

@@ -25,44 +25,68 @@ def test_the_default_model_name_means_the_workspaces_model():
     assert set_fields("select", {"batch_size": 3}) == {"batch_size": 3} and set_fields("select", None) is None
 
 
-def test_stage_subflows_start_no_heartbeat_thread_and_stay_runs_of_their_own(prefect_api, monkeypatch):
-    """stages_as_subflows: the parent run keeps its heartbeat; a stage flow called inside starts none (Prefect
-    joins that thread at each run's end) and is still a flow run of its own, with its name, under the parent."""
-    from prefect import flow, flow_engine
+def test_a_stage_task_runs_the_stage_flow_as_a_task_of_the_callers_run(prefect_api, monkeypatch):
+    """stage_task: the stage flow's own function runs as a task of the calling flow's run, named after the stage,
+    with its inner tasks nested under it and its artifacts on the caller's run; no flow run and no heartbeat
+    thread of its own (Prefect joins that thread at each flow run's end: ~0.5 s per stage)."""
+    from prefect import flow, flow_engine, task
+    from prefect.artifacts import create_markdown_artifact
     from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.runtime import flow_run, task_run
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from labelloop.flows.stages import stages_as_subflows
+    from labelloop.flows.stages import stage_task
 
-    started: list[tuple[str, int | None]] = []  # (flow name, heartbeat interval) as each run's heartbeat starts
+    started: list[str] = []  # the flow runs whose heartbeat started
     original = flow_engine._send_heartbeats
 
     def spy(engine, *args, **kwargs):
-        started.append((engine.flow.name, engine.heartbeat_seconds))
+        started.append(engine.flow.name)
         return original(engine, *args, **kwargs)
 
     monkeypatch.setattr(flow_engine, "_send_heartbeats", spy)
 
+    @task(name="probe-inner")
+    def inner(value: int) -> int:
+        return value + 1
+
     @flow(name="probe-stage")
-    def stage() -> str:
-        return flow_run.id
+    def stage(value: int = 1) -> tuple[int, str, str]:
+        create_markdown_artifact(key="probe-stage", markdown="stage report")
+        return inner(value), flow_run.id, task_run.id
+
+    probe_stage = stage_task(stage)
 
     @flow(name="probe-cycle")
-    def parent() -> tuple[str, str, str]:
-        with stages_as_subflows():
-            inside = stage()
-        return flow_run.id, inside, stage()  # the last one outside: Prefect's default, a heartbeat
+    def parent() -> tuple[tuple[int, str, str], str]:
+        return probe_stage(41), flow_run.id
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):  # the session's tests run with none
-        parent_id, inside_id, outside_id = parent()
-    assert started == [("probe-cycle", 30), ("probe-stage", None), ("probe-stage", 30)]
+        (value, seen_flow_run, stage_run_id), parent_id = parent()
+    assert value == 42 and seen_flow_run == parent_id
+    assert started == ["probe-cycle"]
     with get_client(sync_client=True) as client:
-        inside = client.read_flow_run(inside_id)
-        assert client.read_flow(inside.flow_id).name == "probe-stage"
-        assert inside.parent_task_run_id is not None and inside.state.is_completed()
-        assert str(client.read_task_run(inside.parent_task_run_id).flow_run_id) == parent_id
-    assert outside_id != inside_id
+        stage_run = client.read_task_run(stage_run_id)
+        assert stage_run.name.startswith("probe-stage") and stage_run.state.is_completed()
+        assert str(stage_run.flow_run_id) == parent_id
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent_id])))
+        nested = [run for run in runs if run.name.startswith("probe-inner")]
+        assert len(runs) == 2 and [p.id for p in nested[0].task_inputs["__parents__"]] == [stage_run.id]
+        assert not client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+        mine = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["probe-stage"])))
+        assert [(str(a.flow_run_id), a.task_run_id) for a in mine] == [(parent_id, stage_run.id)]
+    # The stage is still a flow of its own: called alone it is a flow run with its heartbeat.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+        assert stage(1)[0] == 2
+    assert started == ["probe-cycle", "probe-stage"]
 
 
 def test_the_gate_flow_groups_the_audit_rows_by_the_monitored_segments(prefect_api, workspace):

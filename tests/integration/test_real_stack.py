@@ -154,15 +154,18 @@ def test_cycle_through_the_api_then_the_same_run_again_duplicates_nothing(stack_
     assert str(aliases["champion"]) == tracking.alias_version(ws, name, tracking.CHAMPION)  # SQL == MLflow server
     assert str(aliases["champion"]) in {"1", "2"}
 
-    # Run reports: batch, import and gate artifacts on the cycle's stage runs; the gate links to MLflow.
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    # Run reports: batch, import and gate artifacts on the cycle's run, each from its stage's task run (the stages
+    # are tasks of the cycle's run, not flow runs of their own); the gate links to MLflow.
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-    children = child_runs(run.id)
-    assert {c.state.type.value for c in children} == {"COMPLETED"}
+    assert child_runs(run.id) == []
     with _client() as client:
-        of_children = ArtifactFilterFlowRunId(any_=[c.id for c in children])
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=of_children))
-    by_key = {a.key: a for a in artifacts}
+        stage_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    assert {r.state.type.value for r in stage_runs} == {"COMPLETED"}
+    stage_of = {r.id: r.name.rsplit("-", 1)[0] for r in stage_runs}
+    by_key = {a.key: a for a in artifacts if a.task_run_id is not None}
+    assert {key: stage_of[by_key[key].task_run_id] for key in ("batch", "import")} == {"batch": "select", "import": "import"}
     assert {"batch", "import", "gate"} <= set(by_key)
     assert "30" in by_key["batch"].data and "strategy" in by_key["batch"].data
     assert "| imported |" in by_key["import"].data

@@ -235,7 +235,8 @@ def test_custom_cycle_run_from_labelloop_ui_with_one_changed_parameter(served_wo
         while (run := _api(url, f"/flow_runs/{run['id']}"))["state"]["type"] not in final:
             assert time.monotonic() < deadline, f"UI-started run not finished within 900 s: {run['state']}"
             time.sleep(2)
-        print(f"custom run from Submit to {run['state']['type']}: {time.monotonic() - submitted:.0f} s")
+        print(f"custom run from Submit to {run['state']['type']}: {time.monotonic() - submitted:.0f} s "
+              f"(created {run['created']}, started {run['start_time']}, ended {run['end_time']})")
         page.goto(f"{url}/runs/flow-run/{run['id']}", wait_until="networkidle", timeout=90_000)
         page.get_by_text("Completed").first.wait_for(state="visible", timeout=60_000)
     except Exception:
