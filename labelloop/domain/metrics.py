@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, log_loss, recall_score
 
 
 def expected_calibration_error(probas: np.ndarray, y_true_index: np.ndarray, bins: int = 15) -> float:
@@ -26,6 +25,9 @@ def expected_calibration_error(probas: np.ndarray, y_true_index: np.ndarray, bin
 
 def holdout_metrics(probas: np.ndarray, y_true: np.ndarray, class_names: list[str]) -> tuple[dict[str, float], dict[str, float]]:
     """(metrics, per-class recall) for probabilities over `class_names`."""
+    # scikit-learn on use: importing it (~2 s) must not tax every command that only imports the stages' modules
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, recall_score
+
     y_true = np.asarray(y_true).astype(str)
     index = {c: i for i, c in enumerate(class_names)}
     y_index = np.array([index[v] for v in y_true])

@@ -69,3 +69,13 @@ def test_the_check_sees_a_heavy_import():
     result = subprocess.run([sys.executable, "-c", code, ",".join(HEAVY), "--help"], capture_output=True, text=True,
                             timeout=300, check=False)
     assert '"xgboost"' in result.stdout.rsplit("IMPORTED ", 1)[1]
+
+
+def test_the_stage_flows_import_no_model_library_until_a_stage_needs_one():
+    # A stage command imports every stage's module (Prefect loads the flows); scikit-learn, XGBoost, MLflow,
+    # Great Expectations and matplotlib load only inside the stage that uses them (~2 s each per process).
+    child = ("import sys, labelloop.flows.stages, labelloop.flows.cycle; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1].split(','))))")
+    result = subprocess.run([sys.executable, "-c", child, ",".join(HEAVY)], capture_output=True, text=True, timeout=300,
+                            check=True)
+    assert result.stdout.split("\n")[-2] == "['prefect']", result.stdout + result.stderr
