@@ -28,16 +28,36 @@ from labelloop.apps.simulate import SimulationConfig, labels_to_target, run_simu
 from labelloop.config import AutolabelParams, TrainParams
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def loop_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """The simulated loop's flags (also benchmarks/autolabel_bound.py's)."""
     parser.add_argument("--data", required=True)
     parser.add_argument("--label-col", default="label")
     parser.add_argument("--strategy", default="hybrid")
     parser.add_argument("--seed-size", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="the simulation's seed (holdout split, seed set, picks)")
     parser.add_argument("--n-jobs", type=int, default=1)
+
+
+def loop_config(args: argparse.Namespace, out: Path, **extra) -> SimulationConfig:
+    """The simulation of `loop_arguments`' flags, writing to `out`; `extra`: further SimulationConfig fields."""
+    return SimulationConfig(
+        data=args.data, label_col=args.label_col, strategies=[args.strategy], seed_size=args.seed_size,
+        batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats, seed=args.seed, out=str(out),
+        train_params=TrainParams(n_jobs=args.n_jobs), log_mlflow=False, progress=False, **extra,
+    )
+
+
+def command_line() -> str:
+    """This process's command, quoted for a shell."""
+    return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    loop_arguments(parser, rounds=15)
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=JSON",
                         help="an auto-labelling arm: AutolabelParams as JSON (enabled is set; repeatable); "
                              "default: one arm `autolabel` with params.yaml's defaults")
@@ -50,12 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     summaries, curves = {}, {}
     for arm, params in arms.items():
-        config = SimulationConfig(
-            data=args.data, label_col=args.label_col, strategies=[args.strategy], seed_size=args.seed_size,
-            batch_size=args.batch_size, rounds=args.rounds, repeats=args.repeats, out=str(out / arm),
-            train_params=TrainParams(n_jobs=args.n_jobs), log_mlflow=False, progress=False, autolabel=params,
-        )
-        summaries[arm] = run_simulation(config, echo=None)
+        summaries[arm] = run_simulation(loop_config(args, out / arm, autolabel=params), echo=None)
         curves[arm] = pd.read_csv(out / arm / "curves.csv")
     target = summaries["human_only"]["target"]
     result: dict = {"data": args.data, "strategy": args.strategy, "target": target,
@@ -87,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         entry["rounds_below_target"] = int((active["auto_true_precision"] < params.min_precision).sum())
         entry["per_round"] = active[["repeat", "round", "n_labels", "auto_added", "auto_total", "auto_true_precision",
                                      "auto_bound", "auto_classes"]].to_dict(orient="records")
-    result["command"] = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    result["command"] = command_line()
     (out / "autolabel_summary.json").write_text(json.dumps(result, indent=2, default=float))
     print(f"{args.data}: full-pool {result['full_pool_value']:.4f}, target {target:.4f}")
     for arm, entry in result["arms"].items():

@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="select.bandit.random_start: the random arm's starting log-weight (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=defaults.warmup,
                         help="select.bandit.warmup: measured batches left out of the baseline (default: %(default)s)")
+    parser.add_argument("--random-decay", type=float, default=defaults.random_decay,
+                        help="select.bandit.random_decay: random's floor times this per batch of its paid after the "
+                        "warm-up (1 = off; default: %(default)s)")
     parser.add_argument("--gain-measure", choices=get_args(GainMeasure), default=defaults.gain_measure,
                         help="select.bandit.gain_measure: what a batch is paid on (default: %(default)s)")
     parser.add_argument("--reference", default=None,
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     bandit: dict[str, Any] = {"gamma": args.gamma, "eta": args.eta, "reward_scale": args.reward_scale,
-                              "random_start": args.random_start, "warmup": args.warmup, "gain_measure": args.gain_measure}
+                              "random_start": args.random_start, "warmup": args.warmup, "gain_measure": args.gain_measure,
+                              "random_decay": args.random_decay}
     if args.arms:
         bandit["arms"] = args.arms.split(",")
     try:  # checked like params.yaml's select.bandit, so a bad flag names the key and what is allowed

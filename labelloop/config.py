@@ -176,7 +176,7 @@ class BanditParams(Section):
         0.02, gt=0, description="An accuracy gain of this much (0.02 = 2 points) on the audit items pays reward 1, no "
         "gain 0.5, a loss of this much 0.",
     )
-    # The three below are measured in docs/benchmarks.md ("select.strategy: auto"); 0, 0, accuracy = plain EXP3.
+    # The four below are measured in docs/benchmarks.md ("select.strategy: auto"); 0, 0, 1, accuracy = plain EXP3.
     random_start: float = Field(
         -4.0, le=0, description="The random arm's starting log-weight, the others' being 0: -4 starts it at its floor "
         "gamma / (number of arms) (a fallback, not a candidate to spread the first batches over), 0 = equal weights. "
@@ -186,6 +186,12 @@ class BanditParams(Section):
         2, ge=0, description="Measured batches left out of the reward baseline (the seed model's first batches gain "
         "much more under any arm): the first warmup + 1 batches are paid 0.5 and the floor applies once they are "
         "recorded; 0 = the first batch is paid against a baseline of 0, the floor from the start.",
+    )
+    random_decay: float = Field(
+        0.5, gt=0, le=1, description="Once random has been measured, its floor is gamma / (number of arms) times "
+        "random_decay ** n, n = its batches paid after the warm-up (the floor guards against random before it is "
+        "measured; after, its share is what the EXP3 weights give it, rising when it is paid more than the others). "
+        "1 = no decay: random keeps the floor.",
     )
     gain_measure: GainMeasure = Field(
         "accuracy", description="What a batch is paid on: accuracy = the importance-weighted accuracy gain on the audit "
@@ -420,6 +426,10 @@ class AutolabelParams(Section):
         False, description="The fixed holdout also serves as check items, scored by the champion (never trained on it): "
         "a uniform human-labelled sample, so thresholds from the first cycle; the holdout then also steers the "
         "thresholds, not only the gate.")
+    choose_share: float = Field(
+        0.5, ge=0, lt=1, description="Share of the check items (a fixed split: an item keeps its side) that place the "
+        "per-class thresholds; the others only measure the precision bound at them, so the bound is not inflated by "
+        "thresholds fitted to the same items. 0 = the same items do both (optimistic with many classes).")
 
 
 class MonitorParams(Section):

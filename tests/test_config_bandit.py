@@ -54,10 +54,11 @@ def test_rates_are_checked(key, value):
 
 def test_start_settings_default_to_the_measured_choices_and_can_be_set():
     params = parse_params({}).select.bandit
-    assert (params.random_start, params.warmup, params.gain_measure) == (-4.0, 2, "accuracy")
+    assert (params.random_start, params.warmup, params.gain_measure, params.random_decay) == (-4.0, 2, "accuracy", 0.5)
     params = parse_params({"select": {"bandit": {"random_start": 0, "warmup": 0, "gain_measure": "probability"}}})
     assert (params.select.bandit.random_start, params.select.bandit.warmup) == (0.0, 0)
     assert params.select.bandit.gain_measure == "probability"
+    assert parse_params({"select": {"bandit": {"random_decay": 1}}}).select.bandit.random_decay == 1.0
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
@@ -65,6 +66,8 @@ def test_start_settings_default_to_the_measured_choices_and_can_be_set():
     ("warmup", -1, "greater than or equal to 0"),
     ("warmup", 1.5, "integer"),
     ("gain_measure", "auc", "'accuracy' or 'probability'"),
+    ("random_decay", 0.0, "greater than 0"),
+    ("random_decay", 1.5, "less than or equal to 1"),
 ])
 def test_bad_start_settings_name_the_key_and_what_is_allowed(key, value, message):
     with pytest.raises(ConfigError) as error:

@@ -86,6 +86,9 @@ class SimulationConfig:
     # uniformly from the round's unlabelled pool (capture keeps audit_sample_rows of it), estimated against the truth.
     audit_fraction: float = 0.0
     audit_sample_rows: int = 1000
+    # Write out/batches.csv: every round's selected rows as the selection scored them (confidence = top probability,
+    # predicted class, whether it is the true label), before check items or auto-labels (benchmarks/autolabel_bound.py).
+    record_batches: bool = False
 
     def overrides(self) -> SchemaOverrides:
         from labelloop.schema import SchemaOverrides
@@ -366,7 +369,8 @@ class _BanditRun:
 
         self.params = config.bandit if config.bandit is not None else BanditParams()
         self.state = bandit.initial_state(self.params.arms, self.params.gamma, self.params.eta,
-                                          random_start=self.params.random_start, warmup=self.params.warmup)
+                                          random_start=self.params.random_start, warmup=self.params.warmup,
+                                          random_decay=self.params.random_decay)
         rng = np.random.default_rng([config.seed, repeat, 17])
         self.audit = np.sort(rng.choice(pool, min(config.audit_size, len(pool)), replace=False))
         self.truth = labels[self.audit]
@@ -407,7 +411,7 @@ class _BanditRun:
 def _run_strategy(
     strategy: str, config: SimulationConfig, table: Table, test: np.ndarray, pool: np.ndarray,
     seed_rows: np.ndarray, stop_rows: np.ndarray, minority: str, repeat: int, bar,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, list[pd.DataFrame]]:
     from labelloop.domain.acquisition.pool import SelectionContext, select_indices
     from labelloop.domain.acquisition.space import ModelSpace
     from labelloop.model import LabelloopClassifier
@@ -426,6 +430,7 @@ def _run_strategy(
     stops: list[dict[str, Any]] = []
     history: list[CycleRecord] = []
     stop_set_predictions: list[np.ndarray] = []
+    batches: list[pd.DataFrame] = []
     select_seconds = 0.0
     for round_ in range(config.rounds + 1):
         lab = np.asarray(labelled)
@@ -485,6 +490,9 @@ def _run_strategy(
         )
         select_seconds += time.perf_counter() - started
         picked = candidates[chosen]
+        if config.record_batches:
+            batches.append(batch_record(probas[chosen], class_names, y[picked], picked).assign(
+                strategy=strategy, repeat=repeat, round=round_))
         if auto is not None:
             holdout = (model.predict_proba(table.rows(test)), y[test]) if config.autolabel.check_holdout else None
             picked = auto.step(candidates, probas, picked, class_names, [config.seed, repeat, round_, 11], holdout)
@@ -492,7 +500,15 @@ def _run_strategy(
             picked = np.concatenate([picked, audit.drawn])
         in_labelled[picked] = True
         labelled.extend(picked.tolist())
-    return rows, stops, select_seconds
+    return rows, stops, select_seconds, batches
+
+
+def batch_record(probas: np.ndarray, class_names: list[str], truth: np.ndarray, rows: np.ndarray) -> pd.DataFrame:
+    """One selected batch as its model saw it: row index, top probability, predicted class, and whether that is
+    the true label."""
+    predicted = np.asarray(class_names, dtype=object)[np.argmax(probas, axis=1)].astype(str)
+    return pd.DataFrame({"row": rows, "confidence": probas.max(axis=1), "predicted": predicted,
+                         "correct": predicted == np.asarray(truth).astype(str)})
 
 
 def _autolabel_on(config: SimulationConfig) -> bool:
@@ -512,6 +528,7 @@ class _AutoLabels:
         self.holdback = min(holdback_size(batch_size, params.holdback_share), batch_size - 1)
         self.checks: dict[str, list] = {"predicted": [], "confidence": [], "correct": [], "weight": [], "round": []}
         self.in_force: dict[str, float] = {}
+        self.holdout_spent: np.ndarray | None = None  # holdout rows the thresholds of an earlier round reached
         self.n_auto = 0
         self.round = 0
         self.last: dict[str, Any] = {"auto_added": 0, "auto_total": 0, "auto_true_precision": float("nan"),
@@ -521,7 +538,7 @@ class _AutoLabels:
              seed: list[int], holdout: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Rows that join the labelled set this round: the human picks, the check items and the auto-labels.
         `holdout`: the current model's probabilities on the holdout and its labels (`check_holdout`)."""
-        from labelloop.domain.autolabel import choose_thresholds, draw_holdback, pick_auto_rows
+        from labelloop.domain.autolabel import choose_thresholds, draw_holdback, pick_auto_rows, spent_checks
 
         p = self.params
         names = np.asarray(class_names, dtype=object)
@@ -533,9 +550,11 @@ class _AutoLabels:
         if holdout is not None:  # a uniform sample of the population, as the held-back items are of their region
             h_proba, h_truth = holdout
             h_pred = names[np.argmax(h_proba, axis=1)].astype(str)
+            if self.holdout_spent is None:
+                self.holdout_spent = np.zeros(len(h_pred), dtype=bool)
             for key, values in (("predicted", h_pred), ("confidence", h_proba.max(axis=1)),
                                 ("correct", np.asarray(h_truth).astype(str) == h_pred),
-                                ("weight", np.ones(len(h_pred))),
+                                ("weight", (~self.holdout_spent).astype(float)),
                                 ("round", np.full(len(h_pred), self.round - 1))):
                 c[key].extend(values.tolist())
         recent = np.asarray(c["round"]) == self.round - 1
@@ -543,7 +562,7 @@ class _AutoLabels:
             class_names, c["predicted"], c["confidence"], c["correct"], c["weight"], min_precision=p.min_precision,
             confidence_level=p.confidence, min_confidence=p.min_confidence, min_checked_per_class=p.min_checked_per_class,
             min_checked=p.min_checked, in_force=self.in_force, recent=recent if recent.any() else None,
-            target_predicted=predicted[free], target_confidence=confidence[free])
+            target_predicted=predicted[free], target_confidence=confidence[free], choose_share=p.choose_share)
         held, weights = draw_holdback(confidence, self.holdback, p.min_confidence, seed, eligible=free)
         free[held] = False
         # The check items take the place of the strategy's last picks (those go back to the pool): every round
@@ -560,6 +579,11 @@ class _AutoLabels:
                             ("round", np.full(len(held), self.round))):
             self.checks[key].extend(values.tolist())
         self.in_force = decision.thresholds
+        if holdout is not None and self.holdout_spent is not None and len(auto_rows):
+            # The holdout loses what the pool lost (see spent_checks).
+            scores = holdout[0]
+            self.holdout_spent = spent_checks(self.holdout_spent, names[np.argmax(scores, axis=1)].astype(str),
+                                              scores.max(axis=1), decision.thresholds)
         self.n_auto += len(auto_rows)
         true_precision = (float(np.mean(np.asarray(self.y[auto_rows]).astype(str) == predicted[auto_index]))
                           if len(auto_rows) else float("nan"))
@@ -598,6 +622,7 @@ def run_simulation(config: SimulationConfig, echo: Callable[[str], None] | None 
     started = time.perf_counter()
     all_rows: list[dict[str, Any]] = []
     all_stops: list[dict[str, Any]] = []
+    all_batches: list[pd.DataFrame] = []
     full_values: list[float] = []
     select_seconds: dict[str, float] = dict.fromkeys(config.strategies, 0.0)
     bar = _progress(config.repeats * len(config.strategies) * (config.rounds + 1), config.progress, "simulate")
@@ -614,11 +639,12 @@ def run_simulation(config: SimulationConfig, echo: Callable[[str], None] | None 
         full_values.append(evaluate(y[test], full.predict(table.rows(test)), minority)[config.metric])
         for strategy in config.strategies:
             bar.set_postfix_str(f"repeat {repeat} {strategy}")
-            rows, stops, seconds = _run_strategy(
+            rows, stops, seconds, batches = _run_strategy(
                 strategy, config, table, test, pool, seed_rows, stop_rows, minority, repeat, bar
             )
             all_rows.extend(rows)
             all_stops.extend(stops)
+            all_batches.extend(batches)
             select_seconds[strategy] += seconds / config.repeats
             # Curves so far, rewritten after every strategy: a long run that is stopped still leaves its data.
             partial = pd.DataFrame(all_rows).assign(full_pool_value=_full_for(all_rows, full_values))
@@ -646,6 +672,9 @@ def run_simulation(config: SimulationConfig, echo: Callable[[str], None] | None 
     })
     write_text(out / "curves.csv", curves.to_csv(index=False))
     write_text(out / "stops.csv", pd.DataFrame(all_stops).to_csv(index=False))
+    if config.record_batches:
+        batches_frame = pd.concat(all_batches, ignore_index=True) if all_batches else pd.DataFrame()
+        write_text(out / "batches.csv", batches_frame.to_csv(index=False))
     write_json(out / "summary.json", summary)
     plot_curves(curves, summary, out / "learning_curves.png")
     if config.log_mlflow:

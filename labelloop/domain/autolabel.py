@@ -11,9 +11,13 @@ The choice: for a per-class precision level q (from `min_precision` up to 1), ea
 at which its own checked items above it reach q (with at least `min_checked_per_class` of them); the auto-labels'
 precision over all classes' check items above their thresholds must then have its lower bound at least
 `min_precision`, on at least `min_checked` items. Of the levels that pass, the one covering the most (weighted) check
-items wins: the lowest thresholds that keep the bound. Choosing the threshold on the same items that estimate the
-precision makes the estimate optimistic, so the bound a level must pass is Bonferroni-corrected over the levels tried
-(at 1 - (1 - confidence) / LEVELS; the bound reported is at `confidence`). Every cycle re-measures it at the thresholds
+items wins: the lowest thresholds that keep the bound. Choosing the thresholds on the same items that estimate the
+precision makes the estimate optimistic (each class's threshold lands where its check items happen to look good, and
+with many classes those lucky cells add up), so the check items are split once and for all (by position, a fixed
+seed: an item keeps its side across cycles): a `choose_share` of them place the per-class thresholds, the others
+only measure the precision and its bound at them. The bound a level must pass is Bonferroni-corrected over the levels
+tried (at 1 - (1 - confidence) / LEVELS; the bound reported is at `confidence`). `choose_share` 0: one set does both
+(the earlier, optimistic rule). Every cycle re-measures it at the thresholds
 in force with the newest check items, and when the bound has fallen below the target, auto-labelling pauses for that
 cycle.
 
@@ -30,6 +34,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 LEVELS = 21  # per-class precision levels tried between min_precision and 1
+SPLIT_SEED = 17  # the fixed split of the check items into choosing and measuring ones (see choosing_items)
 # Confidence bins (as 1 - confidence) of the importance weights: auto-labels come from the rows still in the pool,
 # which after a few cycles sit just above the thresholds, where the precision is lower than above them on average.
 ERROR_EDGES = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 1.0)
@@ -126,13 +131,24 @@ def target_weights(predicted: ArrayLike, confidence: ArrayLike, weights: ArrayLi
     out = np.zeros(len(pred))
     for key in set(zip(pred.tolist(), check_bin.tolist(), strict=True)):
         mine = (pred == key[0]) & (check_bin == key[1])
-        out[mine] = base[mine] * counts.get(key, 0) / base[mine].sum()
+        total = base[mine].sum()  # 0 when all of them are spent (weight 0): they stay at 0
+        out[mine] = base[mine] * counts.get(key, 0) / total if total > 0 else 0.0
     return out
+
+
+def choosing_items(n: int, choose_share: float) -> np.ndarray:
+    """Which of `n` check items (in their order) place the thresholds; the others measure the precision. A fixed
+    seed, so the first k items fall the same way whatever n is: an item never changes side between cycles."""
+    if not 0 <= choose_share < 1:
+        raise ValueError("choose_share must be in [0, 1)")
+    return np.random.default_rng(SPLIT_SEED).random(n) < choose_share
 
 
 def _class_threshold(conf: np.ndarray, correct: np.ndarray, weights: np.ndarray, level: float,
                      min_items: int) -> float | None:
     """The lowest threshold at which this class's check items above it reach `level` (at least min_items of them)."""
+    if len(conf) < min_items or len(conf) == 0:
+        return None
     order = np.argsort(-conf, kind="stable")
     conf, correct, weights = conf[order], correct[order], weights[order]
     cum_right = np.cumsum(weights * correct)
@@ -162,26 +178,32 @@ def choose_thresholds(
     weights: ArrayLike | None = None, *, min_precision: float, confidence_level: float, min_confidence: float,
     min_checked_per_class: int, min_checked: int, in_force: dict[str, float] | None = None,
     recent: ArrayLike | None = None, target_predicted: ArrayLike | None = None,
-    target_confidence: ArrayLike | None = None,
+    target_confidence: ArrayLike | None = None, choose_share: float = 0.5,
 ) -> AutolabelDecision:
     """Per-class thresholds for this cycle from the check items (see the module docstring).
 
     `in_force`: the thresholds of the previous cycle; they are first re-measured on the `recent` check items (a
     boolean mask; default all): when their lower bound is below `min_precision`, the decision is paused with the
     reason. Otherwise (or with none in force) the thresholds are chosen afresh; when no choice reaches the bound,
-    the decision is paused too.
+    the decision is paused too. `choose_share`: the share of the check items that place the thresholds (the rest
+    measure them, the re-measurement included); 0: all items do both.
     """
     classes = [str(c) for c in classes]
     pred, conf, right, weight = _as_arrays(predicted, confidence, correct, weights)
     if target_predicted is not None and target_confidence is not None:
         weight = target_weights(pred, conf, weight, target_predicted, target_confidence)
+    chooser = choosing_items(len(pred), choose_share)
     keep = weight > 0
     newest = None if recent is None else np.asarray(recent, dtype=bool)[keep]
+    chooser = chooser[keep]
     pred, conf, right, weight = pred[keep], conf[keep], right[keep], weight[keep]
+    # The choosing and the measuring items: all of them, both, when choose_share is 0.
+    every = np.ones(len(pred), dtype=bool)
+    chooser, judge = (chooser, ~chooser) if choose_share > 0 else (every, every)
     common = {"min_precision": min_precision, "confidence": confidence_level}
     remeasured: dict = {}
     if in_force:
-        mask = np.ones(len(pred), dtype=bool) if newest is None else newest
+        mask = judge if newest is None else newest & judge
         rows, n, estimate, bound = _measure(classes, pred[mask], conf[mask], right[mask], weight[mask],
                                             in_force, min_confidence, confidence_level)
         remeasured = {"thresholds": dict(in_force), "n_checked": n, "precision": estimate, "lower_bound": bound}
@@ -192,19 +214,28 @@ def choose_thresholds(
                 f"{min_precision} at the thresholds in force: auto-labelling paused", remeasured=remeasured, **common)
     best: tuple[float, dict[str, float]] | None = None
     best_bound: float | None = None
-    corrected = 1.0 - (1.0 - confidence_level) / LEVELS  # the search tries LEVELS choices
-    for level in np.linspace(min_precision, 1.0, LEVELS):
+    # The rules tried: per-class thresholds at each precision level and (with a split, where an honest measure can
+    # tell which is better) one threshold for all classes, reaching the level on all the choosing items above it:
+    # not fitted to each class's few items, so it holds better out of sample when classes have few check items.
+    levels = np.linspace(min_precision, 1.0, LEVELS)
+    rules = [(float(level), True) for level in levels] + [(float(level), False) for level in levels if choose_share]
+    corrected = 1.0 - (1.0 - confidence_level) / len(rules)  # the search tries that many choices
+    floor = (conf >= min_confidence) & chooser
+    for level, per_class in rules:
+        common_threshold = (None if per_class else
+                            _class_threshold(conf[floor], right[floor], weight[floor], level, min_checked))
         thresholds = {}
         for label in classes:
-            mine = (pred == label) & (conf >= min_confidence)
+            mine = (pred == label) & floor
             if mine.sum() < min_checked_per_class:
                 continue
-            found = _class_threshold(conf[mine], right[mine], weight[mine], level, min_checked_per_class)
-            if found is not None:
+            found = (_class_threshold(conf[mine], right[mine], weight[mine], level, min_checked_per_class)
+                     if per_class else common_threshold)
+            if found is not None and (conf[mine] >= found).sum() >= min_checked_per_class:
                 thresholds[label] = found
         if not thresholds:
             continue
-        hit = above(pred, conf, thresholds)
+        hit = above(pred, conf, thresholds) & judge
         estimate, bound = weighted_precision(right[hit], weight[hit], corrected)
         if bound is not None and (best_bound is None or bound > best_bound):
             best_bound = bound
@@ -221,15 +252,25 @@ def choose_thresholds(
             {}, rows, 0, None, None, True,
             f"no class qualifies yet: {n_floor} checked items at or above {min_confidence} (a choice needs at least "
             f"{min_checked} above the thresholds, {min_checked_per_class} per class, and a {corrected:.2%} lower bound "
-            f"(Bonferroni over {LEVELS} levels) of at least {min_precision}; best bound {shown})",
+            f"(Bonferroni over {len(rules)} rules) of at least {min_precision}; best bound {shown})",
             remeasured=remeasured, **common)
     thresholds = best[1]
-    rows, n, estimate, bound = _measure(classes, pred, conf, right, weight, thresholds, min_confidence,
-                                        confidence_level)
+    rows, n, estimate, bound = _measure(classes, pred[judge], conf[judge], right[judge], weight[judge], thresholds,
+                                        min_confidence, confidence_level)
     return AutolabelDecision(thresholds, rows, n, estimate, bound, False,
                              f"auto-labelling {len(thresholds)} of {len(classes)} classes: precision {estimate:.3f}, "
                              f"{confidence_level:.0%} lower bound {bound:.3f} on {n} checked items",
                              remeasured=remeasured, **common)
+
+
+def spent_checks(spent: ArrayLike, predicted: ArrayLike, confidence: ArrayLike,
+                 thresholds: dict[str, float]) -> np.ndarray:
+    """`spent` plus the check items that would have been auto-labelled at a cycle's `thresholds` (scored by that
+    cycle's model). A fixed check set (the holdout) must lose them as the pool loses its auto-labelled rows: the pool
+    rows left above a later threshold were below the earlier ones, so they are harder than check items of the same
+    class and confidence that were above them all along. Give spent items weight 0."""
+    pred = np.asarray(predicted, dtype=object).astype(str)
+    return np.asarray(spent, dtype=bool) | above(pred, np.asarray(confidence, dtype=np.float64), thresholds)
 
 
 def pick_auto_rows(predicted: ArrayLike, confidence: ArrayLike, thresholds: dict[str, float], max_rows: int,

@@ -33,7 +33,14 @@ from labelloop.config import Params
 from labelloop.core.faults import crash_point
 from labelloop.core.io import read_json, read_json_lines, read_parquet, write_json, write_parquet, write_text
 from labelloop.core.retry import DEFAULT_RETRY, RetryPolicy
-from labelloop.domain.autolabel import AutolabelDecision, choose_thresholds, draw_holdback, holdback_size, pick_auto_rows
+from labelloop.domain.autolabel import (
+    AutolabelDecision,
+    choose_thresholds,
+    draw_holdback,
+    holdback_size,
+    pick_auto_rows,
+    spent_checks,
+)
 from labelloop.history import load_history
 from labelloop.stages.dataset import AUTO, HUMAN, LABEL_SOURCE
 from labelloop.workspace import Workspace
@@ -116,8 +123,11 @@ def _score(model, schema, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return names[probas.argmax(axis=1)].astype(str), probas.max(axis=1)
 
 
-def check_items(workspace: Workspace, model, params: Params, store: BatchStore | None = None) -> pd.DataFrame:
-    """Every check item: `predicted`, `confidence`, `correct`, `weight`, `recent` (the newest checks), `source`."""
+def check_items(workspace: Workspace, model, params: Params, store: BatchStore | None = None,
+                spent: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """Every check item: `predicted`, `confidence`, `correct`, `weight`, `recent` (the newest checks), `source`;
+    holdout items also their ITEM_ID, and weight 0 when `spent` (an earlier cycle's thresholds reached them: see
+    labelloop.domain.autolabel.spent_checks)."""
     schema = workspace.schema()
     store = store or BatchStore(workspace)
     frames = []
@@ -149,8 +159,9 @@ def check_items(workspace: Workspace, model, params: Params, store: BatchStore |
         predicted, confidence = _score(model, schema, holdout)
         frames.append(pd.DataFrame({
             "predicted": predicted, "confidence": confidence,
-            "correct": holdout[LABEL].astype(str).to_numpy() == predicted, "weight": 1.0, "recent": True,
-            "source": "holdout"}))
+            "correct": holdout[LABEL].astype(str).to_numpy() == predicted,
+            "weight": (~holdout[ITEM_ID].astype(str).isin(spent)).astype(float).to_numpy(), "recent": True,
+            "source": "holdout", ITEM_ID: holdout[ITEM_ID].astype(str).to_numpy()}))
     columns = ["predicted", "confidence", "correct", "weight", "recent", "source"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
@@ -197,7 +208,7 @@ def run_autolabel(workspace: Workspace, params: Params, cycle: int | None = None
     written = [m for m in store.list() if m.strategy in (AUTO_STRATEGY, CHECK_STRATEGY) and m.params.get("cycle") == cycle]
     if written:  # a crash after the batches were written, before the report: finish that run, choose nothing anew
         return _finish(workspace, store, state, _report_of(cycle, written))
-    checks = check_items(workspace, model, params, store)
+    checks = check_items(workspace, model, params, store, frozenset(state.get("spent_holdout", [])))
     pool = _eligible_pool(workspace, store, params.select.audit_items)
     predicted, confidence = _score(model, schema, pool) if len(pool) else (np.empty(0, dtype=str), np.empty(0))
     decision = choose_thresholds(
@@ -205,7 +216,7 @@ def run_autolabel(workspace: Workspace, params: Params, cycle: int | None = None
         checks["weight"].astype(float), min_precision=p.min_precision, confidence_level=p.confidence,
         min_confidence=p.min_confidence, min_checked_per_class=p.min_checked_per_class, min_checked=p.min_checked,
         in_force=state.get("in_force") or None, recent=checks["recent"].astype(bool).to_numpy(),
-        target_predicted=predicted, target_confidence=confidence)
+        target_predicted=predicted, target_confidence=confidence, choose_share=p.choose_share)
     key = hashlib.sha256(f"{cycle}|{champion_version}|{','.join(sorted(pool[ITEM_ID].astype(str)))}|"
                          f"{p.model_dump_json()}".encode()).hexdigest()[:6] if len(pool) else "empty"
     report = AutolabelReport(cycle, paused=decision.paused, reason=decision.reason, decision=_decision_dict(decision),
@@ -232,6 +243,12 @@ def run_autolabel(workspace: Workspace, params: Params, cycle: int | None = None
         _write_batch(workspace, store, report.check_batch_id, key, rows, CHECK_STRATEGY, "selected", champion_version,
                      params, decision)
         report.n_check = len(rows)
+    if len(auto_index) and ITEM_ID in checks:  # the holdout loses what the pool lost (spent_checks)
+        holdout = checks[checks["source"] == "holdout"]
+        spent = spent_checks(np.zeros(len(holdout), dtype=bool), holdout["predicted"], holdout["confidence"],
+                             decision.thresholds)
+        state = {**state, "spent_holdout": sorted(set(state.get("spent_holdout", []))
+                                                  | set(holdout[ITEM_ID][spent].astype(str)))}
     crash_point("autolabel.after_batches")
     return _finish(workspace, store, state, report)
 

@@ -44,8 +44,9 @@ def load_state(workspace: Workspace, params: BanditParams) -> bandit.BanditState
     data = read_json(state_path(workspace))
     if data is None:
         return bandit.initial_state(params.arms, params.gamma, params.eta, random_start=params.random_start,
-                                    warmup=params.warmup)
-    return bandit.reconcile(bandit.BanditState.from_dict(data), params.arms, params.gamma, params.eta, params.warmup)
+                                    warmup=params.warmup, random_decay=params.random_decay)
+    return bandit.reconcile(bandit.BanditState.from_dict(data), params.arms, params.gamma, params.eta, params.warmup,
+                            random_decay=params.random_decay)
 
 
 def choose_arm(workspace: Workspace, params: SelectParams, key: str) -> tuple[str, dict[str, Any]]:

@@ -115,6 +115,41 @@ def test_tiny_simulation_end_to_end(tmp_path):
     assert (first == 1).all()
 
 
+def test_recorded_batches_are_the_picked_rows_with_the_truth_of_their_predictions(tmp_path):
+    from labelloop.config import TrainParams
+
+    path = three_class_csv(tmp_path)
+    cfg = SimulationConfig(
+        data=str(path), label_col="target", strategies=["margin"], seed_size=20, batch_size=15, rounds=2, repeats=1,
+        out=str(tmp_path / "out"), train_params=TrainParams(n_estimators=10, max_depth=3), log_mlflow=False,
+        progress=False, record_batches=True,
+    )
+    run_simulation(cfg)
+    batches = pd.read_csv(tmp_path / "out" / "batches.csv")
+    truth = pd.read_csv(path)["target"].to_numpy()
+    assert batches.groupby("round").size().to_dict() == {0: 15, 1: 15}  # none after the last model
+    assert batches["row"].is_unique  # a row is bought once
+    assert (batches["correct"] == (batches["predicted"] == truth[batches["row"]])).all()
+    assert batches["confidence"].between(1 / 3, 1).all()
+    # margin picks the rows the model is least sure of
+    assert batches["confidence"].mean() < 0.9
+    # Off by default: no file.
+    cfg.record_batches, cfg.out = False, str(tmp_path / "plain")
+    run_simulation(cfg)
+    assert not (tmp_path / "plain" / "batches.csv").exists()
+
+
+def test_batch_record_marks_wrong_guesses():
+    from labelloop.apps.simulate import batch_record
+
+    frame = batch_record(np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]), ["a", "b"], np.array(["a", "a", "b"]),
+                         np.array([5, 7, 9]))
+    assert frame["predicted"].tolist() == ["a", "b", "a"]
+    assert frame["correct"].tolist() == [True, False, False]
+    assert frame["confidence"].tolist() == [0.9, 0.7, 0.6]
+    assert frame["row"].tolist() == [5, 7, 9]
+
+
 @pytest.mark.slow
 def test_simulation_logs_to_mlflow(tmp_path):
     from labelloop.config import TrainParams

@@ -128,3 +128,18 @@ def test_a_rerun_after_a_crash_before_the_report_finishes_the_same_run(workspace
     assert (again.batch_id, again.n_auto, again.check_batch_id) == (first.batch_id, first.n_auto, first.check_batch_id)
     assert len(BatchStore(ws).list()) == n_batches
     assert not set(BatchStore(ws).items(first.batch_id)[ITEM_ID]) & set(load_pool(ws)[ITEM_ID].astype(str))
+
+
+def test_holdout_checks_the_thresholds_reached_are_spent_for_later_cycles(workspace):
+    ws = workspace
+    _pool(ws)
+    model = _model(ws)
+    report = autolabel.run_autolabel(ws, _params(ws), cycle=1, model=model, champion_version="1")
+    assert report.n_auto > 0, report.reason
+    spent = set(read_json(autolabel.state_path(ws))["spent_holdout"])
+    holdout_ids = set(read_parquet(ws.holdout_path)[ITEM_ID].astype(str))
+    assert spent and spent <= holdout_ids
+    checks = autolabel.check_items(ws, model, _params(ws), spent=frozenset(spent))
+    from_holdout = checks[checks["source"] == "holdout"]
+    assert set(from_holdout.loc[from_holdout["weight"] == 0, ITEM_ID]) == spent
+    assert (from_holdout.loc[~from_holdout[ITEM_ID].isin(spent), "weight"] == 1).all()

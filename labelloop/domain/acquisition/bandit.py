@@ -25,7 +25,16 @@ docs/benchmarks.md, "select.strategy: auto"; 0 restores the plain EXP3 above):
   arm: 0.07–0.17, then up to 0.05, against ±0.01 later) are no baseline — a baseline that high paid the next
   batches 0 whatever they brought — so the first three are paid ½, and the floor applies only once those three
   are recorded (an exploratory batch paid ½ whatever it brought would cost labels and teach nothing).
-A third, `select.bandit.gain_measure: probability` (paid on the gain in the true class's probability instead of
+A third, `select.bandit.random_decay` (d, an argument of `initial_state` and `reconcile`; BanditParams' default 0.5,
+1 = off, the arguments' default, which an older state file without the key also loads as), lets random's floor decay
+once random has been measured: γ / K · d^n, n = its batches paid after the warm-up (`random_floor`); its
+share is then what EXP3's weights give it, which rise when it is paid more than the others (and the update divides
+by at least γ / K, so that one lucky batch drawn at a decayed probability does not swamp the weights). The floor is
+the guarantee against random before it has been measured; late on a learning curve the rewards no longer separate
+the arms (the gains are 0 ± a few audit rows under every arm: a first try that decayed random only while it was
+measured to gain less than the batches around it was a coin flip there), and the floor alone kept random at
+10–24% of the batches on letter, where a random batch is worth a quarter of an uncertainty batch.
+A fourth, `select.bandit.gain_measure: probability` (paid on the gain in the true class's probability instead of
 accuracy; `batch_gain`'s `measure`), changed no verdict and is off (`accuracy`).
 
 Bookkeeping is idempotent: the state keeps one record per batch id, and `update` with a batch id already
@@ -92,6 +101,7 @@ class BanditState:
     eta: float = DEFAULT_ETA
     records: tuple[BanditRecord, ...] = ()
     warmup: int = 0
+    random_decay: float = 1.0  # 1: random keeps the floor γ / K however often it was paid (`random_floor`)
 
     def record(self, batch_id: str) -> BanditRecord | None:
         for record in self.records:
@@ -101,20 +111,22 @@ class BanditState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"arms": list(self.arms), "log_weights": [float(w) for w in self.log_weights], "gamma": self.gamma,
-                "eta": self.eta, "warmup": self.warmup, "records": [r.to_dict() for r in self.records]}
+                "eta": self.eta, "warmup": self.warmup, "random_decay": self.random_decay,
+                "records": [r.to_dict() for r in self.records]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BanditState:
-        # A state written before the warm-up was recorded in it has none: `reconcile` sets the configured one.
+        # A state written before the warm-up (or the decay) was recorded in it has none: `reconcile` sets the configured one.
         return cls(tuple(map(str, data["arms"])), tuple(float(w) for w in data["log_weights"]), float(data["gamma"]),
                    float(data["eta"]), tuple(BanditRecord.from_dict(r) for r in data.get("records", ())),
-                   int(data.get("warmup", 0)))
+                   int(data.get("warmup", 0)), float(data.get("random_decay", 1.0)))
 
 
 def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float = DEFAULT_ETA, *,
-                  random_start: float, warmup: int) -> BanditState:
+                  random_start: float, warmup: int, random_decay: float = 1.0) -> BanditState:
     """The weights before any reward: 0 for every arm but `random` (which `arms` must include), which starts at
-    `random_start` ≤ 0 (0 = equal weights); played with a warm-up of `warmup` ≥ 0 measured batches (`BanditState`).
+    `random_start` ≤ 0 (0 = equal weights); played with a warm-up of `warmup` ≥ 0 measured batches (`BanditState`) and
+    random's floor decay `random_decay` in (0, 1] (`random_floor`; 1 = none).
     Below 0, random starts at its floor: the fallback that bounds how far auto can fall behind random rather than a
     candidate to spread the first batches over (the audit sample already draws uniform items every cycle); EXP3's
     update gives it its share back when it is paid more than the others."""
@@ -130,18 +142,22 @@ def initial_state(arms: Sequence[str], gamma: float = DEFAULT_GAMMA, eta: float 
         raise ValueError(f"random_start must be at most 0, got {random_start}")
     if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 0:
         raise ValueError(f"warmup must be a whole number of batches ≥ 0, got {warmup!r}")
+    if not 0 < random_decay <= 1:
+        raise ValueError(f"random_decay must be in (0, 1], got {random_decay}")
     return BanditState(arms, tuple(start if a == BASELINE_ARM else 0.0 for a in arms), float(gamma), float(eta),
-                       warmup=int(warmup))
+                       warmup=int(warmup), random_decay=float(random_decay))
 
 
-def reconcile(state: BanditState, arms: Sequence[str], gamma: float, eta: float, warmup: int) -> BanditState:
-    """`state` under the configured arms, rates and warm-up: an arm added to the configuration starts at the mean
-    log-weight of the others, a removed arm is dropped (its records are kept); gamma, eta and warmup follow the
-    configuration (the random arm's starting weight applies only to a state with no weights yet)."""
+def reconcile(state: BanditState, arms: Sequence[str], gamma: float, eta: float, warmup: int, *,
+              random_decay: float = 1.0) -> BanditState:
+    """`state` under the configured arms, rates, warm-up and decay: an arm added to the configuration starts at the
+    mean log-weight of the others, a removed arm is dropped (its records are kept); gamma, eta, warmup and
+    random_decay follow the configuration (the random arm's starting weight applies only to a state with no weights
+    yet)."""
     arms = tuple(arms)
     known = dict(zip(state.arms, state.log_weights, strict=True))
     start = float(np.mean(list(known.values()))) if known else 0.0
-    fresh = initial_state(arms, gamma, eta, random_start=0.0, warmup=warmup)
+    fresh = initial_state(arms, gamma, eta, random_start=0.0, warmup=warmup, random_decay=random_decay)
     return replace(fresh, log_weights=tuple(known.get(a, start) for a in arms), records=state.records)
 
 
@@ -150,15 +166,35 @@ def measured(state: BanditState) -> int:
     return sum(1 for r in state.records if r.gain is not None and np.isfinite(r.gain))
 
 
+def paid(state: BanditState) -> list[BanditRecord]:
+    """The batches paid around a baseline: all those with a reward with no warm-up, else those after the first
+    warmup + 1 (paid ½ whatever they brought; a batch has a reward when its gain was measured)."""
+    gained = [r for r in state.records if r.reward is not None]
+    return gained[state.warmup + 1:] if state.warmup else gained
+
+
+def random_floor(state: BanditState) -> float:
+    """Random's floor: γ / K, times `state.random_decay` ** n once random has been measured, n = its paid batches
+    (`paid`). The floor is the guarantee against random before it has been measured; once it has, its share is what
+    EXP3's weights give it (they rise when it is paid more than the others)."""
+    n = sum(1 for r in paid(state) if r.arm == BASELINE_ARM) if state.random_decay < 1 else 0
+    return state.gamma / len(state.arms) * state.random_decay ** n
+
+
 def probabilities(state: BanditState) -> np.ndarray:
-    """EXP3's sampling distribution: the weights' softmax mixed with the uniform floor γ / K — with a warm-up
-    (`state.warmup` ≥ 1), only once warmup + 1 batches' gains are recorded; before, the softmax alone (the batches
-    drawn then are paid ½ whatever they bring, see `batch_reward`: exploring would teach nothing)."""
+    """EXP3's sampling distribution: the weights' softmax mixed with a floor, γ / K for every arm but random, whose
+    floor decays once it has been measured (`random_floor`) — with a warm-up (`state.warmup` ≥ 1), only once warmup + 1
+    batches' gains are recorded; before, the softmax alone (the batches drawn then are paid ½ whatever they bring, see
+    `batch_reward`: exploring would teach nothing)."""
     w = np.asarray(state.log_weights, dtype=np.float64)
     w = np.exp(w - w.max())
     k = len(state.arms)
-    gamma = state.gamma if state.warmup == 0 or measured(state) > state.warmup else 0.0
-    return (1.0 - gamma) * w / w.sum() + gamma / k
+    if state.warmup and measured(state) <= state.warmup:
+        return w / w.sum()
+    floors = np.full(k, state.gamma / k)
+    if BASELINE_ARM in state.arms:
+        floors[state.arms.index(BASELINE_ARM)] = random_floor(state)
+    return (1.0 - floors.sum()) * w / w.sum() + floors
 
 
 def choose(state: BanditState, rng: np.random.Generator) -> tuple[str, dict[str, float]]:
@@ -187,7 +223,10 @@ def update(state: BanditState, batch_id: str, arm: str, probability: float, rewa
     weights = list(state.log_weights)
     if reward is not None and arm in state.arms:
         i = state.arms.index(arm)
-        weights[i] += state.eta * (reward - 0.5) / probability
+        # With random's floor decaying, divide by at least γ / K (as in EXP3-IX): a random batch drawn at p = 0.01
+        # that gains two audit rows would otherwise move its log-weight by 12. Without the decay p ≥ γ / K anyway.
+        seen = probability if state.random_decay == 1 else max(probability, state.gamma / len(state.arms))
+        weights[i] += state.eta * (reward - 0.5) / seen
         top = max(weights)
         weights = [w - top for w in weights]  # keep them bounded; probabilities depend only on differences
     record = BanditRecord(batch_id, arm, float(probability), reward, gain, int(n_audit), dict(detail or {}))

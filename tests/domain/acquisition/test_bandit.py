@@ -12,9 +12,9 @@ DEFAULTS = BanditParams()
 
 
 def _start(arms, gamma=DEFAULTS.gamma, eta=DEFAULTS.eta, *, random_start=DEFAULTS.random_start,
-           warmup=DEFAULTS.warmup):
+           warmup=DEFAULTS.warmup, random_decay=DEFAULTS.random_decay):
     """A fresh state under `select.bandit`'s defaults unless told otherwise."""
-    return bandit.initial_state(arms, gamma, eta, random_start=random_start, warmup=warmup)
+    return bandit.initial_state(arms, gamma, eta, random_start=random_start, warmup=warmup, random_decay=random_decay)
 
 
 def _warm(arms, gamma=DEFAULTS.gamma, eta=DEFAULTS.eta, random_start=-4.0):
@@ -148,7 +148,7 @@ def _play(state, seed, reward_of, rounds=60):
 
 
 def test_a_consistently_better_arm_gains_probability():
-    state = _measured(_start(["random", "margin", "hybrid"], gamma=0.3, eta=0.5, random_start=0.0))
+    state = _measured(_start(["random", "margin", "hybrid"], gamma=0.3, eta=0.5, random_start=0.0, random_decay=1.0))
     probabilities = _play(state, 0, lambda arm: 0.8 if arm == "margin" else 0.4)
     assert probabilities["margin"] == max(probabilities.values())
     assert probabilities["margin"] > 0.6
@@ -217,7 +217,7 @@ def test_batch_reward_is_neutral_until_there_is_a_baseline_then_paid_around_it()
 
 
 def test_neutral_first_rewards_leave_the_weights_and_random_keeps_its_floor_when_the_others_win():
-    state = _warm(["random", "margin", "hybrid"], gamma=0.3, eta=0.5)
+    state = replace(_warm(["random", "margin", "hybrid"], gamma=0.3, eta=0.5), random_decay=1.0)  # no decay
     start = state.log_weights
     for i in range(2):
         arm, p = bandit.choose(state, np.random.default_rng(i))
@@ -282,7 +282,81 @@ def test_random_start_zero_starts_uniform_and_other_values_lower_random_only():
     ({"random_start": float("nan")}, "random_start must be at most 0"),
     ({"warmup": -1}, "warmup must be"),
     ({"warmup": 1.5}, "warmup must be"),
+    ({"random_decay": 0.0}, "random_decay must be in"),
+    ({"random_decay": 1.5}, "random_decay must be in"),
 ])
 def test_bad_start_settings_are_refused_with_their_name(setting, message):
     with pytest.raises(ValueError, match=message):
         _start(["random", "margin"], **setting)
+
+
+def _paid(state, arm, gains):
+    """`state` with one batch per gain drawn by `arm` at probability 0.1, paid ½ (the weights do not move: only the
+    records differ, and the decay depends on the gains recorded, not on EXP3's update)."""
+    for gain in gains:
+        state = bandit.update(state, f"{arm}-{len(state.records)}", arm, 0.1, 0.5, gain=gain)
+    return state
+
+
+def test_random_floor_decays_only_once_random_is_measured_and_it_comes_back_when_paid_more():
+    start = _measured(_start(["random", "margin", "hybrid"], gamma=0.3, random_decay=0.5))
+    assert bandit.random_floor(start) == pytest.approx(0.1) and 0.1 <= bandit.probabilities(start)[0] < 0.11
+    # The others paid, random not measured yet: the floor holds however many batches they drew.
+    others = _paid(start, "margin", [0.01] * 10)
+    assert bandit.random_floor(others) == pytest.approx(0.1) and bandit.probabilities(others)[0] >= 0.1
+    # Random measured once: its floor halves; twice: a quarter (its weight is e^-4: the rest of its share is ~1%).
+    once, twice = _paid(others, "random", [0.002]), _paid(others, "random", [0.002, 0.03])
+    assert bandit.random_floor(once) == pytest.approx(0.05) and bandit.random_floor(twice) == pytest.approx(0.025)
+    p = bandit.probabilities(twice)
+    assert 0.025 <= p[0] < 0.035 and p.sum() == pytest.approx(1.0) and p[1] == pytest.approx(p[2]) and p[1] >= 0.1
+    # random_decay 1 (the old behaviour): the floor holds however often random was measured.
+    assert bandit.probabilities(replace(twice, random_decay=1.0))[0] >= 0.1
+    # Paid more than the others from then on, random's weight gives it its share back, beyond the floor it had.
+    back = _play(twice, 2, lambda arm: 0.9 if arm == "random" else 0.3, rounds=40)
+    assert back["random"] == max(back.values()) and back["random"] > 0.5
+
+
+def test_the_warm_up_batches_paid_half_do_not_count_toward_the_decay():
+    state = _start(["random", "margin"], gamma=0.3, random_decay=0.5)  # warm-up 2: the first 3 are paid ½
+    state = _paid(_paid(state, "margin", [0.1, 0.1]), "random", [0.0])
+    assert bandit.paid(state) == []
+    state = _paid(state, "margin", [0.01])
+    assert bandit.random_floor(state) == pytest.approx(0.15)  # random not measured yet: γ / K
+    assert bandit.random_floor(_paid(state, "random", [0.0])) == pytest.approx(0.075)
+
+
+def test_with_the_decay_one_lucky_batch_drawn_at_a_small_probability_moves_the_weight_as_if_drawn_at_the_floor():
+    decayed = _measured(_start(["random", "margin"], gamma=0.2, eta=0.5, random_decay=0.5))
+    plain = replace(decayed, random_decay=1.0)
+    move = bandit.update(decayed, "lucky", "random", 0.01, 1.0).log_weights
+    assert move[0] - decayed.log_weights[0] == pytest.approx(0.5 * 0.5 / 0.1)  # η·(r − ½) / (γ / K), not / 0.01
+    move = bandit.update(plain, "lucky", "random", 0.01, 1.0).log_weights
+    assert move[0] - move[1] - (plain.log_weights[0] - plain.log_weights[1]) == pytest.approx(0.5 * 0.5 / 0.01)
+
+def _gains(state, seed, gain_of, rounds=40):
+    """`state` after `rounds` batches drawn by it, each arm gaining `gain_of(arm)` and paid on it; the probabilities."""
+    rng = np.random.default_rng(seed)
+    for t in range(rounds):
+        arm, p = bandit.choose(state, rng)
+        gain = gain_of(arm)
+        state = bandit.update(state, f"b{t}", arm, p[arm], bandit.batch_reward(state, gain), gain=gain)
+    return dict(zip(state.arms, bandit.probabilities(state), strict=True))
+
+
+def test_with_the_decay_random_falls_below_its_floor_when_the_others_keep_gaining_more():
+    gains = {"random": 0.002, "margin": 0.012, "hybrid": 0.012}
+    decayed = _gains(_start(["random", "margin", "hybrid"], random_decay=0.5), 3, gains.get)
+    kept = _gains(_start(["random", "margin", "hybrid"], random_decay=1.0), 3, gains.get)
+    assert kept["random"] == pytest.approx(0.1, abs=0.01) and decayed["random"] < 0.05
+
+def test_random_decay_is_stored_and_an_older_state_without_it_loads_without_decay():
+    import json
+
+    state = _paid(_measured(_start(["random", "margin"], random_decay=0.5)), "random", [0.0])
+    loaded = bandit.BanditState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert loaded == state and loaded.random_decay == 0.5
+    old = state.to_dict()
+    del old["random_decay"]
+    assert bandit.BanditState.from_dict(old).random_decay == 1.0
+    assert bandit.reconcile(bandit.BanditState.from_dict(old), ["random", "margin"], 0.3, 0.5, 2,
+                            random_decay=0.5).random_decay == 0.5
