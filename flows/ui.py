@@ -4,7 +4,7 @@ The CLI makes sure the workspace's background Prefect server runs (`labelloop.fl
 this module as a second background process, which registers one deployment per stage flow, `retrain`
 and the full cycle (`flows/deploy.py`'s SPECS: the same flows as the production deployments), and then
 serves them with Prefect's runner — no work pool, no worker, no Postgres. A run started in the UI
-("Run → Custom run") runs in a subprocess of this process; the runner looks for new runs every POLL_SECONDS.
+("Run → Custom run") runs in a subprocess of this process.
 
 The deployments hold only the workspace path: each run reads the workspace's `params.yaml` as it is at
 run time, and the sections a custom run fills in override it for that run only (`flows/stages.resolve`).
@@ -30,7 +30,6 @@ from labelloop.workspace import Workspace
 UI = "ui"
 DEPLOYMENT_NAME = "local"
 READY_TIMEOUT_SECONDS = 240.0  # a fresh process imports the flows (the ML stack) before it registers them
-POLL_SECONDS = 1.0  # how often the runner asks the local server for runs started in the UI (Prefect's default: 10)
 
 
 def ready_path(ws: Workspace) -> Path:
@@ -74,8 +73,10 @@ def serve_workspace(root: str) -> None:
 
     apply_thread_environment()
     ws = Workspace.at(root).require()
-    runner = Runner(name=f"labelloop-ui-{workspace_slug(ws.root)}", pause_on_shutdown=False, limit=1,
-                    query_seconds=POLL_SECONDS)
+    # Prefect's default poll (10 s): polling every second, a run submitted from the UI twice failed to be created
+    # (the page's "Something went wrong", no flow run, nothing in the server's log), the SQLite server being busy
+    # with the runner's polls is the suspect (not seen at the default).
+    runner = Runner(name=f"labelloop-ui-{workspace_slug(ws.root)}", pause_on_shutdown=False, limit=1)
     ids = {deployment.flow_name: str(runner.add_deployment(deployment)) for deployment in build_deployments(ws)}
     write_json(ready_path(ws), {"pid": os.getpid(), "deployments": ids})
     sys.stdout.write(f"serving {len(ids)} deployments of {ws.root}\n")

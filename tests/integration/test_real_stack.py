@@ -7,6 +7,7 @@ is rerun by hand, and nothing may be duplicated: no new data tag, MLflow run, mo
 
 from __future__ import annotations
 
+import time
 from uuid import UUID
 
 import pandas as pd
@@ -119,11 +120,14 @@ def test_deployments_have_typed_forms_schedules_and_one_queue_per_workspace(stac
         assert crons["active_learning_cycle"] == [("0 3 * * *", False)]  # --mode stages: the cycle's schedule is paused
         assert crons["dataset"] == crons["train"] == crons["gate"] == []
 
-        # The scheduler (SQLAlchemy < 2.1) made scheduled runs for the active schedules.
-        scheduled = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            deployment_id=FlowRunFilterDeploymentId(any_=[by_flow["import"].id]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))))
-        assert scheduled, "no scheduled runs for import/it"
+        # The scheduler (SQLAlchemy < 2.1) makes scheduled runs for the active schedules: on its own loop, which a
+        # fast setup can reach the test before (so wait for it, up to two of its 60-second loops).
+        deadline = time.monotonic() + 150
+        while not client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[by_flow["import"].id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"])))):
+            assert time.monotonic() < deadline, "no scheduled runs for import/it within 150 s"
+            time.sleep(2)
         # The rest of this module triggers runs by hand: pause the schedules so an hourly run cannot interleave.
         for deployment in deployments:
             client.pause_deployment(deployment.id)

@@ -223,11 +223,14 @@ def test_custom_cycle_run_from_labelloop_ui_with_one_changed_parameter(served_wo
         field = form_field(page, "Batch Size (Optional)")
         assert field.input_value() == ""  # empty = params.yaml's value when the run starts, not a stale copy
         field.fill(str(UI_BATCH_SIZE))
+        failed: list[str] = []  # the page's API calls that failed, to say why if no run appears
+        page.on("response", lambda r: failed.append(f"{r.status} {r.request.method} {r.url}")
+                if "/api/" in r.url and r.status >= 400 else None)
         page.get_by_role("button", name="Submit").click()
         submitted = time.monotonic()
         deadline = submitted + 60
         while not (runs := _api(url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})):
-            assert time.monotonic() < deadline, "no flow run was created within 60 s of clicking Submit"
+            assert time.monotonic() < deadline, f"no flow run was created within 60 s of clicking Submit; failed calls: {failed}"
             time.sleep(1)
         [run] = runs
         deadline = submitted + 900
