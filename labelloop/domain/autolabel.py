@@ -27,6 +27,7 @@ importance-weighted to their class and confidence distribution (`target_weights`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -136,12 +137,19 @@ def target_weights(predicted: ArrayLike, confidence: ArrayLike, weights: ArrayLi
     return out
 
 
-def choosing_items(n: int, choose_share: float) -> np.ndarray:
-    """Which of `n` check items (in their order) place the thresholds; the others measure the precision. A fixed
-    seed, so the first k items fall the same way whatever n is: an item never changes side between cycles."""
+def choosing_items(n: int, choose_share: float, keys: Sequence[str] | None = None) -> np.ndarray:
+    """Which of `n` check items place the thresholds; the others measure the precision. With `keys` (the items'
+    ids) the side follows from the id alone, so an item keeps its side whatever the other check items of a cycle
+    are (production: held-back checks are added and audit items leave as they are trained on). Without, from the
+    position with a fixed seed: the first k items fall the same way whatever n is (a check set that only grows)."""
     if not 0 <= choose_share < 1:
         raise ValueError("choose_share must be in [0, 1)")
-    return np.random.default_rng(SPLIT_SEED).random(n) < choose_share
+    if keys is None:
+        return np.random.default_rng(SPLIT_SEED).random(n) < choose_share
+    if len(keys) != n:
+        raise ValueError(f"{len(keys)} keys for {n} check items")
+    draws = [int.from_bytes(hashlib.sha256(f"{SPLIT_SEED}|{key}".encode()).digest()[:8], "big") / 2**64 for key in keys]
+    return np.asarray(draws, dtype=float) < choose_share
 
 
 def _class_threshold(conf: np.ndarray, correct: np.ndarray, weights: np.ndarray, level: float,
@@ -178,7 +186,7 @@ def choose_thresholds(
     weights: ArrayLike | None = None, *, min_precision: float, confidence_level: float, min_confidence: float,
     min_checked_per_class: int, min_checked: int, in_force: dict[str, float] | None = None,
     recent: ArrayLike | None = None, target_predicted: ArrayLike | None = None,
-    target_confidence: ArrayLike | None = None, choose_share: float = 0.5,
+    target_confidence: ArrayLike | None = None, choose_share: float = 0.5, keys: Sequence[str] | None = None,
 ) -> AutolabelDecision:
     """Per-class thresholds for this cycle from the check items (see the module docstring).
 
@@ -186,13 +194,14 @@ def choose_thresholds(
     boolean mask; default all): when their lower bound is below `min_precision`, the decision is paused with the
     reason. Otherwise (or with none in force) the thresholds are chosen afresh; when no choice reaches the bound,
     the decision is paused too. `choose_share`: the share of the check items that place the thresholds (the rest
-    measure them, the re-measurement included); 0: all items do both.
+    measure them, the re-measurement included); 0: all items do both. `keys`: the check items' ids, which then
+    decide their side (`choosing_items`).
     """
     classes = [str(c) for c in classes]
     pred, conf, right, weight = _as_arrays(predicted, confidence, correct, weights)
     if target_predicted is not None and target_confidence is not None:
         weight = target_weights(pred, conf, weight, target_predicted, target_confidence)
-    chooser = choosing_items(len(pred), choose_share)
+    chooser = choosing_items(len(pred), choose_share, None if keys is None else [str(k) for k in keys])
     keep = weight > 0
     newest = None if recent is None else np.asarray(recent, dtype=bool)[keep]
     chooser = chooser[keep]

@@ -125,9 +125,9 @@ def _score(model, schema, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def check_items(workspace: Workspace, model, params: Params, store: BatchStore | None = None,
                 spent: frozenset[str] = frozenset()) -> pd.DataFrame:
-    """Every check item: `predicted`, `confidence`, `correct`, `weight`, `recent` (the newest checks), `source`;
-    holdout items also their ITEM_ID, and weight 0 when `spent` (an earlier cycle's thresholds reached them: see
-    labelloop.domain.autolabel.spent_checks)."""
+    """Every check item: `predicted`, `confidence`, `correct`, `weight`, `recent` (the newest checks), `source`, its
+    ITEM_ID (which decides whether it places or measures the thresholds); holdout items get weight 0 when `spent` (an
+    earlier cycle's thresholds reached them: see labelloop.domain.autolabel.spent_checks)."""
     schema = workspace.schema()
     store = store or BatchStore(workspace)
     frames = []
@@ -142,7 +142,7 @@ def check_items(workspace: Workspace, model, params: Params, store: BatchStore |
         frames.append(pd.DataFrame({
             "predicted": joined[CHECK_PREDICTED].astype(str), "confidence": joined[CHECK_CONFIDENCE].astype(float),
             "correct": joined[LABEL].astype(str) == joined[CHECK_PREDICTED].astype(str), "weight": 1.0,
-            "recent": position == len(checks) - 1, "source": "holdback"}))
+            "recent": position == len(checks) - 1, "source": "holdback", ITEM_ID: joined[ITEM_ID].to_numpy()}))
     labeled_ids = set(read_parquet(workspace.labeled_path, columns=[ITEM_ID])[ITEM_ID].astype(str))
     if model is not None and workspace.audit_path.exists():  # H13's audit set, where it exists
         audit = read_parquet(workspace.audit_path)
@@ -153,7 +153,7 @@ def check_items(workspace: Workspace, model, params: Params, store: BatchStore |
             frames.append(pd.DataFrame({
                 "predicted": predicted, "confidence": confidence,
                 "correct": audit[LABEL].astype(str).to_numpy() == predicted, "weight": weights / weights.mean(),
-                "recent": True, "source": "audit"}))
+                "recent": True, "source": "audit", ITEM_ID: audit[ITEM_ID].astype(str).to_numpy()}))
     if model is not None and params.autolabel.check_holdout:
         holdout = read_parquet(workspace.holdout_path)
         predicted, confidence = _score(model, schema, holdout)
@@ -162,7 +162,7 @@ def check_items(workspace: Workspace, model, params: Params, store: BatchStore |
             "correct": holdout[LABEL].astype(str).to_numpy() == predicted,
             "weight": (~holdout[ITEM_ID].astype(str).isin(spent)).astype(float).to_numpy(), "recent": True,
             "source": "holdout", ITEM_ID: holdout[ITEM_ID].astype(str).to_numpy()}))
-    columns = ["predicted", "confidence", "correct", "weight", "recent", "source"]
+    columns = ["predicted", "confidence", "correct", "weight", "recent", "source", ITEM_ID]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
@@ -216,7 +216,8 @@ def run_autolabel(workspace: Workspace, params: Params, cycle: int | None = None
         checks["weight"].astype(float), min_precision=p.min_precision, confidence_level=p.confidence,
         min_confidence=p.min_confidence, min_checked_per_class=p.min_checked_per_class, min_checked=p.min_checked,
         in_force=state.get("in_force") or None, recent=checks["recent"].astype(bool).to_numpy(),
-        target_predicted=predicted, target_confidence=confidence, choose_share=p.choose_share)
+        target_predicted=predicted, target_confidence=confidence, choose_share=p.choose_share,
+        keys=checks[ITEM_ID].astype(str).tolist())
     key = hashlib.sha256(f"{cycle}|{champion_version}|{','.join(sorted(pool[ITEM_ID].astype(str)))}|"
                          f"{p.model_dump_json()}".encode()).hexdigest()[:6] if len(pool) else "empty"
     report = AutolabelReport(cycle, paused=decision.paused, reason=decision.reason, decision=_decision_dict(decision),
@@ -243,7 +244,7 @@ def run_autolabel(workspace: Workspace, params: Params, cycle: int | None = None
         _write_batch(workspace, store, report.check_batch_id, key, rows, CHECK_STRATEGY, "selected", champion_version,
                      params, decision)
         report.n_check = len(rows)
-    if len(auto_index) and ITEM_ID in checks:  # the holdout loses what the pool lost (spent_checks)
+    if len(auto_index):  # the holdout loses what the pool lost (spent_checks)
         holdout = checks[checks["source"] == "holdout"]
         spent = spent_checks(np.zeros(len(holdout), dtype=bool), holdout["predicted"], holdout["confidence"],
                              decision.thresholds)

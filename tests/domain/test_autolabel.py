@@ -188,6 +188,18 @@ def test_choosing_items_are_a_fixed_split():
         choosing_items(10, 1.0)
 
 
+def test_with_ids_an_item_keeps_its_side_whatever_else_is_checked():
+    # Production: held-back checks are added each cycle and audit items leave once trained on, so positions move.
+    ids = [f"item-{i}" for i in range(200)]
+    first = dict(zip(ids, choosing_items(200, 0.5, ids).tolist(), strict=True))
+    later = ["new-1", "new-2", *reversed(ids[50:])]  # two new items first, fifty gone, the rest in another order
+    assert dict(zip(later, choosing_items(len(later), 0.5, later).tolist(), strict=True)).items() >= {
+        i: first[i] for i in ids[50:]}.items()
+    assert 60 < sum(first.values()) < 140
+    with pytest.raises(ValueError, match="keys"):
+        choosing_items(3, 0.5, ["a"])
+
+
 def test_spent_checks_are_those_an_earlier_cycle_would_have_auto_labelled():
     predicted = np.array(["a", "a", "b", "b", "c"])
     conf = np.array([0.99, 0.92, 0.97, 0.95, 0.999])
