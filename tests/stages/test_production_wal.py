@@ -158,7 +158,10 @@ def test_sigkill_under_load_loses_no_answered_row_and_restart_duplicates_none(se
     assert len(logged) == len(set(logged)), "a prediction_id is in the log twice"
     missing = set(answered) - set(logged)
     assert not missing, f"{len(missing)} of {len(answered)} answered rows lost, e.g. {sorted(missing)[:5]}"
-    assert health["mode"] == "durable" and health["recovered_rows"] == len(log) - before_restart
+    # Every row the restart added came from a recovered segment; a kill after a segment's part was written but
+    # before the segment was deleted also recovers (and counts) rows whose part was already there, written once
+    # (test_recovery_keeps_every_intact_record_drops_a_torn_tail_and_never_writes_a_part_twice).
+    assert health["mode"] == "durable" and health["recovered_rows"] >= len(log) - before_restart
     # Rows fsynced just before the kill whose answer never left may be logged too; torn records never are.
     assert not list(prediction_wal.wal_dir(served).glob("seg-*"))
 
